@@ -1,0 +1,3 @@
+//! hull's control plane.
+//!
+//! Module map (grows as the control plane is built):

@@ -1,0 +1,3 @@
+//! hull's OCI runtime and image store.
+//!
+//! Module map (grows as the runtime is built):

@@ -1,0 +1,49 @@
+//! Command-line glue for the `hull` binary: one module per subcommand.
+//!
+//! Every subcommand takes `--data-dir` (a clap `global` argument, so nested
+//! subcommands accept it after their own name too), as DESIGN.md requires.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "hull", version, about = "A Kubernetes-compatible container platform")]
+pub struct Cli {
+    /// Where hull keeps its state (images, snapshots, store, kubeconfig).
+    #[arg(long, global = true, default_value = "/var/lib/hull", env = "HULL_DATA_DIR")]
+    pub data_dir: PathBuf,
+
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `hull=debug`.
+    #[arg(long, global = true, env = "HULL_LOG")]
+    pub log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print version information.
+    Version,
+}
+
+pub fn init_logging(filter: Option<&str>) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or("warn"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let _data_dir = &cli.data_dir;
+    match cli.command {
+        Command::Version => {
+            println!("hull {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
