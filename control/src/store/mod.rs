@@ -9,9 +9,16 @@
 //! `/registry/<resource>/<name>`); values are the object's JSON with `resourceVersion`
 //! stripped (the server sets it from `mod_revision` on read), as kube-apiserver does.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use futures::stream::BoxStream;
+
+pub mod etcd;
+pub mod sqlite;
+
+pub use etcd::EtcdStore;
+pub use sqlite::SqliteStore;
 
 /// A store-wide revision; every write gets the next one. `0` means "latest" or "now".
 pub type Revision = i64;
@@ -132,10 +139,33 @@ pub trait Store: Send + Sync + 'static {
     async fn compact(&self, revision: Revision) -> Result<(), StoreError>;
 }
 
-/// Opens a store by URL: `sqlite:PATH` (the file is created if missing) or
-/// `etcd://h1:2379,h2:2379`.
+/// Opens a store by URL: `sqlite:PATH` (the file is created if missing; its directory must
+/// exist) or `etcd://h1:2379,h2:2379`.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if path.is_empty() {
+            return Err(StoreError::Unavailable(format!(
+                "store URL {url:?}: sqlite needs a file path (sqlite:/var/lib/hull/state.db)"
+            )));
+        }
+        return Ok(Arc::new(SqliteStore::open(Path::new(path))?));
+    }
+    if let Some(hosts) = url.strip_prefix("etcd://") {
+        let endpoints: Vec<String> = hosts
+            .split(',')
+            .map(|h| h.trim().trim_end_matches('/'))
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("http://{h}"))
+            .collect();
+        if endpoints.is_empty() {
+            return Err(StoreError::Unavailable(format!(
+                "store URL {url:?}: etcd needs at least one host:port (etcd://127.0.0.1:2379)"
+            )));
+        }
+        return Ok(Arc::new(EtcdStore::connect(&endpoints).await?));
+    }
     Err(StoreError::Unavailable(format!(
-        "store URL {url:?}: no backend built yet"
+        "store URL {url:?}: expected sqlite:PATH or etcd://HOST:PORT[,HOST:PORT...]"
     )))
 }
