@@ -2,5 +2,9 @@
 //!
 //! Module map (grows as the runtime is built):
 //! - `explain`: the `--explain` narration of kernel steps.
+//! - `cgroups`: cgroup v1/v2/hybrid manager (limits, membership, freeze, kill, stats).
+//! - `seccomp`: OCI `linux.seccomp` compiled to BPF before fork, loaded just before exec.
 
+pub mod cgroups;
 pub mod explain;
+pub mod seccomp;
