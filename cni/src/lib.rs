@@ -1,3 +1,30 @@
-//! hull's CNI plugin and invoker.
+//! hull's CNI plugin (`hull-bridge`) and CNI invoker.
 //!
-//! Module map (grows as the plugin is built):
+//! Module map:
+//! - `error`   — spec error codes and the error JSON (`CniError`)
+//! - `types`   — typed CNI documents: conflists, the 1.x result, port mappings
+//! - `config`  — the `hull-bridge` network configuration
+//! - `explain` — `--explain` / `HULL_EXPLAIN=1` step narration on stderr
+//! - `netns`   — opening `CNI_NETNS` and running work inside it on a side thread
+//! - `netlink` — a small synchronous rtnetlink client (links, addresses, routes)
+//! - `ipam`    — host-local IPAM in process, on the reference plugin's file format
+//! - `nft`     — the `inet hull-cni` nftables table: ipMasq and hostPort DNAT
+//! - `exec`    — finding and exec'ing another plugin on `CNI_PATH`
+//! - `bridge`  — what ADD/DEL/CHECK/GC/STATUS do for a bridge network
+//! - `plugin`  — the plugin protocol: env + stdin in, result or error JSON out
+//! - `invoker` — the runtime side: load a conflist, run its chain, cache results
+
+pub mod bridge;
+pub mod config;
+pub mod error;
+pub mod exec;
+pub mod explain;
+pub mod invoker;
+pub mod ipam;
+pub mod netlink;
+pub mod netns;
+pub mod nft;
+pub mod plugin;
+pub mod types;
+
+pub use error::{CniError, Result};
