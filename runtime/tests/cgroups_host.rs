@@ -1,0 +1,452 @@
+//! cgroups on this host's real kernel, as root: whatever layout it has (the CI machine
+//! is a v1 + v2 hybrid), plus the v2 code path for real inside the host's cgroup2 tree.
+//!
+//! Each test uses cgroup names carrying the test name and pid, kills what it started
+//! and removes its cgroups in a Drop guard, so a failing assertion leaks nothing.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use hull_runtime::cgroups::{CgroupManager, FreezerState, Hierarchy};
+use oci_spec::runtime::LinuxResources;
+
+/// How long a helper waits for a child before declaring the test broken (a hang guard,
+/// not a timing assertion: healthy runs take milliseconds).
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+fn unique(name: &str) -> String {
+    format!("hull-test-{name}-{}", std::process::id())
+}
+
+/// Owns a test's cgroup and processes; tears both down even when the test panics.
+struct Guard {
+    cg: CgroupManager,
+    children: Vec<Child>,
+    extra_dirs: Vec<PathBuf>,
+}
+
+impl Guard {
+    fn new(cg: CgroupManager) -> Self {
+        Guard {
+            cg,
+            children: Vec::new(),
+            extra_dirs: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.cg.thaw();
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = self.cg.kill_all(libc::SIGKILL);
+        let _ = self.cg.delete();
+        for d in self.cg.paths().values().chain(self.extra_dirs.iter().rev()) {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// `sh` that waits for a line on stdin before running `script`, so the test can put it
+/// in the cgroup before it does anything that counts.
+fn spawn_gated(script: &str) -> Child {
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("read go; {script}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn /bin/sh")
+}
+
+fn release(child: &mut Child) {
+    let stdin = child.stdin.as_mut().expect("stdin piped");
+    stdin.write_all(b"go\n").expect("write go");
+    stdin.flush().expect("flush");
+}
+
+/// Lines of a child's stdout, delivered through a channel so reads can be bounded.
+fn lines(out: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let pid = child.id() as i32;
+    let (tx, rx) = mpsc::channel::<()>();
+    // Hang guard: kill the child if it outlives HANG_GUARD, so wait() returns.
+    std::thread::spawn(move || {
+        if rx.recv_timeout(HANG_GUARD).is_err() {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let status = child.wait().expect("wait");
+    let _ = tx.send(());
+    status
+}
+
+fn read(dir: &Path, file: &str) -> String {
+    std::fs::read_to_string(dir.join(file))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.join(file).display()))
+        .trim()
+        .to_string()
+}
+
+fn resources(json: &str) -> LinuxResources {
+    serde_json::from_str(json).expect("resources json")
+}
+
+fn host_is_v1_capable() -> bool {
+    Hierarchy::detect()
+        .map(|h| h.v1_controllers().is_some_and(|c| c.contains_key("memory")))
+        .unwrap_or(false)
+}
+
+/// The full lifecycle on the host layout: create, limits, a real process, stats,
+/// freeze (it stops making progress), thaw (it resumes), kill --all, delete.
+#[test]
+fn lifecycle_on_host_hierarchy() {
+    let name = unique("life");
+    let cg = CgroupManager::new(Some(&format!("/{name}")), "life").unwrap();
+    let mut g = Guard::new(cg.clone());
+    cg.apply(&resources(r#"{"memory":{"limit":268435456},"pids":{"limit":64}}"#))
+        .unwrap();
+    for dir in cg.paths().values() {
+        assert!(dir.is_dir(), "{} not created", dir.display());
+    }
+
+    let mut child = spawn_gated("while :; do echo tick; sleep 0.01; done");
+    let pid = child.id() as i32;
+    cg.add_task(pid).unwrap();
+    let rx = lines(child.stdout.take().unwrap());
+    release(&mut child);
+    g.children.push(child);
+    rx.recv_timeout(HANG_GUARD).expect("child ticks");
+
+    // Membership in every hierarchy, as the kernel reports it.
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let mine = own.lines().filter(|l| l.ends_with(&format!("/{name}"))).count();
+    assert!(mine >= cg.paths().len().min(2), "{own}");
+    assert!(cg.pids().unwrap().contains(&pid));
+
+    let stats = cg.stats().unwrap();
+    assert!(stats.memory.usage.usage > 0, "{stats:?}");
+    assert_eq!(stats.memory.usage.limit, 268_435_456);
+    assert!(stats.pids.current >= 1 && stats.pids.limit == 64, "{stats:?}");
+    let json = serde_json::to_value(&stats).unwrap();
+    assert!(json["memory"]["workingSet"].is_u64(), "{json}");
+
+    cg.freeze().unwrap();
+    assert_eq!(cg.state().unwrap(), FreezerState::Frozen);
+    // Drain what was written before the freeze landed, then nothing may arrive.
+    while rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "a frozen process made progress"
+    );
+    cg.thaw().unwrap();
+    assert_eq!(cg.state().unwrap(), FreezerState::Thawed);
+    rx.recv_timeout(HANG_GUARD).expect("child resumes after thaw");
+
+    // delete refuses while processes remain, and removes nothing.
+    let err = cg.delete().unwrap_err().to_string();
+    assert!(err.contains("still has processes"), "{err}");
+    assert!(cg.exists());
+
+    cg.kill_all(libc::SIGKILL).unwrap();
+    let status = wait_exit(&mut g.children[0]);
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    g.children.clear();
+
+    cg.delete().unwrap();
+    assert!(!cg.exists(), "cgroup left behind: {:?}", cg.paths());
+    cg.delete().unwrap(); // idempotent
+}
+
+/// kill --all with a catchable signal: freeze, signal each process, thaw.
+#[test]
+fn kill_all_with_sigterm_reaches_every_process() {
+    let name = unique("term");
+    let cg = CgroupManager::new(Some(&format!("/{name}")), "term").unwrap();
+    let mut g = Guard::new(cg.clone());
+    cg.apply(&LinuxResources::default()).unwrap();
+    // The shell forks a grandchild; both must get the signal.
+    let mut child = spawn_gated("sleep 1000 & echo started; wait");
+    cg.add_task(child.id() as i32).unwrap();
+    let rx = lines(child.stdout.take().unwrap());
+    release(&mut child);
+    g.children.push(child);
+    assert_eq!(rx.recv_timeout(HANG_GUARD).unwrap(), "started");
+    assert_eq!(cg.pids().unwrap().len(), 2, "sh and its sleep");
+
+    cg.kill_all(libc::SIGTERM).unwrap();
+    let status = wait_exit(&mut g.children[0]);
+    assert_eq!(status.signal(), Some(libc::SIGTERM));
+    g.children.clear();
+    // The orphaned sleep was reparented away from us; wait until the cgroup empties.
+    for _ in 0..6000 {
+        if cg.pids().unwrap().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(cg.pids().unwrap(), Vec::<i32>::new());
+    assert_eq!(cg.state().unwrap(), FreezerState::Thawed);
+    cg.delete().unwrap();
+    assert!(!cg.exists());
+}
+
+/// A memory limit makes the kernel OOM-kill a process that exceeds it, and the kill is
+/// counted where the CRI server reads it.
+#[test]
+fn memory_limit_oom_kills_and_is_counted() {
+    let name = unique("oom");
+    let cg = CgroupManager::new(Some(&format!("/{name}")), "oom").unwrap();
+    let mut g = Guard::new(cg.clone());
+    // swap = limit: no swap, so exceeding the limit means the OOM killer.
+    cg.apply(&resources(
+        r#"{"memory":{"limit":33554432,"swap":33554432}}"#,
+    ))
+    .unwrap();
+    assert_eq!(cg.oom_kill_count().unwrap(), 0);
+    // dd with a 256 MiB block size touches a 256 MiB buffer.
+    let mut child = spawn_gated("exec /bin/busybox dd if=/dev/zero of=/dev/null bs=256M count=1");
+    cg.add_task(child.id() as i32).unwrap();
+    release(&mut child);
+    g.children.push(child);
+    let status = wait_exit(&mut g.children[0]);
+    g.children.clear();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    assert_eq!(cg.oom_kill_count().unwrap(), 1);
+    assert_eq!(cg.stats().unwrap().memory.oom_kill, 1);
+    cg.delete().unwrap();
+    assert!(!cg.exists());
+}
+
+/// pids.max stops forks inside the cgroup.
+#[test]
+fn pids_limit_stops_forks() {
+    let name = unique("pids");
+    let cg = CgroupManager::new(Some(&format!("/{name}")), "pids").unwrap();
+    let mut g = Guard::new(cg.clone());
+    cg.apply(&resources(r#"{"pids":{"limit":1}}"#)).unwrap();
+    // dash forks for an external command; with one pid allowed (the shell) it cannot.
+    let mut child = spawn_gated("/bin/true; echo rc=$?");
+    cg.add_task(child.id() as i32).unwrap();
+    let out = child.stdout.take().unwrap();
+    release(&mut child);
+    g.children.push(child);
+    let status = wait_exit(&mut g.children[0]);
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut BufReader::new(out), &mut text).unwrap();
+    g.children.clear();
+    assert!(!text.contains("rc=0"), "fork succeeded under pids.max=1: {text:?}");
+    assert!(!status.success() || text.contains("rc=") && !text.contains("rc=0"));
+
+    // Raising the limit with update lets the same kind of process fork again.
+    cg.update(&resources(r#"{"pids":{"limit":16}}"#)).unwrap();
+    let mut child = spawn_gated("/bin/true; echo rc=$?");
+    cg.add_task(child.id() as i32).unwrap();
+    let out = child.stdout.take().unwrap();
+    release(&mut child);
+    g.children.push(child);
+    let status = wait_exit(&mut g.children[0]);
+    g.children.clear();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut BufReader::new(out), &mut text).unwrap();
+    assert!(status.success() && text.contains("rc=0"), "{status:?} {text:?}");
+    cg.delete().unwrap();
+    assert!(!cg.exists());
+}
+
+/// CPU, cpuset and memory limits land in the v1 files with the spec's values.
+#[test]
+fn v1_files_hold_the_spec_values() {
+    if !host_is_v1_capable() {
+        eprintln!("skipped: no v1 controllers on this host (the v2 files are tested in cgroups_v2_files)");
+        return;
+    }
+    let name = unique("v1files");
+    let cg = CgroupManager::new(Some(&format!("/{name}/nested")), "v1files").unwrap();
+    let mut g = Guard::new(cg.clone());
+    for c in cg.paths().values() {
+        if let Some(parent) = c.parent() {
+            g.extra_dirs.push(parent.to_path_buf());
+        }
+    }
+    cg.apply(&resources(
+        r#"{"cpu":{"shares":512,"quota":50000,"period":100000,"cpus":"0","mems":"0"},
+            "memory":{"limit":104857600,"reservation":52428800,"swap":209715200,"swappiness":10},
+            "pids":{"limit":-1}}"#,
+    ))
+    .unwrap();
+    let p = cg.paths();
+    assert_eq!(read(&p["cpu"], "cpu.shares"), "512");
+    assert_eq!(read(&p["cpu"], "cpu.cfs_quota_us"), "50000");
+    assert_eq!(read(&p["cpu"], "cpu.cfs_period_us"), "100000");
+    assert_eq!(read(&p["cpuset"], "cpuset.cpus"), "0");
+    assert_eq!(read(&p["cpuset"], "cpuset.mems"), "0");
+    // The intermediate level got its parent's CPUs (else no task could ever join).
+    assert!(!read(p["cpuset"].parent().unwrap(), "cpuset.cpus").is_empty());
+    assert_eq!(read(&p["memory"], "memory.limit_in_bytes"), "104857600");
+    assert_eq!(read(&p["memory"], "memory.soft_limit_in_bytes"), "52428800");
+    if p["memory"].join("memory.memsw.limit_in_bytes").exists() {
+        assert_eq!(read(&p["memory"], "memory.memsw.limit_in_bytes"), "209715200");
+    }
+    assert_eq!(read(&p["memory"], "memory.swappiness"), "10");
+    assert_eq!(read(&p["pids"], "pids.max"), "max");
+
+    // Lowering memory below the old memory+swap and raising it above: both orders work.
+    cg.update(&resources(r#"{"memory":{"limit":1073741824,"swap":2147483648}}"#))
+        .unwrap();
+    assert_eq!(read(&p["memory"], "memory.limit_in_bytes"), "1073741824");
+    cg.update(&resources(r#"{"memory":{"limit":20971520,"swap":20971520}}"#))
+        .unwrap();
+    assert_eq!(read(&p["memory"], "memory.limit_in_bytes"), "20971520");
+
+    // Bad values are refused with the field named, and the old values stay.
+    let err = cg
+        .update(&resources(r#"{"memory":{"limit":104857600,"swap":1048576}}"#))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("linux.resources.memory.swap"), "{err}");
+    assert_eq!(read(&p["memory"], "memory.limit_in_bytes"), "20971520");
+    let err = cg
+        .update(&resources(r#"{"cpu":{"cpus":"999"}}"#))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cpuset.cpus") && err.contains("999"), "{err}");
+    let err = cg
+        .update(&resources(r#"{"unified":{"memory.high":"1"}}"#))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("linux.resources.unified"), "{err}");
+    drop(g);
+    assert!(!cg.exists());
+}
+
+/// The v1 device cgroup: deny everything but the spec's and the runtime's defaults.
+#[test]
+fn v1_devices_deny_list_is_enforced() {
+    if !Hierarchy::detect()
+        .map(|h| h.v1_controllers().is_some_and(|c| c.contains_key("devices")))
+        .unwrap_or(false)
+    {
+        eprintln!("skipped: no v1 devices controller (v2 uses eBPF, not built yet)");
+        return;
+    }
+    let name = unique("devices");
+    let cg = CgroupManager::new(Some(&format!("/{name}")), "devices").unwrap();
+    let mut g = Guard::new(cg.clone());
+    cg.apply(&resources(
+        r#"{"devices":[{"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":1,"minor":8,"access":"r"}]}"#,
+    ))
+    .unwrap();
+    let list = read(&cg.paths()["devices"], "devices.list");
+    assert!(list.contains("c 1:3 rwm"), "{list}");
+    assert!(list.contains("c 1:8 r"), "{list}");
+    assert!(!list.contains("a *:* rwm"), "{list}");
+    let mut child = spawn_gated(
+        "true < /dev/null && echo null-ok; true < /dev/kmsg && echo kmsg-ok; echo done",
+    );
+    cg.add_task(child.id() as i32).unwrap();
+    let out = child.stdout.take().unwrap();
+    release(&mut child);
+    g.children.push(child);
+    wait_exit(&mut g.children[0]);
+    g.children.clear();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut BufReader::new(out), &mut text).unwrap();
+    assert!(text.contains("null-ok") && text.contains("done"), "{text:?}");
+    assert!(!text.contains("kmsg-ok"), "/dev/kmsg opened despite deny: {text:?}");
+
+    let err = cg
+        .update(&resources(r#"{"devices":[{"allow":true,"access":"rwx"}]}"#))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("linux.resources.devices[0].access"), "{err}");
+    drop(g);
+    assert!(!cg.exists());
+}
+
+/// The v2 code path for real: a test-owned subtree of the host's cgroup2 mount serves
+/// as the "root", so delegation writes stay inside what the test made.
+#[test]
+fn v2_process_freeze_kill_delete_for_real() {
+    let Some(unified) = Hierarchy::detect().unwrap().unified().map(Path::to_path_buf) else {
+        eprintln!("skipped: no cgroup2 mount");
+        return;
+    };
+    let root = unified.join(unique("v2root"));
+    std::fs::create_dir(&root).unwrap();
+    let h = Hierarchy::V2 { root: root.clone() };
+    let cg = CgroupManager::with_hierarchy(h, Some("/pod/c1"), "c1").unwrap();
+    let mut g = Guard::new(cg.clone());
+    g.extra_dirs.push(root.clone());
+    g.extra_dirs.push(root.join("pod"));
+    cg.apply(&LinuxResources::default()).unwrap();
+    let dir = cg.paths()["unified"].clone();
+    assert!(dir.join("cgroup.freeze").exists());
+
+    let mut child = spawn_gated("sleep 1000 & while :; do echo tick; sleep 0.01; done");
+    let pid = child.id() as i32;
+    cg.add_task(pid).unwrap();
+    let rx = lines(child.stdout.take().unwrap());
+    release(&mut child);
+    g.children.push(child);
+    rx.recv_timeout(HANG_GUARD).expect("ticks");
+    assert!(read(&dir, "cgroup.procs").contains(&pid.to_string()));
+    assert!(cg.pids().unwrap().len() >= 2);
+
+    cg.freeze().unwrap();
+    assert_eq!(cg.state().unwrap(), FreezerState::Frozen);
+    assert!(read(&dir, "cgroup.events").contains("frozen 1"));
+    while rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "frozen but ticking");
+    cg.thaw().unwrap();
+    assert_eq!(cg.state().unwrap(), FreezerState::Thawed);
+    rx.recv_timeout(HANG_GUARD).expect("resumes");
+
+    let stats = cg.stats().unwrap();
+    assert!(stats.cpu.usage.total > 0, "{stats:?}");
+
+    // cgroup.kill takes the shell and its background sleep at once.
+    cg.kill_all(libc::SIGKILL).unwrap();
+    assert_eq!(wait_exit(&mut g.children[0]).signal(), Some(libc::SIGKILL));
+    g.children.clear();
+    for _ in 0..6000 {
+        if cg.pids().unwrap().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(cg.pids().unwrap().is_empty());
+    cg.delete().unwrap();
+    assert!(!dir.exists());
+    drop(g);
+    assert!(!root.exists(), "test root left behind");
+}
+
+/// A bad cgroupsPath is refused before anything is created.
+#[test]
+fn bad_path_creates_nothing() {
+    let err = CgroupManager::new(Some("/../../etc"), "x").unwrap_err().to_string();
+    assert!(err.contains("linux.cgroupsPath") && err.contains(".."), "{err}");
+}

@@ -1,0 +1,202 @@
+//! The cgroup v2 resource files, written for real into a temp directory laid out like a
+//! cgroup2 mount (the machines hull's users run are pure v2; this one is hybrid).
+//!
+//! The kernel creates a cgroup's files when the directory is made; here the test makes
+//! them empty first, so the manager is held to writing only files the kernel has.
+
+use std::path::{Path, PathBuf};
+
+use hull_runtime::cgroups::{CgroupManager, Hierarchy};
+use oci_spec::runtime::LinuxResources;
+
+const V2_FILES: &[&str] = &[
+    "cgroup.procs",
+    "cgroup.controllers",
+    "cgroup.subtree_control",
+    "cpu.weight",
+    "cpu.max",
+    "cpu.max.burst",
+    "cpu.idle",
+    "cpuset.cpus",
+    "cpuset.mems",
+    "memory.max",
+    "memory.low",
+    "memory.swap.max",
+    "pids.max",
+    "io.weight",
+    "io.max",
+    "hugetlb.2MB.max",
+    "memory.high",
+];
+
+struct TempRoot(PathBuf);
+
+impl TempRoot {
+    fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("hull-cgv2-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempRoot(p)
+    }
+}
+
+impl Drop for TempRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn fake_cgroup(dir: &Path, controllers: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in V2_FILES {
+        std::fs::write(dir.join(f), "").unwrap();
+    }
+    std::fs::write(dir.join("cgroup.controllers"), controllers).unwrap();
+}
+
+fn read(dir: &Path, f: &str) -> String {
+    std::fs::read_to_string(dir.join(f)).unwrap()
+}
+
+fn manager(root: &Path, path: &str) -> CgroupManager {
+    let h = Hierarchy::V2 {
+        root: root.to_path_buf(),
+    };
+    CgroupManager::with_hierarchy(h, Some(path), "c1").unwrap()
+}
+
+const ALL: &str = "cpuset cpu io memory hugetlb pids";
+
+#[test]
+fn resources_convert_to_v2_files() {
+    let t = TempRoot::new("convert");
+    fake_cgroup(&t.0, ALL);
+    fake_cgroup(&t.0.join("kubepods"), ALL);
+    let leaf = t.0.join("kubepods/c1");
+    fake_cgroup(&leaf, "");
+    let cg = manager(&t.0, "/kubepods/c1");
+    assert_eq!(cg.paths()["unified"], leaf);
+
+    let r: LinuxResources = serde_json::from_str(
+        r#"{
+        "cpu": {"shares": 1024, "quota": 50000, "period": 100000, "burst": 1000, "idle": 0,
+                "cpus": "0-1", "mems": "0"},
+        "memory": {"limit": 104857600, "reservation": 52428800, "swap": 209715200},
+        "pids": {"limit": 32},
+        "blockIO": {"weight": 500,
+                    "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1048576}]},
+        "hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}],
+        "unified": {"memory.high": "94371840"}
+    }"#,
+    )
+    .unwrap();
+    cg.apply(&r).unwrap();
+
+    // Each parent delegates every controller it has, top-down.
+    assert_eq!(
+        read(&t.0, "cgroup.subtree_control"),
+        "+cpuset +cpu +io +memory +hugetlb +pids"
+    );
+    assert_eq!(
+        read(&t.0.join("kubepods"), "cgroup.subtree_control"),
+        "+cpuset +cpu +io +memory +hugetlb +pids"
+    );
+    // shares 1024 → weight 39 (runc/crun's linear map 2..262144 → 1..10000).
+    assert_eq!(read(&leaf, "cpu.weight"), "39");
+    assert_eq!(read(&leaf, "cpu.max"), "50000 100000");
+    assert_eq!(read(&leaf, "cpu.max.burst"), "1000");
+    assert_eq!(read(&leaf, "cpu.idle"), "0");
+    assert_eq!(read(&leaf, "cpuset.cpus"), "0-1");
+    assert_eq!(read(&leaf, "cpuset.mems"), "0");
+    assert_eq!(read(&leaf, "memory.max"), "104857600");
+    assert_eq!(read(&leaf, "memory.low"), "52428800");
+    // OCI swap is memory+swap; v2 swap.max is swap alone.
+    assert_eq!(read(&leaf, "memory.swap.max"), "104857600");
+    assert_eq!(read(&leaf, "pids.max"), "32");
+    // blkio weight 500 (10..1000) → io.weight 4950 (1..10000).
+    assert_eq!(read(&leaf, "io.weight"), "4950");
+    assert_eq!(read(&leaf, "io.max"), "8:0 rbps=1048576");
+    assert_eq!(read(&leaf, "hugetlb.2MB.max"), "4194304");
+    assert_eq!(read(&leaf, "memory.high"), "94371840");
+}
+
+#[test]
+fn unlimited_values_are_max() {
+    let t = TempRoot::new("max");
+    fake_cgroup(&t.0, ALL);
+    let leaf = t.0.join("c1");
+    fake_cgroup(&leaf, "");
+    let cg = manager(&t.0, "c1");
+    let r: LinuxResources = serde_json::from_str(
+        r#"{"cpu":{"quota":-1,"period":50000},"memory":{"limit":-1,"swap":-1},"pids":{"limit":-1}}"#,
+    )
+    .unwrap();
+    cg.apply(&r).unwrap();
+    assert_eq!(read(&leaf, "cpu.max"), "max 50000");
+    assert_eq!(read(&leaf, "memory.max"), "max");
+    assert_eq!(read(&leaf, "memory.swap.max"), "max");
+    assert_eq!(read(&leaf, "pids.max"), "max");
+}
+
+#[test]
+fn bfq_takes_the_v1_weight_as_is() {
+    let t = TempRoot::new("bfq");
+    fake_cgroup(&t.0, ALL);
+    let leaf = t.0.join("c1");
+    fake_cgroup(&leaf, "");
+    std::fs::write(leaf.join("io.bfq.weight"), "").unwrap();
+    let cg = manager(&t.0, "c1");
+    let r: LinuxResources = serde_json::from_str(r#"{"blockIO":{"weight":300}}"#).unwrap();
+    cg.apply(&r).unwrap();
+    assert_eq!(read(&leaf, "io.bfq.weight"), "300");
+    assert_eq!(read(&leaf, "io.weight"), "");
+}
+
+#[test]
+fn bad_values_name_the_field_and_write_nothing() {
+    let t = TempRoot::new("bad");
+    fake_cgroup(&t.0, ALL);
+    let leaf = t.0.join("c1");
+    fake_cgroup(&leaf, "");
+    let cg = manager(&t.0, "c1");
+    let cases = [
+        (
+            r#"{"memory":{"limit":209715200,"swap":104857600}}"#,
+            "linux.resources.memory.swap",
+        ),
+        (r#"{"memory":{"swap":104857600}}"#, "linux.resources.memory.swap"),
+        (
+            r#"{"unified":{"../../etc/passwd":"x"}}"#,
+            "linux.resources.unified",
+        ),
+        (
+            r#"{"cpu":{"realtimeRuntime":1000}}"#,
+            "linux.resources.cpu.realtimeRuntime",
+        ),
+    ];
+    for (json, field) in cases {
+        let r: LinuxResources = serde_json::from_str(json).unwrap();
+        let err = cg.apply(&r).unwrap_err().to_string();
+        assert!(err.contains(field), "{json}: {err}");
+        for f in ["memory.max", "memory.swap.max", "cpu.max"] {
+            assert_eq!(read(&leaf, f), "", "{json} wrote {f}");
+        }
+    }
+    // A file the kernel does not have is an error naming it, not a created file.
+    std::fs::remove_file(leaf.join("pids.max")).unwrap();
+    let r: LinuxResources = serde_json::from_str(r#"{"pids":{"limit":5}}"#).unwrap();
+    let err = cg.apply(&r).unwrap_err().to_string();
+    assert!(err.contains("pids.max"), "{err}");
+    assert!(!leaf.join("pids.max").exists());
+}
+
+#[test]
+fn systemd_paths_land_under_their_slices() {
+    let t = TempRoot::new("systemd");
+    fake_cgroup(&t.0, ALL);
+    let cg = manager(&t.0, "kubepods-burstable.slice:cri-hull:abc");
+    cg.create().unwrap();
+    let leaf = t.0.join("kubepods.slice/kubepods-burstable.slice/cri-hull-abc.scope");
+    assert!(leaf.is_dir());
+    assert_eq!(cg.path(), PathBuf::from("/kubepods.slice/kubepods-burstable.slice/cri-hull-abc.scope"));
+}
