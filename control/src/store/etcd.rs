@@ -108,6 +108,25 @@ impl EtcdStore {
         Ok(store)
     }
 
+    /// Fails with Compacted if events after `after` are gone. etcd accepts a watch on a
+    /// compacted revision and cancels it only on its next sync, so a read at the first
+    /// revision the watch needs is the synchronous check.
+    async fn check_not_compacted(&self, after: Revision) -> Result<(), StoreError> {
+        let options = GetOptions::new().with_count_only().with_revision(after + 1);
+        match self.client.clone().get("/", Some(options)).await {
+            Ok(_) => Ok(()),
+            Err(e) => match map_err(e) {
+                StoreError::Compacted { .. } => Err(StoreError::Compacted {
+                    requested: after,
+                    compacted: after + 1,
+                }),
+                // after+1 is in the future: nothing to miss, the watch waits for it.
+                StoreError::Internal(msg) if msg.contains("future revision") => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+
     /// The key's current value, read in a transaction's failure branch.
     fn failed_get(responses: Vec<TxnOpResponse>) -> Result<Option<KeyValue>, StoreError> {
         for response in responses {
@@ -273,6 +292,7 @@ impl Store for EtcdStore {
         };
         if after > 0 {
             options = options.with_start_revision(after + 1);
+            self.check_not_compacted(after).await?;
         }
         let mut stream = self
             .client

@@ -8,15 +8,24 @@
 //! Keys are `/registry/<resource>/<namespace>/<name>` (cluster-scoped:
 //! `/registry/<resource>/<name>`); values are the object's JSON with `resourceVersion`
 //! stripped (the server sets it from `mod_revision` on read), as kube-apiserver does.
+//!
+//! - [`sqlite`]: the embedded default, a revision log in one file (as kine keeps it).
+//! - [`etcd`]: etcd v3, for several servers sharing one store.
+//! - [`cache`]: the watch cache, one store watch fanned out to many watchers.
+//! - [`compactor`]: the periodic compaction that keeps history bounded.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use futures::stream::BoxStream;
 
+pub mod cache;
+pub mod compactor;
 pub mod etcd;
 pub mod sqlite;
 
+pub use cache::{CacheConfig, CachedStore};
+pub use compactor::{CompactorConfig, spawn_compactor};
 pub use etcd::EtcdStore;
 pub use sqlite::SqliteStore;
 
