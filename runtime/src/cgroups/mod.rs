@@ -104,6 +104,9 @@ pub enum FreezerState {
 /// freezable point; a task in uninterruptible sleep can hold it up for a while.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long [`CgroupManager::delete`] lets just-killed processes finish exiting.
+pub const DYING_GRACE: Duration = Duration::from_secs(2);
+
 /// One container's cgroup in every hierarchy of the host.
 #[derive(Debug, Clone)]
 pub struct CgroupManager {
@@ -453,14 +456,12 @@ impl CgroupManager {
     /// Removes the container's cgroup (and sub-cgroups it made) from every hierarchy.
     /// Fails, removing nothing, while processes remain. Parents such as `/hull` are
     /// shared with other containers and stay.
+    ///
+    /// Processes killed just before (`kill --all` then `delete`) are given
+    /// [`DYING_GRACE`] to finish exiting: SIGKILL is delivered asynchronously and a
+    /// task stays listed until the kernel has run its exit path.
     pub fn delete(&self) -> Result<(), CgroupError> {
-        let pids = self.pids()?;
-        if !pids.is_empty() {
-            return Err(CgroupError::Busy {
-                path: self.path(),
-                pids,
-            });
-        }
+        self.wait_empty(DYING_GRACE)?;
         let mut first_err = None;
         for dir in self.all_dirs() {
             if let Err(e) = fs::remove_tree(&dir) {
@@ -468,6 +469,24 @@ impl CgroupManager {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// Waits until no process is left in the cgroup, or fails with the pids still there.
+    pub fn wait_empty(&self, timeout: Duration) -> Result<(), CgroupError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let pids = self.pids()?;
+            if pids.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(CgroupError::Busy {
+                    path: self.path(),
+                    pids,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Whether the cgroup exists in any hierarchy (for leak checks and reconciling).
