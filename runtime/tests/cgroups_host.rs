@@ -126,8 +126,10 @@ fn lifecycle_on_host_hierarchy() {
     let name = unique("life");
     let cg = CgroupManager::new(Some(&format!("/{name}")), "life").unwrap();
     let mut g = Guard::new(cg.clone());
-    cg.apply(&resources(r#"{"memory":{"limit":268435456},"pids":{"limit":64}}"#))
-        .unwrap();
+    cg.apply(&resources(
+        r#"{"memory":{"limit":268435456},"pids":{"limit":64}}"#,
+    ))
+    .unwrap();
     for dir in cg.paths().values() {
         assert!(dir.is_dir(), "{} not created", dir.display());
     }
@@ -142,14 +144,20 @@ fn lifecycle_on_host_hierarchy() {
 
     // Membership in every hierarchy, as the kernel reports it.
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let mine = own.lines().filter(|l| l.ends_with(&format!("/{name}"))).count();
+    let mine = own
+        .lines()
+        .filter(|l| l.ends_with(&format!("/{name}")))
+        .count();
     assert!(mine >= cg.paths().len().min(2), "{own}");
     assert!(cg.pids().unwrap().contains(&pid));
 
     let stats = cg.stats().unwrap();
     assert!(stats.memory.usage.usage > 0, "{stats:?}");
     assert_eq!(stats.memory.usage.limit, 268_435_456);
-    assert!(stats.pids.current >= 1 && stats.pids.limit == 64, "{stats:?}");
+    assert!(
+        stats.pids.current >= 1 && stats.pids.limit == 64,
+        "{stats:?}"
+    );
     let json = serde_json::to_value(&stats).unwrap();
     assert!(json["memory"]["workingSet"].is_u64(), "{json}");
 
@@ -163,7 +171,8 @@ fn lifecycle_on_host_hierarchy() {
     );
     cg.thaw().unwrap();
     assert_eq!(cg.state().unwrap(), FreezerState::Thawed);
-    rx.recv_timeout(HANG_GUARD).expect("child resumes after thaw");
+    rx.recv_timeout(HANG_GUARD)
+        .expect("child resumes after thaw");
 
     // delete refuses while processes remain, and removes nothing.
     let err = cg.delete().unwrap_err().to_string();
@@ -251,7 +260,10 @@ fn pids_limit_stops_forks() {
     let mut text = String::new();
     std::io::Read::read_to_string(&mut BufReader::new(out), &mut text).unwrap();
     g.children.clear();
-    assert!(!text.contains("rc=0"), "fork succeeded under pids.max=1: {text:?}");
+    assert!(
+        !text.contains("rc=0"),
+        "fork succeeded under pids.max=1: {text:?}"
+    );
     assert!(!status.success() || text.contains("rc=") && !text.contains("rc=0"));
 
     // Raising the limit with update lets the same kind of process fork again.
@@ -265,7 +277,10 @@ fn pids_limit_stops_forks() {
     g.children.clear();
     let mut text = String::new();
     std::io::Read::read_to_string(&mut BufReader::new(out), &mut text).unwrap();
-    assert!(status.success() && text.contains("rc=0"), "{status:?} {text:?}");
+    assert!(
+        status.success() && text.contains("rc=0"),
+        "{status:?} {text:?}"
+    );
     cg.delete().unwrap();
     assert!(!cg.exists());
 }
@@ -274,7 +289,9 @@ fn pids_limit_stops_forks() {
 #[test]
 fn v1_files_hold_the_spec_values() {
     if !host_is_v1_capable() {
-        eprintln!("skipped: no v1 controllers on this host (the v2 files are tested in cgroups_v2_files)");
+        eprintln!(
+            "skipped: no v1 controllers on this host (the v2 files are tested in cgroups_v2_files)"
+        );
         return;
     }
     let name = unique("v1files");
@@ -302,22 +319,31 @@ fn v1_files_hold_the_spec_values() {
     assert_eq!(read(&p["memory"], "memory.limit_in_bytes"), "104857600");
     assert_eq!(read(&p["memory"], "memory.soft_limit_in_bytes"), "52428800");
     if p["memory"].join("memory.memsw.limit_in_bytes").exists() {
-        assert_eq!(read(&p["memory"], "memory.memsw.limit_in_bytes"), "209715200");
+        assert_eq!(
+            read(&p["memory"], "memory.memsw.limit_in_bytes"),
+            "209715200"
+        );
     }
     assert_eq!(read(&p["memory"], "memory.swappiness"), "10");
     assert_eq!(read(&p["pids"], "pids.max"), "max");
 
     // Lowering memory below the old memory+swap and raising it above: both orders work.
-    cg.update(&resources(r#"{"memory":{"limit":1073741824,"swap":2147483648}}"#))
-        .unwrap();
+    cg.update(&resources(
+        r#"{"memory":{"limit":1073741824,"swap":2147483648}}"#,
+    ))
+    .unwrap();
     assert_eq!(read(&p["memory"], "memory.limit_in_bytes"), "1073741824");
-    cg.update(&resources(r#"{"memory":{"limit":20971520,"swap":20971520}}"#))
-        .unwrap();
+    cg.update(&resources(
+        r#"{"memory":{"limit":20971520,"swap":20971520}}"#,
+    ))
+    .unwrap();
     assert_eq!(read(&p["memory"], "memory.limit_in_bytes"), "20971520");
 
     // Bad values are refused with the field named, and the old values stay.
     let err = cg
-        .update(&resources(r#"{"memory":{"limit":104857600,"swap":1048576}}"#))
+        .update(&resources(
+            r#"{"memory":{"limit":104857600,"swap":1048576}}"#,
+        ))
         .unwrap_err()
         .to_string();
     assert!(err.contains("linux.resources.memory.swap"), "{err}");
@@ -340,7 +366,10 @@ fn v1_files_hold_the_spec_values() {
 #[test]
 fn v1_devices_deny_list_is_enforced() {
     if !Hierarchy::detect()
-        .map(|h| h.v1_controllers().is_some_and(|c| c.contains_key("devices")))
+        .map(|h| {
+            h.v1_controllers()
+                .is_some_and(|c| c.contains_key("devices"))
+        })
         .unwrap_or(false)
     {
         eprintln!("skipped: no v1 devices controller (v2 uses eBPF, not built yet)");
@@ -368,8 +397,14 @@ fn v1_devices_deny_list_is_enforced() {
     g.children.clear();
     let mut text = String::new();
     std::io::Read::read_to_string(&mut BufReader::new(out), &mut text).unwrap();
-    assert!(text.contains("null-ok") && text.contains("done"), "{text:?}");
-    assert!(!text.contains("kmsg-ok"), "/dev/kmsg opened despite deny: {text:?}");
+    assert!(
+        text.contains("null-ok") && text.contains("done"),
+        "{text:?}"
+    );
+    assert!(
+        !text.contains("kmsg-ok"),
+        "/dev/kmsg opened despite deny: {text:?}"
+    );
 
     let err = cg
         .update(&resources(r#"{"devices":[{"allow":true,"access":"rwx"}]}"#))
@@ -384,7 +419,11 @@ fn v1_devices_deny_list_is_enforced() {
 /// as the "root", so delegation writes stay inside what the test made.
 #[test]
 fn v2_process_freeze_kill_delete_for_real() {
-    let Some(unified) = Hierarchy::detect().unwrap().unified().map(Path::to_path_buf) else {
+    let Some(unified) = Hierarchy::detect()
+        .unwrap()
+        .unified()
+        .map(Path::to_path_buf)
+    else {
         eprintln!("skipped: no cgroup2 mount");
         return;
     };
@@ -413,7 +452,10 @@ fn v2_process_freeze_kill_delete_for_real() {
     assert_eq!(cg.state().unwrap(), FreezerState::Frozen);
     assert!(read(&dir, "cgroup.events").contains("frozen 1"));
     while rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
-    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "frozen but ticking");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "frozen but ticking"
+    );
     cg.thaw().unwrap();
     assert_eq!(cg.state().unwrap(), FreezerState::Thawed);
     rx.recv_timeout(HANG_GUARD).expect("resumes");
@@ -435,6 +477,11 @@ fn v2_process_freeze_kill_delete_for_real() {
 /// A bad cgroupsPath is refused before anything is created.
 #[test]
 fn bad_path_creates_nothing() {
-    let err = CgroupManager::new(Some("/../../etc"), "x").unwrap_err().to_string();
-    assert!(err.contains("linux.cgroupsPath") && err.contains(".."), "{err}");
+    let err = CgroupManager::new(Some("/../../etc"), "x")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("linux.cgroupsPath") && err.contains(".."),
+        "{err}"
+    );
 }

@@ -164,7 +164,10 @@ fn bad_values_name_the_field_and_write_nothing() {
             r#"{"memory":{"limit":209715200,"swap":104857600}}"#,
             "linux.resources.memory.swap",
         ),
-        (r#"{"memory":{"swap":104857600}}"#, "linux.resources.memory.swap"),
+        (
+            r#"{"memory":{"swap":104857600}}"#,
+            "linux.resources.memory.swap",
+        ),
         (
             r#"{"unified":{"../../etc/passwd":"x"}}"#,
             "linux.resources.unified",
@@ -196,7 +199,11 @@ fn systemd_paths_land_under_their_slices() {
     fake_cgroup(&t.0, ALL);
     let cg = manager(&t.0, "kubepods-burstable.slice:cri-hull:abc");
     cg.create().unwrap();
-    let leaf = t.0.join("kubepods.slice/kubepods-burstable.slice/cri-hull-abc.scope");
+    let leaf =
+        t.0.join("kubepods.slice/kubepods-burstable.slice/cri-hull-abc.scope");
     assert!(leaf.is_dir());
-    assert_eq!(cg.path(), PathBuf::from("/kubepods.slice/kubepods-burstable.slice/cri-hull-abc.scope"));
+    assert_eq!(
+        cg.path(),
+        PathBuf::from("/kubepods.slice/kubepods-burstable.slice/cri-hull-abc.scope")
+    );
 }

@@ -142,7 +142,15 @@ fn runtime_default_runs_busybox_and_denies_namespaces() {
             return 1;
         }
         // clone with a namespace flag is refused by the argument rule.
-        if libc::syscall(libc::SYS_clone, libc::CLONE_NEWNET | libc::SIGCHLD, 0, 0, 0, 0) >= 0 {
+        if libc::syscall(
+            libc::SYS_clone,
+            libc::CLONE_NEWNET | libc::SIGCHLD,
+            0,
+            0,
+            0,
+            0,
+        ) >= 0
+        {
             return 2;
         }
         // clone3 says ENOSYS so libc falls back to clone.
@@ -153,7 +161,11 @@ fn runtime_default_runs_busybox_and_denies_namespaces() {
         4
     });
     assert!(libc::WIFEXITED(status), "status {status:#x}");
-    assert_eq!(libc::WEXITSTATUS(status), 7, "busybox did not run to the end");
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        7,
+        "busybox did not run to the end"
+    );
 }
 
 #[test]

@@ -59,12 +59,10 @@ pub(crate) fn read_u64_opt(dir: &Path, file: &str) -> Result<Option<u64>, Cgroup
     if s == "max" {
         return Ok(Some(u64::MAX));
     }
-    s.parse::<u64>()
-        .map(Some)
-        .map_err(|_| CgroupError::Parse {
-            path: dir.join(file),
-            reason: format!("expected an integer, found {s:?}"),
-        })
+    s.parse::<u64>().map(Some).map_err(|_| CgroupError::Parse {
+        path: dir.join(file),
+        reason: format!("expected an integer, found {s:?}"),
+    })
 }
 
 /// Parses "key value" lines (memory.stat, cpu.stat, memory.events, oom_control).

@@ -73,7 +73,9 @@ pub enum CgroupError {
     },
     #[error("{path}: {reason}")]
     Parse { path: PathBuf, reason: String },
-    #[error("no cgroup filesystem is mounted (nothing of type cgroup or cgroup2 in /proc/self/mountinfo)")]
+    #[error(
+        "no cgroup filesystem is mounted (nothing of type cgroup or cgroup2 in /proc/self/mountinfo)"
+    )]
     NoHierarchy,
     #[error("cgroup {path} still has processes {pids:?}")]
     Busy { path: PathBuf, pids: Vec<i32> },

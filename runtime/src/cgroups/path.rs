@@ -29,12 +29,15 @@ pub fn resolve(cgroups_path: Option<&str>, id: &str) -> Result<PathBuf, CgroupEr
     let raw = match cgroups_path {
         None | Some("") => {
             if id.is_empty() || id.contains('/') || id == "." || id == ".." {
-                return Err(invalid(format!("container id {id:?} is not a valid cgroup name")));
+                return Err(invalid(format!(
+                    "container id {id:?} is not a valid cgroup name"
+                )));
             }
             format!("hull/{id}")
         }
-        Some(p) if !p.starts_with('/') && p.split(':').count() == 3 => systemd_path(p)
-            .map_err(invalid)?,
+        Some(p) if !p.starts_with('/') && p.split(':').count() == 3 => {
+            systemd_path(p).map_err(invalid)?
+        }
         Some(p) => p.to_string(),
     };
     let mut out = PathBuf::new();
@@ -46,7 +49,9 @@ pub fn resolve(cgroups_path: Option<&str>, id: &str) -> Result<PathBuf, CgroupEr
         }
     }
     if out.as_os_str().is_empty() {
-        return Err(invalid("the cgroup path is the hierarchy root itself".into()));
+        return Err(invalid(
+            "the cgroup path is the hierarchy root itself".into(),
+        ));
     }
     Ok(out)
 }
@@ -61,7 +66,11 @@ fn systemd_path(p: &str) -> Result<String, String> {
     if name.is_empty() {
         return Err("systemd form slice:prefix:name has an empty name".into());
     }
-    let slice = if slice.is_empty() { "system.slice" } else { slice };
+    let slice = if slice.is_empty() {
+        "system.slice"
+    } else {
+        slice
+    };
     let mut path = expand_slice(slice)?;
     // A name that is itself a slice is used as is, as runc's systemd driver does.
     let unit = if name.ends_with(".slice") {
@@ -81,13 +90,14 @@ fn systemd_path(p: &str) -> Result<String, String> {
 /// `a-b-c.slice` → `a.slice/a-b.slice/a-b-c.slice`; `-.slice` is the root slice.
 fn expand_slice(slice: &str) -> Result<String, String> {
     let Some(stem) = slice.strip_suffix(".slice") else {
-        return Err(format!("{slice:?} is not a systemd slice (must end in .slice)"));
+        return Err(format!(
+            "{slice:?} is not a systemd slice (must end in .slice)"
+        ));
     };
     if stem == "-" {
         return Ok(String::new());
     }
-    if stem.contains('/') || stem.starts_with('-') || stem.ends_with('-') || stem.contains("--")
-    {
+    if stem.contains('/') || stem.starts_with('-') || stem.ends_with('-') || stem.contains("--") {
         return Err(format!("{slice:?} is not a valid systemd slice name"));
     }
     let mut out = Vec::new();
@@ -116,7 +126,11 @@ mod tests {
             PathBuf::from("system.slice/hull-c1.scope")
         );
         assert_eq!(
-            resolve(Some("kubepods-besteffort-pod12.slice:cri-containerd:abc"), "x").unwrap(),
+            resolve(
+                Some("kubepods-besteffort-pod12.slice:cri-containerd:abc"),
+                "x"
+            )
+            .unwrap(),
             PathBuf::from(
                 "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12.slice/cri-containerd-abc.scope"
             )

@@ -200,7 +200,10 @@ pub fn read_v1_cpu(cpu: Option<&Path>, cpuacct: Option<&Path>) -> Result<CpuStat
     if let Some(d) = cpuacct {
         c.usage.total = read_u64_opt(d, "cpuacct.usage")?.unwrap_or(0);
         if let Some(per) = read_opt(d, "cpuacct.usage_percpu")? {
-            c.usage.per_cpu = per.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+            c.usage.per_cpu = per
+                .split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect();
         }
         let stat = read_flat_keyed(d, "cpuacct.stat")?;
         // SAFETY: sysconf has no memory-safety preconditions.

@@ -90,39 +90,79 @@ pub fn apply(dirs: &BTreeMap<String, PathBuf>, r: &LinuxResources) -> Result<(),
 
     if let Some(cpu) = r.cpu() {
         if let Some(shares) = cpu.shares().filter(|v| *v != 0) {
-            write(need("cpu", "linux.resources.cpu.shares")?, "cpu.shares", &shares.to_string())?;
+            write(
+                need("cpu", "linux.resources.cpu.shares")?,
+                "cpu.shares",
+                &shares.to_string(),
+            )?;
         }
         // Period before quota: the kernel validates quota against the current period.
         if let Some(period) = cpu.period().filter(|v| *v != 0) {
-            write(need("cpu", "linux.resources.cpu.period")?, "cpu.cfs_period_us", &period.to_string())?;
+            write(
+                need("cpu", "linux.resources.cpu.period")?,
+                "cpu.cfs_period_us",
+                &period.to_string(),
+            )?;
         }
         if let Some(quota) = cpu.quota().filter(|v| *v != 0) {
-            write(need("cpu", "linux.resources.cpu.quota")?, "cpu.cfs_quota_us", &limit_str(quota))?;
+            write(
+                need("cpu", "linux.resources.cpu.quota")?,
+                "cpu.cfs_quota_us",
+                &limit_str(quota),
+            )?;
         }
         if let Some(burst) = cpu.burst() {
-            write(need("cpu", "linux.resources.cpu.burst")?, "cpu.cfs_burst_us", &burst.to_string())?;
+            write(
+                need("cpu", "linux.resources.cpu.burst")?,
+                "cpu.cfs_burst_us",
+                &burst.to_string(),
+            )?;
         }
         if let Some(idle) = cpu.idle() {
-            write(need("cpu", "linux.resources.cpu.idle")?, "cpu.idle", &idle.to_string())?;
+            write(
+                need("cpu", "linux.resources.cpu.idle")?,
+                "cpu.idle",
+                &idle.to_string(),
+            )?;
         }
         if let Some(p) = cpu.realtime_period().filter(|v| *v != 0) {
-            write(need("cpu", "linux.resources.cpu.realtimePeriod")?, "cpu.rt_period_us", &p.to_string())?;
+            write(
+                need("cpu", "linux.resources.cpu.realtimePeriod")?,
+                "cpu.rt_period_us",
+                &p.to_string(),
+            )?;
         }
         if let Some(rt) = cpu.realtime_runtime().filter(|v| *v != 0) {
-            write(need("cpu", "linux.resources.cpu.realtimeRuntime")?, "cpu.rt_runtime_us", &rt.to_string())?;
+            write(
+                need("cpu", "linux.resources.cpu.realtimeRuntime")?,
+                "cpu.rt_runtime_us",
+                &rt.to_string(),
+            )?;
         }
         if let Some(cpus) = cpu.cpus().as_deref().filter(|s| !s.is_empty()) {
-            write(need("cpuset", "linux.resources.cpu.cpus")?, "cpuset.cpus", cpus)?;
+            write(
+                need("cpuset", "linux.resources.cpu.cpus")?,
+                "cpuset.cpus",
+                cpus,
+            )?;
         }
         if let Some(mems) = cpu.mems().as_deref().filter(|s| !s.is_empty()) {
-            write(need("cpuset", "linux.resources.cpu.mems")?, "cpuset.mems", mems)?;
+            write(
+                need("cpuset", "linux.resources.cpu.mems")?,
+                "cpuset.mems",
+                mems,
+            )?;
         }
     }
 
     if let Some(pids) = r.pids()
         && pids.limit() != 0
     {
-        let v = if pids.limit() < 0 { "max".to_string() } else { pids.limit().to_string() };
+        let v = if pids.limit() < 0 {
+            "max".to_string()
+        } else {
+            pids.limit().to_string()
+        };
         write(need("pids", "linux.resources.pids.limit")?, "pids.max", &v)?;
     }
 
@@ -146,34 +186,66 @@ pub fn apply(dirs: &BTreeMap<String, PathBuf>, r: &LinuxResources) -> Result<(),
                 write(d, &file, &format!("{}:{} {w}", wd.major(), wd.minor()))?;
             }
             if let Some(w) = wd.leaf_weight() {
-                write(d, "blkio.leaf_weight_device", &format!("{}:{} {w}", wd.major(), wd.minor()))?;
+                write(
+                    d,
+                    "blkio.leaf_weight_device",
+                    &format!("{}:{} {w}", wd.major(), wd.minor()),
+                )?;
             }
         }
         let throttles = [
-            ("blkio.throttle.read_bps_device", bio.throttle_read_bps_device()),
-            ("blkio.throttle.write_bps_device", bio.throttle_write_bps_device()),
-            ("blkio.throttle.read_iops_device", bio.throttle_read_iops_device()),
-            ("blkio.throttle.write_iops_device", bio.throttle_write_iops_device()),
+            (
+                "blkio.throttle.read_bps_device",
+                bio.throttle_read_bps_device(),
+            ),
+            (
+                "blkio.throttle.write_bps_device",
+                bio.throttle_write_bps_device(),
+            ),
+            (
+                "blkio.throttle.read_iops_device",
+                bio.throttle_read_iops_device(),
+            ),
+            (
+                "blkio.throttle.write_iops_device",
+                bio.throttle_write_iops_device(),
+            ),
         ];
         for (file, devs) in throttles {
             for t in devs.iter().flatten() {
-                write(d, file, &format!("{}:{} {}", t.major(), t.minor(), t.rate()))?;
+                write(
+                    d,
+                    file,
+                    &format!("{}:{} {}", t.major(), t.minor(), t.rate()),
+                )?;
             }
         }
     }
 
     for h in r.hugepage_limits().iter().flatten() {
         let d = need("hugetlb", "linux.resources.hugepageLimits")?;
-        write(d, &format!("hugetlb.{}.limit_in_bytes", h.page_size()), &limit_str(h.limit()))?;
+        write(
+            d,
+            &format!("hugetlb.{}.limit_in_bytes", h.page_size()),
+            &limit_str(h.limit()),
+        )?;
     }
 
     if let Some(net) = r.network() {
         if let Some(class) = net.class_id() {
-            write(need("net_cls", "linux.resources.network.classID")?, "net_cls.classid", &class.to_string())?;
+            write(
+                need("net_cls", "linux.resources.network.classID")?,
+                "net_cls.classid",
+                &class.to_string(),
+            )?;
         }
         for p in net.priorities().iter().flatten() {
             let d = need("net_prio", "linux.resources.network.priorities")?;
-            write(d, "net_prio.ifpriomap", &format!("{} {}", p.name(), p.priority()))?;
+            write(
+                d,
+                "net_prio.ifpriomap",
+                &format!("{} {}", p.name(), p.priority()),
+            )?;
         }
     }
 
@@ -278,10 +350,20 @@ fn apply_devices(d: &Path, rules: &[LinuxDeviceCgroup]) -> Result<(), CgroupErro
                 });
             }
         };
-        let major = rule.major().map(|m| m.to_string()).unwrap_or_else(|| "*".into());
-        let minor = rule.minor().map(|m| m.to_string()).unwrap_or_else(|| "*".into());
+        let major = rule
+            .major()
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| "*".into());
+        let minor = rule
+            .minor()
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| "*".into());
         let access = rule.access().as_deref().unwrap_or("rwm");
-        let entry = if typ == "a" { "a".to_string() } else { format!("{typ} {major}:{minor} {access}") };
+        let entry = if typ == "a" {
+            "a".to_string()
+        } else {
+            format!("{typ} {major}:{minor} {access}")
+        };
         rules_text.push((rule.allow(), entry));
     }
     let starts_allow_all = rules_text.first().is_some_and(|(a, e)| *a && e == "a");
@@ -289,7 +371,15 @@ fn apply_devices(d: &Path, rules: &[LinuxDeviceCgroup]) -> Result<(), CgroupErro
         write(d, "devices.deny", "a")?;
     }
     for (allow, entry) in &rules_text {
-        write(d, if *allow { "devices.allow" } else { "devices.deny" }, entry)?;
+        write(
+            d,
+            if *allow {
+                "devices.allow"
+            } else {
+                "devices.deny"
+            },
+            entry,
+        )?;
     }
     for entry in DEFAULT_ALLOWED_DEVICES {
         write(d, "devices.allow", entry)?;

@@ -110,10 +110,14 @@ pub fn plan(r: &LinuxResources, has: &dyn Fn(&str) -> bool) -> Result<Vec<Write>
             put("memory.low", limit_str(res));
         }
         if mem.swappiness().is_some() {
-            tracing::warn!("linux.resources.memory.swappiness is ignored: cgroup v2 has no per-cgroup swappiness");
+            tracing::warn!(
+                "linux.resources.memory.swappiness is ignored: cgroup v2 has no per-cgroup swappiness"
+            );
         }
         if mem.disable_oom_killer() == Some(true) {
-            tracing::warn!("linux.resources.memory.disableOOMKiller is ignored: cgroup v2 cannot disable the OOM killer");
+            tracing::warn!(
+                "linux.resources.memory.disableOOMKiller is ignored: cgroup v2 cannot disable the OOM killer"
+            );
         }
     }
 
@@ -151,8 +155,15 @@ pub fn plan(r: &LinuxResources, has: &dyn Fn(&str) -> bool) -> Result<Vec<Write>
         ];
         for (key, devs) in throttles {
             for d in devs.iter().flatten() {
-                let rate = if d.rate() == 0 { "max".to_string() } else { d.rate().to_string() };
-                put("io.max", format!("{}:{} {key}={rate}", d.major(), d.minor()));
+                let rate = if d.rate() == 0 {
+                    "max".to_string()
+                } else {
+                    d.rate().to_string()
+                };
+                put(
+                    "io.max",
+                    format!("{}:{} {key}={rate}", d.major(), d.minor()),
+                );
             }
         }
     }

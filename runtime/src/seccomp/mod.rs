@@ -22,8 +22,12 @@ pub use profile::runtime_default;
 use std::io::{Read, Seek};
 use std::os::fd::{FromRawFd, OwnedFd};
 
-use libseccomp::{ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
-use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator};
+use libseccomp::{
+    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+};
+use oci_spec::runtime::{
+    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator,
+};
 
 /// Errors compiling or loading a seccomp profile; each names the spec field at fault.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +150,10 @@ fn compare(
         .ok_or_else(|| {
             invalid(
                 format!("{field}.index"),
-                format!("{} is out of range (a syscall has arguments 0-5)", arg.index()),
+                format!(
+                    "{} is out of range (a syscall has arguments 0-5)",
+                    arg.index()
+                ),
             )
         })?;
     let op = match arg.op() {
@@ -236,7 +243,9 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Filter, SeccompError> {
         let same_index = indexes.windows(2).any(|w| w[0] == w[1]);
         for (j, name) in rule.names().iter().enumerate() {
             let Ok(sc) = ScmpSyscall::from_name(name) else {
-                tracing::debug!("{field}.names[{j}]: {name:?} unknown on this architecture, skipped");
+                tracing::debug!(
+                    "{field}.names[{j}]: {name:?} unknown on this architecture, skipped"
+                );
                 continue;
             };
             let added = if cmps.is_empty() {
