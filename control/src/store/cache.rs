@@ -18,6 +18,9 @@ use tokio::task::JoinHandle;
 
 use super::{KeyValue, ListResult, Revision, Store, StoreError, WatchEvent, WatchStream};
 
+/// Events a watcher may fall behind the broadcast by before it catches up from the window.
+const BROADCAST_CAPACITY: usize = 1024;
+
 /// How the cache is sized.
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -139,7 +142,7 @@ impl CachedStore {
         let start = inner.current_revision().await?;
         let stream = inner.watch(&config.prefix, start).await?;
         let capacity = config.window.max(1);
-        let (sender, _) = broadcast::channel(capacity.min(4096));
+        let (sender, _) = broadcast::channel(capacity.min(BROADCAST_CAPACITY));
         let shared = Arc::new(Shared {
             window: Mutex::new(Window {
                 events: VecDeque::with_capacity(capacity.min(4096)),

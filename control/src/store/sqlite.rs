@@ -22,7 +22,7 @@ use tokio::sync::broadcast;
 use super::{KeyValue, ListResult, Revision, Store, StoreError, WatchEvent, WatchStream};
 
 /// Events a slow watcher may fall behind by before it re-reads the log.
-const BROADCAST_CAPACITY: usize = 4096;
+const BROADCAST_CAPACITY: usize = 1024;
 /// Rows a lagging or starting watcher reads from the log per query.
 const REPLAY_BATCH: i64 = 1000;
 

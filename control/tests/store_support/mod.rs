@@ -15,6 +15,8 @@ pub mod suite;
 /// A real `etcd` on 127.0.0.1 with its own data dir; killed (by PID) and removed on drop.
 pub struct Etcd {
     child: Child,
+    client_port: u16,
+    peer_port: u16,
     pub url: String,
     pub dir: tempfile::TempDir,
 }
@@ -26,42 +28,65 @@ fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
 }
 
+fn spawn_etcd(dir: &Path, client: u16, peer: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("etcd.log"))
+        .expect("etcd log file");
+    let log2 = log.try_clone().expect("etcd log file");
+    Command::new("etcd")
+        .args(["--name", "hull-test"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+        .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args(["--initial-cluster", &format!("hull-test=http://127.0.0.1:{peer}")])
+        .args(["--initial-cluster-state", "new"])
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log2))
+        .spawn()
+        .expect("start etcd (Debian package etcd-server; tests/setup installs it)")
+}
+
 impl Etcd {
     pub async fn start() -> Etcd {
         let dir = tempfile::Builder::new()
             .prefix(&format!("hull-etcd-{}-", std::process::id()))
             .tempdir()
             .expect("temp dir for etcd");
-        let (client, peer) = (free_port(), free_port());
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log file");
-        let log2 = log.try_clone().expect("etcd log file");
-        let child = Command::new("etcd")
-            .args(["--name", "hull-test"])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-cluster", &format!("hull-test=http://127.0.0.1:{peer}")])
-            .args(["--initial-cluster-state", "new"])
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2))
-            .spawn()
-            .expect("start etcd (Debian package etcd-server; tests/setup installs it)");
+        let (client_port, peer_port) = (free_port(), free_port());
+        let child = spawn_etcd(dir.path(), client_port, peer_port);
         let etcd = Etcd {
             child,
-            url: format!("etcd://127.0.0.1:{client}"),
+            client_port,
+            peer_port,
+            url: format!("etcd://127.0.0.1:{client_port}"),
             dir,
         };
+        etcd.wait_ready().await;
+        etcd
+    }
+
+    async fn wait_ready(&self) {
         for _ in 0..300 {
-            if store::open(&etcd.url).await.is_ok() {
-                return etcd;
+            if store::open(&self.url).await.is_ok() {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let log = std::fs::read_to_string(etcd.dir.path().join("etcd.log")).unwrap_or_default();
-        panic!("etcd did not come up on {}; its log:\n{log}", etcd.url);
+        let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
+        panic!("etcd did not come up on {}; its log:\n{log}", self.url);
+    }
+
+    /// Kills etcd (SIGKILL, as a crash) and starts it again on the same ports and data.
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_etcd(self.dir.path(), self.client_port, self.peer_port);
+        self.wait_ready().await;
     }
 
     pub fn pid(&self) -> u32 {
