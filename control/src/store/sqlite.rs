@@ -142,7 +142,9 @@ struct Inner {
 impl SqliteStore {
     /// Opens (creating if missing) the database at `path`.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let lock_path = path.with_extension("lock");
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
         let lock = File::options()
             .create(true)
             .truncate(false)
