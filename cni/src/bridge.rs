@@ -262,7 +262,7 @@ fn add_links(conf: &BridgeConf, call: &Call, ns: &NetNs, ipres: CniResult) -> Re
     if conf.ip_masq || !ports.is_empty() {
         let ips: Vec<IpNet> = ipres.ips.iter().map(|i| i.address).collect();
         let hash = attachment_hash(&call.container_id, ifname);
-        nft::apply(&nft::add_script(&nft::PodRules { hash: &hash, ips: &ips, masq: conf.ip_masq, ports })?)?;
+        nft::add_pod(&nft::PodRules { hash: &hash, ips: &ips, masq: conf.ip_masq, ports })?;
     }
 
     let mut res = ipres;
@@ -406,12 +406,15 @@ pub fn gc(conf: &BridgeConf, call: &Call, stdin: &[u8]) -> Result<()> {
             }
         }
     }
-    if let Some(table) = nft::list()? {
-        let s = nft::remove_script(&table, &|h| !hashes.contains(h));
-        if !s.is_empty() {
-            nft::apply(&s)?;
-        }
-    }
+    // The nft table is shared by every network on the node, and valid-attachments only
+    // speaks for this one: only rules whose veth is gone everywhere are leaked for sure.
+    let live: HashSet<String> = nl
+        .links()
+        .map_err(nl_err("list links"))?
+        .iter()
+        .filter_map(|l| link_name(l).and_then(|n| n.strip_prefix("veth")).map(str::to_string))
+        .collect();
+    nft::remove_pods(&|h| !hashes.contains(h) && !live.contains(h))?;
     Ok(())
 }
 

@@ -226,11 +226,46 @@ pub fn remove_script(table: &serde_json::Value, doomed: &dyn Fn(&str) -> bool) -
     s
 }
 
+/// Serialises every change to our table across processes, so "remove the table when
+/// its last pod goes" can never race a concurrent ADD.
+pub struct TableLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+pub fn lock() -> Result<TableLock> {
+    let path = "/run/hull-cni.nft.lock";
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| CniError::io(format!("open {path}"), e))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map(TableLock)
+        .map_err(|(_, e)| CniError::io(format!("lock {path}"), e.into()))
+}
+
+/// Applies the ADD batch for one pod under the table lock.
+pub fn add_pod(p: &PodRules) -> Result<()> {
+    let script = add_script(p)?;
+    let _l = lock()?;
+    apply(&script)
+}
+
+/// Removes the rules of attachments `doomed` accepts (DEL, GC). When no pod is left
+/// the whole table goes, so an idle node carries no hull nftables state at all.
+pub fn remove_pods(doomed: &dyn Fn(&str) -> bool) -> Result<()> {
+    let _l = lock()?;
+    let Some(table) = list()? else { return Ok(()) };
+    let left = pod_hashes(&table).into_iter().filter(|h| !doomed(h)).count();
+    if left == 0 {
+        return apply(&format!("delete table {T}\n"));
+    }
+    let s = remove_script(&table, doomed);
+    if s.is_empty() { Ok(()) } else { apply(&s) }
+}
+
 /// Removes one attachment's rules (DEL). Nothing to remove is success.
 pub fn remove_pod(hash: &str) -> Result<()> {
-    let Some(table) = list()? else { return Ok(()) };
-    let s = remove_script(&table, &|h| h == hash);
-    if s.is_empty() { Ok(()) } else { apply(&s) }
+    remove_pods(&|h| h == hash)
 }
 
 /// Per-attachment chain hashes present in the table (CHECK, GC, leak tests).
