@@ -3,5 +3,11 @@
 //! Module map (grows as the control plane is built):
 //! - [`store`]: the `Store` trait (revisions, CAS, watch, compaction), SQLite and etcd
 //!   backends, the watch cache and the compactor.
+//! - [`admission`]: defaults, validation (422 causes), namespace lifecycle, ResourceQuota,
+//!   LimitRange, ClusterIP/NodePort allocation — what the write path runs before storing.
+//! - [`patch`]: JSON patch, merge patch, strategic merge patch, server-side apply and
+//!   managedFields.
 
+pub mod admission;
+pub mod patch;
 pub mod store;

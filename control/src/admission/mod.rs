@@ -1,0 +1,151 @@
+//! Admission: what kube-apiserver does to an object between decoding it and storing it.
+//!
+//! The API server's write path calls, in this order (`kind` is the object's kind, e.g.
+//! `"Pod"`; `resource` its plural, e.g. `"pods"`):
+//! 1. [`namespace::check_write`]`(store, resource, ns, name, op)` — the namespace exists
+//!    and is not terminating (creates), and the four system namespaces are never deleted.
+//! 2. [`default`]`(kind, &mut obj)` — defaults as the API types and the defaulting
+//!    plugins set them (set `metadata.uid` first: Job selectors use it).
+//! 3. [`limitrange::apply_defaults`]`(store, ns, &mut pod)` for pods (and pod templates
+//!    are left alone, as in Kubernetes).
+//! 4. [`validate`]`(kind, &new, old)` — field validation and, on update, immutable
+//!    fields; `Err(Invalid)` → 422 with [`Invalid::status`].
+//! 5. [`allocator::Allocators::allocate`] for Services (ClusterIP, NodePorts) on create
+//!    and update; [`allocator::Allocators::release`] when a Service is deleted or a
+//!    failed create must give its addresses back.
+//! 6. [`quota::charge`]`(store, resource, ns, &new, old)` just before the store write,
+//!    and [`quota::release`] after a delete (or to undo a charge whose write failed).
+//!
+//! Errors other than [`Invalid`] come as [`AdmissionError`], which knows its HTTP code and
+//! builds its Status.
+//!
+//! Modules: [`field`] field paths and causes; [`defaults`]; [`validation`]; [`namespace`]
+//! lifecycle; [`quantity`] resource quantities; [`quota`] ResourceQuota; [`limitrange`]
+//! LimitRange defaults and bounds; [`allocator`] ClusterIP and NodePort allocation.
+
+// pub mod allocator;
+pub mod defaults;
+pub mod field;
+// pub mod limitrange;
+// pub mod namespace;
+pub mod quantity;
+// pub mod quota;
+pub mod validation;
+
+use serde_json::{Value, json};
+
+pub use defaults::default;
+pub use field::{Cause, FieldPath, Invalid};
+pub use validation::validate;
+
+use crate::store::StoreError;
+
+/// Why admission refused a write, other than field validation.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AdmissionError {
+    /// 422.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// 403: `pods "p2" is forbidden: exceeded quota: ...`.
+    #[error("{message}")]
+    Forbidden {
+        resource: String,
+        name: String,
+        message: String,
+        /// A `details.causes` entry's reason (`NamespaceTerminating`), if any.
+        cause: Option<String>,
+    },
+    /// 404: the namespace does not exist.
+    #[error("{resource} {name:?} not found")]
+    NotFound { resource: String, name: String },
+    /// 409: a conflict that retrying may solve (quota object raced too often).
+    #[error("{0}")]
+    Conflict(String),
+    /// The store failed (500, or 503 if unavailable).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl AdmissionError {
+    pub fn forbidden(resource: &str, name: &str, why: &str) -> AdmissionError {
+        AdmissionError::Forbidden {
+            resource: resource.to_string(),
+            name: name.to_string(),
+            message: format!("{resource} {name:?} is forbidden: {why}"),
+            cause: None,
+        }
+    }
+
+    pub fn status_code(&self) -> u16 {
+        match self {
+            AdmissionError::Invalid(_) => 422,
+            AdmissionError::Forbidden { .. } => 403,
+            AdmissionError::NotFound { .. } => 404,
+            AdmissionError::Conflict(_) => 409,
+            AdmissionError::Store(StoreError::Unavailable(_)) => 503,
+            AdmissionError::Store(_) => 500,
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AdmissionError::Invalid(_) => "Invalid",
+            AdmissionError::Forbidden { .. } => "Forbidden",
+            AdmissionError::NotFound { .. } => "NotFound",
+            AdmissionError::Conflict(_) => "Conflict",
+            AdmissionError::Store(StoreError::Unavailable(_)) => "ServiceUnavailable",
+            AdmissionError::Store(_) => "InternalError",
+        }
+    }
+
+    /// The Status object for the response body.
+    pub fn status(&self) -> Value {
+        if let AdmissionError::Invalid(inv) = self {
+            return inv.status();
+        }
+        let mut details = serde_json::Map::new();
+        match self {
+            AdmissionError::Forbidden {
+                resource,
+                name,
+                message,
+                cause,
+            } => {
+                details.insert("name".into(), json!(name));
+                details.insert("kind".into(), json!(resource));
+                if let Some(reason) = cause {
+                    details.insert(
+                        "causes".into(),
+                        json!([{"reason": reason, "message": message, "field": "metadata.namespace"}]),
+                    );
+                }
+            }
+            AdmissionError::NotFound { resource, name } => {
+                details.insert("name".into(), json!(name));
+                details.insert("kind".into(), json!(resource));
+            }
+            _ => {}
+        }
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.to_string(),
+            "reason": self.reason(),
+            "code": self.status_code(),
+        });
+        if !details.is_empty() {
+            status["details"] = Value::Object(details);
+        }
+        status
+    }
+}
+
+/// The API group of an `apiVersion` (`apps/v1` → `apps`, `v1` → ``).
+pub fn group_of(api_version: &str) -> &str {
+    api_version
+        .rsplit_once('/')
+        .map(|(g, _)| g)
+        .unwrap_or_default()
+}
