@@ -485,3 +485,71 @@ fn bad_path_creates_nothing() {
         "{err}"
     );
 }
+
+/// The v2 device controller for real: an eBPF program on a test-owned cgroup2 subtree
+/// denies /dev/kmsg while the runtime's default devices stay usable; an update replaces
+/// the program rather than stacking a second one.
+#[test]
+fn v2_devices_ebpf_is_enforced_and_replaced() {
+    let Some(unified) = Hierarchy::detect()
+        .unwrap()
+        .unified()
+        .map(Path::to_path_buf)
+    else {
+        eprintln!("skipped: no cgroup2 mount");
+        return;
+    };
+    let root = unified.join(unique("v2dev"));
+    std::fs::create_dir(&root).unwrap();
+    let h = Hierarchy::V2 { root: root.clone() };
+    let cg = CgroupManager::with_hierarchy(h, Some("/c1"), "c1").unwrap();
+    let mut g = Guard::new(cg.clone());
+    g.extra_dirs.push(root.clone());
+    let deny_all = r#"{"devices":[{"allow":false,"access":"rwm"}]}"#;
+    cg.apply(&resources(deny_all)).unwrap();
+
+    let probe = "true < /dev/null && echo null-ok; true < /dev/kmsg && echo kmsg-ok; echo done";
+    let run = |g: &mut Guard| {
+        let mut child = spawn_gated(probe);
+        cg.add_task(child.id() as i32).unwrap();
+        let out = child.stdout.take().unwrap();
+        release(&mut child);
+        g.children.push(child);
+        wait_exit(&mut g.children[0]);
+        g.children.clear();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut BufReader::new(out), &mut text).unwrap();
+        text
+    };
+    let text = run(&mut g);
+    assert!(
+        text.contains("null-ok") && text.contains("done"),
+        "{text:?}"
+    );
+    assert!(
+        !text.contains("kmsg-ok"),
+        "/dev/kmsg opened under deny-all: {text:?}"
+    );
+
+    // Allow /dev/kmsg (c 1:11) for reading: the new program replaces the old one.
+    cg.update(&resources(
+        r#"{"devices":[{"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":1,"minor":11,"access":"r"}]}"#,
+    ))
+    .unwrap();
+    let text = run(&mut g);
+    // With BPF_F_ALLOW_MULTI every attached program must allow, so kmsg opening also
+    // proves the first (deny-all) program was detached.
+    assert!(
+        text.contains("kmsg-ok") && text.contains("null-ok"),
+        "{text:?}"
+    );
+
+    // Back to deny-all.
+    cg.update(&resources(deny_all)).unwrap();
+    let text = run(&mut g);
+    assert!(!text.contains("kmsg-ok"), "{text:?}");
+
+    cg.delete().unwrap();
+    drop(g);
+    assert!(!root.exists());
+}

@@ -4,6 +4,7 @@
 //! - `hierarchy`: which layout the host has (from /proc/self/mountinfo), injectable roots.
 //! - `path`: OCI `linux.cgroupsPath` (absolute, relative, systemd `slice:prefix:name`).
 //! - `v1` / `v2`: `linux.resources` → controller files for each version.
+//! - `devices_v2`: the v2 device controller, an eBPF program attached to the cgroup.
 //! - `stats`: usage counters shaped like runc's `events --stats`.
 //! - `fs`: the narrated file reads and writes everything above goes through.
 //!
@@ -33,6 +34,7 @@
 //! also placed in the v2 tree, where `cgroup.kill` kills the whole container atomically
 //! and `cgroup.procs` lists it even across v1 controllers that are not mounted.
 
+pub mod devices_v2;
 mod fs;
 pub mod hierarchy;
 pub mod path;
@@ -234,14 +236,21 @@ impl CgroupManager {
                 let Some(dir) = self.unified_dir() else {
                     return Ok(());
                 };
-                if r.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-                    tracing::warn!(
-                        "linux.resources.devices: the cgroup v2 device controller (eBPF) is not built in hull yet; device rules are not enforced"
-                    );
-                }
+                // Validate and compile everything before the first write, so bad input
+                // leaves the cgroup as it was.
                 let plan = v2::plan(r, &|f| dir.join(f).exists())?;
+                let devices = match r.devices() {
+                    Some(d) => Some(devices_v2::program(&devices_v2::rules(
+                        d,
+                        v1::DEFAULT_ALLOWED_DEVICES,
+                    )?)),
+                    None => None,
+                };
                 for (file, value) in plan {
                     fs::write(&dir, &file, &value)?;
+                }
+                if let Some(prog) = devices {
+                    devices_v2::attach(&dir, &prog)?;
                 }
                 Ok(())
             }
