@@ -52,14 +52,26 @@ fn main() {
         eprintln!("add_del: needs root and Debian's containernetworking-plugins; skipped");
         return;
     }
-    let runs: usize = std::env::var("HULL_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let runs: usize = std::env::var("HULL_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
     let hull = env!("CARGO_BIN_EXE_hull-bridge");
     let pid = std::process::id();
     let ns = format!("hcbench{pid}");
     let data = std::env::temp_dir().join(format!("hull-cni-bench-{pid}"));
-    assert!(Command::new("ip").args(["netns", "add", &ns]).status().expect("ip").success());
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .expect("ip")
+            .success()
+    );
     let netns = format!("/var/run/netns/{ns}");
-    let (hb, rb) = (format!("hbb{}", pid % 100000), format!("hbr{}", pid % 100000));
+    let (hb, rb) = (
+        format!("hbb{}", pid % 100000),
+        format!("hbr{}", pid % 100000),
+    );
     let hc = conf("hull-bridge", &hb, "hbench", &data);
     let rc = conf("bridge", &rb, "rbench", &data);
     // Warm up both (bridges created, page cache hot), then interleave.
@@ -78,5 +90,8 @@ fn main() {
     }
     let _ = std::fs::remove_dir_all(&data);
     let (mh, mr) = (median(&mut h), median(&mut r));
-    println!("ADD+DEL median over {runs} runs: hull-bridge {mh:.2} ms, reference bridge+host-local {mr:.2} ms, ratio {:.2} (target <= 0.50)", mh / mr);
+    println!(
+        "ADD+DEL median over {runs} runs: hull-bridge {mh:.2} ms, reference bridge+host-local {mr:.2} ms, ratio {:.2} (target <= 0.50)",
+        mh / mr
+    );
 }

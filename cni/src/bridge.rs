@@ -1,7 +1,6 @@
 //! The `hull-bridge` plugin's work: bridge, veth pair, addresses, routes, IPAM and
-//! NAT rules for ADD, and their removal (DEL), verification (CHECK), GC and STATUS.
+//! NAT rules for ADD, and their removal for DEL (CHECK, GC, STATUS are in `upkeep`).
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -14,10 +13,10 @@ use crate::error::{CniError, Result, code};
 use crate::exec::{PluginEnv, exec_plugin, find_plugin};
 use crate::explain;
 use crate::ipam::HostLocal;
-use crate::netlink::{Netlink, link_kind, link_mac, link_master, link_name, parse_mac};
+use crate::netlink::{Netlink, link_kind, link_mac, parse_mac};
 use crate::netns::NetNs;
 use crate::nft;
-use crate::types::{CniResult, Interface, Route, is_legacy};
+use crate::types::{CniResult, Interface, Route};
 
 /// One plugin invocation's environment, validated.
 #[derive(Debug, Clone)]
@@ -31,11 +30,15 @@ pub struct Call {
 }
 
 impl Call {
-    fn env(&self, command: &str) -> PluginEnv {
+    pub(crate) fn env(&self, command: &str) -> PluginEnv {
         PluginEnv {
             command: command.to_string(),
             container_id: self.container_id.clone(),
-            netns: self.netns.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            netns: self
+                .netns
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             ifname: self.ifname.clone(),
             args: self.args.clone(),
             path: self.path.clone(),
@@ -60,15 +63,18 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
 }
 
 /// Where addresses come from: host-local in process, or any IPAM plugin exec'd.
-enum Ipam {
+pub(crate) enum Ipam {
     HostLocal(HostLocal),
     Exec(PathBuf),
 }
 
 impl Ipam {
-    fn new(conf: &BridgeConf, call: &Call) -> Result<Self> {
+    pub(crate) fn new(conf: &BridgeConf, call: &Call) -> Result<Self> {
         let kind = conf.ipam_type()?;
-        let ipam = conf.ipam.as_ref().ok_or_else(|| CniError::config("ipam: missing"))?;
+        let ipam = conf
+            .ipam
+            .as_ref()
+            .ok_or_else(|| CniError::config("ipam: missing"))?;
         if kind == "host-local" {
             Ok(Ipam::HostLocal(HostLocal::from_value(&conf.name, ipam)?))
         } else {
@@ -83,7 +89,10 @@ impl Ipam {
                 explain::step(|| format!("ipam: exec {} ADD", p.display()));
                 let out = exec_plugin(p, &call.env("ADD"), stdin)?;
                 serde_json::from_slice(&out).map_err(|e| {
-                    CniError::new(code::DECODE, format!("result of IPAM plugin {}: {e}", p.display()))
+                    CniError::new(
+                        code::DECODE,
+                        format!("result of IPAM plugin {}: {e}", p.display()),
+                    )
                 })
             }
         }
@@ -108,14 +117,17 @@ fn write_sysctl(path: &str, value: &str) {
     }
 }
 
-fn nl_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> CniError {
+pub(crate) fn nl_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> CniError {
     move |e| CniError::netlink(what, e)
 }
 
 /// Finds or creates the bridge, up (and promiscuous if asked). Returns (index, mac).
 fn ensure_bridge(nl: &mut Netlink, conf: &BridgeConf) -> Result<(u32, String)> {
     let name = conf.bridge_name();
-    let link = match nl.link_by_name(name).map_err(nl_err(format!("get link {name}")))? {
+    let link = match nl
+        .link_by_name(name)
+        .map_err(nl_err(format!("get link {name}")))?
+    {
         Some(l) => l,
         None => {
             explain::step(|| format!("netlink: RTM_NEWLINK {name} type bridge mtu {:?}", conf.mtu));
@@ -125,11 +137,18 @@ fn ensure_bridge(nl: &mut Netlink, conf: &BridgeConf) -> Result<(u32, String)> {
             }
             nl.link_by_name(name)
                 .map_err(nl_err(format!("get link {name}")))?
-                .ok_or_else(|| CniError::new(code::NETLINK, format!("bridge: {name} vanished after creation")))?
+                .ok_or_else(|| {
+                    CniError::new(
+                        code::NETLINK,
+                        format!("bridge: {name} vanished after creation"),
+                    )
+                })?
         }
     };
     if link_kind(&link) != Some(&InfoKind::Bridge) {
-        return Err(CniError::config(format!("bridge: {name} exists and is not a bridge")));
+        return Err(CniError::config(format!(
+            "bridge: {name} exists and is not a bridge"
+        )));
     }
     let mut want = LinkFlags::Up;
     let mut mask = LinkFlags::Up;
@@ -138,15 +157,24 @@ fn ensure_bridge(nl: &mut Netlink, conf: &BridgeConf) -> Result<(u32, String)> {
         mask |= LinkFlags::Promisc;
     }
     if link.header.flags & mask != want {
-        explain::step(|| format!("netlink: RTM_SETLINK {name} up{}", if conf.promisc_mode { " promisc" } else { "" }));
-        nl.set_flags(link.header.index, mask, want).map_err(nl_err(format!("bridge: set {name} up")))?;
+        explain::step(|| {
+            format!(
+                "netlink: RTM_SETLINK {name} up{}",
+                if conf.promisc_mode { " promisc" } else { "" }
+            )
+        });
+        nl.set_flags(link.header.index, mask, want)
+            .map_err(nl_err(format!("bridge: set {name} up")))?;
     }
     Ok((link.header.index, link_mac(&link)))
 }
 
 /// The gateway for `ip`'s family from the IPAM result.
 fn gateway_for(res: &CniResult, v4: bool) -> Option<IpAddr> {
-    res.ips.iter().filter(|i| i.address.addr().is_ipv4() == v4).find_map(|i| i.gateway)
+    res.ips
+        .iter()
+        .filter(|i| i.address.addr().is_ipv4() == v4)
+        .find_map(|i| i.gateway)
 }
 
 pub fn add(conf: &BridgeConf, call: &Call, stdin: &[u8]) -> Result<CniResult> {
@@ -181,9 +209,11 @@ fn add_links(conf: &BridgeConf, call: &Call, ns: &NetNs, ipres: CniResult) -> Re
     if gateway {
         for ip in &ipres.ips {
             let Some(gw) = ip.gateway else { continue };
-            let net = IpNet::new(gw, ip.address.prefix_len()).map_err(|e| CniError::config(format!("ipam gateway: {e}")))?;
+            let net = IpNet::new(gw, ip.address.prefix_len())
+                .map_err(|e| CniError::config(format!("ipam gateway: {e}")))?;
             explain::step(|| format!("netlink: RTM_NEWADDR {net} dev {br_name} (gateway)"));
-            nl.add_address(br_index, &net).map_err(nl_err(format!("bridge: add gateway {net} to {br_name}")))?;
+            nl.add_address(br_index, &net)
+                .map_err(nl_err(format!("bridge: add gateway {net} to {br_name}")))?;
             if gw.is_ipv4() {
                 // Routing between pods and the world needs forwarding, as the reference plugin does.
                 write_sysctl("/proc/sys/net/ipv4/ip_forward", "1");
@@ -192,14 +222,21 @@ fn add_links(conf: &BridgeConf, call: &Call, ns: &NetNs, ipres: CniResult) -> Re
     }
     if !conf.runtime_config.port_mappings.is_empty() {
         // Lets `curl 127.0.0.1:HOSTPORT` on the node be DNAT'd out through the bridge.
-        write_sysctl(&format!("/proc/sys/net/ipv4/conf/{br_name}/route_localnet"), "1");
+        write_sysctl(
+            &format!("/proc/sys/net/ipv4/conf/{br_name}/route_localnet"),
+            "1",
+        );
     }
 
     let host = host_veth_name(&call.container_id, ifname);
-    if let Some(old) = nl.link_by_name(&host).map_err(nl_err(format!("get link {host}")))? {
+    if let Some(old) = nl
+        .link_by_name(&host)
+        .map_err(nl_err(format!("get link {host}")))?
+    {
         // Same name = same attachment: a leftover of a crashed or retried ADD.
         explain::step(|| format!("netlink: RTM_DELLINK {host} (stale from an earlier ADD)"));
-        nl.del_link(old.header.index).map_err(nl_err(format!("delete stale {host}")))?;
+        nl.del_link(old.header.index)
+            .map_err(nl_err(format!("delete stale {host}")))?;
     }
     let mac = conf.container_mac().and_then(parse_mac);
     explain::step(|| {
@@ -209,32 +246,52 @@ fn add_links(conf: &BridgeConf, call: &Call, ns: &NetNs, ipres: CniResult) -> Re
             conf.mtu
         )
     });
-    nl.add_veth(&host, br_index, ifname, ns, conf.mtu, mac).map_err(|e| {
-        if e.raw_os_error() == Some(libc::EEXIST) {
-            CniError::config(format!("CNI_IFNAME: {ifname} already exists in {}", ns.path().display()))
-        } else {
-            CniError::netlink(format!("create veth {host} <-> {ifname}"), e)
-        }
-    })?;
+    nl.add_veth(&host, br_index, ifname, ns, conf.mtu, mac)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::EEXIST) {
+                CniError::config(format!(
+                    "CNI_IFNAME: {ifname} already exists in {}",
+                    ns.path().display()
+                ))
+            } else {
+                CniError::netlink(format!("create veth {host} <-> {ifname}"), e)
+            }
+        })?;
     let hl = nl
         .link_by_name(&host)
         .map_err(nl_err(format!("get link {host}")))?
-        .ok_or_else(|| CniError::new(code::NETLINK, format!("veth {host} vanished after creation")))?;
+        .ok_or_else(|| {
+            CniError::new(
+                code::NETLINK,
+                format!("veth {host} vanished after creation"),
+            )
+        })?;
     if conf.hairpin_mode {
         explain::step(|| format!("netlink: RTM_NEWLINK {host} brport hairpin on"));
-        nl.set_hairpin(hl.header.index, true).map_err(nl_err(format!("hairpin on {host}")))?;
+        nl.set_hairpin(hl.header.index, true)
+            .map_err(nl_err(format!("hairpin on {host}")))?;
     }
 
     let mut cn = Netlink::open_in(ns)?;
     let cl = cn
         .link_by_name(ifname)
         .map_err(nl_err(format!("get link {ifname} in netns")))?
-        .ok_or_else(|| CniError::new(code::NETLINK, format!("{ifname} missing in netns after creation")))?;
+        .ok_or_else(|| {
+            CniError::new(
+                code::NETLINK,
+                format!("{ifname} missing in netns after creation"),
+            )
+        })?;
     explain::step(|| format!("netlink: RTM_SETLINK {ifname} up (in netns)"));
     cn.set_flags(cl.header.index, LinkFlags::Up, LinkFlags::Up)
         .map_err(nl_err(format!("set {ifname} up")))?;
     for ip in &ipres.ips {
-        explain::step(|| format!("netlink: RTM_NEWADDR {} dev {ifname} (in netns)", ip.address));
+        explain::step(|| {
+            format!(
+                "netlink: RTM_NEWADDR {} dev {ifname} (in netns)",
+                ip.address
+            )
+        });
         cn.add_address(cl.header.index, &ip.address)
             .map_err(nl_err(format!("add {} to {ifname}", ip.address)))?;
     }
@@ -242,9 +299,16 @@ fn add_links(conf: &BridgeConf, call: &Call, ns: &NetNs, ipres: CniResult) -> Re
     if conf.is_default_gateway {
         for v4 in [true, false] {
             if gateway_for(&ipres, v4).is_some() {
-                let dst: IpNet = if v4 { "0.0.0.0/0" } else { "::/0" }.parse().map_err(|_| CniError::config("route"))?;
+                let dst: IpNet = if v4 { "0.0.0.0/0" } else { "::/0" }
+                    .parse()
+                    .map_err(|_| CniError::config("route"))?;
                 if !routes.iter().any(|r| r.dst == dst) {
-                    routes.push(Route { dst, gw: None, mtu: None, priority: None });
+                    routes.push(Route {
+                        dst,
+                        gw: None,
+                        mtu: None,
+                        priority: None,
+                    });
                 }
             }
         }
@@ -252,7 +316,12 @@ fn add_links(conf: &BridgeConf, call: &Call, ns: &NetNs, ipres: CniResult) -> Re
     for r in &mut routes {
         let v4 = r.dst.addr().is_ipv4();
         let gw = r.gw.or_else(|| gateway_for(&ipres, v4));
-        explain::step(|| format!("netlink: RTM_NEWROUTE {} via {gw:?} dev {ifname} (in netns)", r.dst));
+        explain::step(|| {
+            format!(
+                "netlink: RTM_NEWROUTE {} via {gw:?} dev {ifname} (in netns)",
+                r.dst
+            )
+        });
         cn.add_route(&r.dst, gw, cl.header.index)
             .map_err(nl_err(format!("route {} via {gw:?} dev {ifname}", r.dst)))?;
         r.gw = gw;
@@ -262,13 +331,33 @@ fn add_links(conf: &BridgeConf, call: &Call, ns: &NetNs, ipres: CniResult) -> Re
     if conf.ip_masq || !ports.is_empty() {
         let ips: Vec<IpNet> = ipres.ips.iter().map(|i| i.address).collect();
         let hash = attachment_hash(&call.container_id, ifname);
-        nft::add_pod(&nft::PodRules { hash: &hash, ips: &ips, masq: conf.ip_masq, ports })?;
+        nft::add_pod(&nft::PodRules {
+            hash: &hash,
+            ips: &ips,
+            masq: conf.ip_masq,
+            ports,
+        })?;
     }
 
+    // A bridge takes its MAC from its first port, so read it now that it has one.
+    let br_mac = match nl.link_by_name(br_name) {
+        Ok(Some(l)) => link_mac(&l),
+        _ => br_mac,
+    };
     let mut res = ipres;
     res.interfaces = vec![
-        Interface { name: br_name.to_string(), mac: br_mac, mtu: None, sandbox: None },
-        Interface { name: host, mac: link_mac(&hl), mtu: None, sandbox: None },
+        Interface {
+            name: br_name.to_string(),
+            mac: br_mac,
+            mtu: None,
+            sandbox: None,
+        },
+        Interface {
+            name: host,
+            mac: link_mac(&hl),
+            mtu: None,
+            sandbox: None,
+        },
         Interface {
             name: ifname.clone(),
             mac: link_mac(&cl),
@@ -293,8 +382,13 @@ fn add_links(conf: &BridgeConf, call: &Call, ns: &NetNs, ipres: CniResult) -> Re
 fn teardown(conf: &BridgeConf, call: &Call, force_nft: bool, detached: bool) -> Result<()> {
     let host = host_veth_name(&call.container_id, &call.ifname);
     let mut nl = Netlink::open().map_err(nl_err("netlink socket"))?;
-    if let Some(l) = nl.link_by_name(&host).map_err(nl_err(format!("get link {host}")))? {
-        explain::step(|| format!("netlink: RTM_DELLINK {host} (its peer in the netns goes with it)"));
+    if let Some(l) = nl
+        .link_by_name(&host)
+        .map_err(nl_err(format!("get link {host}")))?
+    {
+        explain::step(|| {
+            format!("netlink: RTM_DELLINK {host} (its peer in the netns goes with it)")
+        });
         if detached {
             nl.del_link_detached(l.header.index, &host)
         } else {
@@ -314,131 +408,15 @@ pub fn del(conf: &BridgeConf, call: &Call, stdin: &[u8]) -> Result<()> {
         let ipam = Ipam::new(conf, call)?;
         ipam.del(call, stdin)?;
     }
-    teardown(conf, call, false, DETACHED_DELETE.load(std::sync::atomic::Ordering::Relaxed))
+    teardown(
+        conf,
+        call,
+        false,
+        DETACHED_DELETE.load(std::sync::atomic::Ordering::Relaxed),
+    )
 }
 
 /// Set by the plugin binary (a single-threaded process) to let DEL hand the kernel's
 /// slow veth teardown to a child; see [`Netlink::del_link_detached`].
-pub static DETACHED_DELETE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-pub fn check(conf: &BridgeConf, call: &Call) -> Result<()> {
-    let fail = |m: String| CniError::new(code::CHECK_FAILED, m);
-    let prev = conf
-        .prev_result
-        .as_ref()
-        .ok_or_else(|| CniError::config("prevResult: CHECK needs the result of ADD"))?;
-    let prev: CniResult = serde_json::from_value(prev.clone())
-        .map_err(|e| CniError::new(code::DECODE, format!("prevResult: {e}")))?;
-    let netns = call
-        .netns
-        .as_ref()
-        .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_NETNS: required for CHECK"))?;
-    let ns = NetNs::open(netns)?;
-    let mut nl = Netlink::open().map_err(nl_err("netlink socket"))?;
-    let br = conf.bridge_name();
-    let bl = nl
-        .link_by_name(br)
-        .map_err(nl_err(format!("get link {br}")))?
-        .ok_or_else(|| fail(format!("bridge {br} does not exist")))?;
-    let host = host_veth_name(&call.container_id, &call.ifname);
-    let hl = nl
-        .link_by_name(&host)
-        .map_err(nl_err(format!("get link {host}")))?
-        .ok_or_else(|| fail(format!("host veth {host} does not exist")))?;
-    if link_master(&hl) != Some(bl.header.index) {
-        return Err(fail(format!("host veth {host} is not attached to bridge {br}")));
-    }
-    let mut cn = Netlink::open_in(&ns)?;
-    let cl = cn
-        .link_by_name(&call.ifname)
-        .map_err(nl_err("get container link"))?
-        .ok_or_else(|| fail(format!("{} does not exist in {}", call.ifname, netns.display())))?;
-    let have = cn.addresses(Some(cl.header.index)).map_err(nl_err("list addresses"))?;
-    let ifidx = prev.interfaces.iter().position(|i| i.name == call.ifname && i.sandbox.is_some());
-    for ip in &prev.ips {
-        if ip.interface.is_some() && ip.interface != ifidx {
-            continue;
-        }
-        if !have.iter().any(|(_, n)| n.addr() == ip.address.addr() && n.prefix_len() == ip.address.prefix_len()) {
-            return Err(fail(format!("{} has lost address {}", call.ifname, ip.address)));
-        }
-    }
-    for r in &prev.routes {
-        let routes = cn.routes(!r.dst.addr().is_ipv4()).map_err(nl_err("list routes"))?;
-        if !routes.iter().any(|(d, gw, _)| d.trunc() == r.dst.trunc() && (r.gw.is_none() || *gw == r.gw)) {
-            return Err(fail(format!("route to {} is missing in {}", r.dst, netns.display())));
-        }
-    }
-    if let Ok(Ipam::HostLocal(h)) = Ipam::new(conf, call) {
-        let leased = h.find(&call.container_id, &call.ifname);
-        for ip in &prev.ips {
-            if !leased.contains(&ip.address.addr()) {
-                return Err(fail(format!("no IPAM lease for {} in {}", ip.address, h.dir().display())));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// GC: release whatever belongs to attachments not in `cni.dev/valid-attachments`.
-pub fn gc(conf: &BridgeConf, call: &Call, stdin: &[u8]) -> Result<()> {
-    let valid = conf.valid_set();
-    let hashes: HashSet<String> = valid.iter().map(|a| attachment_hash(&a.container_id, &a.ifname)).collect();
-    if conf.ipam.is_some() {
-        match Ipam::new(conf, call)? {
-            Ipam::HostLocal(h) => {
-                h.gc(&valid)?;
-            }
-            Ipam::Exec(p) => {
-                exec_plugin(&p, &call.env("GC"), stdin)?;
-            }
-        }
-    }
-    let mut nl = Netlink::open().map_err(nl_err("netlink socket"))?;
-    let br = conf.bridge_name();
-    if let Some(bl) = nl.link_by_name(br).map_err(nl_err(format!("get link {br}")))? {
-        for l in nl.links().map_err(nl_err("list links"))? {
-            let Some(name) = link_name(&l) else { continue };
-            let Some(h) = name.strip_prefix("veth") else { continue };
-            if link_master(&l) == Some(bl.header.index) && link_kind(&l) == Some(&InfoKind::Veth) && !hashes.contains(h) {
-                explain::step(|| format!("gc: RTM_DELLINK {name} (no valid attachment)"));
-                nl.del_link(l.header.index).map_err(nl_err(format!("gc: delete {name}")))?;
-            }
-        }
-    }
-    // The nft table is shared by every network on the node, and valid-attachments only
-    // speaks for this one: only rules whose veth is gone everywhere are leaked for sure.
-    let live: HashSet<String> = nl
-        .links()
-        .map_err(nl_err("list links"))?
-        .iter()
-        .filter_map(|l| link_name(l).and_then(|n| n.strip_prefix("veth")).map(str::to_string))
-        .collect();
-    nft::remove_pods(&|h| !hashes.contains(h) && !live.contains(h))?;
-    Ok(())
-}
-
-/// STATUS: ready when IPAM can still hand out an address in every range set.
-pub fn status(conf: &BridgeConf) -> Result<()> {
-    if is_legacy(&conf.cni_version) {
-        return Err(CniError::new(code::INCOMPATIBLE_VERSION, "STATUS needs cniVersion 1.1.0"));
-    }
-    let Some(ipam) = conf.ipam.as_ref() else { return Ok(()) };
-    if conf.ipam_type()? != "host-local" {
-        return Ok(());
-    }
-    let h = HostLocal::from_value(&conf.name, ipam)?;
-    let leases = h.leases();
-    for (i, set) in h.sets.iter().enumerate() {
-        let total: u128 = set.iter().map(|r| r.end - r.start + 1).sum();
-        let gw = set.iter().filter(|r| r.contains(r.gateway)).count() as u128;
-        let used = leases.iter().filter(|(ip, _, _)| set.iter().any(|r| r.contains(*ip))).count() as u128;
-        if used + gw >= total {
-            return Err(CniError::new(
-                code::PLUGIN_NOT_AVAILABLE,
-                format!("ipam.ranges[{i}]: no free addresses left"),
-            ));
-        }
-    }
-    Ok(())
-}
+pub static DETACHED_DELETE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);

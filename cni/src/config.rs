@@ -55,8 +55,12 @@ pub struct BridgeConf {
 impl BridgeConf {
     /// Parses stdin; decode errors are spec code 6 and name the offending field.
     pub fn parse(stdin: &[u8]) -> Result<Self> {
-        let raw: serde_json::Value = serde_json::from_slice(stdin)
-            .map_err(|e| CniError::new(code::DECODE, format!("network config on stdin is not JSON: {e}")))?;
+        let raw: serde_json::Value = serde_json::from_slice(stdin).map_err(|e| {
+            CniError::new(
+                code::DECODE,
+                format!("network config on stdin is not JSON: {e}"),
+            )
+        })?;
         let version = raw
             .get("cniVersion")
             .and_then(|v| v.as_str())
@@ -74,7 +78,9 @@ impl BridgeConf {
         }
         let br = self.bridge_name();
         if br.is_empty() || br.len() > 15 || br.contains('/') || br.contains(char::is_whitespace) {
-            return Err(CniError::config(format!("bridge: {br:?} is not a valid interface name")));
+            return Err(CniError::config(format!(
+                "bridge: {br:?} is not a valid interface name"
+            )));
         }
         if let Some(mtu) = self.mtu
             && !(68..=65535).contains(&mtu)
@@ -84,7 +90,9 @@ impl BridgeConf {
         if let Some(mac) = self.container_mac()
             && crate::netlink::parse_mac(mac).is_none()
         {
-            return Err(CniError::config(format!("mac: {mac:?} is not a MAC address")));
+            return Err(CniError::config(format!(
+                "mac: {mac:?} is not a MAC address"
+            )));
         }
         Ok(())
     }
@@ -103,10 +111,16 @@ impl BridgeConf {
             .as_ref()
             .and_then(|v| v.get("type"))
             .and_then(|v| v.as_str())
-            .ok_or_else(|| CniError::config("ipam.type: missing (hull-bridge needs an IPAM, e.g. host-local)"))
+            .ok_or_else(|| {
+                CniError::config("ipam.type: missing (hull-bridge needs an IPAM, e.g. host-local)")
+            })
     }
 
     pub fn valid_set(&self) -> HashSet<Attachment> {
-        self.valid_attachments.clone().unwrap_or_default().into_iter().collect()
+        self.valid_attachments
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect()
     }
 }

@@ -30,7 +30,11 @@ pub mod code {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("CNI error {code}: {msg}{}", if details.is_empty() { String::new() } else { format!(" ({details})") })]
 pub struct CniError {
-    #[serde(rename = "cniVersion", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "cniVersion",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub cni_version: String,
     pub code: u32,
     pub msg: String,
@@ -70,7 +74,8 @@ impl CniError {
         if e.cni_version.is_empty() {
             e.cni_version = version.to_string();
         }
-        serde_json::to_string(&e).unwrap_or_else(|_| format!("{{\"code\":{},\"msg\":\"error\"}}", e.code))
+        serde_json::to_string(&e)
+            .unwrap_or_else(|_| format!("{{\"code\":{},\"msg\":\"error\"}}", e.code))
     }
 }
 

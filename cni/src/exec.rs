@@ -21,7 +21,9 @@ pub struct PluginEnv {
 /// Finds executable `kind` in the `:`-separated `cni_path` (the first match wins).
 pub fn find_plugin(kind: &str, cni_path: &str) -> Result<PathBuf> {
     if kind.is_empty() || kind.contains('/') || kind.starts_with('.') {
-        return Err(CniError::config(format!("type: {kind:?} is not a plugin name")));
+        return Err(CniError::config(format!(
+            "type: {kind:?} is not a plugin name"
+        )));
     }
     for dir in cni_path.split(':').filter(|d| !d.is_empty()) {
         let p = Path::new(dir).join(kind);
@@ -69,7 +71,12 @@ pub fn exec_plugin(plugin: &Path, env: &PluginEnv, stdin: &[u8]) -> Result<Vec<u
     }
     Err(CniError::new(
         code::DELEGATE,
-        format!("{} {} failed ({})", plugin.display(), env.command, out.status),
+        format!(
+            "{} {} failed ({})",
+            plugin.display(),
+            env.command,
+            out.status
+        ),
     )
     .with_details(String::from_utf8_lossy(&out.stderr).trim().to_string()))
 }

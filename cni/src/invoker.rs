@@ -31,12 +31,22 @@ pub fn load_file(path: &Path) -> Result<NetworkConfigList> {
 
 /// Parses a conflist, or a single plugin config (one with `type` and no `plugins`).
 pub fn parse_config(bytes: &[u8]) -> Result<NetworkConfigList> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| CniError::new(code::DECODE, format!("not JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| CniError::new(code::DECODE, format!("not JSON: {e}")))?;
     let list = if v.get("plugins").is_some() {
-        serde_json::from_value::<NetworkConfigList>(v).map_err(|e| CniError::new(code::DECODE, format!("conflist: {e}")))?
+        serde_json::from_value::<NetworkConfigList>(v)
+            .map_err(|e| CniError::new(code::DECODE, format!("conflist: {e}")))?
     } else {
-        let name = v.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-        let ver = v.get("cniVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+        let name = v
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let ver = v
+            .get("cniVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         NetworkConfigList {
             cni_version: ver,
             cni_versions: Vec::new(),
@@ -54,7 +64,10 @@ pub fn parse_config(bytes: &[u8]) -> Result<NetworkConfigList> {
         return Err(CniError::config("plugins: empty"));
     }
     for (i, p) in list.plugins.iter().enumerate() {
-        if p.get("type").and_then(Value::as_str).is_none_or(str::is_empty) {
+        if p.get("type")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
             return Err(CniError::config(format!("plugins[{i}].type: missing")));
         }
     }
@@ -69,7 +82,10 @@ pub fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
         .map(|e| e.path())
         .filter(|p| {
             p.is_file()
-                && matches!(p.extension().and_then(|x| x.to_str()), Some("conflist" | "conf" | "json"))
+                && matches!(
+                    p.extension().and_then(|x| x.to_str()),
+                    Some("conflist" | "conf" | "json")
+                )
         })
         .collect();
     files.sort();
@@ -85,7 +101,9 @@ pub fn find_default(dir: &Path) -> Result<NetworkConfigList> {
             Err(e) => last_err = Some(e),
         }
     }
-    Err(last_err.unwrap_or_else(|| CniError::config(format!("no network configuration in {}", dir.display()))))
+    Err(last_err.unwrap_or_else(|| {
+        CniError::config(format!("no network configuration in {}", dir.display()))
+    }))
 }
 
 /// Per-attachment inputs (libcni's RuntimeConf).
@@ -129,21 +147,33 @@ pub struct Invoker {
 
 impl Default for Invoker {
     fn default() -> Self {
-        Self { plugin_dirs: vec![PathBuf::from(DEFAULT_BIN_DIR)], cache_dir: PathBuf::from(DEFAULT_CACHE_DIR) }
+        Self {
+            plugin_dirs: vec![PathBuf::from(DEFAULT_BIN_DIR)],
+            cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
+        }
     }
 }
 
 impl Invoker {
     pub fn new(plugin_dirs: Vec<PathBuf>, cache_dir: PathBuf) -> Self {
-        Self { plugin_dirs, cache_dir }
+        Self {
+            plugin_dirs,
+            cache_dir,
+        }
     }
 
     fn cni_path(&self) -> String {
-        self.plugin_dirs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":")
+        self.plugin_dirs
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
     }
 
     fn cache_path(&self, network: &str, rt: &RuntimeConf) -> PathBuf {
-        self.cache_dir.join("results").join(format!("{network}-{}-{}", rt.container_id, rt.ifname))
+        self.cache_dir
+            .join("results")
+            .join(format!("{network}-{}-{}", rt.container_id, rt.ifname))
     }
 
     /// The result cached by the last successful ADD of this attachment.
@@ -156,12 +186,17 @@ impl Invoker {
     /// Attachments with a cached result for `network` (what GC should keep, for a caller
     /// that has no better source of truth).
     pub fn cached_attachments(&self, network: &str) -> Vec<Attachment> {
-        let Ok(rd) = fs::read_dir(self.cache_dir.join("results")) else { return Vec::new() };
+        let Ok(rd) = fs::read_dir(self.cache_dir.join("results")) else {
+            return Vec::new();
+        };
         rd.flatten()
             .filter_map(|e| fs::read(e.path()).ok())
             .filter_map(|b| serde_json::from_slice::<CacheEntry>(&b).ok())
             .filter(|e| e.network == network)
-            .map(|e| Attachment { container_id: e.rt.container_id, ifname: e.rt.ifname })
+            .map(|e| Attachment {
+                container_id: e.rt.container_id,
+                ifname: e.rt.ifname,
+            })
             .collect()
     }
 
@@ -171,16 +206,30 @@ impl Invoker {
             container_id: rt.container_id.clone(),
             netns: rt.netns.clone(),
             ifname: rt.ifname.clone(),
-            args: rt.args.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";"),
+            args: rt
+                .args
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(";"),
             path: self.cni_path(),
         }
     }
 
     /// libcni's buildOneConfig: the plugin entry plus name, version, prevResult and the
     /// runtimeConfig for the capabilities it declares.
-    fn plugin_config(list: &NetworkConfigList, plugin: &Value, rt: &RuntimeConf, prev: Option<&Value>) -> Result<(String, Vec<u8>)> {
+    fn plugin_config(
+        list: &NetworkConfigList,
+        plugin: &Value,
+        rt: &RuntimeConf,
+        prev: Option<&Value>,
+    ) -> Result<(String, Vec<u8>)> {
         let mut obj: Map<String, Value> = plugin.as_object().cloned().unwrap_or_default();
-        let kind = obj.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
+        let kind = obj
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         obj.insert("name".into(), Value::String(list.name.clone()));
         obj.insert("cniVersion".into(), Value::String(list.cni_version.clone()));
         if let Some(p) = prev {
@@ -199,11 +248,19 @@ impl Invoker {
         if !rtc.is_empty() {
             obj.insert("runtimeConfig".into(), Value::Object(rtc));
         }
-        let bytes = serde_json::to_vec(&Value::Object(obj)).map_err(|e| CniError::new(code::DECODE, e.to_string()))?;
+        let bytes = serde_json::to_vec(&Value::Object(obj))
+            .map_err(|e| CniError::new(code::DECODE, e.to_string()))?;
         Ok((kind, bytes))
     }
 
-    fn run(&self, command: &str, list: &NetworkConfigList, plugin: &Value, rt: &RuntimeConf, prev: Option<&Value>) -> Result<Vec<u8>> {
+    fn run(
+        &self,
+        command: &str,
+        list: &NetworkConfigList,
+        plugin: &Value,
+        rt: &RuntimeConf,
+        prev: Option<&Value>,
+    ) -> Result<Vec<u8>> {
         let (kind, conf) = Self::plugin_config(list, plugin, rt, prev)?;
         let path = find_plugin(&kind, &self.cni_path())?;
         exec_plugin(&path, &self.env(command, rt), &conf)
@@ -223,7 +280,10 @@ impl Invoker {
             };
             if !out.iter().all(u8::is_ascii_whitespace) {
                 prev = Some(serde_json::from_slice(&out).map_err(|e| {
-                    CniError::new(code::DECODE, format!("result of plugin {:?}: {e}", plugin.get("type")))
+                    CniError::new(
+                        code::DECODE,
+                        format!("result of plugin {:?}: {e}", plugin.get("type")),
+                    )
                 })?);
             }
         }
@@ -234,7 +294,12 @@ impl Invoker {
         Ok(result)
     }
 
-    fn write_cache(&self, list: &NetworkConfigList, rt: &RuntimeConf, result: &Value) -> Result<()> {
+    fn write_cache(
+        &self,
+        list: &NetworkConfigList,
+        rt: &RuntimeConf,
+        result: &Value,
+    ) -> Result<()> {
         let path = self.cache_path(&list.name, rt);
         let entry = CacheEntry {
             kind: "cniCacheV1".into(),
@@ -244,9 +309,11 @@ impl Invoker {
             result: Some(result.clone()),
         };
         let dir = self.cache_dir.join("results");
-        fs::create_dir_all(&dir).map_err(|e| CniError::io(format!("create {}", dir.display()), e))?;
+        fs::create_dir_all(&dir)
+            .map_err(|e| CniError::io(format!("create {}", dir.display()), e))?;
         let tmp = path.with_extension("tmp");
-        let bytes = serde_json::to_vec(&entry).map_err(|e| CniError::new(code::DECODE, e.to_string()))?;
+        let bytes =
+            serde_json::to_vec(&entry).map_err(|e| CniError::new(code::DECODE, e.to_string()))?;
         fs::write(&tmp, bytes).map_err(|e| CniError::io(format!("write {}", tmp.display()), e))?;
         fs::rename(&tmp, &path).map_err(|e| CniError::io(format!("rename {}", path.display()), e))
     }
@@ -259,7 +326,11 @@ impl Invoker {
             .ok()
             .and_then(|b| serde_json::from_slice::<CacheEntry>(&b).ok())
             .and_then(|e| e.result);
-        let prev = if list.cni_version == "0.3.0" || list.cni_version == "0.3.1" { None } else { cached.as_ref() };
+        let prev = if list.cni_version == "0.3.0" || list.cni_version == "0.3.1" {
+            None
+        } else {
+            cached.as_ref()
+        };
         let mut first_err = None;
         for plugin in list.plugins.iter().rev() {
             if let Err(e) = self.run("DEL", list, plugin, rt, prev)
@@ -282,15 +353,22 @@ impl Invoker {
     /// CHECK: runs the chain in order against the cached result.
     pub fn check(&self, list: &NetworkConfigList, rt: &RuntimeConf) -> Result<()> {
         if is_legacy(&list.cni_version) && list.cni_version != "0.4.0" {
-            return Err(CniError::new(code::INCOMPATIBLE_VERSION, "CHECK needs cniVersion 0.4.0 or later"));
+            return Err(CniError::new(
+                code::INCOMPATIBLE_VERSION,
+                "CHECK needs cniVersion 0.4.0 or later",
+            ));
         }
         if list.disable_check {
             return Ok(());
         }
         let bytes = fs::read(self.cache_path(&list.name, rt)).map_err(|_| {
-            CniError::new(code::UNKNOWN_CONTAINER, format!("no cached result for {}/{}", rt.container_id, rt.ifname))
+            CniError::new(
+                code::UNKNOWN_CONTAINER,
+                format!("no cached result for {}/{}", rt.container_id, rt.ifname),
+            )
         })?;
-        let entry: CacheEntry = serde_json::from_slice(&bytes).map_err(|e| CniError::new(code::DECODE, format!("cached result: {e}")))?;
+        let entry: CacheEntry = serde_json::from_slice(&bytes)
+            .map_err(|e| CniError::new(code::DECODE, format!("cached result: {e}")))?;
         for plugin in &list.plugins {
             self.run("CHECK", list, plugin, rt, entry.result.as_ref())?;
         }
@@ -303,7 +381,8 @@ impl Invoker {
         if is_legacy(&list.cni_version) || list.cni_version == "1.0.0" || list.disable_gc {
             return Ok(());
         }
-        let valid_json = serde_json::to_value(valid).map_err(|e| CniError::new(code::DECODE, e.to_string()))?;
+        let valid_json =
+            serde_json::to_value(valid).map_err(|e| CniError::new(code::DECODE, e.to_string()))?;
         let rt = RuntimeConf::default();
         for plugin in &list.plugins {
             let mut p = plugin.clone();
@@ -314,7 +393,11 @@ impl Invoker {
         }
         for a in self.cached_attachments(&list.name) {
             if !valid.contains(&a) {
-                let rt = RuntimeConf { container_id: a.container_id, ifname: a.ifname, ..Default::default() };
+                let rt = RuntimeConf {
+                    container_id: a.container_id,
+                    ifname: a.ifname,
+                    ..Default::default()
+                };
                 let _ = fs::remove_file(self.cache_path(&list.name, &rt));
             }
         }
@@ -336,12 +419,21 @@ impl Invoker {
     /// VERSION of one plugin type: the versions it supports.
     pub fn plugin_versions(&self, kind: &str) -> Result<Vec<String>> {
         let path = find_plugin(kind, &self.cni_path())?;
-        let env = PluginEnv { command: "VERSION".into(), path: self.cni_path(), ..Default::default() };
+        let env = PluginEnv {
+            command: "VERSION".into(),
+            path: self.cni_path(),
+            ..Default::default()
+        };
         let out = exec_plugin(&path, &env, br#"{"cniVersion":"1.0.0"}"#)?;
-        let v: Value = serde_json::from_slice(&out).map_err(|e| CniError::new(code::DECODE, format!("VERSION reply: {e}")))?;
+        let v: Value = serde_json::from_slice(&out)
+            .map_err(|e| CniError::new(code::DECODE, format!("VERSION reply: {e}")))?;
         Ok(v.get("supportedVersions")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 }

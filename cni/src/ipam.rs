@@ -93,7 +93,10 @@ impl Range {
         let net = to_u128(subnet.network());
         let bcast = to_u128(subnet.broadcast());
         if subnet.prefix_len() >= if v4 { 31 } else { 127 } {
-            return Err(CniError::config(format!("{field}.subnet: {} is too small for IPAM", r.subnet)));
+            return Err(CniError::config(format!(
+                "{field}.subnet: {} is too small for IPAM",
+                r.subnet
+            )));
         }
         // The network address is never handed out; in IPv4 nor is the broadcast.
         let first = net + 1;
@@ -102,20 +105,34 @@ impl Range {
             match ip {
                 None => Ok(None),
                 Some(ip) if subnet.contains(&ip) && ip.is_ipv4() == v4 => Ok(Some(to_u128(ip))),
-                Some(ip) => Err(CniError::config(format!("{field}.{name}: {ip} is not in subnet {subnet}"))),
+                Some(ip) => Err(CniError::config(format!(
+                    "{field}.{name}: {ip} is not in subnet {subnet}"
+                ))),
             }
         };
-        let start = check(r.range_start, "rangeStart")?.unwrap_or(first).max(first);
+        let start = check(r.range_start, "rangeStart")?
+            .unwrap_or(first)
+            .max(first);
         let end = check(r.range_end, "rangeEnd")?.unwrap_or(last).min(last);
         if start > end {
-            return Err(CniError::config(format!("{field}: rangeStart is after rangeEnd")));
+            return Err(CniError::config(format!(
+                "{field}: rangeStart is after rangeEnd"
+            )));
         }
-        let gateway = check(r.gateway, "gateway")?.map(|g| from_u128(g, v4)).unwrap_or(from_u128(first, v4));
-        Ok(Self { subnet, start, end, gateway })
+        let gateway = check(r.gateway, "gateway")?
+            .map(|g| from_u128(g, v4))
+            .unwrap_or(from_u128(first, v4));
+        Ok(Self {
+            subnet,
+            start,
+            end,
+            gateway,
+        })
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        self.subnet.addr().is_ipv4() == ip.is_ipv4() && (self.start..=self.end).contains(&to_u128(ip))
+        self.subnet.addr().is_ipv4() == ip.is_ipv4()
+            && (self.start..=self.end).contains(&to_u128(ip))
     }
 }
 
@@ -139,7 +156,9 @@ impl HostLocal {
 
     pub fn new(network: &str, conf: &IpamConf) -> Result<Self> {
         if network.is_empty() || network.contains('/') || network.starts_with('.') {
-            return Err(CniError::config(format!("name: {network:?} is not a valid network name")));
+            return Err(CniError::config(format!(
+                "name: {network:?} is not a valid network name"
+            )));
         }
         let mut raw = conf.ranges.clone();
         if let Some(subnet) = conf.subnet {
@@ -159,7 +178,9 @@ impl HostLocal {
         let mut sets = Vec::new();
         for (i, set) in raw.iter().enumerate() {
             if set.is_empty() {
-                return Err(CniError::config(format!("ipam.ranges[{i}]: empty range set")));
+                return Err(CniError::config(format!(
+                    "ipam.ranges[{i}]: empty range set"
+                )));
             }
             let mut rs = Vec::new();
             for (j, r) in set.iter().enumerate() {
@@ -167,12 +188,20 @@ impl HostLocal {
             }
             sets.push(rs);
         }
-        let base = conf.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        Ok(Self { dir: base.join(network), sets, routes: conf.routes.clone() })
+        let base = conf
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        Ok(Self {
+            dir: base.join(network),
+            sets,
+            routes: conf.routes.clone(),
+        })
     }
 
     fn lock(&self) -> Result<Lock> {
-        fs::create_dir_all(&self.dir).map_err(|e| CniError::io(format!("ipam dataDir {}", self.dir.display()), e))?;
+        fs::create_dir_all(&self.dir)
+            .map_err(|e| CniError::io(format!("ipam dataDir {}", self.dir.display()), e))?;
         let path = self.dir.join("lock");
         let f = OpenOptions::new()
             .create(true)
@@ -187,12 +216,18 @@ impl HostLocal {
 
     /// Every lease in the directory: (ip, containerID, ifname).
     pub fn leases(&self) -> Vec<(IpAddr, String, String)> {
-        let Ok(rd) = fs::read_dir(&self.dir) else { return Vec::new() };
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         for e in rd.flatten() {
             let name = e.file_name();
-            let Some(ip) = name.to_str().and_then(|s| s.parse::<IpAddr>().ok()) else { continue };
-            let Ok(body) = fs::read_to_string(e.path()) else { continue };
+            let Some(ip) = name.to_str().and_then(|s| s.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            let Ok(body) = fs::read_to_string(e.path()) else {
+                continue;
+            };
             let mut lines = body.split("\r\n").map(str::trim);
             let id = lines.next().unwrap_or_default().to_string();
             let ifname = lines.next().unwrap_or_default().to_string();
@@ -244,16 +279,38 @@ impl HostLocal {
         for (ip, r) in got {
             let address = IpNet::new(ip, r.subnet.prefix_len())
                 .map_err(|e| CniError::config(format!("ipam: {e}")))?;
-            res.ips.push(IpConfig { address, gateway: Some(r.gateway), interface: None, version: None });
+            res.ips.push(IpConfig {
+                address,
+                gateway: Some(r.gateway),
+                interface: None,
+                version: None,
+            });
         }
-        res.routes = self.routes.iter().map(|r| Route { dst: r.dst, gw: r.gw, mtu: None, priority: None }).collect();
+        res.routes = self
+            .routes
+            .iter()
+            .map(|r| Route {
+                dst: r.dst,
+                gw: r.gw,
+                mtu: None,
+                priority: None,
+            })
+            .collect();
         res.dns = Dns::default();
         Ok(res)
     }
 
-    fn reserve<'a>(&self, si: usize, set: &'a [Range], id: &str, ifname: &str) -> Result<(IpAddr, &'a Range)> {
+    fn reserve<'a>(
+        &self,
+        si: usize,
+        set: &'a [Range],
+        id: &str,
+        ifname: &str,
+    ) -> Result<(IpAddr, &'a Range)> {
         let last_path = self.dir.join(format!("last_reserved_ip.{si}"));
-        let last = fs::read_to_string(&last_path).ok().and_then(|s| s.trim().parse::<IpAddr>().ok());
+        let last = fs::read_to_string(&last_path)
+            .ok()
+            .and_then(|s| s.trim().parse::<IpAddr>().ok());
         // Candidates in order: every range of the set, starting just after the last
         // reservation and wrapping round, as the reference's RangeIter does.
         let size = |r: &Range| r.end - r.start + 1;
@@ -277,7 +334,10 @@ impl HostLocal {
             }
             (0, set[0].start)
         };
-        let p0 = last.and_then(index_of).map(|p| (p + 1) % total).unwrap_or(0);
+        let p0 = last
+            .and_then(index_of)
+            .map(|p| (p + 1) % total)
+            .unwrap_or(0);
         // A /64 cannot be walked in full; a million probes is far beyond any real node.
         let order = (0..total.min(1 << 20)).map(|k| at((p0 + k) % total));
         for (r_i, v) in order {
@@ -293,7 +353,9 @@ impl HostLocal {
                     f.write_all(format!("{id}\r\n{ifname}").as_bytes())
                         .map_err(|e| CniError::io(format!("ipam lease {}", path.display()), e))?;
                     let _ = fs::write(&last_path, ip.to_string());
-                    explain::step(|| format!("ipam: leased {ip} to {id}/{ifname} ({})", path.display()));
+                    explain::step(|| {
+                        format!("ipam: leased {ip} to {id}/{ifname} ({})", path.display())
+                    });
                     return Ok((ip, r));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -303,7 +365,10 @@ impl HostLocal {
         let subnets: Vec<String> = set.iter().map(|r| r.subnet.to_string()).collect();
         Err(CniError::new(
             code::RANGE_EXHAUSTED,
-            format!("ipam.ranges[{si}]: no IP addresses available in range set {}", subnets.join(",")),
+            format!(
+                "ipam.ranges[{si}]: no IP addresses available in range set {}",
+                subnets.join(",")
+            ),
         ))
     }
 
@@ -347,7 +412,9 @@ impl HostLocal {
         let _lock = self.lock()?;
         let mut freed = Vec::new();
         for (ip, id, ifname) in self.leases() {
-            let keep = valid.iter().any(|a| Self::owned_by(&a.container_id, &a.ifname, &id, &ifname));
+            let keep = valid
+                .iter()
+                .any(|a| Self::owned_by(&a.container_id, &a.ifname, &id, &ifname));
             if !keep {
                 let p = self.lease_path(ip);
                 if fs::remove_file(&p).is_ok() {

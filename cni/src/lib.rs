@@ -10,7 +10,8 @@
 //! - `ipam`    — host-local IPAM in process, on the reference plugin's file format
 //! - `nft`     — the `inet hull-cni` nftables table: ipMasq and hostPort DNAT
 //! - `exec`    — finding and exec'ing another plugin on `CNI_PATH`
-//! - `bridge`  — what ADD/DEL/CHECK/GC/STATUS do for a bridge network
+//! - `bridge`  — what ADD and DEL do for a bridge network (veth, addresses, routes, NAT)
+//! - `upkeep`  — CHECK, GC and STATUS for a bridge network
 //! - `plugin`  — the plugin protocol: env + stdin in, result or error JSON out
 //! - `invoker` — the runtime side: load a conflist, run its chain, cache results
 
@@ -26,5 +27,6 @@ pub mod netns;
 pub mod nft;
 pub mod plugin;
 pub mod types;
+pub mod upkeep;
 
 pub use error::{CniError, Result};

@@ -64,7 +64,11 @@ impl Netlink {
     }
 
     /// Sends one request and collects the reply messages until ACK or DONE.
-    pub fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+    pub fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
         self.seq = self.seq.wrapping_add(1);
         let mut nl = NetlinkMessage::from(msg);
         nl.header.flags = NLM_F_REQUEST | flags;
@@ -87,10 +91,14 @@ impl Netlink {
                     self.buf[off + 3],
                 ]) as usize;
                 if len < 16 || off + len > n {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated netlink message"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "truncated netlink message",
+                    ));
                 }
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..off + len])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let msg =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..off + len])
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                 off += (len + 3) & !3;
                 if msg.header.sequence_number != self.seq {
                     continue;
@@ -131,7 +139,10 @@ impl Netlink {
     }
 
     pub fn links(&mut self) -> io::Result<Vec<LinkMessage>> {
-        let v = self.request(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_DUMP)?;
+        let v = self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
         Ok(v.into_iter()
             .filter_map(|m| match m {
                 RouteNetlinkMessage::NewLink(l) => Some(l),
@@ -146,8 +157,14 @@ impl Netlink {
         if let Some(mtu) = mtu {
             m.attributes.push(LinkAttribute::Mtu(mtu));
         }
-        m.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]));
-        self.request(RouteNetlinkMessage::NewLink(m), NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)?;
+        m.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
+        self.request(
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )?;
         Ok(())
     }
 
@@ -168,7 +185,8 @@ impl Netlink {
         // exist, so the caller brings it up from inside the netns.
         let mut p = LinkMessage::default();
         p.attributes.push(LinkAttribute::IfName(peer.to_string()));
-        p.attributes.push(LinkAttribute::NetNsFd(peer_ns.fd().as_raw_fd()));
+        p.attributes
+            .push(LinkAttribute::NetNsFd(peer_ns.fd().as_raw_fd()));
         if let Some(mtu) = mtu {
             p.attributes.push(LinkAttribute::Mtu(mtu));
         }
@@ -187,7 +205,10 @@ impl Netlink {
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
         ]));
-        self.request(RouteNetlinkMessage::NewLink(m), NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)?;
+        self.request(
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )?;
         Ok(())
     }
 
@@ -206,7 +227,9 @@ impl Netlink {
         m.header.index = index;
         m.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::PortKind(InfoPortKind::Bridge),
-            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(on)])),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                on,
+            )])),
         ]));
         self.request(RouteNetlinkMessage::NewLink(m), NLM_F_ACK)?;
         Ok(())
@@ -240,7 +263,10 @@ impl Netlink {
         let mut out = vec![0u8; nl.buffer_len()];
         nl.serialize(&mut out);
         let child_sock = Socket::new(NETLINK_ROUTE)?;
-        let devnull = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+        let devnull = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")?;
         // SAFETY: the child only calls async-signal-safe functions before _exit.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
@@ -267,9 +293,15 @@ impl Netlink {
         }
         drop(child_sock);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while self.link_by_name(name)?.is_some_and(|l| l.header.index == index) {
+        while self
+            .link_by_name(name)?
+            .is_some_and(|l| l.header.index == index)
+        {
             if std::time::Instant::now() > deadline {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("{name} still present after delete")));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{name} still present after delete"),
+                ));
             }
             std::thread::sleep(std::time::Duration::from_micros(100));
         }
@@ -290,11 +322,13 @@ impl Netlink {
             && let IpNet::V4(n) = net
             && n.prefix_len() < 31
         {
-            m.attributes.push(AddressAttribute::Broadcast(n.broadcast()));
+            m.attributes
+                .push(AddressAttribute::Broadcast(n.broadcast()));
             let _ = v4;
         }
         if nodad && ip.is_ipv6() {
-            m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+            m.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
         m
     }
@@ -304,7 +338,10 @@ impl Netlink {
         // DAD would make the address unusable for ~1s; addresses come from IPAM,
         // which already guarantees uniqueness on this bridge.
         let m = Self::addr_msg(index, net, true);
-        match self.request(RouteNetlinkMessage::NewAddress(m), NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL) {
+        match self.request(
+            RouteNetlinkMessage::NewAddress(m),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        ) {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
             r => r.map(|_| ()),
         }
@@ -320,10 +357,15 @@ impl Netlink {
 
     /// Addresses on link `index` (all links when `None`).
     pub fn addresses(&mut self, index: Option<u32>) -> io::Result<Vec<(u32, IpNet)>> {
-        let v = self.request(RouteNetlinkMessage::GetAddress(AddressMessage::default()), NLM_F_DUMP)?;
+        let v = self.request(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+        )?;
         let mut out = Vec::new();
         for m in v {
-            let RouteNetlinkMessage::NewAddress(a) = m else { continue };
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
             if index.is_some_and(|i| i != a.header.index) {
                 continue;
             }
@@ -355,12 +397,20 @@ impl Netlink {
         m.header.table = RouteHeader::RT_TABLE_MAIN;
         m.header.protocol = RouteProtocol::Boot;
         m.header.kind = RouteType::Unicast;
-        m.header.scope = if gw.is_some() { RouteScope::Universe } else { RouteScope::Link };
+        m.header.scope = if gw.is_some() {
+            RouteScope::Universe
+        } else {
+            RouteScope::Link
+        };
         if dst.prefix_len() > 0 {
-            m.attributes.push(RouteAttribute::Destination(RouteAddress::from(dst.network())));
+            m.attributes
+                .push(RouteAttribute::Destination(RouteAddress::from(
+                    dst.network(),
+                )));
         }
         if let Some(gw) = gw {
-            m.attributes.push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+            m.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
         }
         m.attributes.push(RouteAttribute::Oif(oif));
         m
@@ -369,7 +419,10 @@ impl Netlink {
     /// Adds a route; an identical route already present is fine.
     pub fn add_route(&mut self, dst: &IpNet, gw: Option<IpAddr>, oif: u32) -> io::Result<()> {
         let m = Self::route_msg(dst, gw, oif);
-        match self.request(RouteNetlinkMessage::NewRoute(m), NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL) {
+        match self.request(
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        ) {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
             r => r.map(|_| ()),
         }
@@ -378,11 +431,17 @@ impl Netlink {
     /// Main-table routes as (destination, gateway, output link).
     pub fn routes(&mut self, v6: bool) -> io::Result<Vec<(IpNet, Option<IpAddr>, u32)>> {
         let mut q = RouteMessage::default();
-        q.header.address_family = if v6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
+        q.header.address_family = if v6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
         let v = self.request(RouteNetlinkMessage::GetRoute(q), NLM_F_DUMP)?;
         let mut out = Vec::new();
         for m in v {
-            let RouteNetlinkMessage::NewRoute(r) = m else { continue };
+            let RouteNetlinkMessage::NewRoute(r) = m else {
+                continue;
+            };
             if r.header.table != RouteHeader::RT_TABLE_MAIN {
                 continue;
             }
@@ -391,15 +450,23 @@ impl Netlink {
             let mut oif = 0;
             for a in &r.attributes {
                 match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(IpAddr::V4(*ip)),
-                    RouteAttribute::Destination(RouteAddress::Inet6(ip)) => dst = Some(IpAddr::V6(*ip)),
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
+                        dst = Some(IpAddr::V4(*ip))
+                    }
+                    RouteAttribute::Destination(RouteAddress::Inet6(ip)) => {
+                        dst = Some(IpAddr::V6(*ip))
+                    }
                     RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(IpAddr::V4(*ip)),
                     RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => gw = Some(IpAddr::V6(*ip)),
                     RouteAttribute::Oif(i) => oif = *i,
                     _ => {}
                 }
             }
-            let any: IpAddr = if v6 { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
+            let any: IpAddr = if v6 {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            };
             if let Ok(net) = IpNet::new(dst.unwrap_or(any), r.header.destination_prefix_length) {
                 out.push((net, gw, oif));
             }
@@ -414,7 +481,10 @@ pub fn link_mac(l: &LinkMessage) -> String {
         .iter()
         .find_map(|a| match a {
             LinkAttribute::Address(b) => Some(
-                b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":"),
+                b.iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
             ),
             _ => None,
         })

@@ -64,8 +64,11 @@ impl NetNs {
         std::thread::scope(|s| {
             let h = s.spawn(|| {
                 setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
-                    CniError::new(code::INVALID_ENV, format!("setns into {}", self.path.display()))
-                        .with_details(e.to_string())
+                    CniError::new(
+                        code::INVALID_ENV,
+                        format!("setns into {}", self.path.display()),
+                    )
+                    .with_details(e.to_string())
                 })?;
                 f()
             });

@@ -44,9 +44,12 @@ pub fn apply(script: &str) -> Result<()> {
         .spawn()
         .map_err(|e| CniError::io("exec nft (is the nftables package installed?)", e))?;
     if let Some(mut si) = child.stdin.take() {
-        si.write_all(script.as_bytes()).map_err(|e| CniError::io("write to nft", e))?;
+        si.write_all(script.as_bytes())
+            .map_err(|e| CniError::io("write to nft", e))?;
     }
-    let out = child.wait_with_output().map_err(|e| CniError::io("wait for nft", e))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| CniError::io("wait for nft", e))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -124,13 +127,21 @@ pub fn add_script(p: &PodRules) -> Result<String> {
     if p.masq {
         s += &format!("add chain {T} masq-{h}\nflush chain {T} masq-{h}\n");
         for net in p.ips {
-            let (fam, mcast) = if net.addr().is_ipv4() { ("ip", "224.0.0.0/4") } else { ("ip6", "ff00::/8") };
+            let (fam, mcast) = if net.addr().is_ipv4() {
+                ("ip", "224.0.0.0/4")
+            } else {
+                ("ip6", "ff00::/8")
+            };
             s += &format!("add rule {T} masq-{h} {fam} daddr {} return\n", net.trunc());
             s += &format!("add rule {T} masq-{h} {fam} daddr {mcast} return\n");
         }
         s += &format!("add rule {T} masq-{h} masquerade\n");
         for net in p.ips {
-            let m = if net.addr().is_ipv4() { "masq4" } else { "masq6" };
+            let m = if net.addr().is_ipv4() {
+                "masq4"
+            } else {
+                "masq6"
+            };
             s += &format!("add element {T} {m} {{ {} : jump masq-{h} }}\n", net.addr());
         }
     }
@@ -138,13 +149,17 @@ pub fn add_script(p: &PodRules) -> Result<String> {
         s += &format!("add chain {T} hp-{h}\nflush chain {T} hp-{h}\n");
         for pm in p.ports {
             if pm.host_port == 0 || pm.container_port == 0 {
-                return Err(CniError::config("runtimeConfig.portMappings: hostPort and containerPort must be 1-65535"));
+                return Err(CniError::config(
+                    "runtimeConfig.portMappings: hostPort and containerPort must be 1-65535",
+                ));
             }
             let pr = proto(&pm.protocol)?;
             let host_ip: Option<IpAddr> = match pm.host_ip.as_str() {
                 "" | "0.0.0.0" | "::" => None,
                 h => Some(h.parse().map_err(|_| {
-                    CniError::config(format!("runtimeConfig.portMappings: hostIP {h:?} is not an IP address"))
+                    CniError::config(format!(
+                        "runtimeConfig.portMappings: hostIP {h:?} is not an IP address"
+                    ))
                 })?),
             };
             for net in p.ips {
@@ -157,16 +172,25 @@ pub fn add_script(p: &PodRules) -> Result<String> {
                 } else {
                     ("ip6", "ipv6", format!("[{ip}]:{}", pm.container_port))
                 };
-                let dmatch = host_ip.map(|h| format!("{fam} daddr {h} ")).unwrap_or_default();
+                let dmatch = host_ip
+                    .map(|h| format!("{fam} daddr {h} "))
+                    .unwrap_or_default();
                 s += &format!(
                     "add rule {T} hp-{h} meta nfproto {nfp} {dmatch}meta l4proto {pr} th dport {} dnat {fam} to {to}\n",
                     pm.host_port
                 );
             }
-            s += &format!("add element {T} hostports {{ {pr} . {} : jump hp-{h} }}\n", pm.host_port);
+            s += &format!(
+                "add element {T} hostports {{ {pr} . {} : jump hp-{h} }}\n",
+                pm.host_port
+            );
         }
         for net in p.ips {
-            let set = if net.addr().is_ipv4() { "podnets4" } else { "podnets6" };
+            let set = if net.addr().is_ipv4() {
+                "podnets4"
+            } else {
+                "podnets6"
+            };
             s += &format!("add element {T} {set} {{ {} }}\n", net.trunc());
         }
     }
@@ -191,19 +215,30 @@ fn key_text(v: &serde_json::Value) -> Option<String> {
 pub fn remove_script(table: &serde_json::Value, doomed: &dyn Fn(&str) -> bool) -> String {
     let mut s = String::new();
     let mut chains = Vec::new();
-    let Some(items) = table.get("nftables").and_then(|v| v.as_array()) else { return s };
+    let Some(items) = table.get("nftables").and_then(|v| v.as_array()) else {
+        return s;
+    };
     for item in items {
         if let Some(map) = item.get("map") {
             let name = map.get("name").and_then(|v| v.as_str()).unwrap_or_default();
-            for el in map.get("elem").and_then(|v| v.as_array()).into_iter().flatten() {
+            for el in map
+                .get("elem")
+                .and_then(|v| v.as_array())
+                .into_iter()
+                .flatten()
+            {
                 let Some(pair) = el.as_array() else { continue };
                 let (Some(k), Some(target)) = (
                     pair.first().and_then(key_text),
-                    pair.get(1).and_then(|v| v.pointer("/jump/target")).and_then(|v| v.as_str()),
+                    pair.get(1)
+                        .and_then(|v| v.pointer("/jump/target"))
+                        .and_then(|v| v.as_str()),
                 ) else {
                     continue;
                 };
-                if let Some(h) = target.strip_prefix("hp-").or_else(|| target.strip_prefix("masq-"))
+                if let Some(h) = target
+                    .strip_prefix("hp-")
+                    .or_else(|| target.strip_prefix("masq-"))
                     && doomed(h)
                 {
                     s += &format!("delete element {T} {name} {{ {k} }}\n");
@@ -211,8 +246,13 @@ pub fn remove_script(table: &serde_json::Value, doomed: &dyn Fn(&str) -> bool) -
             }
         }
         if let Some(chain) = item.get("chain") {
-            let name = chain.get("name").and_then(|v| v.as_str()).unwrap_or_default();
-            if let Some(h) = name.strip_prefix("hp-").or_else(|| name.strip_prefix("masq-"))
+            let name = chain
+                .get("name")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default();
+            if let Some(h) = name
+                .strip_prefix("hp-")
+                .or_else(|| name.strip_prefix("masq-"))
                 && doomed(h)
             {
                 chains.push(name.to_string());
@@ -255,7 +295,10 @@ pub fn add_pod(p: &PodRules) -> Result<()> {
 pub fn remove_pods(doomed: &dyn Fn(&str) -> bool) -> Result<()> {
     let _l = lock()?;
     let Some(table) = list()? else { return Ok(()) };
-    let left = pod_hashes(&table).into_iter().filter(|h| !doomed(h)).count();
+    let left = pod_hashes(&table)
+        .into_iter()
+        .filter(|h| !doomed(h))
+        .count();
     if left == 0 {
         return apply(&format!("delete table {T}\n"));
     }

@@ -9,13 +9,15 @@ use crate::config::BridgeConf;
 use crate::error::{CniError, Result, code};
 use crate::explain;
 use crate::types::{CURRENT_VERSION, SUPPORTED_VERSIONS};
+use crate::upkeep;
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 fn require(name: &str, command: &str) -> Result<String> {
-    env(name).ok_or_else(|| CniError::new(code::INVALID_ENV, format!("{name}: required for {command}")))
+    env(name)
+        .ok_or_else(|| CniError::new(code::INVALID_ENV, format!("{name}: required for {command}")))
 }
 
 /// Validates the environment for `command` (what each command needs differs: DEL may
@@ -24,15 +26,28 @@ pub fn call_from_env(command: &str) -> Result<Call> {
     let needs_container = matches!(command, "ADD" | "DEL" | "CHECK");
     let (container_id, ifname) = if needs_container {
         let id = require("CNI_CONTAINERID", command)?;
-        if !id.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+        if !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        {
             return Err(CniError::new(
                 code::INVALID_ENV,
-                format!("CNI_CONTAINERID: {id:?} may contain only letters, digits, '_', '.' and '-'"),
+                format!(
+                    "CNI_CONTAINERID: {id:?} may contain only letters, digits, '_', '.' and '-'"
+                ),
             ));
         }
         let ifname = require("CNI_IFNAME", command)?;
-        if ifname.len() > 15 || ifname == "." || ifname == ".." || ifname.contains(['/', ':']) || ifname.contains(char::is_whitespace) {
-            return Err(CniError::new(code::INVALID_ENV, format!("CNI_IFNAME: {ifname:?} is not a valid interface name")));
+        if ifname.len() > 15
+            || ifname == "."
+            || ifname == ".."
+            || ifname.contains(['/', ':'])
+            || ifname.contains(char::is_whitespace)
+        {
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                format!("CNI_IFNAME: {ifname:?} is not a valid interface name"),
+            ));
         }
         (id, ifname)
     } else {
@@ -52,7 +67,11 @@ pub fn call_from_env(command: &str) -> Result<Call> {
 fn version_reply(stdin: &[u8]) -> String {
     let v = serde_json::from_slice::<serde_json::Value>(stdin)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(|x| x.as_str()).map(str::to_string))
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(|x| x.as_str())
+                .map(str::to_string)
+        })
         .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
         .unwrap_or_else(|| CURRENT_VERSION.to_string());
     serde_json::json!({"cniVersion": v, "supportedVersions": SUPPORTED_VERSIONS}).to_string()
@@ -66,18 +85,25 @@ pub fn run(command: &str, stdin: &[u8]) -> Result<Option<String>> {
     if !matches!(command, "ADD" | "DEL" | "CHECK" | "GC" | "STATUS") {
         return Err(CniError::new(
             code::INVALID_ENV,
-            format!("CNI_COMMAND: unknown command {command:?} (ADD, DEL, CHECK, GC, STATUS, VERSION)"),
+            format!(
+                "CNI_COMMAND: unknown command {command:?} (ADD, DEL, CHECK, GC, STATUS, VERSION)"
+            ),
         ));
     }
     let conf = BridgeConf::parse(stdin)?;
     let call = call_from_env(command)?;
-    explain::step(|| format!("{command} network {:?} container {:?} ifname {:?}", conf.name, call.container_id, call.ifname));
+    explain::step(|| {
+        format!(
+            "{command} network {:?} container {:?} ifname {:?}",
+            conf.name, call.container_id, call.ifname
+        )
+    });
     match command {
         "ADD" => bridge::add(&conf, &call, stdin).map(|r| Some(r.to_json())),
         "DEL" => bridge::del(&conf, &call, stdin).map(|_| None),
-        "CHECK" => bridge::check(&conf, &call).map(|_| None),
-        "GC" => bridge::gc(&conf, &call, stdin).map(|_| None),
-        _ => bridge::status(&conf).map(|_| None),
+        "CHECK" => upkeep::check(&conf, &call).map(|_| None),
+        "GC" => upkeep::gc(&conf, &call, stdin).map(|_| None),
+        _ => upkeep::status(&conf).map(|_| None),
     }
 }
 
@@ -91,18 +117,28 @@ pub fn main() -> i32 {
     let version = |stdin: &[u8]| {
         serde_json::from_slice::<serde_json::Value>(stdin)
             .ok()
-            .and_then(|v| v.get("cniVersion").and_then(|x| x.as_str()).map(str::to_string))
+            .and_then(|v| {
+                v.get("cniVersion")
+                    .and_then(|x| x.as_str())
+                    .map(str::to_string)
+            })
             .unwrap_or_else(|| CURRENT_VERSION.to_string())
     };
     let outcome = match command {
-        None => Err(CniError::new(code::INVALID_ENV, "CNI_COMMAND: required (ADD, DEL, CHECK, GC, STATUS, VERSION)")),
+        None => Err(CniError::new(
+            code::INVALID_ENV,
+            "CNI_COMMAND: required (ADD, DEL, CHECK, GC, STATUS, VERSION)",
+        )),
         Some(cmd) => {
             let read = if cmd == "VERSION" {
                 // VERSION may come with no stdin at all; don't block on a terminal.
                 let _ = std::io::stdin().read_to_end(&mut stdin);
                 Ok(())
             } else {
-                std::io::stdin().read_to_end(&mut stdin).map(|_| ()).map_err(|e| CniError::io("read stdin", e))
+                std::io::stdin()
+                    .read_to_end(&mut stdin)
+                    .map(|_| ())
+                    .map_err(|e| CniError::io("read stdin", e))
             };
             read.and_then(|_| run(&cmd, &stdin))
         }

@@ -122,7 +122,14 @@ impl CniResult {
         self.cni_version = version.to_string();
         let legacy = is_legacy(version);
         for ip in &mut self.ips {
-            ip.version = legacy.then(|| if ip.address.addr().is_ipv4() { "4" } else { "6" }.to_string());
+            ip.version = legacy.then(|| {
+                if ip.address.addr().is_ipv4() {
+                    "4"
+                } else {
+                    "6"
+                }
+                .to_string()
+            });
         }
         self
     }

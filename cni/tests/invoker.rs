@@ -23,7 +23,10 @@ impl Scratch {
         Self(d)
     }
     fn invoker(&self) -> Invoker {
-        Invoker::new(vec![self.0.join("bin"), PathBuf::from("/usr/lib/cni")], self.0.join("cache"))
+        Invoker::new(
+            vec![self.0.join("bin"), PathBuf::from("/usr/lib/cni")],
+            self.0.join("cache"),
+        )
     }
     fn conf_dir(&self) -> PathBuf {
         self.0.join("net.d")
@@ -41,7 +44,10 @@ fn rt(id: &str, ns: &Path) -> RuntimeConf {
         container_id: id.into(),
         netns: ns.display().to_string(),
         ifname: "eth0".into(),
-        args: vec![("K8S_POD_NAME".into(), "web".into()), ("IgnoreUnknown".into(), "1".into())],
+        args: vec![
+            ("K8S_POD_NAME".into(), "web".into()),
+            ("IgnoreUnknown".into(), "1".into()),
+        ],
         ..Default::default()
     }
 }
@@ -60,13 +66,24 @@ fn containerd_shaped_conflist_with_debian_portmap_and_loopback() {
         "plugins": [bridge, {"type": "portmap", "capabilities": {"portMappings": true}}, {"type": "loopback"}],
     });
     std::fs::write(s.conf_dir().join("10-hull.conflist"), list.to_string()).expect("write");
-    std::fs::write(s.conf_dir().join("99-other.conf"), r#"{"cniVersion":"1.0.0","name":"other","type":"bridge"}"#).expect("write");
+    std::fs::write(
+        s.conf_dir().join("99-other.conf"),
+        r#"{"cniVersion":"1.0.0","name":"other","type":"bridge"}"#,
+    )
+    .expect("write");
     let list = find_default(&s.conf_dir()).expect("load conflist");
     assert_eq!(list.name, net.name);
     let inv = s.invoker();
     let (a, b) = (Netns::new("a"), Netns::new("b"));
-    let (ra, rb) = (rt(&format!("cd{}", tag()), &a.path()), rt(&format!("cd{}", tag()), &b.path()));
-    struct Del<'a>(&'a Invoker, &'a hull_cni::types::NetworkConfigList, &'a RuntimeConf);
+    let (ra, rb) = (
+        rt(&format!("cd{}", tag()), &a.path()),
+        rt(&format!("cd{}", tag()), &b.path()),
+    );
+    struct Del<'a>(
+        &'a Invoker,
+        &'a hull_cni::types::NetworkConfigList,
+        &'a RuntimeConf,
+    );
     impl Drop for Del<'_> {
         fn drop(&mut self) {
             let _ = self.0.del(self.1, self.2);
@@ -103,7 +120,9 @@ fn invoker_runs_debian_reference_bridge_and_host_local() {
     struct DelBr(String, PathBuf);
     impl Drop for DelBr {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("ip").args(["link", "del", &self.0]).status();
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &self.0])
+                .status();
             let _ = std::fs::remove_dir_all(&self.1);
         }
     }
@@ -119,18 +138,30 @@ fn invoker_runs_debian_reference_bridge_and_host_local() {
     .expect("parse");
     let inv = s.invoker();
     let (a, b) = (Netns::new("a"), Netns::new("b"));
-    let (ra, rb) = (rt(&format!("rf{}", tag()), &a.path()), rt(&format!("rf{}", tag()), &b.path()));
+    let (ra, rb) = (
+        rt(&format!("rf{}", tag()), &a.path()),
+        rt(&format!("rf{}", tag()), &b.path()),
+    );
     let res_a = inv.add(&list, &ra).expect("reference ADD a");
     let res_b = inv.add(&list, &rb).expect("reference ADD b");
     assert!(b.ping(&res_a.ips[0].address.addr().to_string()));
     assert!(a.ping(&res_b.ips[0].address.addr().to_string()));
     assert!(inv.cached_result(&list.name, &rb).is_some());
     inv.check(&list, &ra).expect("reference CHECK");
-    assert!(inv.plugin_versions("bridge").expect("VERSION").contains(&"1.0.0".to_string()));
+    assert!(
+        inv.plugin_versions("bridge")
+            .expect("VERSION")
+            .contains(&"1.0.0".to_string())
+    );
     inv.del(&list, &ra).expect("DEL a");
     inv.del(&list, &rb).expect("DEL b");
     let left: Vec<_> = std::fs::read_dir(leases.join(&list.name))
-        .map(|rd| rd.flatten().map(|e| e.file_name()).filter(|n| n != "lock" && !n.to_string_lossy().starts_with("last")).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name())
+                .filter(|n| n != "lock" && !n.to_string_lossy().starts_with("last"))
+                .collect()
+        })
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
 }
@@ -142,15 +173,25 @@ fn invoker_gc_and_status_reach_hull_bridge() {
     let net = Net::new(&[&subnet(22)], json!({}));
     let mut bridge = net.conf.clone();
     bridge.as_object_mut().expect("obj").remove("name");
-    let list = parse_config(json!({"cniVersion": "1.1.0", "name": net.name, "plugins": [bridge]}).to_string().as_bytes())
-        .expect("parse");
+    let list = parse_config(
+        json!({"cniVersion": "1.1.0", "name": net.name, "plugins": [bridge]})
+            .to_string()
+            .as_bytes(),
+    )
+    .expect("parse");
     let inv = s.invoker();
     inv.status(&list).expect("STATUS");
     let (a, b) = (Netns::new("a"), Netns::new("b"));
-    let (ra, rb) = (rt(&format!("gc{}", tag()), &a.path()), rt(&format!("gc{}", tag()), &b.path()));
+    let (ra, rb) = (
+        rt(&format!("gc{}", tag()), &a.path()),
+        rt(&format!("gc{}", tag()), &b.path()),
+    );
     inv.add(&list, &ra).expect("ADD a");
     inv.add(&list, &rb).expect("ADD b");
-    let keep = Attachment { container_id: ra.container_id.clone(), ifname: "eth0".into() };
+    let keep = Attachment {
+        container_id: ra.container_id.clone(),
+        ifname: "eth0".into(),
+    };
     inv.gc(&list, std::slice::from_ref(&keep)).expect("GC");
     assert_eq!(net.leases().len(), 1);
     assert_eq!(inv.cached_attachments(&list.name), vec![keep]);
@@ -162,17 +203,33 @@ fn invoker_gc_and_status_reach_hull_bridge() {
 fn config_dir_is_read_in_lexical_order_and_bad_files_are_named() {
     let s = Scratch::new();
     let d = s.conf_dir();
-    std::fs::write(d.join("20-b.conf"), r#"{"cniVersion":"0.4.0","name":"b","type":"bridge"}"#).expect("write");
-    std::fs::write(d.join("10-a.json"), r#"{"cniVersion":"1.0.0","name":"a","plugins":[{"type":"loopback"}]}"#).expect("write");
+    std::fs::write(
+        d.join("20-b.conf"),
+        r#"{"cniVersion":"0.4.0","name":"b","type":"bridge"}"#,
+    )
+    .expect("write");
+    std::fs::write(
+        d.join("10-a.json"),
+        r#"{"cniVersion":"1.0.0","name":"a","plugins":[{"type":"loopback"}]}"#,
+    )
+    .expect("write");
     std::fs::write(d.join("05-x.txt"), "ignored").expect("write");
     let files = list_dir(&d).expect("list");
     assert_eq!(files.len(), 2);
     assert_eq!(find_default(&d).expect("default").name, "a");
     let single = hull_cni::invoker::load_file(&d.join("20-b.conf")).expect("single conf");
     assert_eq!(single.plugins.len(), 1);
-    std::fs::write(d.join("01-bad.conflist"), r#"{"cniVersion":"1.0.0","name":"bad","plugins":[{}]}"#).expect("write");
+    std::fs::write(
+        d.join("01-bad.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"bad","plugins":[{}]}"#,
+    )
+    .expect("write");
     let e = hull_cni::invoker::load_file(&d.join("01-bad.conflist")).expect_err("bad conflist");
-    assert!(e.msg.contains("plugins[0].type") && e.msg.contains("01-bad.conflist"), "{e}");
-    let e = parse_config(br#"{"cniVersion":"7.0.0","name":"v","plugins":[{"type":"x"}]}"#).expect_err("version");
+    assert!(
+        e.msg.contains("plugins[0].type") && e.msg.contains("01-bad.conflist"),
+        "{e}"
+    );
+    let e = parse_config(br#"{"cniVersion":"7.0.0","name":"v","plugins":[{"type":"x"}]}"#)
+        .expect_err("version");
     assert_eq!(e.code, 1);
 }

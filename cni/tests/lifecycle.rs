@@ -36,7 +36,14 @@ fn thousand_add_del_cycles_leave_no_veth_lease_route_or_rule() {
     }
     assert_eq!(net.ports(), 0, "veths left on the bridge");
     assert!(net.leases().is_empty(), "leases left: {:?}", net.leases());
-    let links = String::from_utf8_lossy(&std::process::Command::new("ip").args(["-o", "link"]).output().expect("ip").stdout).into_owned();
+    let links = String::from_utf8_lossy(
+        &std::process::Command::new("ip")
+            .args(["-o", "link"])
+            .output()
+            .expect("ip")
+            .stdout,
+    )
+    .into_owned();
     for h in &hashes {
         assert!(!links.contains(&format!("veth{h}")), "veth{h} left");
         assert!(!nft_has(h), "nft rules for {h} left");
@@ -44,7 +51,10 @@ fn thousand_add_del_cycles_leave_no_veth_lease_route_or_rule() {
     let inside = String::from_utf8_lossy(&ns.exec(&["ip", "-o", "link"]).stdout).into_owned();
     assert!(!inside.contains("eth0"), "eth0 left in the netns: {inside}");
     let routes = String::from_utf8_lossy(&ns.exec(&["ip", "route"]).stdout).into_owned();
-    assert!(routes.trim().is_empty(), "routes left in the netns: {routes}");
+    assert!(
+        routes.trim().is_empty(),
+        "routes left in the netns: {routes}"
+    );
 }
 
 #[test]
@@ -67,7 +77,12 @@ fn fifty_concurrent_adds_get_fifty_distinct_addresses() {
     let mut ips = HashSet::new();
     for (i, r) in results.iter().enumerate() {
         assert!(r.ok, "ADD {i} failed: {}", r.stdout);
-        ips.insert(r.json["ips"][0]["address"].as_str().expect("address").to_string());
+        ips.insert(
+            r.json["ips"][0]["address"]
+                .as_str()
+                .expect("address")
+                .to_string(),
+        );
     }
     assert_eq!(ips.len(), 50, "addresses collided");
     assert_eq!(net.leases().len(), 50);
@@ -104,13 +119,29 @@ fn failed_add_rolls_back_veth_lease_and_rules() {
     let net = Net::new(&[&subnet(13)], json!({"ipMasq": true}));
     let ns = Netns::new("f");
     // eth0 already taken inside the netns: the veth cannot be created there.
-    assert!(ns.exec(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "x0"]).status.success());
+    assert!(
+        ns.exec(&[
+            "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "x0"
+        ])
+        .status
+        .success()
+    );
     let id = format!("fail{}", tag());
     let out = plugin("ADD", &id, Some(&ns.path()), "eth0", &net.conf);
     assert!(!out.ok);
-    assert!(out.json["msg"].as_str().unwrap_or_default().contains("CNI_IFNAME"), "{}", out.stdout);
+    assert!(
+        out.json["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("CNI_IFNAME"),
+        "{}",
+        out.stdout
+    );
     assert!(net.leases().is_empty(), "lease kept after failed ADD");
-    assert!(!link_exists(&format!("veth{}", hash(&id, "eth0"))), "veth kept after failed ADD");
+    assert!(
+        !link_exists(&format!("veth{}", hash(&id, "eth0"))),
+        "veth kept after failed ADD"
+    );
     assert!(!nft_has(&hash(&id, "eth0")));
 }
 
@@ -132,7 +163,14 @@ fn exhausted_range_is_a_clear_error() {
     let out = plugin("ADD", "third", Some(&ns.path()), "eth2", &conf);
     assert!(!out.ok);
     assert_eq!(out.json["code"], 100, "{}", out.stdout);
-    assert!(out.json["msg"].as_str().unwrap_or_default().contains("ipam.ranges[0]"), "{}", out.stdout);
+    assert!(
+        out.json["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ipam.ranges[0]"),
+        "{}",
+        out.stdout
+    );
     assert!(!link_exists(&format!("veth{}", hash("third", "eth2"))));
 }
 
@@ -152,7 +190,7 @@ fn gc_releases_what_valid_attachments_does_not_name() {
     assert!(!link_exists(&format!("veth{}", hash(&lose.id, "eth0"))));
     assert!(nft_has(&hash(&keep.id, "eth0")));
     assert!(!nft_has(&hash(&lose.id, "eth0")));
-    assert!(a.ping(&keep.result["ips"][0]["gateway"].as_str().expect("gw").to_string()));
+    assert!(a.ping(keep.result["ips"][0]["gateway"].as_str().expect("gw")));
 }
 
 #[test]
@@ -161,7 +199,12 @@ fn bad_input_gets_spec_error_json() {
     let net = Net::new(&[&subnet(16)], json!({}));
     let ns = Netns::new("e");
     let env = |cmd: &'static str| {
-        vec![("CNI_COMMAND", cmd), ("CNI_CONTAINERID", "bad1"), ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/usr/lib/cni")]
+        vec![
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", "bad1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/usr/lib/cni"),
+        ]
     };
     let path = ns.path().display().to_string();
     let mut with_ns = env("ADD");
@@ -175,19 +218,39 @@ fn bad_input_gets_spec_error_json() {
     v["cniVersion"] = json!("9.9.9");
     let r = plugin_raw(&with_ns, v.to_string().as_bytes());
     assert_eq!(r.json["code"], 1, "{}", r.stdout);
-    assert!(r.json["msg"].as_str().unwrap_or_default().contains("cniVersion"));
+    assert!(
+        r.json["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cniVersion")
+    );
 
     let r = plugin_raw(&env("ADD"), net.conf.to_string().as_bytes());
     assert_eq!(r.json["code"], 4, "missing CNI_NETNS: {}", r.stdout);
-    assert!(r.json["msg"].as_str().unwrap_or_default().contains("CNI_NETNS"));
+    assert!(
+        r.json["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("CNI_NETNS")
+    );
 
-    let r = plugin_raw(&[("CNI_NETNS", path.as_str())], net.conf.to_string().as_bytes());
+    let r = plugin_raw(
+        &[("CNI_NETNS", path.as_str())],
+        net.conf.to_string().as_bytes(),
+    );
     assert_eq!(r.json["code"], 4, "missing CNI_COMMAND: {}", r.stdout);
 
     let mut no_id = with_ns.clone();
     no_id.retain(|(k, _)| *k != "CNI_CONTAINERID");
     let r = plugin_raw(&no_id, net.conf.to_string().as_bytes());
-    assert!(r.json["msg"].as_str().unwrap_or_default().contains("CNI_CONTAINERID"), "{}", r.stdout);
+    assert!(
+        r.json["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("CNI_CONTAINERID"),
+        "{}",
+        r.stdout
+    );
 
     let mut missing = env("ADD");
     missing.push(("CNI_NETNS", "/var/run/netns/hull-does-not-exist"));
@@ -198,16 +261,32 @@ fn bad_input_gets_spec_error_json() {
     m["mtu"] = json!("big");
     let r = plugin_raw(&with_ns, m.to_string().as_bytes());
     assert_eq!(r.json["code"], 6);
-    assert!(r.json["msg"].as_str().unwrap_or_default().contains("mtu") || r.stdout.contains("string"), "{}", r.stdout);
+    assert!(
+        r.json["msg"].as_str().unwrap_or_default().contains("mtu") || r.stdout.contains("string"),
+        "{}",
+        r.stdout
+    );
 
     let mut s = net.conf.clone();
     s["ipam"]["ranges"] = json!([[{"subnet": "10.0.0.0/24", "gateway": "10.9.9.9"}]]);
     let r = plugin_raw(&with_ns, s.to_string().as_bytes());
     assert_eq!(r.json["code"], 7);
-    assert!(r.json["msg"].as_str().unwrap_or_default().contains("ipam.ranges[0][0].gateway"), "{}", r.stdout);
+    assert!(
+        r.json["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ipam.ranges[0][0].gateway"),
+        "{}",
+        r.stdout
+    );
 
     let r = plugin_raw(&env("VERSION"), br#"{"cniVersion":"1.0.0"}"#);
     assert!(r.ok);
-    assert!(r.json["supportedVersions"].as_array().expect("versions").contains(&json!("1.1.0")));
+    assert!(
+        r.json["supportedVersions"]
+            .as_array()
+            .expect("versions")
+            .contains(&json!("1.1.0"))
+    );
     assert!(net.leases().is_empty(), "a failed ADD left a lease");
 }

@@ -19,7 +19,10 @@ fn two_pods_ping_each_other_and_the_gateway() {
     assert_ne!(pa.ip(0), pb.ip(0));
     assert!(a.ping(&pb.ip(0)), "pod A cannot ping pod B");
     assert!(b.ping(&pa.ip(0)), "pod B cannot ping pod A");
-    let gw = pa.result["ips"][0]["gateway"].as_str().expect("gateway").to_string();
+    let gw = pa.result["ips"][0]["gateway"]
+        .as_str()
+        .expect("gateway")
+        .to_string();
     assert!(a.ping(&gw), "pod A cannot ping the gateway {gw}");
     // Result shape: bridge, host veth, container interface in the sandbox.
     let ifs = pa.result["interfaces"].as_array().expect("interfaces");
@@ -53,7 +56,8 @@ fn dual_stack_mtu_mac_and_routes() {
     let pb = Attached::add(&net, &b, Some(conf_b));
     assert_eq!(pa.result["ips"].as_array().map(Vec::len), Some(2));
     assert!(a.ping(&pb.ip(1)), "IPv6 pod-to-pod failed to {}", pb.ip(1));
-    let link = String::from_utf8_lossy(&a.exec(&["ip", "-d", "link", "show", "eth0"]).stdout).into_owned();
+    let link =
+        String::from_utf8_lossy(&a.exec(&["ip", "-d", "link", "show", "eth0"]).stdout).into_owned();
     assert!(link.contains("mtu 1400"), "{link}");
     assert!(link.contains("02:42:ac:11:00:09"), "{link}");
     let routes = String::from_utf8_lossy(&a.exec(&["ip", "route"]).stdout).into_owned();
@@ -61,9 +65,17 @@ fn dual_stack_mtu_mac_and_routes() {
     let r6 = String::from_utf8_lossy(&a.exec(&["ip", "-6", "route"]).stdout).into_owned();
     assert!(r6.contains("default via"), "no v6 default route: {r6}");
     let host_veth = format!("veth{}", hash(&pa.id, "eth0"));
-    let brport = std::fs::read_to_string(format!("/sys/class/net/{host_veth}/brport/hairpin_mode")).expect("brport");
+    let brport = std::fs::read_to_string(format!("/sys/class/net/{host_veth}/brport/hairpin_mode"))
+        .expect("brport");
     assert_eq!(brport.trim(), "1");
-    let br = String::from_utf8_lossy(&std::process::Command::new("ip").args(["link", "show", &net.bridge]).output().expect("ip").stdout).into_owned();
+    let br = String::from_utf8_lossy(
+        &std::process::Command::new("ip")
+            .args(["link", "show", &net.bridge])
+            .output()
+            .expect("ip")
+            .stdout,
+    )
+    .into_owned();
     assert!(br.contains("PROMISC"), "{br}");
 }
 
@@ -78,10 +90,21 @@ fn check_detects_a_removed_address() {
     let ok = plugin("CHECK", &pa.id, Some(&a.path()), "eth0", &conf);
     assert!(ok.ok, "CHECK of a healthy pod failed: {}", ok.stdout);
     let addr = pa.result["ips"][0]["address"].as_str().expect("address");
-    assert!(a.exec(&["ip", "addr", "del", addr, "dev", "eth0"]).status.success());
+    assert!(
+        a.exec(&["ip", "addr", "del", addr, "dev", "eth0"])
+            .status
+            .success()
+    );
     let bad = plugin("CHECK", &pa.id, Some(&a.path()), "eth0", &conf);
     assert!(!bad.ok, "CHECK passed with the address removed");
-    assert!(bad.json["msg"].as_str().unwrap_or_default().contains("lost address"), "{}", bad.stdout);
+    assert!(
+        bad.json["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("lost address"),
+        "{}",
+        bad.stdout
+    );
     assert!(bad.json["code"].as_u64().is_some());
 }
 
@@ -97,9 +120,14 @@ fn hostport_reaches_a_pod_from_another_host_the_node_and_a_pod() {
     let (port, server) = serve(&pod, "0.0.0.0", "hello from pod", 4);
     let host_port = 20000 + (std::process::id() % 20000) as u16;
     let mut conf = net.conf.clone();
-    conf["runtimeConfig"]["portMappings"] = json!([{"hostPort": host_port, "containerPort": port, "protocol": "tcp"}]);
+    conf["runtimeConfig"]["portMappings"] =
+        json!([{"hostPort": host_port, "containerPort": port, "protocol": "tcp"}]);
     let p = Attached::add(&net, &pod, Some(conf));
-    let gw: std::net::IpAddr = p.result["ips"][0]["gateway"].as_str().expect("gw").parse().expect("ip");
+    let gw: std::net::IpAddr = p.result["ips"][0]["gateway"]
+        .as_str()
+        .expect("gw")
+        .parse()
+        .expect("ip");
     assert!(nft_has(&hash(&p.id, "eth0")), "no nft rules for the pod");
 
     // Another host: a netns joined to the node by a veth pair, talking to the node's IP.
@@ -109,27 +137,59 @@ fn hostport_reaches_a_pod_from_another_host_the_node_and_a_pod() {
     let octet = 100 + std::process::id() % 100;
     let node_ip = format!("192.168.{octet}.1");
     let remote_ip = format!("192.168.{octet}.2/24");
-    run_ip(&["link", "add", &hv, "type", "veth", "peer", "name", &rv, "netns", &remote.name]);
+    run_ip(&[
+        "link",
+        "add",
+        &hv,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &rv,
+        "netns",
+        &remote.name,
+    ]);
     struct DelLink(String);
     impl Drop for DelLink {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("ip").args(["link", "del", &self.0]).status();
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &self.0])
+                .status();
         }
     }
     let _guard = DelLink(hv.clone());
     run_ip(&["addr", "add", &format!("{node_ip}/24"), "dev", &hv]);
     run_ip(&["link", "set", &hv, "up"]);
-    assert!(remote.exec(&["ip", "addr", "add", &remote_ip, "dev", &rv]).status.success());
-    assert!(remote.exec(&["ip", "link", "set", &rv, "up"]).status.success());
+    assert!(
+        remote
+            .exec(&["ip", "addr", "add", &remote_ip, "dev", &rv])
+            .status
+            .success()
+    );
+    assert!(
+        remote
+            .exec(&["ip", "link", "set", &rv, "up"])
+            .status
+            .success()
+    );
 
     let to_node: SocketAddr = format!("{node_ip}:{host_port}").parse().expect("addr");
-    assert_eq!(fetch(Some(&remote), to_node).expect("from another host"), "hello from pod");
+    assert_eq!(
+        fetch(Some(&remote), to_node).expect("from another host"),
+        "hello from pod"
+    );
     // From the node itself, via its own address on the bridge and via localhost.
-    assert_eq!(fetch(None, SocketAddr::new(gw, host_port)).expect("from the node"), "hello from pod");
+    assert_eq!(
+        fetch(None, SocketAddr::new(gw, host_port)).expect("from the node"),
+        "hello from pod"
+    );
     let lo: SocketAddr = format!("127.0.0.1:{host_port}").parse().expect("addr");
     assert_eq!(fetch(None, lo).expect("from 127.0.0.1"), "hello from pod");
     // Hairpin: the pod reaches itself through the node's hostPort.
-    assert_eq!(fetch(Some(&pod), to_node).expect("hairpin from the pod"), "hello from pod");
+    assert_eq!(
+        fetch(Some(&pod), to_node).expect("hairpin from the pod"),
+        "hello from pod"
+    );
     server.join().expect("server");
 
     let h = hash(&p.id, "eth0");

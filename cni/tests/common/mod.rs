@@ -17,12 +17,19 @@ pub const PLUGIN: &str = env!("CARGO_BIN_EXE_hull-bridge");
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 pub fn require_root() {
-    assert!(nix::unistd::geteuid().is_root(), "hull-cni tests need root (real netns, netlink, nftables)");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "hull-cni tests need root (real netns, netlink, nftables)"
+    );
 }
 
 /// A short unique tag: pid + per-process counter (interface names max 15 chars).
 pub fn tag() -> String {
-    format!("{:x}{}", std::process::id() % 0xfffff, SEQ.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{:x}{}",
+        std::process::id() % 0xfffff,
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A per-test /24 in 10.2xx.0.0/16 so parallel tests and parallel runs differ.
@@ -31,7 +38,11 @@ pub fn subnet(idx: u8) -> String {
 }
 
 pub fn run_ip(args: &[&str]) {
-    let st = Command::new("ip").args(args).stderr(Stdio::null()).status().expect("run ip");
+    let st = Command::new("ip")
+        .args(args)
+        .stderr(Stdio::null())
+        .status()
+        .expect("run ip");
     assert!(st.success(), "ip {args:?} failed");
 }
 
@@ -54,7 +65,8 @@ impl Netns {
         let file = std::fs::File::open(self.path()).expect("open netns");
         std::thread::scope(|s| {
             s.spawn(|| {
-                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("setns");
                 f()
             })
             .join()
@@ -62,7 +74,11 @@ impl Netns {
         })
     }
     pub fn exec(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().expect("ip netns exec")
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .expect("ip netns exec")
     }
     pub fn ping(&self, ip: &str) -> bool {
         let v6 = ip.contains(':');
@@ -77,7 +93,10 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -107,7 +126,12 @@ impl Net {
                 c.insert(k.clone(), v.clone());
             }
         }
-        Self { name, bridge, data_dir, conf }
+        Self {
+            name,
+            bridge,
+            data_dir,
+            conf,
+        }
     }
     pub fn lease_dir(&self) -> PathBuf {
         self.data_dir.join(&self.name)
@@ -124,14 +148,20 @@ impl Net {
     }
     /// Host interfaces enslaved to this bridge.
     pub fn ports(&self) -> usize {
-        let out = Command::new("ip").args(["-o", "link", "show", "master", &self.bridge]).output().expect("ip link");
+        let out = Command::new("ip")
+            .args(["-o", "link", "show", "master", &self.bridge])
+            .output()
+            .expect("ip link");
         String::from_utf8_lossy(&out.stdout).lines().count()
     }
 }
 
 impl Drop for Net {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
@@ -149,7 +179,10 @@ pub fn plugin(cmd: &str, id: &str, netns: Option<&Path>, ifname: &str, conf: &Va
         &[
             ("CNI_COMMAND", cmd),
             ("CNI_CONTAINERID", id),
-            ("CNI_NETNS", &netns.map(|p| p.display().to_string()).unwrap_or_default()),
+            (
+                "CNI_NETNS",
+                &netns.map(|p| p.display().to_string()).unwrap_or_default(),
+            ),
             ("CNI_IFNAME", ifname),
             ("CNI_PATH", "/usr/lib/cni"),
         ],
@@ -159,11 +192,17 @@ pub fn plugin(cmd: &str, id: &str, netns: Option<&Path>, ifname: &str, conf: &Va
 
 pub fn plugin_raw(env: &[(&str, &str)], stdin: &[u8]) -> Out {
     let mut c = Command::new(PLUGIN);
-    c.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
     for (k, v) in env {
         c.env(k, v);
     }
-    let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn hull-bridge");
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hull-bridge");
     // A plugin may reject its environment before reading stdin: a broken pipe is fine.
     let _ = child.stdin.take().expect("stdin").write_all(stdin);
     let out = child.wait_with_output().expect("wait hull-bridge");
@@ -194,14 +233,28 @@ impl<'a> Attached<'a> {
         let conf = conf.unwrap_or_else(|| net.conf.clone());
         let out = plugin("ADD", &id, Some(&netns.path()), ifname, &conf);
         assert!(out.ok, "ADD failed: {} {}", out.stdout, out.stderr);
-        Self { id, ifname: ifname.to_string(), netns, conf, result: out.json }
+        Self {
+            id,
+            ifname: ifname.to_string(),
+            netns,
+            conf,
+            result: out.json,
+        }
     }
     pub fn ip(&self, i: usize) -> String {
-        let a = self.result["ips"][i]["address"].as_str().expect("ips[i].address");
+        let a = self.result["ips"][i]["address"]
+            .as_str()
+            .expect("ips[i].address");
         a.split('/').next().unwrap_or_default().to_string()
     }
     pub fn del(&self) -> Out {
-        plugin("DEL", &self.id, Some(&self.netns.path()), &self.ifname, &self.conf)
+        plugin(
+            "DEL",
+            &self.id,
+            Some(&self.netns.path()),
+            &self.ifname,
+            &self.conf,
+        )
     }
 }
 
@@ -212,7 +265,12 @@ impl Drop for Attached<'_> {
 }
 
 /// A TCP server in `ns` answering `reply` to `conns` connections; returns its port.
-pub fn serve(ns: &Netns, addr: &str, reply: &'static str, conns: usize) -> (u16, std::thread::JoinHandle<()>) {
+pub fn serve(
+    ns: &Netns,
+    addr: &str,
+    reply: &'static str,
+    conns: usize,
+) -> (u16, std::thread::JoinHandle<()>) {
     let path = ns.path();
     let addr = addr.to_string();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -220,7 +278,8 @@ pub fn serve(ns: &Netns, addr: &str, reply: &'static str, conns: usize) -> (u16,
         let file = std::fs::File::open(path).expect("open netns");
         nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
         let l = TcpListener::bind(format!("{addr}:0")).expect("bind");
-        tx.send(l.local_addr().expect("addr").port()).expect("send port");
+        tx.send(l.local_addr().expect("addr").port())
+            .expect("send port");
         l.set_nonblocking(false).ok();
         for s in l.incoming().take(conns) {
             match s {
@@ -255,11 +314,20 @@ pub fn hash(id: &str, ifname: &str) -> String {
 }
 
 pub fn link_exists(name: &str) -> bool {
-    Command::new("ip").args(["link", "show", name]).stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+    Command::new("ip")
+        .args(["link", "show", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// Whether table inet hull-cni holds any chain or element for `hash`.
 pub fn nft_has(hash: &str) -> bool {
-    let out = Command::new("nft").args(["list", "table", "inet", "hull-cni"]).output().expect("nft");
+    let out = Command::new("nft")
+        .args(["list", "table", "inet", "hull-cni"])
+        .output()
+        .expect("nft");
     String::from_utf8_lossy(&out.stdout).contains(hash)
 }
