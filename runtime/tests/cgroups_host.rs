@@ -553,3 +553,43 @@ fn v2_devices_ebpf_is_enforced_and_replaced() {
     drop(g);
     assert!(!root.exists());
 }
+
+/// After a crash the runtime finds its cgroups again by listing the parent, and can
+/// kill what is inside and remove them.
+#[test]
+fn leaked_cgroups_are_found_and_removed() {
+    let parent = format!("/{}", unique("reconcile"));
+    let h = Hierarchy::detect().unwrap();
+    let a = CgroupManager::with_hierarchy(h.clone(), Some(&format!("{parent}/a")), "a").unwrap();
+    let b = CgroupManager::with_hierarchy(h.clone(), Some(&format!("{parent}/b")), "b").unwrap();
+    let mut ga = Guard::new(a.clone());
+    let gb = Guard::new(b.clone());
+    for d in a.paths().values() {
+        ga.extra_dirs.push(d.parent().unwrap().to_path_buf());
+    }
+    a.apply(&LinuxResources::default()).unwrap();
+    b.apply(&LinuxResources::default()).unwrap();
+    // A process left running in `a`, as after a crashed runtime.
+    let mut child = spawn_gated("sleep 1000");
+    a.add_task(child.id() as i32).unwrap();
+    release(&mut child);
+    ga.children.push(child);
+
+    let ids = CgroupManager::ids_under(&h, &parent).unwrap();
+    assert_eq!(ids, vec!["a".to_string(), "b".to_string()]);
+    for id in ids {
+        let cg =
+            CgroupManager::with_hierarchy(h.clone(), Some(&format!("{parent}/{id}")), &id).unwrap();
+        cg.kill_all(libc::SIGKILL).unwrap();
+        cg.delete().unwrap();
+    }
+    assert_eq!(wait_exit(&mut ga.children[0]).signal(), Some(libc::SIGKILL));
+    ga.children.clear();
+    assert!(CgroupManager::ids_under(&h, &parent).unwrap().is_empty());
+    assert!(!a.exists() && !b.exists());
+    drop(gb);
+    drop(ga);
+    for d in a.paths().values() {
+        assert!(!d.parent().unwrap().exists(), "{} left behind", d.display());
+    }
+}

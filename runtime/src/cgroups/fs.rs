@@ -141,7 +141,7 @@ pub(crate) fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
             }
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(1));
             }
             Err(source) => {
                 return Err(CgroupError::Io {

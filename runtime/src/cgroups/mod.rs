@@ -496,8 +496,37 @@ impl CgroupManager {
                     pids,
                 });
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// Names of the cgroups directly under `parent` (e.g. `/hull`) in any hierarchy of
+    /// this host, for reconciling after a crash: an id found here with no container
+    /// state is a leak to `kill_all` + `delete`.
+    pub fn ids_under(hierarchy: &Hierarchy, parent: &str) -> Result<Vec<String>, CgroupError> {
+        let rel = path::resolve(Some(parent), "-")?;
+        let mut roots: Vec<PathBuf> = hierarchy
+            .v1_controllers()
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default();
+        roots.extend(hierarchy.unified().map(Path::to_path_buf));
+        let mut ids = Vec::new();
+        for root in roots {
+            let dir = root.join(&rel);
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(CgroupError::Io { path: dir, source }),
+            };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    ids.push(entry.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
     }
 
     /// Whether the cgroup exists in any hierarchy (for leak checks and reconciling).
