@@ -207,3 +207,70 @@ fn systemd_paths_land_under_their_slices() {
         PathBuf::from("/kubepods.slice/kubepods-burstable.slice/cri-hull-abc.scope")
     );
 }
+
+/// v2 statistics are read from the kernel's formats (cpu.stat in µs, memory.stat,
+/// memory.events, io.stat) and converted to runc's shape, with the working set.
+#[test]
+fn v2_stats_are_parsed_and_converted() {
+    let t = TempRoot::new("stats");
+    fake_cgroup(&t.0, ALL);
+    let leaf = t.0.join("c1");
+    fake_cgroup(&leaf, "");
+    let files = [
+        (
+            "cpu.stat",
+            "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 10\nnr_throttled 3\nthrottled_usec 42\n",
+        ),
+        ("memory.current", "10485760\n"),
+        ("memory.max", "max\n"),
+        ("memory.peak", "20971520\n"),
+        (
+            "memory.stat",
+            "anon 4194304\nfile 6291456\ninactive_file 2097152\nactive_file 4194304\n",
+        ),
+        ("memory.events", "low 0\nhigh 0\nmax 7\noom 2\noom_kill 1\n"),
+        ("memory.swap.current", "0\n"),
+        ("memory.swap.max", "max\n"),
+        ("pids.current", "3\n"),
+        ("pids.max", "max\n"),
+        (
+            "io.stat",
+            "8:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n",
+        ),
+    ];
+    for (f, v) in files {
+        std::fs::write(leaf.join(f), v).unwrap();
+    }
+    let cg = manager(&t.0, "c1");
+    let s = cg.stats().unwrap();
+    assert_eq!(s.cpu.usage.total, 1_500_000);
+    assert_eq!(s.cpu.usage.user, 1_000_000);
+    assert_eq!(s.cpu.usage.kernel, 500_000);
+    assert_eq!(s.cpu.throttling.throttled_periods, 3);
+    assert_eq!(s.cpu.throttling.throttled_time, 42_000);
+    assert_eq!(s.memory.usage.usage, 10_485_760);
+    assert_eq!(s.memory.usage.limit, u64::MAX);
+    assert_eq!(s.memory.usage.max, Some(20_971_520));
+    assert_eq!(s.memory.working_set, 10_485_760 - 2_097_152);
+    assert_eq!(s.memory.rss, 4_194_304);
+    assert_eq!(s.memory.cache, 6_291_456);
+    assert_eq!((s.memory.oom, s.memory.oom_kill), (2, 1));
+    assert_eq!(cg.oom_kill_count().unwrap(), 1);
+    assert_eq!((s.pids.current, s.pids.limit), (3, 0));
+    assert_eq!(s.blkio.io_service_bytes_recursive.len(), 2);
+    assert_eq!(s.blkio.io_service_bytes_recursive[1].op, "Write");
+    assert_eq!(s.blkio.io_service_bytes_recursive[1].value, 8192);
+    assert_eq!(s.blkio.io_serviced_recursive[0].value, 1);
+    // runc's JSON field names, so tools reading `runc events --stats` read hull's.
+    let j = serde_json::to_value(&s).unwrap();
+    assert_eq!(j["cpu"]["usage"]["kernel"], 500_000);
+    assert_eq!(j["cpu"]["throttling"]["throttledPeriods"], 3);
+    assert_eq!(j["blkio"]["ioServiceBytesRecursive"][0]["op"], "Read");
+    assert_eq!(j["memory"]["workingSet"], 8_388_608);
+    assert_eq!(j["memory"]["raw"]["inactive_file"], 2_097_152);
+
+    // A corrupt counter is an error naming the file, not a silent zero.
+    std::fs::write(leaf.join("memory.current"), "lots\n").unwrap();
+    let err = cg.stats().unwrap_err().to_string();
+    assert!(err.contains("memory.current"), "{err}");
+}

@@ -199,3 +199,21 @@ fn bad_specs_name_the_field() {
     );
     assert!(bad.is_err());
 }
+
+#[test]
+fn runtime_default_for_sys_admin_opens_unshare_and_clone_flags() {
+    let filter = seccomp::compile(&seccomp::runtime_default_for(&["CAP_SYS_ADMIN"])).unwrap();
+    let status = in_child(&filter, || unsafe {
+        // The child's own UTS namespace: allowed now, and it touches nothing outside.
+        if libc::unshare(libc::CLONE_NEWUTS) != 0 {
+            return 1;
+        }
+        // Still denied: reboot needs CAP_SYS_BOOT in the profile too.
+        if libc::syscall(libc::SYS_reboot, 0, 0, 0, 0) != -1 || errno() != libc::EPERM {
+            return 2;
+        }
+        0
+    });
+    assert!(libc::WIFEXITED(status), "status {status:#x}");
+    assert_eq!(libc::WEXITSTATUS(status), 0);
+}

@@ -131,6 +131,17 @@ impl CgroupManager {
         id: &str,
     ) -> Result<Self, CgroupError> {
         let relative = path::resolve(cgroups_path, id)?;
+        crate::explain!(
+            "cgroup layout {} ({}), container cgroup /{}",
+            hierarchy.kind(),
+            match (&hierarchy.v1_controllers(), hierarchy.unified()) {
+                (Some(c), Some(u)) => format!("{} v1 controllers + v2 at {}", c.len(), u.display()),
+                (Some(c), None) => format!("{} v1 controllers", c.len()),
+                (None, Some(u)) => format!("v2 at {}", u.display()),
+                (None, None) => String::new(),
+            },
+            relative.display()
+        );
         Ok(Self {
             hierarchy,
             relative,

@@ -17,7 +17,7 @@
 
 mod profile;
 
-pub use profile::runtime_default;
+pub use profile::{runtime_default, runtime_default_for};
 
 use std::io::{Read, Seek};
 use std::os::fd::{FromRawFd, OwnedFd};

@@ -429,10 +429,76 @@ fn architectures() -> Vec<Arch> {
     }
 }
 
+/// Syscalls the default profile grants only to containers holding a capability, as
+/// containerd's profile does (the capability already gates them in the kernel; the
+/// profile keeps the attack surface closed for everyone else).
+const BY_CAPABILITY: &[(&str, &[&str])] = &[
+    ("CAP_DAC_READ_SEARCH", &["open_by_handle_at"]),
+    (
+        "CAP_SYS_ADMIN",
+        &[
+            "bpf",
+            "fanotify_init",
+            "fsconfig",
+            "fsmount",
+            "fsopen",
+            "fspick",
+            "lookup_dcookie",
+            "mount",
+            "mount_setattr",
+            "move_mount",
+            "open_tree",
+            "perf_event_open",
+            "quotactl",
+            "quotactl_fd",
+            "setdomainname",
+            "sethostname",
+            "setns",
+            "syslog",
+            "umount",
+            "umount2",
+            "unshare",
+        ],
+    ),
+    ("CAP_SYS_BOOT", &["reboot"]),
+    (
+        "CAP_SYS_MODULE",
+        &["delete_module", "init_module", "finit_module"],
+    ),
+    ("CAP_SYS_PACCT", &["acct"]),
+    ("CAP_SYS_PTRACE", &["kcmp", "process_madvise"]),
+    ("CAP_SYS_RAWIO", &["iopl", "ioperm"]),
+    (
+        "CAP_SYS_TIME",
+        &["settimeofday", "stime", "clock_settime", "clock_settime64"],
+    ),
+    ("CAP_SYS_TTY_CONFIG", &["vhangup"]),
+    (
+        "CAP_SYS_NICE",
+        &[
+            "get_mempolicy",
+            "mbind",
+            "set_mempolicy",
+            "set_mempolicy_home_node",
+        ],
+    ),
+    ("CAP_SYSLOG", &["syslog"]),
+    ("CAP_BPF", &["bpf"]),
+    ("CAP_PERFMON", &["perf_event_open"]),
+];
+
 /// The RuntimeDefault profile (Docker/containerd's default for default capabilities).
 pub fn runtime_default() -> LinuxSeccomp {
+    runtime_default_for::<&str>(&[])
+}
+
+/// RuntimeDefault for a container holding `capabilities` (its bounding set, names like
+/// `CAP_SYS_ADMIN`): each capability opens the syscalls it governs, and CAP_SYS_ADMIN
+/// also lifts the namespace-flag checks on `clone`/`clone3`.
+pub fn runtime_default_for<S: AsRef<str>>(capabilities: &[S]) -> LinuxSeccomp {
     use LinuxSeccompAction::{ScmpActAllow as Allow, ScmpActErrno as Errno};
     use LinuxSeccompOperator::{ScmpCmpEq, ScmpCmpMaskedEq, ScmpCmpNe};
+    let has = |c: &str| capabilities.iter().any(|x| x.as_ref() == c);
 
     let mut syscalls = vec![rule(ALLOWED, Allow, vec![])];
     // socket(2) for every family except vsock (a host channel, not the container's).
@@ -447,6 +513,20 @@ pub fn runtime_default() -> LinuxSeccomp {
             Allow,
             vec![arg(0, *p, None, ScmpCmpEq)],
         ));
+    }
+    let mut extra: Vec<&str> = BY_CAPABILITY
+        .iter()
+        .filter(|(cap, _)| has(cap))
+        .flat_map(|(_, names)| names.iter().copied())
+        .collect();
+    extra.sort_unstable();
+    extra.dedup();
+    if !extra.is_empty() {
+        syscalls.push(rule(&extra, Allow, vec![]));
+    }
+    if has("CAP_SYS_ADMIN") {
+        syscalls.push(rule(&["clone", "clone3"], Allow, vec![]));
+        return finish(syscalls);
     }
     // s390x passes clone's flags as the second argument; everywhere else the first.
     let flags_index = if cfg!(target_arch = "s390x") { 1 } else { 0 };
@@ -465,9 +545,12 @@ pub fn runtime_default() -> LinuxSeccomp {
     let mut clone3 = rule(&["clone3"], Errno, vec![]);
     clone3.set_errno_ret(Some(libc::ENOSYS as u32));
     syscalls.push(clone3);
+    finish(syscalls)
+}
 
+fn finish(syscalls: Vec<LinuxSyscall>) -> LinuxSeccomp {
     let mut p = LinuxSeccomp::default();
-    p.set_default_action(Errno);
+    p.set_default_action(LinuxSeccompAction::ScmpActErrno);
     p.set_default_errno_ret(Some(libc::EPERM as u32));
     p.set_architectures(Some(architectures()));
     p.set_syscalls(Some(syscalls));
