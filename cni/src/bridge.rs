@@ -130,7 +130,10 @@ fn ensure_bridge(nl: &mut Netlink, conf: &BridgeConf) -> Result<(u32, String)> {
     {
         Some(l) => l,
         None => {
-            explain::step(|| format!("netlink: RTM_NEWLINK {name} type bridge mtu {:?}", conf.mtu));
+            explain::step(|| {
+                let mtu = conf.mtu.map(|m| format!(" mtu {m}")).unwrap_or_default();
+                format!("netlink: RTM_NEWLINK {name} type bridge{mtu}")
+            });
             match nl.add_bridge(name, conf.mtu) {
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                 r => r.map_err(nl_err(format!("bridge: create {name}")))?,
@@ -241,9 +244,9 @@ fn add_links(conf: &BridgeConf, call: &Call, ns: &NetNs, ipres: CniResult) -> Re
     let mac = conf.container_mac().and_then(parse_mac);
     explain::step(|| {
         format!(
-            "netlink: RTM_NEWLINK {host} type veth peer {ifname} netns {} master {br_name} mtu {:?} up",
+            "netlink: RTM_NEWLINK {host} type veth peer {ifname} netns {} master {br_name}{} up",
             ns.path().display(),
-            conf.mtu
+            conf.mtu.map(|m| format!(" mtu {m}")).unwrap_or_default()
         )
     });
     nl.add_veth(&host, br_index, ifname, ns, conf.mtu, mac)
@@ -317,8 +320,9 @@ fn add_links(conf: &BridgeConf, call: &Call, ns: &NetNs, ipres: CniResult) -> Re
         let v4 = r.dst.addr().is_ipv4();
         let gw = r.gw.or_else(|| gateway_for(&ipres, v4));
         explain::step(|| {
+            let via = gw.map(|g| format!(" via {g}")).unwrap_or_default();
             format!(
-                "netlink: RTM_NEWROUTE {} via {gw:?} dev {ifname} (in netns)",
+                "netlink: RTM_NEWROUTE {}{via} dev {ifname} (in netns)",
                 r.dst
             )
         });

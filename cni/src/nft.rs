@@ -287,7 +287,18 @@ pub fn lock() -> Result<TableLock> {
 pub fn add_pod(p: &PodRules) -> Result<()> {
     let script = add_script(p)?;
     let _l = lock()?;
-    apply(&script)
+    apply(&script).map_err(|e| {
+        // The batch is atomic, so a taken hostPort leaves nothing half-applied.
+        if !p.ports.is_empty() && e.details.contains("File exists") {
+            CniError::new(
+                code::NFTABLES,
+                "runtimeConfig.portMappings: a hostPort is already used by another pod",
+            )
+            .with_details(e.details)
+        } else {
+            e
+        }
+    })
 }
 
 /// Removes the rules of attachments `doomed` accepts (DEL, GC). When no pod is left

@@ -196,3 +196,111 @@ fn hostport_reaches_a_pod_from_another_host_the_node_and_a_pod() {
     assert!(p.del().ok);
     assert!(!nft_has(&h), "nft rules left after DEL");
 }
+
+#[test]
+fn delegated_ipam_plugin_legacy_version_and_explain() {
+    require_root();
+    let s = subnet(5);
+    let base = s.trim_end_matches(".0/24");
+    // ipam pointed at another plugin (Debian's `static`): exec'd from CNI_PATH.
+    let net = Net::new(&[&s], json!({"cniVersion": "0.4.0"}));
+    let mut conf = net.conf.clone();
+    conf["ipam"] = json!({"type": "static", "addresses": [{"address": format!("{base}.77/24"), "gateway": format!("{base}.1")}]});
+    let ns = Netns::new("s");
+    let id = format!("st{}", tag());
+    let out = plugin_raw(
+        &[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", &id),
+            ("CNI_NETNS", &ns.path().display().to_string()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/usr/lib/cni"),
+            ("HULL_EXPLAIN", "1"),
+        ],
+        conf.to_string().as_bytes(),
+    );
+    assert!(out.ok, "{} {}", out.stdout, out.stderr);
+    struct Del<'a>(&'a str, &'a Netns, &'a serde_json::Value);
+    impl Drop for Del<'_> {
+        fn drop(&mut self) {
+            let _ = plugin("DEL", self.0, Some(&self.1.path()), "eth0", self.2);
+        }
+    }
+    let _del = Del(&id, &ns, &conf);
+    assert_eq!(out.json["cniVersion"], "0.4.0");
+    assert_eq!(out.json["ips"][0]["address"], format!("{base}.77/24"));
+    // 0.x results tag each address with its IP version.
+    assert_eq!(out.json["ips"][0]["version"], "4");
+    assert!(
+        out.stderr.contains("RTM_NEWLINK"),
+        "explain printed no netlink steps: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("exec /usr/lib/cni/static"),
+        "{}",
+        out.stderr
+    );
+    assert!(ns.ping(&format!("{base}.1")));
+    assert!(plugin("DEL", &id, Some(&ns.path()), "eth0", &conf).ok);
+    assert_eq!(net.ports(), 0);
+}
+
+#[test]
+fn a_veth_left_by_a_crashed_add_is_replaced() {
+    require_root();
+    let net = Net::new(&[&subnet(6)], json!({}));
+    let ns = Netns::new("z");
+    let first = Attached::add(&net, &ns, None);
+    // Simulate a crash after the veth was made: the netns loses its end, the host
+    // keeps a same-named veth; the retried ADD must replace it.
+    let stale = format!("veth{}", hash(&first.id, "eth0"));
+    assert!(plugin("DEL", &first.id, Some(&ns.path()), "eth0", &net.conf).ok);
+    run_ip(&[
+        "link",
+        "add",
+        &stale,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("x{}", tag()),
+    ]);
+    let again = plugin("ADD", &first.id, Some(&ns.path()), "eth0", &net.conf);
+    assert!(again.ok, "{}", again.stdout);
+    assert!(ns.ping(again.json["ips"][0]["gateway"].as_str().expect("gw")));
+    assert_eq!(net.ports(), 1);
+}
+
+#[test]
+fn a_taken_host_port_is_refused_and_rolled_back() {
+    require_root();
+    let hp = 40000 + (std::process::id() % 20000) as u16;
+    let net = Net::new(
+        &[&subnet(7)],
+        json!({"runtimeConfig": {"portMappings": [{"hostPort": hp, "containerPort": 80, "protocol": "udp"}]}}),
+    );
+    let (a, b) = (Netns::new("a"), Netns::new("b"));
+    let first = Attached::add(&net, &a, None);
+    let id = format!("hp{}", tag());
+    let out = plugin("ADD", &id, Some(&b.path()), "eth0", &net.conf);
+    assert!(!out.ok);
+    assert!(
+        out.json["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hostPort"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        net.leases(),
+        vec![first.ip(0)],
+        "the refused pod's lease was kept"
+    );
+    assert!(!link_exists(&format!("veth{}", hash(&id, "eth0"))));
+    assert!(
+        nft_has(&hash(&first.id, "eth0")),
+        "the first pod lost its rules"
+    );
+}
