@@ -143,6 +143,21 @@ fn pod(o: &mut Map<String, Value>) {
             set(spec, "serviceAccount", sa);
         }
         default_toleration_seconds(spec);
+        // SetDefaults_Pod: a limit without a request is also the request.
+        for key in ["containers", "initContainers"] {
+            for c in list(spec, key) {
+                if let Some(res) = c.get_mut("resources").and_then(Value::as_object_mut) {
+                    let limits = res.get("limits").and_then(Value::as_object).cloned();
+                    if let Some(limits) = limits.filter(|l| !l.is_empty())
+                        && let Some(requests) = child(res, "requests")
+                    {
+                        for (k, v) in limits {
+                            set(requests, &k, v);
+                        }
+                    }
+                }
+            }
+        }
     }
     let qos = qos_class(o.get("spec"));
     if let Some(status) = child(o, "status") {
@@ -323,8 +338,7 @@ fn replication_controller(o: &mut Map<String, Value>) {
         .get("spec")
         .and_then(|s| s.pointer("/template/metadata/labels"))
         .cloned();
-    if let Some(labels) = template_labels.filter(|l| l.as_object().is_some_and(|m| !m.is_empty()))
-    {
+    if let Some(labels) = template_labels.filter(|l| l.as_object().is_some_and(|m| !m.is_empty())) {
         if let Some(spec) = child(o, "spec") {
             set(spec, "selector", labels.clone());
         }
@@ -556,7 +570,10 @@ mod tests {
         assert_eq!(image_pull_policy("busybox:latest"), "Always");
         assert_eq!(image_pull_policy("busybox:1.36"), "IfNotPresent");
         assert_eq!(image_pull_policy("localhost:5000/busybox"), "Always");
-        assert_eq!(image_pull_policy("localhost:5000/busybox:1"), "IfNotPresent");
+        assert_eq!(
+            image_pull_policy("localhost:5000/busybox:1"),
+            "IfNotPresent"
+        );
         assert_eq!(image_pull_policy("b@sha256:abcd"), "IfNotPresent");
     }
 
@@ -607,11 +624,20 @@ mod tests {
         default("Deployment", &mut d);
         let s = &d["spec"];
         assert_eq!(s["replicas"], 1);
-        assert_eq!(s["strategy"], json!({"type":"RollingUpdate","rollingUpdate":{"maxUnavailable":"25%","maxSurge":"25%"}}));
+        assert_eq!(
+            s["strategy"],
+            json!({"type":"RollingUpdate","rollingUpdate":{"maxUnavailable":"25%","maxSurge":"25%"}})
+        );
         assert_eq!(s["revisionHistoryLimit"], 10);
         assert_eq!(s["progressDeadlineSeconds"], 600);
-        assert_eq!(s["template"]["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
-        assert!(s["template"]["spec"].get("tolerations").is_none(), "pod-only admission");
+        assert_eq!(
+            s["template"]["spec"]["containers"][0]["imagePullPolicy"],
+            "IfNotPresent"
+        );
+        assert!(
+            s["template"]["spec"].get("tolerations").is_none(),
+            "pod-only admission"
+        );
         let mut r = json!({"spec":{"strategy":{"type":"Recreate"}}});
         default("Deployment", &mut r);
         assert!(r["spec"]["strategy"].get("rollingUpdate").is_none());
@@ -624,7 +650,10 @@ mod tests {
         let spec = &s["spec"];
         assert_eq!(spec["type"], "ClusterIP");
         assert_eq!(spec["sessionAffinity"], "None");
-        assert_eq!(spec["ports"][0], json!({"port":80,"protocol":"TCP","targetPort":80}));
+        assert_eq!(
+            spec["ports"][0],
+            json!({"port":80,"protocol":"TCP","targetPort":80})
+        );
         assert_eq!(spec["ipFamilies"], json!(["IPv4"]));
         assert_eq!(spec["ipFamilyPolicy"], "SingleStack");
         assert_eq!(spec["internalTrafficPolicy"], "Cluster");
@@ -639,30 +668,45 @@ mod tests {
         default("Namespace", &mut ns);
         assert_eq!(ns["spec"]["finalizers"], json!(["kubernetes"]));
         assert_eq!(ns["status"]["phase"], "Active");
-        assert_eq!(ns["metadata"]["labels"]["kubernetes.io/metadata.name"], "q1");
+        assert_eq!(
+            ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+            "q1"
+        );
 
         let mut j = json!({"metadata":{"name":"j","uid":"u1"},"spec":{"template":{"spec":{"restartPolicy":"Never","containers":[{"name":"c","image":"b"}]}}}});
         default("Job", &mut j);
         assert_eq!(j["spec"]["completions"], 1);
         assert_eq!(j["spec"]["parallelism"], 1);
         assert_eq!(j["spec"]["backoffLimit"], 6);
-        assert_eq!(j["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"], "u1");
+        assert_eq!(
+            j["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+            "u1"
+        );
         assert_eq!(j["spec"]["template"]["metadata"]["labels"]["job-name"], "j");
 
         let mut cj = json!({"spec":{"schedule":"* * * * *","jobTemplate":{"spec":{"template":{"spec":{"containers":[{"name":"c","image":"b"}]}}}}}});
         default("CronJob", &mut cj);
         assert_eq!(cj["spec"]["concurrencyPolicy"], "Allow");
         assert_eq!(cj["spec"]["successfulJobsHistoryLimit"], 3);
-        assert_eq!(cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["dnsPolicy"], "ClusterFirst");
+        assert_eq!(
+            cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["dnsPolicy"],
+            "ClusterFirst"
+        );
 
         let mut ss = json!({"spec":{"template":{"spec":{"containers":[]}}}});
         default("StatefulSet", &mut ss);
         assert_eq!(ss["spec"]["podManagementPolicy"], "OrderedReady");
-        assert_eq!(ss["spec"]["updateStrategy"]["rollingUpdate"]["partition"], 0);
+        assert_eq!(
+            ss["spec"]["updateStrategy"]["rollingUpdate"]["partition"],
+            0
+        );
 
         let mut ds = json!({"spec":{"template":{"spec":{"containers":[]}}}});
         default("DaemonSet", &mut ds);
-        assert_eq!(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"], 1);
+        assert_eq!(
+            ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
+            1
+        );
     }
 
     #[test]

@@ -181,7 +181,10 @@ mod tests {
 
     #[test]
     fn kubernetes_messages() {
-        let f = FieldPath::root("spec").child("containers").index(0).child("image");
+        let f = FieldPath::root("spec")
+            .child("containers")
+            .index(0)
+            .child("image");
         let inv = Invalid {
             kind: "Pod".into(),
             group: String::new(),
@@ -195,14 +198,21 @@ mod tests {
         let st = inv.status();
         assert_eq!(st["code"], 422);
         assert_eq!(st["details"]["causes"][0]["reason"], "FieldValueRequired");
-        assert_eq!(st["details"]["causes"][0]["field"], "spec.containers[0].image");
+        assert_eq!(
+            st["details"]["causes"][0]["field"],
+            "spec.containers[0].image"
+        );
 
         let two = Invalid {
             kind: "Deployment".into(),
             group: "apps".into(),
             name: "d".into(),
             causes: vec![
-                not_supported(&FieldPath::root("spec.x"), &json!("Sometimes"), &["Always", "Never"]),
+                not_supported(
+                    &FieldPath::root("spec.x"),
+                    &json!("Sometimes"),
+                    &["Always", "Never"],
+                ),
                 invalid(&FieldPath::root("metadata.name"), &json!("A"), "bad"),
             ],
         };

@@ -1,39 +1,41 @@
 //! Admission: what kube-apiserver does to an object between decoding it and storing it.
 //!
-//! The API server's write path calls, in this order (`kind` is the object's kind, e.g.
-//! `"Pod"`; `resource` its plural, e.g. `"pods"`):
-//! 1. [`namespace::check_write`]`(store, resource, ns, name, op)` — the namespace exists
-//!    and is not terminating (creates), and the four system namespaces are never deleted.
-//! 2. [`default`]`(kind, &mut obj)` — defaults as the API types and the defaulting
-//!    plugins set them (set `metadata.uid` first: Job selectors use it).
-//! 3. [`limitrange::apply_defaults`]`(store, ns, &mut pod)` for pods (and pod templates
-//!    are left alone, as in Kubernetes).
-//! 4. [`validate`]`(kind, &new, old)` — field validation and, on update, immutable
-//!    fields; `Err(Invalid)` → 422 with [`Invalid::status`].
-//! 5. [`allocator::Allocators::allocate`] for Services (ClusterIP, NodePorts) on create
-//!    and update; [`allocator::Allocators::release`] when a Service is deleted or a
-//!    failed create must give its addresses back.
-//! 6. [`quota::charge`]`(store, resource, ns, &new, old)` just before the store write,
-//!    and [`quota::release`] after a delete (or to undo a charge whose write failed).
+//! The API server's write path calls one thing, [`Admission::admit`]`(store, &Request,
+//! &mut obj, old)` (`Admission::default()` uses the service CIDR 10.96.0.0/12 and
+//! NodePorts 30000-32767; [`allocator::Allocators::new`] for others). It runs, in
+//! kube-apiserver's order: namespace lifecycle ([`namespace`]: 404 for a missing
+//! namespace, 403 for a terminating one or for deleting a system namespace), [`default`]s
+//! (set `metadata.uid` before: Job selectors use it), LimitRange defaults and bounds for
+//! new pods ([`limitrange`]), [`validate`] (422 with field causes, immutable fields on
+//! update), ResourceQuota ([`quota`]: usage kept in each quota's `status.used`, charged
+//! with CAS; 403 `exceeded quota: ...`), and ClusterIP / NodePort allocation
+//! ([`allocator`]). Then the caller stores the object and calls [`Admitted::commit`], or
+//! [`Admitted::undo`] if the store write failed (it gives back quota and addresses). After
+//! a delete is stored: [`Admission::deleted`]. At server start: `allocators.repair(store)`
+//! removes allocations a crash left without a Service.
 //!
-//! Errors other than [`Invalid`] come as [`AdmissionError`], which knows its HTTP code and
-//! builds its Status.
+//! Errors are [`AdmissionError`] (or [`Invalid`] from the pure functions); each knows its
+//! HTTP code and builds its Status with `status()`.
 //!
-//! Modules: [`field`] field paths and causes; [`defaults`]; [`validation`]; [`namespace`]
-//! lifecycle; [`quantity`] resource quantities; [`quota`] ResourceQuota; [`limitrange`]
-//! LimitRange defaults and bounds; [`allocator`] ClusterIP and NodePort allocation.
+//! Modules: [`chain`] the order above; [`field`] field paths and causes; [`defaults`];
+//! [`validation`]; [`namespace`] lifecycle; [`quantity`] resource quantities; [`quota`]
+//! ResourceQuota; [`limitrange`] LimitRange; [`allocator`] ClusterIP and NodePort
+//! allocation; [`stored`] JSON get/list helpers over the store.
 
-// pub mod allocator;
+pub mod allocator;
+pub mod chain;
 pub mod defaults;
 pub mod field;
-// pub mod limitrange;
-// pub mod namespace;
+pub mod limitrange;
+pub mod namespace;
 pub mod quantity;
-// pub mod quota;
+pub mod quota;
+pub mod stored;
 pub mod validation;
 
 use serde_json::{Value, json};
 
+pub use chain::{Admission, Admitted, Operation, Request};
 pub use defaults::default;
 pub use field::{Cause, FieldPath, Invalid};
 pub use validation::validate;

@@ -21,6 +21,34 @@ pub struct Quantity {
 
 const NANO: i128 = 1_000_000_000;
 
+/// The sum, in the format of the first non-zero operand (a running total that starts at
+/// zero takes the format of what is added, so `64Mi` stays binary).
+impl std::ops::Add for Quantity {
+    type Output = Quantity;
+
+    fn add(self, other: Quantity) -> Quantity {
+        Quantity {
+            nanos: self.nanos.saturating_add(other.nanos),
+            format: if self.nanos == 0 {
+                other.format
+            } else {
+                self.format
+            },
+        }
+    }
+}
+
+impl std::ops::Sub for Quantity {
+    type Output = Quantity;
+
+    fn sub(self, other: Quantity) -> Quantity {
+        Quantity {
+            nanos: self.nanos.saturating_sub(other.nanos),
+            format: self.format,
+        }
+    }
+}
+
 impl PartialOrd for Quantity {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
@@ -54,20 +82,6 @@ impl Quantity {
 
     pub fn is_negative(&self) -> bool {
         self.nanos < 0
-    }
-
-    pub fn add(self, other: Quantity) -> Quantity {
-        Quantity {
-            nanos: self.nanos.saturating_add(other.nanos),
-            format: self.format,
-        }
-    }
-
-    pub fn sub(self, other: Quantity) -> Quantity {
-        Quantity {
-            nanos: self.nanos.saturating_sub(other.nanos),
-            format: self.format,
-        }
     }
 
     /// The value in milli-units, rounded up (as `MilliValue`).
@@ -150,7 +164,9 @@ impl Quantity {
                 nanos = nanos.checked_mul(10).ok_or("quantity too large")?;
             }
         } else {
-            let div = 10i128.checked_pow((-exp) as u32).ok_or("quantity too small")?;
+            let div = 10i128
+                .checked_pow((-exp) as u32)
+                .ok_or("quantity too small")?;
             nanos = (nanos + div - 1) / div;
         }
         Ok(Quantity {
@@ -177,8 +193,14 @@ impl fmt::Display for Quantity {
         }
         if self.format == Format::BinarySi && n % NANO == 0 {
             let units = n / NANO;
-            for (power, suffix) in [(6, "Ei"), (5, "Pi"), (4, "Ti"), (3, "Gi"), (2, "Mi"), (1, "Ki")]
-            {
+            for (power, suffix) in [
+                (6, "Ei"),
+                (5, "Pi"),
+                (4, "Ti"),
+                (3, "Gi"),
+                (2, "Mi"),
+                (1, "Ki"),
+            ] {
                 let m = 1i128 << (10 * power);
                 if units % m == 0 {
                     return write!(f, "{}{suffix}", units / m);
@@ -230,9 +252,17 @@ mod tests {
         assert_eq!(q("1.5Gi").to_string(), "1536Mi");
         assert_eq!(q("-1").to_string(), "-1");
         assert!(q("1") > q("999m"));
-        assert_eq!(q("1Ki"), Quantity::parse("1024").map(|x| Quantity { format: Format::BinarySi, ..x }).unwrap());
+        assert_eq!(
+            q("1Ki"),
+            Quantity::parse("1024")
+                .map(|x| Quantity {
+                    format: Format::BinarySi,
+                    ..x
+                })
+                .unwrap()
+        );
         assert_eq!(q("100m").milli(), 100);
-        assert_eq!(q("1").add(q("500m")).to_string(), "1500m");
+        assert_eq!((q("1") + q("500m")).to_string(), "1500m");
     }
 
     #[test]

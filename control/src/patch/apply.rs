@@ -46,7 +46,9 @@ pub fn server_side_apply(
         meta.shift_remove("managedFields");
         meta.shift_remove("resourceVersion");
     }
-    let mut result = live.cloned().unwrap_or_else(|| Value::Object(Default::default()));
+    let mut result = live
+        .cloned()
+        .unwrap_or_else(|| Value::Object(Default::default()));
     let mut entries = live.map(managed::read).unwrap_or_default();
     let applied = FieldSet::from_object(node, &config);
     let mine = |e: &Entry| e.manager == manager && e.operation == Operation::Apply;
@@ -222,7 +224,13 @@ mod tests {
         // Same values: shared ownership, no conflict.
         let shared =
             server_side_apply("Deployment", Some(&live), &config(2, "a"), "bob", false).unwrap();
-        assert_eq!(shared["metadata"]["managedFields"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            shared["metadata"]["managedFields"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
         // Force: bob takes .spec.replicas.
         let forced =
             server_side_apply("Deployment", Some(&live), &config(3, "a"), "bob", true).unwrap();
@@ -251,29 +259,54 @@ mod tests {
         let out = server_side_apply("Deployment", Some(&live), &config(2, "b"), "kubectl", false)
             .unwrap();
         assert!(out["metadata"]["labels"].get("extra").is_none());
-        let containers = out["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+        let containers = out["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap();
         assert_eq!(containers.len(), 1);
         assert_eq!(containers[0]["image"], "b");
     }
 
     #[test]
     fn fields_set_by_others_survive_reapply() {
-        let live = server_side_apply("Deployment", None, &config(2, "a"), "kubectl", false).unwrap();
+        let live =
+            server_side_apply("Deployment", None, &config(2, "a"), "kubectl", false).unwrap();
         // Another writer adds an env var and an annotation with an ordinary update.
         let mut edited = live.clone();
         edited["metadata"]["annotations"] = json!({"note":"x"});
-        edited["spec"]["template"]["spec"]["containers"][0]["env"] = json!([{"name":"E","value":"1"}]);
-        managed::update_managed_fields("Deployment", Some(&live), &mut edited, "editor", Operation::Update, None);
-        let out = server_side_apply("Deployment", Some(&edited), &config(2, "c"), "kubectl", false)
-            .unwrap();
+        edited["spec"]["template"]["spec"]["containers"][0]["env"] =
+            json!([{"name":"E","value":"1"}]);
+        managed::update_managed_fields(
+            "Deployment",
+            Some(&live),
+            &mut edited,
+            "editor",
+            Operation::Update,
+            None,
+        );
+        let out = server_side_apply(
+            "Deployment",
+            Some(&edited),
+            &config(2, "c"),
+            "kubectl",
+            false,
+        )
+        .unwrap();
         assert_eq!(out["metadata"]["annotations"]["note"], "x");
-        assert_eq!(out["spec"]["template"]["spec"]["containers"][0]["env"][0]["name"], "E");
-        assert_eq!(out["spec"]["template"]["spec"]["containers"][0]["image"], "c");
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"][0]["env"][0]["name"],
+            "E"
+        );
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"][0]["image"],
+            "c"
+        );
     }
 
     #[test]
     fn yaml_configs_parse_and_need_kind() {
-        let v = parse_config(b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: '1'}\n").unwrap();
+        let v =
+            parse_config(b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: '1'}\n")
+                .unwrap();
         assert_eq!(v["data"]["a"], "1");
         let err = parse_config(b"metadata: {name: c}").unwrap_err();
         assert!(err.to_string().contains("apiVersion"));

@@ -273,13 +273,8 @@ pub fn display(path: &Path) -> String {
 }
 
 fn matches_key(item: &Value, key: &Map<String, Value>) -> bool {
-    key.iter().all(|(k, want)| {
-        item.get(k)
-            .cloned()
-            .or_else(|| key_default(k))
-            .as_ref()
-            == Some(want)
-    })
+    key.iter()
+        .all(|(k, want)| item.get(k).cloned().or_else(|| key_default(k)).as_ref() == Some(want))
 }
 
 /// The value at `path` in `obj`, if present.
@@ -365,14 +360,18 @@ mod tests {
         let c = &v1["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"];
         assert_eq!(c["."], json!({}));
         assert_eq!(c["f:image"], json!({}));
-        assert!(c["f:ports"]["k:{\"containerPort\":80,\"protocol\":\"TCP\"}"]["f:containerPort"].is_object());
+        assert!(
+            c["f:ports"]["k:{\"containerPort\":80,\"protocol\":\"TCP\"}"]["f:containerPort"]
+                .is_object()
+        );
         let back = FieldSet::from_fields_v1(&v1).unwrap();
         assert_eq!(back, set);
     }
 
     #[test]
     fn lookup_and_remove_by_key() {
-        let mut d = json!({"spec":{"containers":[{"name":"a","image":"x"},{"name":"b","image":"y"}]}});
+        let mut d =
+            json!({"spec":{"containers":[{"name":"a","image":"x"},{"name":"b","image":"y"}]}});
         let path = vec![
             Step::Field("spec".into()),
             Step::Field("containers".into()),

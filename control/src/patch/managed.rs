@@ -205,7 +205,12 @@ mod tests {
             .as_array()
             .map(|l| {
                 l.iter()
-                    .map(|e| (e["manager"].as_str().unwrap_or("").to_string(), e["fieldsV1"].clone()))
+                    .map(|e| {
+                        (
+                            e["manager"].as_str().unwrap_or("").to_string(),
+                            e["fieldsV1"].clone(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -214,7 +219,14 @@ mod tests {
     #[test]
     fn create_then_update_moves_ownership() {
         let mut obj = json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"},"data":{"a":"1","b":"2"}});
-        update_managed_fields("ConfigMap", None, &mut obj, "kubectl-create", Operation::Update, None);
+        update_managed_fields(
+            "ConfigMap",
+            None,
+            &mut obj,
+            "kubectl-create",
+            Operation::Update,
+            None,
+        );
         let o = owners(&obj);
         assert_eq!(o.len(), 1);
         assert_eq!(o[0].1, json!({"f:data":{"f:a":{},"f:b":{}}}));
@@ -223,30 +235,59 @@ mod tests {
         let old = obj.clone();
         let mut new = obj.clone();
         new["data"]["a"] = json!("changed");
-        update_managed_fields("ConfigMap", Some(&old), &mut new, "kubectl-edit", Operation::Update, None);
+        update_managed_fields(
+            "ConfigMap",
+            Some(&old),
+            &mut new,
+            "kubectl-edit",
+            Operation::Update,
+            None,
+        );
         let o = owners(&new);
-        assert_eq!(o[0], ("kubectl-create".to_string(), json!({"f:data":{"f:b":{}}})));
-        assert_eq!(o[1], ("kubectl-edit".to_string(), json!({"f:data":{"f:a":{}}})));
+        assert_eq!(
+            o[0],
+            ("kubectl-create".to_string(), json!({"f:data":{"f:b":{}}}))
+        );
+        assert_eq!(
+            o[1],
+            ("kubectl-edit".to_string(), json!({"f:data":{"f:a":{}}}))
+        );
     }
 
     #[test]
     fn removed_fields_leave_every_owner() {
-        let mut obj = json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"},"data":{"a":"1"}});
+        let mut obj =
+            json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"},"data":{"a":"1"}});
         update_managed_fields("ConfigMap", None, &mut obj, "m1", Operation::Update, None);
         let old = obj.clone();
         let mut new = obj.clone();
         new.as_object_mut().map(|m| m.shift_remove("data"));
-        update_managed_fields("ConfigMap", Some(&old), &mut new, "m2", Operation::Update, None);
+        update_managed_fields(
+            "ConfigMap",
+            Some(&old),
+            &mut new,
+            "m2",
+            Operation::Update,
+            None,
+        );
         assert!(new["metadata"].get("managedFields").is_none());
     }
 
     #[test]
     fn no_change_adds_no_entry() {
-        let mut obj = json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"},"data":{"a":"1"}});
+        let mut obj =
+            json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"},"data":{"a":"1"}});
         update_managed_fields("ConfigMap", None, &mut obj, "m1", Operation::Update, None);
         let old = obj.clone();
         let mut new = obj.clone();
-        update_managed_fields("ConfigMap", Some(&old), &mut new, "m2", Operation::Update, None);
+        update_managed_fields(
+            "ConfigMap",
+            Some(&old),
+            &mut new,
+            "m2",
+            Operation::Update,
+            None,
+        );
         assert_eq!(owners(&new).len(), 1);
     }
 }

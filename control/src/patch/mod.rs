@@ -62,8 +62,7 @@ impl PatchType {
                         force,
                     }),
                     None => Err(PatchError::BadRequest(
-                        "PATCH requests with apply content type must specify fieldManager"
-                            .into(),
+                        "PATCH requests with apply content type must specify fieldManager".into(),
                     )),
                 }
             }
@@ -223,10 +222,15 @@ mod tests {
     #[test]
     fn content_types() {
         assert_eq!(
-            PatchType::from_content_type("application/merge-patch+json; charset=utf-8", None, false),
+            PatchType::from_content_type(
+                "application/merge-patch+json; charset=utf-8",
+                None,
+                false
+            ),
             Ok(PatchType::Merge)
         );
-        let e = PatchType::from_content_type("application/apply-patch+yaml", None, false).unwrap_err();
+        let e =
+            PatchType::from_content_type("application/apply-patch+yaml", None, false).unwrap_err();
         assert_eq!(e.status_code(), 400);
         let e = PatchType::from_content_type("text/plain", None, false).unwrap_err();
         assert_eq!(e.status_code(), 415);
@@ -244,7 +248,13 @@ mod tests {
         .unwrap();
         assert_eq!(out["spec"]["replicas"], 4);
         assert_eq!(out["metadata"]["labels"], json!({"y":"2"}));
-        let e = apply("Deployment", &PatchType::Json, &live, br#"[{"op":"test","path":"/spec/replicas","value":9}]"#).unwrap_err();
+        let e = apply(
+            "Deployment",
+            &PatchType::Json,
+            &live,
+            br#"[{"op":"test","path":"/spec/replicas","value":9}]"#,
+        )
+        .unwrap_err();
         assert_eq!(e.status_code(), 422);
         let e = apply("Deployment", &PatchType::Json, &live, b"{not json").unwrap_err();
         assert_eq!(e.status_code(), 400);
@@ -260,7 +270,10 @@ mod tests {
             br#"{"spec":{"containers":[{"name":"a","image":"i"}],"x":null}}"#,
         )
         .unwrap();
-        assert_eq!(out, json!({"spec":{"containers":[{"name":"a","image":"i"}]}}));
+        assert_eq!(
+            out,
+            json!({"spec":{"containers":[{"name":"a","image":"i"}]}})
+        );
     }
 
     #[test]

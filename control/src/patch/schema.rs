@@ -160,10 +160,7 @@ mod tests {
         assert_eq!(spec, Node::PodSpec);
         let (kind, elem) = spec.list("containers");
         assert_eq!(kind, map(&["name"]));
-        assert_eq!(
-            elem.list("ports").0,
-            map(&["containerPort", "protocol"])
-        );
+        assert_eq!(elem.list("ports").0, map(&["containerPort", "protocol"]));
     }
 
     #[test]
@@ -179,7 +176,13 @@ mod tests {
 
     #[test]
     fn unknown_lists_are_atomic() {
-        assert_eq!(root("ConfigMap").field("data").list("x").0, ListKind::Atomic);
-        assert_eq!(root("Pod").field("spec").list("tolerations").0, ListKind::Atomic);
+        assert_eq!(
+            root("ConfigMap").field("data").list("x").0,
+            ListKind::Atomic
+        );
+        assert_eq!(
+            root("Pod").field("spec").list("tolerations").0,
+            ListKind::Atomic
+        );
     }
 }

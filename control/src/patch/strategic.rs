@@ -188,8 +188,7 @@ fn merge_list(
             Ok(current)
         }
         ListKind::Map { merge_key, .. } => {
-            let is_directive =
-                |v: &Value, d: &str| v.get(PATCH).and_then(Value::as_str) == Some(d);
+            let is_directive = |v: &Value, d: &str| v.get(PATCH).and_then(Value::as_str) == Some(d);
             if patch.iter().any(|v| is_directive(v, "replace")) {
                 current.clear();
             }
@@ -309,7 +308,9 @@ mod tests {
             json!({"spec":{"template":{"spec":{"containers":[{"name":"side","$patch":"delete"}]}}}}),
         )
         .unwrap();
-        let c = out["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+        let c = out["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap();
         assert_eq!(c.len(), 1);
         assert_eq!(c[0]["name"], "web");
     }

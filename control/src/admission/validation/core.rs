@@ -49,7 +49,11 @@ fn service(new: &Value, old: Option<&Value>, errs: &mut Vec<Cause>) {
     };
     let ty = str_at(spec, "type").unwrap_or("ClusterIP");
     if !SERVICE_TYPES.contains(&ty) {
-        errs.push(field::not_supported(&path.child("type"), &json!(ty), SERVICE_TYPES));
+        errs.push(field::not_supported(
+            &path.child("type"),
+            &json!(ty),
+            SERVICE_TYPES,
+        ));
     }
     let cluster_ip = str_at(spec, "clusterIP").unwrap_or_default();
     let headless = cluster_ip == "None";
@@ -57,7 +61,12 @@ fn service(new: &Value, old: Option<&Value>, errs: &mut Vec<Cause>) {
         match str_at(spec, "externalName") {
             Some(n) if !n.is_empty() => {
                 let n = n.strip_suffix('.').unwrap_or(n);
-                push_invalid(errs, &path.child("externalName"), n, names::dns1123_subdomain(n));
+                push_invalid(
+                    errs,
+                    &path.child("externalName"),
+                    n,
+                    names::dns1123_subdomain(n),
+                );
             }
             _ => errs.push(field::required(&path.child("externalName"), "")),
         }
@@ -76,11 +85,21 @@ fn service(new: &Value, old: Option<&Value>, errs: &mut Vec<Cause>) {
         ));
     }
     if let Some(a) = spec.get("sessionAffinity")
-        && !a.as_str().is_some_and(|s| ["None", "ClientIP"].contains(&s))
+        && !a
+            .as_str()
+            .is_some_and(|s| ["None", "ClientIP"].contains(&s))
     {
-        errs.push(field::not_supported(&path.child("sessionAffinity"), a, &["ClientIP", "None"]));
+        errs.push(field::not_supported(
+            &path.child("sessionAffinity"),
+            a,
+            &["ClientIP", "None"],
+        ));
     }
-    let ports = spec.get("ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    let ports = spec
+        .get("ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if ports.is_empty() && ty != "ExternalName" && !headless {
         errs.push(field::required(&path.child("ports"), ""));
     }
@@ -102,7 +121,10 @@ fn service(new: &Value, old: Option<&Value>, errs: &mut Vec<Cause>) {
             Some(n) if (1..=65535).contains(&n) => {
                 let proto = str_at(p, "protocol").unwrap_or("TCP").to_string();
                 if !seen_ports.insert((n, proto.clone())) {
-                    errs.push(field::duplicate(&pp, &json!({"port": n, "protocol": proto})));
+                    errs.push(field::duplicate(
+                        &pp,
+                        &json!({"port": n, "protocol": proto}),
+                    ));
                 }
             }
             Some(_) | None if p.get("port").is_some() => errs.push(field::invalid(
@@ -113,26 +135,32 @@ fn service(new: &Value, old: Option<&Value>, errs: &mut Vec<Cause>) {
             _ => errs.push(field::required(&pp.child("port"), "")),
         }
         if let Some(proto) = p.get("protocol")
-            && !proto.as_str().is_some_and(|s| ["TCP", "UDP", "SCTP"].contains(&s))
+            && !proto
+                .as_str()
+                .is_some_and(|s| ["TCP", "UDP", "SCTP"].contains(&s))
         {
-            errs.push(field::not_supported(&pp.child("protocol"), proto, &["TCP", "UDP", "SCTP"]));
+            errs.push(field::not_supported(
+                &pp.child("protocol"),
+                proto,
+                &["TCP", "UDP", "SCTP"],
+            ));
         }
         match p.get("targetPort") {
-            Some(Value::Number(n)) if !n.as_i64().is_some_and(|n| (1..=65535).contains(&n)) => {
-                errs.push(field::invalid(
+            Some(Value::Number(n)) if !n.as_i64().is_some_and(|n| (1..=65535).contains(&n)) => errs
+                .push(field::invalid(
                     &pp.child("targetPort"),
                     &Value::Number(n.clone()),
                     "must be between 1 and 65535, inclusive",
-                ))
-            }
-            Some(Value::String(s)) => {
-                if s.parse::<i64>().is_err() {
-                    push_invalid(errs, &pp.child("targetPort"), s, names::port_name(s));
-                }
+                )),
+            Some(Value::String(s)) if s.parse::<i64>().is_err() => {
+                push_invalid(errs, &pp.child("targetPort"), s, names::port_name(s));
             }
             _ => {}
         }
-        if let Some(np) = p.get("nodePort").filter(|v| !v.is_null() && v.as_i64() != Some(0)) {
+        if let Some(np) = p
+            .get("nodePort")
+            .filter(|v| !v.is_null() && v.as_i64() != Some(0))
+        {
             if ty != "NodePort" && ty != "LoadBalancer" {
                 errs.push(field::forbidden(
                     &pp.child("nodePort"),
@@ -148,7 +176,11 @@ fn service(new: &Value, old: Option<&Value>, errs: &mut Vec<Cause>) {
         }
     }
     if let Some(Value::Object(sel)) = spec.get("selector") {
-        super::labels(Some(&Value::Object(sel.clone())), &path.child("selector"), errs);
+        super::labels(
+            Some(&Value::Object(sel.clone())),
+            &path.child("selector"),
+            errs,
+        );
     }
     if let Some(old_spec) = old.and_then(|o| o.get("spec")) {
         let old_ty = str_at(old_spec, "type").unwrap_or("ClusterIP");
@@ -169,7 +201,11 @@ fn service(new: &Value, old: Option<&Value>, errs: &mut Vec<Cause>) {
 fn config_data(new: &Value, old: Option<&Value>, errs: &mut Vec<Cause>, secret: bool) {
     let mut keys = HashSet::new();
     let mut total = 0usize;
-    let fields: &[&str] = if secret { &["data", "stringData"] } else { &["data", "binaryData"] };
+    let fields: &[&str] = if secret {
+        &["data", "stringData"]
+    } else {
+        &["data", "binaryData"]
+    };
     for f in fields {
         let Some(Value::Object(m)) = new.get(*f) else {
             continue;
@@ -208,7 +244,8 @@ fn config_data(new: &Value, old: Option<&Value>, errs: &mut Vec<Cause>, secret: 
 fn secret(new: &Value, old: Option<&Value>, errs: &mut Vec<Cause>) {
     let ty = str_at(new, "type").unwrap_or("Opaque");
     let has = |k: &str| {
-        new.pointer(&format!("/data/{}", k.replace('/', "~1"))).is_some()
+        new.pointer(&format!("/data/{}", k.replace('/', "~1")))
+            .is_some()
             || new.pointer(&format!("/stringData/{k}")).is_some()
     };
     let required: &[&str] = match ty {
@@ -234,11 +271,20 @@ fn secret(new: &Value, old: Option<&Value>, errs: &mut Vec<Cause>) {
         ));
     }
     if let Some(old) = old {
-        immutable(new.get("type"), old.get("type"), &FieldPath::root("type"), errs);
+        immutable(
+            new.get("type"),
+            old.get("type"),
+            &FieldPath::root("type"),
+            errs,
+        );
     }
 }
 
-fn quantities(map: Option<&Value>, path: &FieldPath, errs: &mut Vec<Cause>) -> Vec<(String, Quantity)> {
+fn quantities(
+    map: Option<&Value>,
+    path: &FieldPath,
+    errs: &mut Vec<Cause>,
+) -> Vec<(String, Quantity)> {
     let Some(Value::Object(m)) = map else {
         return Vec::new();
     };
@@ -295,8 +341,14 @@ fn limit_range(new: &Value, errs: &mut Vec<Cause>) {
             errs.push(field::not_supported(&ip.child("type"), &ty, &types));
         }
         let get = |k: &str, errs: &mut Vec<Cause>| quantities(item.get(k), &ip.child(k), errs);
-        let (min, max, def, req) = (get("min", errs), get("max", errs), get("default", errs), get("defaultRequest", errs));
-        let find = |l: &[(String, Quantity)], r: &str| l.iter().find(|(n, _)| n == r).map(|(_, q)| *q);
+        let (min, max, def, req) = (
+            get("min", errs),
+            get("max", errs),
+            get("default", errs),
+            get("defaultRequest", errs),
+        );
+        let find =
+            |l: &[(String, Quantity)], r: &str| l.iter().find(|(n, _)| n == r).map(|(_, q)| *q);
         for (res, q) in def.iter().chain(req.iter()) {
             if let Some(mx) = find(&max, res)
                 && *q > mx
@@ -337,7 +389,11 @@ fn pvc(new: &Value, old: Option<&Value>, errs: &mut Vec<Cause>) {
         errs.push(field::required(&path, ""));
         return;
     };
-    if spec.get("accessModes").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+    if spec
+        .get("accessModes")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+    {
         errs.push(field::required(
             &path.child("accessModes"),
             "at least 1 access mode is required",
@@ -376,7 +432,9 @@ fn node(new: &Value, errs: &mut Vec<Cause>) {
         for (i, t) in taints.iter().enumerate() {
             let tp = FieldPath::root("spec.taints").index(i);
             match str_at(t, "key") {
-                Some(k) if !k.is_empty() => push_invalid(errs, &tp.child("key"), k, names::qualified_name(k)),
+                Some(k) if !k.is_empty() => {
+                    push_invalid(errs, &tp.child("key"), k, names::qualified_name(k))
+                }
                 _ => errs.push(field::required(&tp.child("key"), "")),
             }
             let effects = ["NoSchedule", "PreferNoSchedule", "NoExecute"];
@@ -389,9 +447,9 @@ fn node(new: &Value, errs: &mut Vec<Cause>) {
     if let Some(cidr) = new.pointer("/spec/podCIDR").and_then(Value::as_str)
         && !cidr.is_empty()
     {
-        let ok = cidr
-            .split_once('/')
-            .is_some_and(|(ip, len)| ip.parse::<IpAddr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 128));
+        let ok = cidr.split_once('/').is_some_and(|(ip, len)| {
+            ip.parse::<IpAddr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 128)
+        });
         if !ok {
             errs.push(field::invalid(
                 &FieldPath::root("spec.podCIDR"),
@@ -423,16 +481,32 @@ mod tests {
             "spec":{"type":"Weird","ports":[{"port":0},{"port":80,"nodePort":30001}]}});
         default("Service", &mut bad);
         let c = causes("Service", &bad, None);
-        assert!(c.iter().any(|x| x.starts_with("metadata.name: Invalid value: \"1web\": a DNS-1035 label")), "{c:#?}");
-        assert!(c.iter().any(|x| x.starts_with("spec.type: Unsupported value: \"Weird\"")));
+        assert!(
+            c.iter()
+                .any(|x| x.starts_with("metadata.name: Invalid value: \"1web\": a DNS-1035 label")),
+            "{c:#?}"
+        );
+        assert!(
+            c.iter()
+                .any(|x| x.starts_with("spec.type: Unsupported value: \"Weird\""))
+        );
         assert!(c.iter().any(|x| x == "spec.ports[0].name: Required value"));
-        assert!(c.iter().any(|x| x.starts_with("spec.ports[0].port: Invalid value: 0")));
-        assert!(c.iter().any(|x| x.starts_with("spec.ports[1].nodePort: Forbidden")));
+        assert!(
+            c.iter()
+                .any(|x| x.starts_with("spec.ports[0].port: Invalid value: 0"))
+        );
+        assert!(
+            c.iter()
+                .any(|x| x.starts_with("spec.ports[1].nodePort: Forbidden"))
+        );
         let mut old = s.clone();
         old["spec"]["clusterIP"] = json!("10.96.0.10");
         let mut new = old.clone();
         new["spec"]["clusterIP"] = json!("10.96.0.11");
-        assert_eq!(causes("Service", &new, Some(&old)), vec!["spec.clusterIP: Invalid value: \"10.96.0.11\": field is immutable"]);
+        assert_eq!(
+            causes("Service", &new, Some(&old)),
+            vec!["spec.clusterIP: Invalid value: \"10.96.0.11\": field is immutable"]
+        );
     }
 
     #[test]
@@ -446,7 +520,10 @@ mod tests {
         new["data"]["a"] = json!("2");
         assert!(causes("ConfigMap", &new, Some(&old))[0].starts_with("data: Forbidden"));
         let tls = json!({"apiVersion":"v1","kind":"Secret","metadata":{"name":"s"},"type":"kubernetes.io/tls","data":{"tls.crt":"eA=="}});
-        assert_eq!(causes("Secret", &tls, None), vec!["data[tls.key]: Required value"]);
+        assert_eq!(
+            causes("Secret", &tls, None),
+            vec!["data[tls.key]: Required value"]
+        );
     }
 
     #[test]
@@ -456,7 +533,10 @@ mod tests {
         assert_eq!(c.len(), 1);
         assert!(c[0].starts_with("spec.hard[cpu]: Invalid value: \"x\""));
         let lr = json!({"apiVersion":"v1","kind":"LimitRange","metadata":{"name":"l"},"spec":{"limits":[{"type":"Container","max":{"cpu":"1"},"default":{"cpu":"2"}}]}});
-        assert!(causes("LimitRange", &lr, None)[0].contains("must be less than or equal to max value 1"));
+        assert!(
+            causes("LimitRange", &lr, None)[0]
+                .contains("must be less than or equal to max value 1")
+        );
         let pvc = json!({"apiVersion":"v1","kind":"PersistentVolumeClaim","metadata":{"name":"p"},"spec":{}});
         assert_eq!(causes("PersistentVolumeClaim", &pvc, None).len(), 2);
     }

@@ -21,7 +21,10 @@ pub fn validate(kind: &str, new: &Value, old: Option<&Value>) -> Result<(), Inva
     let meta_path = FieldPath::root("metadata");
     match new.get("metadata") {
         Some(meta @ Value::Object(_)) => object_meta(kind, meta, &meta_path, &mut errs),
-        _ => errs.push(field::required(&meta_path.child("name"), "name or generateName is required")),
+        _ => errs.push(field::required(
+            &meta_path.child("name"),
+            "name or generateName is required",
+        )),
     }
     if let Some(old) = old {
         meta_update(new, old, &mut errs);
@@ -61,7 +64,12 @@ pub(crate) fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 /// Pushes one `Invalid value` cause per message in `problems`.
-pub(crate) fn push_invalid(errs: &mut Vec<Cause>, f: &FieldPath, value: &str, problems: Vec<String>) {
+pub(crate) fn push_invalid(
+    errs: &mut Vec<Cause>,
+    f: &FieldPath,
+    value: &str,
+    problems: Vec<String>,
+) {
     for p in problems {
         errs.push(field::invalid(f, &Value::String(value.to_string()), &p));
     }
@@ -133,7 +141,11 @@ pub(crate) fn labels(labels: Option<&Value>, path: &FieldPath, errs: &mut Vec<Ca
         push_invalid(errs, path, k, names::qualified_name(k));
         match v.as_str() {
             Some(s) => push_invalid(errs, &path.key(k), s, names::label_value(s)),
-            None => errs.push(field::invalid(&path.key(k), v, "label values must be strings")),
+            None => errs.push(field::invalid(
+                &path.key(k),
+                v,
+                "label values must be strings",
+            )),
         }
     }
 }
@@ -144,7 +156,12 @@ fn annotations(ann: Option<&Value>, path: &FieldPath, errs: &mut Vec<Cause>) {
     };
     let mut total = 0;
     for (k, v) in m {
-        push_invalid(errs, path, k, names::qualified_name(&k.to_ascii_lowercase()));
+        push_invalid(
+            errs,
+            path,
+            k,
+            names::qualified_name(&k.to_ascii_lowercase()),
+        );
         total += k.len() + v.as_str().map_or(0, str::len);
     }
     const MAX: usize = 256 * 1024;
@@ -157,7 +174,10 @@ fn annotations(ann: Option<&Value>, path: &FieldPath, errs: &mut Vec<Cause>) {
 fn meta_update(new: &Value, old: &Value, errs: &mut Vec<Cause>) {
     let path = FieldPath::root("metadata");
     for key in ["name", "namespace", "uid", "creationTimestamp"] {
-        let (n, o) = (new.pointer(&format!("/metadata/{key}")), old.pointer(&format!("/metadata/{key}")));
+        let (n, o) = (
+            new.pointer(&format!("/metadata/{key}")),
+            old.pointer(&format!("/metadata/{key}")),
+        );
         if o.is_some_and(|o| !o.is_null()) && n != o {
             errs.push(field::invalid(
                 &path.child(key),
@@ -205,7 +225,10 @@ mod tests {
         let bad = json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"a.b"}});
         let c = causes("Namespace", &bad, None);
         assert_eq!(c.len(), 1);
-        assert!(c[0].starts_with("metadata.name: Invalid value: \"a.b\": a lowercase RFC 1123 label"), "{c:?}");
+        assert!(
+            c[0].starts_with("metadata.name: Invalid value: \"a.b\": a lowercase RFC 1123 label"),
+            "{c:?}"
+        );
         let none = json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{}});
         assert_eq!(
             causes("ConfigMap", &none, None),

@@ -57,7 +57,7 @@ fn one_of(v: &Value, key: &str, path: &FieldPath, allowed: &[&str], errs: &mut V
 
 fn non_negative(v: &Value, key: &str, path: &FieldPath, errs: &mut Vec<Cause>) {
     if let Some(x) = v.get(key).filter(|x| !x.is_null())
-        && !x.as_i64().is_some_and(|n| n >= 0)
+        && x.as_i64().is_none_or(|n| n < 0)
     {
         errs.push(field::invalid(
             &path.child(key),
@@ -72,19 +72,29 @@ pub fn pod_spec(spec: &Value, path: &FieldPath, errs: &mut Vec<Cause>) {
     let volumes = volumes(spec.get("volumes"), &path.child("volumes"), errs);
     let mut container_names = HashSet::new();
     match spec.get("containers").and_then(Value::as_array) {
-        Some(list) if !list.is_empty() => {
-            containers(list, &path.child("containers"), &volumes, &mut container_names, errs)
-        }
+        Some(list) if !list.is_empty() => containers(
+            list,
+            &path.child("containers"),
+            &volumes,
+            &mut container_names,
+            errs,
+        ),
         _ => errs.push(field::required(&path.child("containers"), "")),
     }
     if let Some(list) = spec.get("initContainers").and_then(Value::as_array) {
-        containers(list, &path.child("initContainers"), &volumes, &mut container_names, errs);
+        containers(
+            list,
+            &path.child("initContainers"),
+            &volumes,
+            &mut container_names,
+            errs,
+        );
     }
     one_of(spec, "restartPolicy", path, RESTART_POLICIES, errs);
     one_of(spec, "dnsPolicy", path, DNS_POLICIES, errs);
     non_negative(spec, "terminationGracePeriodSeconds", path, errs);
     if let Some(x) = spec.get("activeDeadlineSeconds").filter(|x| !x.is_null())
-        && !x.as_i64().is_some_and(|n| n > 0)
+        && x.as_i64().is_none_or(|n| n <= 0)
     {
         errs.push(field::invalid(
             &path.child("activeDeadlineSeconds"),
@@ -113,7 +123,13 @@ pub fn pod_spec(spec: &Value, path: &FieldPath, errs: &mut Vec<Cause>) {
         for (i, t) in tolerations.iter().enumerate() {
             let tp = path.child("tolerations").index(i);
             one_of(t, "operator", &tp, &["Exists", "Equal"], errs);
-            one_of(t, "effect", &tp, &["NoSchedule", "PreferNoSchedule", "NoExecute"], errs);
+            one_of(
+                t,
+                "effect",
+                &tp,
+                &["NoSchedule", "PreferNoSchedule", "NoExecute"],
+                errs,
+            );
             if t.get("operator").and_then(Value::as_str) == Some("Exists")
                 && str_at(t, "value").is_some_and(|v| !v.is_empty())
             {
@@ -149,7 +165,10 @@ fn volumes(list: Option<&Value>, path: &FieldPath, errs: &mut Vec<Cause>) -> Has
         if sources == 0 {
             errs.push(field::required(&vp, "must specify a volume type"));
         } else if sources > 1 {
-            errs.push(field::forbidden(&vp, "may not specify more than 1 volume type"));
+            errs.push(field::forbidden(
+                &vp,
+                "may not specify more than 1 volume type",
+            ));
         }
     }
     seen
@@ -186,10 +205,21 @@ fn containers(
             _ => errs.push(field::required(&cp.child("image"), "")),
         }
         one_of(c, "imagePullPolicy", &cp, PULL_POLICIES, errs);
-        one_of(c, "terminationMessagePolicy", &cp, &["File", "FallbackToLogsOnError"], errs);
+        one_of(
+            c,
+            "terminationMessagePolicy",
+            &cp,
+            &["File", "FallbackToLogsOnError"],
+            errs,
+        );
         ports(c.get("ports"), &cp.child("ports"), errs);
         env(c.get("env"), &cp.child("env"), errs);
-        mounts(c.get("volumeMounts"), &cp.child("volumeMounts"), volumes, errs);
+        mounts(
+            c.get("volumeMounts"),
+            &cp.child("volumeMounts"),
+            volumes,
+            errs,
+        );
         resources(c.get("resources"), &cp.child("resources"), errs);
     }
 }
@@ -236,14 +266,13 @@ fn env(list: Option<&Value>, path: &FieldPath, errs: &mut Vec<Cause>) {
     for (i, e) in list.iter().enumerate() {
         let ep = path.index(i);
         match str_at(e, "name").filter(|n| !n.is_empty()) {
-            Some(name) if name.contains('=') || !name.chars().all(|c| c.is_ascii_graphic()) => {
-                errs.push(field::invalid(
+            Some(name) if name.contains('=') || !name.chars().all(|c| c.is_ascii_graphic()) => errs
+                .push(field::invalid(
                     &ep.child("name"),
                     &json!(name),
                     "a valid environment variable name must consist only of printable ASCII \
                      characters other than '='",
-                ))
-            }
+                )),
             Some(_) => {}
             None => errs.push(field::required(&ep.child("name"), "")),
         }
@@ -259,7 +288,12 @@ fn env(list: Option<&Value>, path: &FieldPath, errs: &mut Vec<Cause>) {
     }
 }
 
-fn mounts(list: Option<&Value>, path: &FieldPath, volumes: &HashSet<String>, errs: &mut Vec<Cause>) {
+fn mounts(
+    list: Option<&Value>,
+    path: &FieldPath,
+    volumes: &HashSet<String>,
+    errs: &mut Vec<Cause>,
+) {
     let Some(Value::Array(list)) = list else {
         return;
     };
@@ -278,7 +312,11 @@ fn mounts(list: Option<&Value>, path: &FieldPath, volumes: &HashSet<String>, err
         match str_at(m, "mountPath").filter(|p| !p.is_empty()) {
             Some(p) => {
                 if !paths.insert(p.to_string()) {
-                    errs.push(field::invalid(&mp.child("mountPath"), &json!(p), "must be unique"));
+                    errs.push(field::invalid(
+                        &mp.child("mountPath"),
+                        &json!(p),
+                        "must be unique",
+                    ));
                 }
             }
             None => errs.push(field::required(&mp.child("mountPath"), "")),
@@ -307,11 +345,9 @@ fn resources(res: Option<&Value>, path: &FieldPath, errs: &mut Vec<Cause>) {
         for (name, v) in m {
             let fp = path.child(key).key(name);
             match Quantity::from_json(v) {
-                Ok(q) if q.is_negative() => errs.push(field::invalid(
-                    &fp,
-                    v,
-                    "must be greater than or equal to 0",
-                )),
+                Ok(q) if q.is_negative() => {
+                    errs.push(field::invalid(&fp, v, "must be greater than or equal to 0"))
+                }
                 Ok(q) => parsed[slot].push((name.clone(), q)),
                 Err(e) => errs.push(field::invalid(&fp, v, &e)),
             }
@@ -375,7 +411,9 @@ fn pod_spec_update(new: &Value, old: &Value, errs: &mut Vec<Cause>) {
              (allow it to be set to 1 if it was previously negative)",
         ));
     }
-    if let (Some(Value::Array(old_t)), Some(new_t)) = (old.get("tolerations"), new.get("tolerations")) {
+    if let (Some(Value::Array(old_t)), Some(new_t)) =
+        (old.get("tolerations"), new.get("tolerations"))
+    {
         let new_t = new_t.as_array().cloned().unwrap_or_default();
         if old_t.iter().any(|t| !new_t.contains(t)) {
             errs.push(field::forbidden(
@@ -414,12 +452,14 @@ mod tests {
 
     #[test]
     fn many_problems_reported_together() {
-        let p = pod(json!({"restartPolicy":"Sometimes","volumes":[{"name":"v","emptyDir":{}}],
+        let p = pod(
+            json!({"restartPolicy":"Sometimes","volumes":[{"name":"v","emptyDir":{}}],
             "containers":[
               {"name":"c","image":"i","ports":[{"containerPort":0},{"containerPort":80,"protocol":"XTP"}],
                "volumeMounts":[{"name":"nope","mountPath":"/m"}],
                "resources":{"requests":{"cpu":"2"},"limits":{"cpu":"1","memory":"lots"}}},
-              {"name":"c","image":"i"}]}));
+              {"name":"c","image":"i"}]}),
+        );
         let c = causes(&p, None);
         let want = [
             "spec.containers[0].ports[0].containerPort: Invalid value: 0: must be between 1 and 65535, inclusive",
@@ -431,7 +471,10 @@ mod tests {
             "spec.restartPolicy: Unsupported value: \"Sometimes\"",
         ];
         for w in want {
-            assert!(c.iter().any(|x| x.starts_with(w)), "missing {w:?} in {c:#?}");
+            assert!(
+                c.iter().any(|x| x.starts_with(w)),
+                "missing {w:?} in {c:#?}"
+            );
         }
         assert_eq!(c.len(), want.len(), "{c:#?}");
     }
@@ -453,9 +496,16 @@ mod tests {
         let c = causes(&bad, Some(&old));
         assert_eq!(c.len(), 1);
         assert!(c[0].starts_with("spec: Forbidden: pod updates may not change fields"));
-        let bound = pod(json!({"containers":[{"name":"c","image":"a"}],"restartPolicy":"Always","nodeName":"n1"}));
-        assert!(causes(&bound, Some(&old)).is_empty(), "binding sets nodeName once");
-        let moved = pod(json!({"containers":[{"name":"c","image":"a"}],"restartPolicy":"Always","nodeName":"n2"}));
+        let bound = pod(
+            json!({"containers":[{"name":"c","image":"a"}],"restartPolicy":"Always","nodeName":"n1"}),
+        );
+        assert!(
+            causes(&bound, Some(&old)).is_empty(),
+            "binding sets nodeName once"
+        );
+        let moved = pod(
+            json!({"containers":[{"name":"c","image":"a"}],"restartPolicy":"Always","nodeName":"n2"}),
+        );
         assert_eq!(causes(&moved, Some(&bound)).len(), 1);
     }
 }

@@ -42,7 +42,10 @@ fn label_selector(sel: &Value, path: &FieldPath, errs: &mut Vec<Cause>) {
     if let Some(Value::Array(exprs)) = sel.get("matchExpressions") {
         for (i, e) in exprs.iter().enumerate() {
             let ep = path.child("matchExpressions").index(i);
-            let n = e.get("values").and_then(Value::as_array).map_or(0, Vec::len);
+            let n = e
+                .get("values")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
             match str_at(e, "operator") {
                 Some("In" | "NotIn") if n == 0 => errs.push(field::required(
                     &ep.child("values"),
@@ -74,7 +77,7 @@ fn is_empty_selector(sel: &Value) -> bool {
 
 fn non_negative(spec: &Value, key: &str, path: &FieldPath, errs: &mut Vec<Cause>) {
     if let Some(v) = spec.get(key).filter(|v| !v.is_null())
-        && !v.as_i64().is_some_and(|n| n >= 0)
+        && v.as_i64().is_none_or(|n| n < 0)
     {
         errs.push(field::invalid(
             &path.child(key),
@@ -99,7 +102,12 @@ fn int_or_percent(v: Option<&Value>) -> Option<Result<(i64, bool), ()>> {
     })
 }
 
-fn template_restart_policy(spec: &Value, path: &FieldPath, allowed: &[&str], errs: &mut Vec<Cause>) {
+fn template_restart_policy(
+    spec: &Value,
+    path: &FieldPath,
+    allowed: &[&str],
+    errs: &mut Vec<Cause>,
+) {
     if let Some(rp) = spec.pointer("/template/spec/restartPolicy")
         && !rp.as_str().is_some_and(|s| allowed.contains(&s))
     {
@@ -147,7 +155,10 @@ fn selector_and_template(kind: &str, spec: &Value, path: &FieldPath, errs: &mut 
         errs.push(field::invalid(
             &sel_path,
             selector,
-            &format!("empty selector is invalid for {}", kind.to_ascii_lowercase()),
+            &format!(
+                "empty selector is invalid for {}",
+                kind.to_ascii_lowercase()
+            ),
         ));
     } else if !selector_matches(selector, &template_labels) {
         errs.push(field::invalid(
@@ -175,7 +186,9 @@ pub fn validate_workload(kind: &str, new: &Value, old: Option<&Value>, errs: &mu
         "Deployment" => deployment_strategy(spec, &path, errs),
         "StatefulSet" => {
             if let Some(p) = spec.get("podManagementPolicy")
-                && !p.as_str().is_some_and(|s| ["OrderedReady", "Parallel"].contains(&s))
+                && !p
+                    .as_str()
+                    .is_some_and(|s| ["OrderedReady", "Parallel"].contains(&s))
             {
                 errs.push(field::not_supported(
                     &path.child("podManagementPolicy"),
@@ -239,7 +252,10 @@ fn deployment_strategy(spec: &Value, path: &FieldPath, errs: &mut Vec<Cause>) {
             }
         }
         Some("RollingUpdate") | None => {
-            let ru = strategy.get("rollingUpdate").cloned().unwrap_or(Value::Null);
+            let ru = strategy
+                .get("rollingUpdate")
+                .cloned()
+                .unwrap_or(Value::Null);
             let rp = sp.child("rollingUpdate");
             let mut zero = 0;
             for key in ["maxUnavailable", "maxSurge"] {
@@ -274,7 +290,7 @@ fn job_spec(spec: &Value, path: &FieldPath, errs: &mut Vec<Cause>, need_selector
         non_negative(spec, key, path, errs);
     }
     if let Some(v) = spec.get("activeDeadlineSeconds").filter(|v| !v.is_null())
-        && !v.as_i64().is_some_and(|n| n > 0)
+        && v.as_i64().is_none_or(|n| n <= 0)
     {
         errs.push(field::invalid(
             &path.child("activeDeadlineSeconds"),
@@ -282,9 +298,7 @@ fn job_spec(spec: &Value, path: &FieldPath, errs: &mut Vec<Cause>, need_selector
             "must be greater than 0",
         ));
     }
-    if need_selector
-        && let Some(sel) = spec.get("selector").filter(|s| !s.is_null())
-    {
+    if need_selector && let Some(sel) = spec.get("selector").filter(|s| !s.is_null()) {
         label_selector(sel, &path.child("selector"), errs);
         let tl = spec
             .pointer("/template/metadata/labels")
@@ -301,7 +315,9 @@ fn job_spec(spec: &Value, path: &FieldPath, errs: &mut Vec<Cause>, need_selector
     }
     validate_template(spec.get("template"), &path.child("template"), None, errs);
     template_restart_policy(spec, path, &["OnFailure", "Never"], errs);
-    if spec.pointer("/template/spec").is_some() && spec.pointer("/template/spec/restartPolicy").is_none() {
+    if spec.pointer("/template/spec").is_some()
+        && spec.pointer("/template/spec/restartPolicy").is_none()
+    {
         errs.push(field::required(
             &path.child("template").child("spec").child("restartPolicy"),
             "",
@@ -341,10 +357,17 @@ fn cron_ok(schedule: &str) -> bool {
         .trim();
     if s.starts_with('@') {
         return [
-            "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly",
+            "@yearly",
+            "@annually",
+            "@monthly",
+            "@weekly",
+            "@daily",
+            "@midnight",
+            "@hourly",
         ]
         .contains(&s)
-            || s.strip_prefix("@every ").is_some_and(|d| !d.trim().is_empty());
+            || s.strip_prefix("@every ")
+                .is_some_and(|d| !d.trim().is_empty());
     }
     let fields: Vec<&str> = s.split_whitespace().collect();
     let ranges = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
@@ -390,7 +413,9 @@ pub fn validate_cron_job(new: &Value, errs: &mut Vec<Cause>) {
         _ => errs.push(field::required(&path.child("schedule"), "")),
     }
     if let Some(p) = spec.get("concurrencyPolicy")
-        && !p.as_str().is_some_and(|s| ["Allow", "Forbid", "Replace"].contains(&s))
+        && !p
+            .as_str()
+            .is_some_and(|s| ["Allow", "Forbid", "Replace"].contains(&s))
     {
         errs.push(field::not_supported(
             &path.child("concurrencyPolicy"),
@@ -398,7 +423,11 @@ pub fn validate_cron_job(new: &Value, errs: &mut Vec<Cause>) {
             &["Allow", "Forbid", "Replace"],
         ));
     }
-    for key in ["successfulJobsHistoryLimit", "failedJobsHistoryLimit", "startingDeadlineSeconds"] {
+    for key in [
+        "successfulJobsHistoryLimit",
+        "failedJobsHistoryLimit",
+        "startingDeadlineSeconds",
+    ] {
         non_negative(spec, key, &path, errs);
     }
     let jt = path.child("jobTemplate").child("spec");
@@ -430,25 +459,50 @@ mod tests {
 
     #[test]
     fn deployment_ok_and_selector_mismatch() {
-        let ok = deploy(json!({"matchLabels":{"app":"web"}}), json!({"app":"web","x":"y"}));
-        assert!(causes("Deployment", &ok, None).is_empty(), "{:?}", causes("Deployment", &ok, None));
+        let ok = deploy(
+            json!({"matchLabels":{"app":"web"}}),
+            json!({"app":"web","x":"y"}),
+        );
+        assert!(
+            causes("Deployment", &ok, None).is_empty(),
+            "{:?}",
+            causes("Deployment", &ok, None)
+        );
         let bad = deploy(json!({"matchLabels":{"app":"other"}}), json!({"app":"web"}));
         let c = causes("Deployment", &bad, None);
         assert_eq!(c.len(), 1, "{c:?}");
-        assert!(c[0].ends_with("`selector` does not match template `labels`"), "{c:?}");
+        assert!(
+            c[0].ends_with("`selector` does not match template `labels`"),
+            "{c:?}"
+        );
         let err = validate("Deployment", &bad, None).unwrap_err();
-        assert!(err.message().starts_with("Deployment.apps \"web\" is invalid: spec.template.metadata.labels"));
+        assert!(
+            err.message()
+                .starts_with("Deployment.apps \"web\" is invalid: spec.template.metadata.labels")
+        );
         let none = deploy(json!({}), json!({"app":"web"}));
-        assert!(causes("Deployment", &none, None)[0].contains("empty selector is invalid for deployment"));
+        assert!(
+            causes("Deployment", &none, None)[0]
+                .contains("empty selector is invalid for deployment")
+        );
     }
 
     #[test]
     fn selector_is_immutable_and_restart_policy_always() {
-        let old = deploy(json!({"matchLabels":{"app":"web"}}), json!({"app":"web","v":"2"}));
-        let new = deploy(json!({"matchLabels":{"app":"web","v":"2"}}), json!({"app":"web","v":"2"}));
+        let old = deploy(
+            json!({"matchLabels":{"app":"web"}}),
+            json!({"app":"web","v":"2"}),
+        );
+        let new = deploy(
+            json!({"matchLabels":{"app":"web","v":"2"}}),
+            json!({"app":"web","v":"2"}),
+        );
         let c = causes("Deployment", &new, Some(&old));
         assert_eq!(c.len(), 1);
-        assert!(c[0].starts_with("spec.selector: Invalid value") && c[0].ends_with("field is immutable"));
+        assert!(
+            c[0].starts_with("spec.selector: Invalid value")
+                && c[0].ends_with("field is immutable")
+        );
         let mut never = old.clone();
         never["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
         assert!(causes("Deployment", &never, None)[0].contains("supported values: \"Always\""));
@@ -460,7 +514,9 @@ mod tests {
         d["spec"]["strategy"]["rollingUpdate"] = json!({"maxSurge":0,"maxUnavailable":0});
         assert!(causes("Deployment", &d, None)[0].contains("may not be 0 when `maxSurge` is 0"));
         d["spec"]["strategy"]["rollingUpdate"] = json!({"maxSurge":"120%"});
-        assert!(causes("Deployment", &d, None)[0].starts_with("spec.strategy.rollingUpdate.maxSurge"));
+        assert!(
+            causes("Deployment", &d, None)[0].starts_with("spec.strategy.rollingUpdate.maxSurge")
+        );
     }
 
     #[test]
@@ -469,14 +525,25 @@ mod tests {
             "spec":{"template":{"spec":{"containers":[{"name":"c","image":"b"}]}}}});
         default("Job", &mut j);
         let c = causes("Job", &j, None);
-        assert!(c[0].starts_with("spec.template.spec.restartPolicy: Unsupported value: \"Always\""), "{c:?}");
+        assert!(
+            c[0].starts_with("spec.template.spec.restartPolicy: Unsupported value: \"Always\""),
+            "{c:?}"
+        );
         j["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
-        assert!(causes("Job", &j, None).is_empty(), "{:?}", causes("Job", &j, None));
+        assert!(
+            causes("Job", &j, None).is_empty(),
+            "{:?}",
+            causes("Job", &j, None)
+        );
 
         let mut cj = json!({"apiVersion":"batch/v1","kind":"CronJob","metadata":{"name":"c"},
             "spec":{"schedule":"*/5 * * * *","jobTemplate":{"spec":{"template":{"spec":{"restartPolicy":"OnFailure","containers":[{"name":"c","image":"b"}]}}}}}});
         default("CronJob", &mut cj);
-        assert!(causes("CronJob", &cj, None).is_empty(), "{:?}", causes("CronJob", &cj, None));
+        assert!(
+            causes("CronJob", &cj, None).is_empty(),
+            "{:?}",
+            causes("CronJob", &cj, None)
+        );
         cj["spec"]["schedule"] = json!("61 * * * *");
         assert!(causes("CronJob", &cj, None)[0].starts_with("spec.schedule: Invalid value"));
         assert!(cron_ok("@hourly") && cron_ok("0 0 * * mon-fri") && !cron_ok("* * *"));
@@ -484,10 +551,12 @@ mod tests {
 
     #[test]
     fn set_based_selectors() {
-        let labels: Map<String, Value> = serde_json::from_value(json!({"tier":"front","app":"web"})).unwrap();
+        let labels: Map<String, Value> =
+            serde_json::from_value(json!({"tier":"front","app":"web"})).unwrap();
         let sel = json!({"matchExpressions":[{"key":"tier","operator":"In","values":["front","back"]},{"key":"app","operator":"Exists"}]});
         assert!(selector_matches(&sel, &labels));
-        let sel = json!({"matchExpressions":[{"key":"tier","operator":"NotIn","values":["front"]}]});
+        let sel =
+            json!({"matchExpressions":[{"key":"tier","operator":"NotIn","values":["front"]}]});
         assert!(!selector_matches(&sel, &labels));
     }
 }
