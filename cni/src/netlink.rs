@@ -249,9 +249,9 @@ impl Netlink {
     ///
     /// Deleting a veth blocks the caller ~20 ms in RCU grace periods after the device
     /// is already unlisted (name free, off the bridge, invisible to dumps). A forked
-    /// child sends the request and absorbs that wait; we return as soon as a dump no
-    /// longer shows the link. Only for single-threaded processes (the plugin binary):
-    /// the child does nothing but `send` and `_exit`, both async-signal-safe.
+    /// (double-forked, so it is never our zombie) process sends the request and absorbs
+    /// that wait; we return as soon as a dump no longer shows the link. The children
+    /// only call async-signal-safe functions, so this is sound even when threaded.
     pub fn del_link_detached(&mut self, index: u32, name: &str) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         let mut m = LinkMessage::default();
@@ -273,8 +273,14 @@ impl Netlink {
             return self.del_link(index);
         }
         if pid == 0 {
+            // SAFETY: fork, dup2, sendto and _exit are async-signal-safe.
             unsafe {
-                // Our caller reads stdout to EOF: the child must not hold it open.
+                // Fork again and let the middle process exit at once: the sender is
+                // then reparented to init and never lingers as our zombie.
+                if libc::fork() != 0 {
+                    libc::_exit(0);
+                }
+                // Our caller reads stdout to EOF: the sender must not hold it open.
                 for fd in 0..3 {
                     libc::dup2(devnull.as_raw_fd(), fd);
                 }
@@ -291,6 +297,7 @@ impl Netlink {
                 libc::_exit(0);
             }
         }
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         drop(child_sock);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while self

@@ -91,6 +91,18 @@ pub fn check(conf: &BridgeConf, call: &Call) -> Result<()> {
             )));
         }
     }
+    if conf.ip_masq || !conf.runtime_config.port_mappings.is_empty() {
+        let hash = attachment_hash(&call.container_id, &call.ifname);
+        let present = nft::list()?
+            .map(|t| nft::pod_hashes(&t).contains(&hash))
+            .unwrap_or(false);
+        if !present {
+            return Err(fail(format!(
+                "nftables rules for {host} are missing from table inet {}",
+                nft::TABLE
+            )));
+        }
+    }
     if let Ok(Ipam::HostLocal(h)) = Ipam::new(conf, call) {
         let leased = h.find(&call.container_id, &call.ifname);
         for ip in &prev.ips {

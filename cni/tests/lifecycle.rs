@@ -18,6 +18,8 @@ fn thousand_add_del_cycles_leave_no_veth_lease_route_or_rule() {
     // the same code as the binary without 2000 process spawns.
     let conf = hull_cni::config::BridgeConf::parse(net.conf.to_string().as_bytes()).expect("conf");
     let stdin = net.conf.to_string();
+    // The binary's DEL path: the veth's kernel teardown handed to a forked child.
+    hull_cni::bridge::DETACHED_DELETE.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut hashes = HashSet::new();
     for i in 0..1000 {
         let call = hull_cni::bridge::Call {
