@@ -62,7 +62,8 @@ fn thousand_add_del_cycles_leave_no_veth_lease_route_or_rule() {
 #[test]
 fn fifty_concurrent_adds_get_fifty_distinct_addresses() {
     require_root();
-    let net = Net::new(&[&subnet(11)], json!({}));
+    // ipMasq too: 50 concurrent nft transactions on the shared table.
+    let net = Net::new(&[&subnet(11)], json!({"ipMasq": true}));
     let ns = Netns::new("m");
     let ids: Vec<String> = (0..50).map(|i| format!("par{}-{i}", tag())).collect();
     let results: Vec<Out> = std::thread::scope(|s| {
@@ -89,7 +90,26 @@ fn fifty_concurrent_adds_get_fifty_distinct_addresses() {
     assert_eq!(ips.len(), 50, "addresses collided");
     assert_eq!(net.leases().len(), 50);
     for (i, id) in ids.iter().enumerate() {
-        assert!(plugin("DEL", id, Some(&ns.path()), &format!("eth{i}"), &net.conf).ok);
+        assert!(
+            nft_has(&hash(id, &format!("eth{i}"))),
+            "pod {i} has no masquerade rules"
+        );
+    }
+    // And 50 concurrent DELs: the table goes away with the last pod, never before.
+    let dels: Vec<Out> = std::thread::scope(|s| {
+        let hs: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let (conf, path) = (&net.conf, ns.path());
+                s.spawn(move || plugin("DEL", id, Some(&path), &format!("eth{i}"), conf))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    for (i, d) in dels.iter().enumerate() {
+        assert!(d.ok, "DEL {i} failed: {}", d.stdout);
+        assert!(!nft_has(&hash(&ids[i], &format!("eth{i}"))));
     }
     assert!(net.leases().is_empty());
     assert_eq!(net.ports(), 0);
