@@ -118,7 +118,20 @@ fn merge_map(
                     Some(Value::Array(a)) => a.clone(),
                     _ => Vec::new(),
                 };
-                let merged = merge_list(kind, elem, current, items, &here)?;
+                let merged = merge_list(kind, elem, current.clone(), items, &here)?;
+                let replaced = items
+                    .iter()
+                    .any(|v| v.get(PATCH).and_then(Value::as_str) == Some("replace"));
+                let merged = if kind == ListKind::Atomic || replaced {
+                    merged
+                } else {
+                    // $setElementOrder wins; else the patch's own order.
+                    let order = match patch.get(&format!("{SET_ORDER}{key}")) {
+                        Some(Value::Array(o)) => o.as_slice(),
+                        _ => items.as_slice(),
+                    };
+                    normalize_order(kind, merged, order, &current)
+                };
                 orig.insert(key.clone(), Value::Array(merged));
             }
             scalar => {
@@ -148,8 +161,12 @@ fn merge_map(
                 )));
             };
             let (kind, _) = node.list(field);
+            if patch.get(field).is_some_and(Value::is_array) || kind == ListKind::Atomic {
+                continue; // ordered with its merge above
+            }
             if let Some(Value::Array(current)) = orig.get_mut(field) {
-                reorder(kind, current, order);
+                let live = std::mem::take(current);
+                *current = normalize_order(kind, live.clone(), order, &live);
             }
         }
     }
@@ -231,23 +248,50 @@ fn merge_list(
     }
 }
 
-/// Orders `list` as `order` says (`$setElementOrder`): the named elements first, in that
-/// order, then the ones only the server knows, in their current order.
-fn reorder(kind: ListKind, list: &mut Vec<Value>, order: &[Value]) {
+/// Orders a merged list as kube-apiserver does: the elements named in `order` (the
+/// `$setElementOrder` list, or the patch's own list) in that order, interleaved with the
+/// elements only the server had, which keep their live order; where both kinds were in
+/// the live list, the live order decides (`normalizeElementOrder` + `mergeSortedSlice`).
+fn normalize_order(
+    kind: ListKind,
+    merged: Vec<Value>,
+    order: &[Value],
+    live: &[Value],
+) -> Vec<Value> {
     let identity = |v: &Value| -> Option<Value> {
         match kind {
             ListKind::Map { merge_key, .. } => v.get(merge_key).cloned(),
             _ => Some(v.clone()),
         }
     };
-    let mut rest = std::mem::take(list);
-    for wanted in order {
-        let Some(id) = identity(wanted) else { continue };
-        if let Some(i) = rest.iter().position(|v| identity(v).as_ref() == Some(&id)) {
-            list.push(rest.remove(i));
-        }
+    let index_in = |list: &[Value], v: &Value| -> Option<usize> {
+        let id = identity(v)?;
+        list.iter().position(|x| identity(x).as_ref() == Some(&id))
+    };
+    let (mut patched, mut server_only): (Vec<Value>, Vec<Value>) = merged
+        .into_iter()
+        .partition(|v| index_in(order, v).is_some());
+    patched.sort_by_key(|v| index_in(order, v));
+    server_only.sort_by_key(|v| index_in(live, v).unwrap_or(usize::MAX));
+    let mut out = Vec::with_capacity(patched.len() + server_only.len());
+    let (mut left, mut right) = (
+        server_only.into_iter().peekable(),
+        patched.into_iter().peekable(),
+    );
+    loop {
+        let take_left = match (left.peek(), right.peek()) {
+            (None, None) => break,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some(l), Some(r)) => match (index_in(live, l), index_in(live, r)) {
+                (Some(li), Some(ri)) => li < ri,
+                _ => false,
+            },
+        };
+        let next = if take_left { left.next() } else { right.next() };
+        out.extend(next);
     }
-    list.extend(rest);
+    out
 }
 
 #[cfg(test)]
@@ -293,7 +337,9 @@ mod tests {
         .unwrap();
         let c = &out["spec"]["template"]["spec"]["containers"];
         assert_eq!(c.as_array().unwrap().len(), 3);
-        assert_eq!(c[2]["name"], "third");
+        // Patch order, with server-only elements after (kube's mergeSortedSlice).
+        assert_eq!(c[1]["name"], "third");
+        assert_eq!(c[2]["name"], "side");
         let env = &c[0]["env"];
         assert_eq!(
             env,
@@ -362,8 +408,9 @@ mod tests {
 
     #[test]
     fn primitive_set_union_and_delete_from_primitive_list() {
+        // Patch order first, as kubectl computes it.
         let out = smp(&deploy(), json!({"metadata":{"finalizers":["b","a"]}})).unwrap();
-        assert_eq!(out["metadata"]["finalizers"], json!(["a", "b"]));
+        assert_eq!(out["metadata"]["finalizers"], json!(["b", "a"]));
         let out = smp(
             &out,
             json!({"metadata":{"$deleteFromPrimitiveList/finalizers":["a"]}}),
