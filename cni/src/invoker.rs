@@ -14,7 +14,9 @@ use serde_json::{Map, Value};
 
 use crate::error::{CniError, Result, code};
 use crate::exec::{PluginEnv, exec_plugin, find_plugin};
-use crate::types::{Attachment, CniResult, NetworkConfigList, check_version, is_legacy};
+use crate::types::{
+    Attachment, CniResult, NetworkConfigList, SUPPORTED_VERSIONS, check_version, is_legacy,
+};
 
 pub const DEFAULT_CONF_DIR: &str = "/etc/cni/net.d";
 pub const DEFAULT_BIN_DIR: &str = "/opt/cni/bin";
@@ -58,6 +60,23 @@ pub fn parse_config(bytes: &[u8]) -> Result<NetworkConfigList> {
     };
     if list.name.is_empty() {
         return Err(CniError::config("name: missing"));
+    }
+    let mut list = list;
+    if !list.cni_versions.is_empty() {
+        // 1.1.0 `cniVersions`: run the newest version both sides speak.
+        let best = SUPPORTED_VERSIONS
+            .iter()
+            .rev()
+            .find(|v| list.cni_versions.iter().any(|c| c == *v));
+        match best {
+            Some(v) => list.cni_version = v.to_string(),
+            None => {
+                return Err(CniError::new(
+                    code::INCOMPATIBLE_VERSION,
+                    format!("cniVersions: none of {:?} is supported", list.cni_versions),
+                ));
+            }
+        }
     }
     check_version(&list.cni_version)?;
     if list.plugins.is_empty() {

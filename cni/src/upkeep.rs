@@ -120,6 +120,12 @@ pub fn check(conf: &BridgeConf, call: &Call) -> Result<()> {
 
 /// GC: release whatever belongs to attachments not in `cni.dev/valid-attachments`.
 pub fn gc(conf: &BridgeConf, call: &Call, stdin: &[u8]) -> Result<()> {
+    if conf.valid_attachments.is_none() {
+        // Without the list every attachment would look leaked: refuse, never wipe.
+        return Err(CniError::config(
+            "cni.dev/valid-attachments: required for GC",
+        ));
+    }
     let valid = conf.valid_set();
     let hashes: HashSet<String> = valid
         .iter()

@@ -232,4 +232,9 @@ fn config_dir_is_read_in_lexical_order_and_bad_files_are_named() {
     let e = parse_config(br#"{"cniVersion":"7.0.0","name":"v","plugins":[{"type":"x"}]}"#)
         .expect_err("version");
     assert_eq!(e.code, 1);
+    let l = parse_config(
+        br#"{"cniVersion":"1.0.0","cniVersions":["0.4.0","1.1.0","9.0.0"],"name":"v","plugins":[{"type":"x"}]}"#,
+    )
+    .expect("cniVersions");
+    assert_eq!(l.cni_version, "1.1.0");
 }

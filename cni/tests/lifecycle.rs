@@ -203,6 +203,12 @@ fn gc_releases_what_valid_attachments_does_not_name() {
     let (a, b) = (Netns::new("a"), Netns::new("b"));
     let keep = Attached::add(&net, &a, None);
     let lose = Attached::add(&net, &b, None);
+    let refused = plugin("GC", "", None, "", &net.conf);
+    assert!(
+        !refused.ok,
+        "GC without valid-attachments must not release everything"
+    );
+    assert_eq!(net.leases().len(), 2);
     let mut conf = net.conf.clone();
     conf["cni.dev/valid-attachments"] = json!([{"containerID": keep.id, "ifname": "eth0"}]);
     let out = plugin("GC", "", None, "", &conf);
