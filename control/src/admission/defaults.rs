@@ -31,7 +31,10 @@ pub fn default(kind: &str, obj: &mut Value) {
         "CronJob" => cron_job(o),
         "Service" => service(o),
         "Namespace" => namespace(o),
-        "Secret" => set(o, "type", json!("Opaque")),
+        "Secret" => {
+            set(o, "type", json!("Opaque"));
+            secret_string_data(o);
+        }
         "PersistentVolumeClaim" => {
             if let Some(spec) = child(o, "spec") {
                 set(spec, "volumeMode", json!("Filesystem"));
@@ -91,6 +94,26 @@ pub fn default(kind: &str, obj: &mut Value) {
             }
         }
         _ => {}
+    }
+}
+
+/// `stringData` is write-only: its values are stored base64-encoded in `data`, where they
+/// win over `data`'s, as the API's conversion does.
+fn secret_string_data(o: &mut Map<String, Value>) {
+    use base64::Engine;
+    let Some(Value::Object(plain)) = o.shift_remove("stringData") else {
+        return;
+    };
+    let Some(data) = child(o, "data") else {
+        return;
+    };
+    for (k, v) in plain {
+        let text = match v {
+            Value::String(s) => s,
+            other => other.to_string(),
+        };
+        let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+        data.insert(k, json!(encoded));
     }
 }
 
@@ -706,6 +729,16 @@ mod tests {
         assert_eq!(
             ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
             1
+        );
+    }
+
+    #[test]
+    fn secret_string_data_moves_into_data() {
+        let mut s = json!({"data":{"a":"eA==","b":"eA=="},"stringData":{"b":"hello"}});
+        default("Secret", &mut s);
+        assert_eq!(
+            s,
+            json!({"data":{"a":"eA==","b":"aGVsbG8="},"type":"Opaque"})
         );
     }
 

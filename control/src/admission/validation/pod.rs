@@ -266,13 +266,14 @@ fn env(list: Option<&Value>, path: &FieldPath, errs: &mut Vec<Cause>) {
     for (i, e) in list.iter().enumerate() {
         let ep = path.index(i);
         match str_at(e, "name").filter(|n| !n.is_empty()) {
-            Some(name) if name.contains('=') || !name.chars().all(|c| c.is_ascii_graphic()) => errs
-                .push(field::invalid(
+            Some(name) if name.contains('=') || !name.chars().all(|c| (' '..='~').contains(&c)) => {
+                errs.push(field::invalid(
                     &ep.child("name"),
                     &json!(name),
                     "a valid environment variable name must consist only of printable ASCII \
                      characters other than '='",
-                )),
+                ))
+            }
             Some(_) => {}
             None => errs.push(field::required(&ep.child("name"), "")),
         }
