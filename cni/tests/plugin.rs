@@ -51,9 +51,32 @@ fn dual_stack_mtu_mac_and_routes() {
     );
     let (a, b) = (Netns::new("a"), Netns::new("b"));
     let pa = Attached::add(&net, &a, None);
+    // Pod B serves on both families behind a hostPort.
+    let (port, server) = serve(&b, "[::]", "v6 hostport ok", 2);
+    let hp = 30000 + (std::process::id() % 20000) as u16;
     let mut conf_b = net.conf.clone();
     conf_b.as_object_mut().expect("obj").remove("mac");
+    conf_b["runtimeConfig"] = json!({"portMappings": [{"hostPort": hp, "containerPort": port}]});
     let pb = Attached::add(&net, &b, Some(conf_b));
+    let gw6: std::net::IpAddr = pb.result["ips"][1]["gateway"]
+        .as_str()
+        .expect("gw6")
+        .parse()
+        .expect("ip");
+    let gw4: std::net::IpAddr = pb.result["ips"][0]["gateway"]
+        .as_str()
+        .expect("gw4")
+        .parse()
+        .expect("ip");
+    assert_eq!(
+        fetch(None, SocketAddr::new(gw6, hp)).expect("IPv6 hostPort"),
+        "v6 hostport ok"
+    );
+    assert_eq!(
+        fetch(None, SocketAddr::new(gw4, hp)).expect("IPv4 hostPort"),
+        "v6 hostport ok"
+    );
+    server.join().expect("server");
     assert_eq!(pa.result["ips"].as_array().map(Vec::len), Some(2));
     assert!(a.ping(&pb.ip(1)), "IPv6 pod-to-pod failed to {}", pb.ip(1));
     let link =
