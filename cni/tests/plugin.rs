@@ -157,9 +157,10 @@ fn hostport_reaches_a_pod_from_another_host_the_node_and_a_pod() {
     let remote = Netns::new("r");
     let t = tag();
     let (hv, rv) = (format!("hr{t}"), format!("rr{t}"));
-    let octet = 100 + std::process::id() % 100;
-    let node_ip = format!("192.168.{octet}.1");
-    let remote_ip = format!("192.168.{octet}.2/24");
+    // 198.18.0.0/15 is reserved for benchmarking: never a real LAN this host sits on.
+    let octet = std::process::id() % 250;
+    let node_ip = format!("198.18.{octet}.1");
+    let remote_ip = format!("198.18.{octet}.2/24");
     run_ip(&[
         "link",
         "add",

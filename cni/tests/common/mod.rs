@@ -32,9 +32,10 @@ pub fn tag() -> String {
     )
 }
 
-/// A per-test /24 in 10.2xx.0.0/16 so parallel tests and parallel runs differ.
+/// A per-test /24 in 10.200-239.x.0 (clear of the 10.244 pod and 10.96 service CIDRs
+/// and of the acceptance check's 10.250) so parallel tests and parallel runs differ.
 pub fn subnet(idx: u8) -> String {
-    format!("10.{}.{}.0/24", 200 + std::process::id() % 50, idx)
+    format!("10.{}.{}.0/24", 200 + std::process::id() % 40, idx)
 }
 
 pub fn run_ip(args: &[&str]) {
