@@ -217,3 +217,118 @@ fn runtime_default_for_sys_admin_opens_unshare_and_clone_flags() {
     assert!(libc::WIFEXITED(status), "status {status:#x}");
     assert_eq!(libc::WEXITSTATUS(status), 0);
 }
+
+/// SCMP_ACT_NOTIFY: the child's listener fd travels child → runtime (socketpair) →
+/// agent (listenerPath, with the process state); the agent answers the parked mkdir
+/// with EXDEV, which the child sees.
+#[test]
+fn notify_reaches_the_agent_which_answers() {
+    use hull_runtime::seccomp::notify;
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    let sock_path =
+        std::env::temp_dir().join(format!("hull-seccomp-agent-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock_path);
+    struct Unlink(std::path::PathBuf);
+    impl Drop for Unlink {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _unlink = Unlink(sock_path.clone());
+    let agent_sock = UnixListener::bind(&sock_path).unwrap();
+    let filter = seccomp::compile(&spec(&format!(
+        r#"{{"defaultAction":"SCMP_ACT_ALLOW","listenerPath":{:?},"listenerMetadata":"m1",
+            "syscalls":[{{"names":["mkdir"],"action":"SCMP_ACT_NOTIFY"}}]}}"#,
+        sock_path
+    )))
+    .unwrap();
+    assert!(filter.needs_listener());
+
+    let (parent_end, child_end) = UnixStream::pair().unwrap();
+    let dir = tmp_path("notify");
+    // SAFETY: the child only makes async-signal-safe calls (prctl, seccomp, sendmsg,
+    // close, mkdir, _exit) on memory prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        unsafe {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                libc::_exit(100);
+            }
+            let Ok(Some(fd)) = filter.load_with_listener() else {
+                libc::_exit(101);
+            };
+            if notify::send_fd(child_end.as_fd(), fd.as_fd(), b"listener").is_err() {
+                libc::_exit(102);
+            }
+            drop(fd);
+            let rc = libc::mkdir(dir.as_ptr(), 0o700);
+            libc::_exit(if rc == -1 && errno() == libc::EXDEV {
+                0
+            } else {
+                1
+            });
+        }
+    }
+    // Hang guard: whatever goes wrong below, the child cannot outlive 60 s.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if done_rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .is_err()
+        {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+
+    let agent = std::thread::spawn(move || -> Result<(serde_json::Value, i32), String> {
+        let (conn, _) = agent_sock.accept().map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 65536];
+        let (n, fd) = notify::recv_fd(conn.as_fd(), &mut buf).map_err(|e| e.to_string())?;
+        let fd = fd.ok_or("no fd from the runtime")?;
+        let state: serde_json::Value =
+            serde_json::from_slice(&buf[..n]).map_err(|e| e.to_string())?;
+        // SAFETY: zeroed seccomp_notif as the kernel requires; fd is the listener.
+        let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_RECV, &mut req) } != 0 {
+            return Err(format!("NOTIF_RECV: {}", std::io::Error::last_os_error()));
+        }
+        let nr = req.data.nr;
+        let mut resp = libc::seccomp_notif_resp {
+            id: req.id,
+            val: 0,
+            error: -libc::EXDEV,
+            flags: 0,
+        };
+        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp) } != 0 {
+            return Err(format!("NOTIF_SEND: {}", std::io::Error::last_os_error()));
+        }
+        Ok((state, nr))
+    });
+
+    let mut buf = [0u8; 64];
+    let (n, listener) = notify::recv_fd(parent_end.as_fd(), &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"listener");
+    let listener = listener.expect("listener fd from the child");
+    let mut state = oci_spec::runtime::ContainerProcessState::default();
+    state.set_pid(pid);
+    state.set_metadata(Some("m1".into()));
+    notify::send_to_agent(&sock_path, listener.as_fd(), &state).unwrap();
+    drop(listener);
+
+    let (state, nr) = agent.join().unwrap().unwrap();
+    let mut status = 0;
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    let _ = done_tx.send(());
+    assert_eq!(nr as i64, libc::SYS_mkdir);
+    assert_eq!(state["fds"], serde_json::json!(["seccompFd"]));
+    assert_eq!(state["pid"], pid);
+    assert_eq!(state["metadata"], "m1");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "status {status:#x}"
+    );
+    assert!(!std::path::Path::new(dir.to_str().unwrap()).exists());
+}

@@ -3,6 +3,7 @@
 //! Module map:
 //! - `mod.rs`: [`compile`] (before fork) and [`Filter::load`] (in the child).
 //! - `profile`: [`runtime_default`], the RuntimeDefault profile Kubernetes asks for.
+//! - `notify`: passing the `SCMP_ACT_NOTIFY` listener fd to a seccomp agent.
 //!
 //! Compiling uses libseccomp (Debian's `libseccomp2`, through the `libseccomp` crate),
 //! as runc, crun and youki do. The pure-Rust `seccompiler` was the alternative; it
@@ -15,6 +16,7 @@
 //! the `seccomp(2)` call. That keeps the child free of libseccomp (which allocates) at
 //! the point where it runs, right before `execve`.
 
+pub mod notify;
 mod profile;
 
 pub use profile::{runtime_default, runtime_default_for};
@@ -40,6 +42,12 @@ pub enum SeccompError {
     Export(std::io::Error),
     #[error("seccomp(SECCOMP_SET_MODE_FILTER): {0}")]
     Load(std::io::Error),
+    #[error("linux.seccomp.listenerPath {path}: {source}")]
+    Agent {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 // seccomp(2) flags (linux/seccomp.h).
@@ -47,6 +55,8 @@ const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
 const FLAG_TSYNC: libc::c_ulong = 1;
 const FLAG_LOG: libc::c_ulong = 2;
 const FLAG_SPEC_ALLOW: libc::c_ulong = 4;
+const FLAG_NEW_LISTENER: libc::c_ulong = 8;
+const FLAG_TSYNC_ESRCH: libc::c_ulong = 16;
 const FLAG_WAIT_KILLABLE_RECV: libc::c_ulong = 32;
 
 /// A compiled filter: the BPF program and the `seccomp(2)` flags to load it with.
@@ -54,6 +64,8 @@ const FLAG_WAIT_KILLABLE_RECV: libc::c_ulong = 32;
 pub struct Filter {
     program: Vec<libc::sock_filter>,
     flags: libc::c_ulong,
+    /// Some rule notifies a seccomp agent: load with [`Filter::load_with_listener`].
+    listener: bool,
 }
 
 impl Filter {
@@ -67,15 +79,45 @@ impl Filter {
         self.program.is_empty()
     }
 
+    /// Whether the profile has `SCMP_ACT_NOTIFY` rules, so the listener fd must go to
+    /// the agent at `linux.seccomp.listenerPath`.
+    pub fn needs_listener(&self) -> bool {
+        self.listener
+    }
+
     /// Installs the filter on the calling thread (and, with TSYNC, all its threads).
     ///
     /// Call in the container's init right before `execve`. It makes one syscall and
     /// allocates nothing unless `--explain` is on. The kernel requires either
     /// `no_new_privs` (set it first when the spec asks for it) or CAP_SYS_ADMIN.
+    /// A filter that [`needs_listener`](Self::needs_listener) loaded this way makes
+    /// notified syscalls fail with ENOSYS; use [`load_with_listener`](Self::load_with_listener).
     pub fn load(&self) -> Result<(), SeccompError> {
+        self.install(self.flags).map(|_| ())
+    }
+
+    /// Like [`load`](Self::load), and returns the user-notification listener fd when
+    /// the filter has `SCMP_ACT_NOTIFY` rules (hand it on with
+    /// [`notify::send_fd`] / [`notify::send_to_agent`]).
+    pub fn load_with_listener(&self) -> Result<Option<OwnedFd>, SeccompError> {
+        if !self.listener {
+            return self.load().map(|_| None);
+        }
+        let mut flags = self.flags | FLAG_NEW_LISTENER;
+        // With TSYNC the return value would be a thread id on failure; the kernel
+        // insists on TSYNC_ESRCH so the listener fd is unambiguous.
+        if flags & FLAG_TSYNC != 0 {
+            flags |= FLAG_TSYNC_ESRCH;
+        }
+        let fd = self.install(flags)?;
+        // SAFETY: with NEW_LISTENER, seccomp(2) returns a new fd that we now own.
+        Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
+    fn install(&self, flags: libc::c_ulong) -> Result<libc::c_long, SeccompError> {
         crate::explain!(
             "seccomp(SECCOMP_SET_MODE_FILTER, flags={:#x}, {} BPF instructions)",
-            self.flags,
+            flags,
             self.program.len()
         );
         let prog = libc::sock_fprog {
@@ -88,14 +130,14 @@ impl Filter {
             libc::syscall(
                 libc::SYS_seccomp,
                 SECCOMP_SET_MODE_FILTER,
-                self.flags,
+                flags,
                 &prog as *const libc::sock_fprog,
             )
         };
         if rc < 0 {
             return Err(SeccompError::Load(std::io::Error::last_os_error()));
         }
-        Ok(())
+        Ok(rc)
     }
 }
 
@@ -131,12 +173,7 @@ fn action(
         LinuxSeccompAction::ScmpActTrace => ScmpAction::Trace(errno(errno_ret)?),
         LinuxSeccompAction::ScmpActLog => ScmpAction::Log,
         LinuxSeccompAction::ScmpActAllow => ScmpAction::Allow,
-        LinuxSeccompAction::ScmpActNotify => {
-            return Err(invalid(
-                field.to_string(),
-                "SCMP_ACT_NOTIFY needs a seccomp agent (linux.seccomp.listenerPath), which hull does not support yet",
-            ));
-        }
+        LinuxSeccompAction::ScmpActNotify => ScmpAction::Notify,
     })
 }
 
@@ -184,6 +221,13 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Filter, SeccompError> {
         spec.default_errno_ret(),
         "linux.seccomp.defaultAction",
     )?;
+    if spec.default_action() == LinuxSeccompAction::ScmpActNotify {
+        return Err(invalid(
+            "linux.seccomp.defaultAction".into(),
+            "SCMP_ACT_NOTIFY cannot be the default action (the agent itself could not run)",
+        ));
+    }
+    let mut listener = false;
     let mut ctx = ScmpFilterContext::new(default)?;
 
     for (i, arch) in spec.architectures().iter().flatten().enumerate() {
@@ -225,6 +269,15 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Filter, SeccompError> {
             ));
         }
         let act = action(rule.action(), rule.errno_ret(), &format!("{field}.action"))?;
+        if act == ScmpAction::Notify {
+            if spec.listener_path().is_none() {
+                return Err(invalid(
+                    format!("{field}.action"),
+                    "SCMP_ACT_NOTIFY needs a seccomp agent at linux.seccomp.listenerPath",
+                ));
+            }
+            listener = true;
+        }
         let args = rule.args().as_deref().unwrap_or(&[]);
         let cmps = args
             .iter()
@@ -264,6 +317,7 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Filter, SeccompError> {
     Ok(Filter {
         program: export(&ctx)?,
         flags,
+        listener,
     })
 }
 
