@@ -238,3 +238,30 @@ fn config_dir_is_read_in_lexical_order_and_bad_files_are_named() {
     .expect("cniVersions");
     assert_eq!(l.cni_version, "1.1.0");
 }
+
+#[test]
+fn a_failing_chain_is_unwound() {
+    require_root();
+    let s = Scratch::new();
+    let net = Net::new(&[&subnet(23)], json!({}));
+    let mut bridge = net.conf.clone();
+    bridge.as_object_mut().expect("obj").remove("name");
+    let list = parse_config(
+        json!({"cniVersion": "1.0.0", "name": net.name, "plugins": [bridge, {"type": "no-such-plugin"}]})
+            .to_string()
+            .as_bytes(),
+    )
+    .expect("parse");
+    let inv = s.invoker();
+    let ns = Netns::new("u");
+    let r = rt(&format!("uw{}", tag()), &ns.path());
+    let e = inv.add(&list, &r).expect_err("chain with a missing plugin");
+    assert_eq!(e.code, 50, "{e}");
+    assert!(e.msg.contains("no-such-plugin"), "{e}");
+    assert!(
+        net.leases().is_empty(),
+        "hull-bridge's lease survived the unwind"
+    );
+    assert_eq!(net.ports(), 0, "hull-bridge's veth survived the unwind");
+    assert!(inv.cached_result(&list.name, &r).is_none());
+}
