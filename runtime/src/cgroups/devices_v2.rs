@@ -7,91 +7,14 @@
 //! few instructions per rule, like runc's `devicefilter`), which avoids a dependency on
 //! an eBPF toolchain for a program this small.
 //!
-//! Semantics follow v1, which the OCI list is written for: rules apply in order and the
-//! last matching one wins; a rule with type `a` and no major/minor resets the default.
-//! The program checks rules last-to-first and returns at the first match.
+//! Semantics follow v1, which the OCI list is written for (see `devices`): the program
+//! checks rules last-to-first and returns at the first match.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-use oci_spec::runtime::LinuxDeviceCgroup;
-
 use super::CgroupError;
-
-/// One rule: `typ` is b'a', b'b' or b'c'; `None` major/minor is the wildcard `*`;
-/// `access` is a subset of "rwm".
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceRule {
-    pub allow: bool,
-    pub typ: u8,
-    pub major: Option<i64>,
-    pub minor: Option<i64>,
-    pub access: String,
-}
-
-impl DeviceRule {
-    /// Parses a v1-style entry like `c 1:3 rwm` (the runtime's default device list).
-    pub fn parse(allow: bool, entry: &str) -> Option<Self> {
-        let mut it = entry.split_whitespace();
-        let typ = *it.next()?.as_bytes().first()?;
-        let (maj, min) = it.next()?.split_once(':')?;
-        let num = |s: &str| {
-            if s == "*" {
-                Some(None)
-            } else {
-                s.parse().ok().map(Some)
-            }
-        };
-        Some(DeviceRule {
-            allow,
-            typ,
-            major: num(maj)?,
-            minor: num(min)?,
-            access: it.next()?.to_string(),
-        })
-    }
-
-    fn is_wildcard(&self) -> bool {
-        self.typ == b'a' && self.major.is_none() && self.minor.is_none()
-    }
-}
-
-/// The OCI list (validated) followed by the runtime's default devices, as v1 applies it.
-pub fn rules(
-    spec: &[LinuxDeviceCgroup],
-    defaults: &[&str],
-) -> Result<Vec<DeviceRule>, CgroupError> {
-    let mut out = Vec::new();
-    for (i, d) in spec.iter().enumerate() {
-        let access = d.access().clone().unwrap_or_else(|| "rwm".to_string());
-        if access.is_empty() || !access.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
-            return Err(CgroupError::Invalid {
-                field: format!("linux.resources.devices[{i}].access"),
-                reason: format!("{access:?} must be made of r, w and m"),
-            });
-        }
-        let typ = match d.typ().map(|t| t.as_str().to_string()).as_deref() {
-            None | Some("a") => b'a',
-            Some("b") => b'b',
-            Some("c" | "u") => b'c',
-            Some(other) => {
-                return Err(CgroupError::Invalid {
-                    field: format!("linux.resources.devices[{i}].type"),
-                    reason: format!("{other:?} is not a device cgroup type (a, b or c)"),
-                });
-            }
-        };
-        out.push(DeviceRule {
-            allow: d.allow(),
-            typ,
-            major: d.major(),
-            minor: d.minor(),
-            access,
-        });
-    }
-    out.extend(defaults.iter().filter_map(|e| DeviceRule::parse(true, e)));
-    Ok(out)
-}
+use super::devices::DeviceRule;
 
 // eBPF encoding (linux/bpf.h, linux/bpf_common.h).
 const LDX_MEM_W: u8 = 0x61; // BPF_LDX | BPF_MEM | BPF_W

@@ -4,7 +4,7 @@
 //! - `hierarchy`: which layout the host has (from /proc/self/mountinfo), injectable roots.
 //! - `path`: OCI `linux.cgroupsPath` (absolute, relative, systemd `slice:prefix:name`).
 //! - `v1` / `v2`: `linux.resources` → controller files for each version.
-//! - `devices_v2`: the v2 device controller, an eBPF program attached to the cgroup.
+//! - `devices`: device allow/deny rules (v1 files); `devices_v2`: the same as eBPF.
 //! - `stats`: usage counters shaped like runc's `events --stats`.
 //! - `fs`: the narrated file reads and writes everything above goes through.
 //!
@@ -34,6 +34,7 @@
 //! also placed in the v2 tree, where `cgroup.kill` kills the whole container atomically
 //! and `cgroup.procs` lists it even across v1 controllers that are not mounted.
 
+pub mod devices;
 pub mod devices_v2;
 mod fs;
 pub mod hierarchy;
@@ -251,10 +252,7 @@ impl CgroupManager {
                 // leaves the cgroup as it was.
                 let plan = v2::plan(r, &|f| dir.join(f).exists())?;
                 let devices = match r.devices() {
-                    Some(d) => Some(devices_v2::program(&devices_v2::rules(
-                        d,
-                        v1::DEFAULT_ALLOWED_DEVICES,
-                    )?)),
+                    Some(d) => Some(devices_v2::program(&devices::rules(d)?)),
                     None => None,
                 };
                 for (file, value) in plan {

@@ -7,25 +7,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
+use oci_spec::runtime::LinuxResources;
 
 use super::CgroupError;
 use super::fs::{read_opt, write};
-
-/// Device rules a container always gets on top of its spec's (the devices the runtime
-/// creates in /dev), as runc does; without them a "deny all" spec breaks /dev/null.
-pub const DEFAULT_ALLOWED_DEVICES: &[&str] = &[
-    "c 1:3 rwm",    // /dev/null
-    "c 1:5 rwm",    // /dev/zero
-    "c 1:7 rwm",    // /dev/full
-    "c 1:8 rwm",    // /dev/random
-    "c 1:9 rwm",    // /dev/urandom
-    "c 5:0 rwm",    // /dev/tty
-    "c 5:1 rwm",    // /dev/console
-    "c 5:2 rwm",    // /dev/ptmx
-    "c 136:* rwm",  // /dev/pts/*
-    "c 10:200 rwm", // /dev/net/tun
-];
 
 /// Makes a newly created cpuset cgroup usable: v1 cpusets start with empty
 /// `cpuset.cpus`/`cpuset.mems`, and adding a task to such a cgroup fails with ENOSPC.
@@ -251,7 +236,7 @@ pub fn apply(dirs: &BTreeMap<String, PathBuf>, r: &LinuxResources) -> Result<(),
 
     if let Some(devices) = r.devices() {
         let d = need("devices", "linux.resources.devices")?;
-        apply_devices(d, devices)?;
+        super::devices::apply_v1(d, &super::devices::rules(devices)?)?;
     }
 
     if r.unified().as_ref().is_some_and(|u| !u.is_empty()) {
@@ -319,70 +304,6 @@ fn apply_memory(d: &Path, limit: Option<i64>, swap: Option<i64>) -> Result<(), C
         }
         (None, Some(s)) => write(d, "memory.memsw.limit_in_bytes", &limit_str(s))?,
         (None, None) => {}
-    }
-    Ok(())
-}
-
-/// Device cgroup v1: an allow/deny list applied in order. A spec's list is applied
-/// after a "deny all" unless it starts by allowing everything (as runc does), then the
-/// runtime's own default devices are allowed.
-fn apply_devices(d: &Path, rules: &[LinuxDeviceCgroup]) -> Result<(), CgroupError> {
-    for (i, rule) in rules.iter().enumerate() {
-        let access = rule.access().as_deref().unwrap_or("rwm");
-        if access.is_empty() || !access.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
-            return Err(CgroupError::Invalid {
-                field: format!("linux.resources.devices[{i}].access"),
-                reason: format!("{access:?} must be made of r, w and m"),
-            });
-        }
-    }
-    let mut rules_text: Vec<(bool, String)> = Vec::new();
-    for (i, rule) in rules.iter().enumerate() {
-        // 'u' (unbuffered char) is a mknod type; the device cgroup knows it as 'c'.
-        let typ = match rule.typ().map(|t| t.as_str().to_string()).as_deref() {
-            None | Some("a") => "a",
-            Some("b") => "b",
-            Some("c" | "u") => "c",
-            Some(other) => {
-                return Err(CgroupError::Invalid {
-                    field: format!("linux.resources.devices[{i}].type"),
-                    reason: format!("{other:?} is not a device cgroup type (a, b or c)"),
-                });
-            }
-        };
-        let major = rule
-            .major()
-            .map(|m| m.to_string())
-            .unwrap_or_else(|| "*".into());
-        let minor = rule
-            .minor()
-            .map(|m| m.to_string())
-            .unwrap_or_else(|| "*".into());
-        let access = rule.access().as_deref().unwrap_or("rwm");
-        let entry = if typ == "a" {
-            "a".to_string()
-        } else {
-            format!("{typ} {major}:{minor} {access}")
-        };
-        rules_text.push((rule.allow(), entry));
-    }
-    let starts_allow_all = rules_text.first().is_some_and(|(a, e)| *a && e == "a");
-    if !starts_allow_all {
-        write(d, "devices.deny", "a")?;
-    }
-    for (allow, entry) in &rules_text {
-        write(
-            d,
-            if *allow {
-                "devices.allow"
-            } else {
-                "devices.deny"
-            },
-            entry,
-        )?;
-    }
-    for entry in DEFAULT_ALLOWED_DEVICES {
-        write(d, "devices.allow", entry)?;
     }
     Ok(())
 }
