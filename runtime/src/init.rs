@@ -42,6 +42,8 @@ pub(crate) struct InitConfig<'a> {
     /// State JSON for the hooks run inside the container.
     pub hook_state: serde_json::Value,
     pub seccomp: Option<&'a crate::seccomp::Filter>,
+    /// The container's cgroup as /proc/PID/cgroup shows it (e.g. /hull/c1).
+    pub cgroup_path: PathBuf,
 }
 
 /// Entry point in the cloned child. Never returns.
@@ -65,12 +67,18 @@ fn run(cfg: &InitConfig<'_>) -> Result<Infallible> {
     if cfg.staged {
         enter_namespaces(cfg)?;
     }
-    cfg.chan.expect(tag::GO)?;
+    let go = cfg.chan.expect(tag::GO)?;
+    let mut hook_state = cfg.hook_state.clone();
+    if let Some(b) = go.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
+        hook_state["pid"] = i32::from_ne_bytes(b).into();
+    }
     let userns = plan.has(CloneFlags::CLONE_NEWUSER);
     if plan.new.contains(CloneFlags::CLONE_NEWUSER) {
         become_ns_root()?;
     }
+    let mut in_cgroup = false;
     if plan.new.contains(CloneFlags::CLONE_NEWCGROUP) {
+        wait_cgroup(cfg, &mut in_cgroup)?;
         explain!("unshare(CLONE_NEWCGROUP) (now that we are in the container's cgroup)");
         nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
             .ctx(|| "unshare cgroup namespace".into())?;
@@ -104,11 +112,13 @@ fn run(cfg: &InitConfig<'_>) -> Result<Infallible> {
         bundle: cfg.bundle,
         userns,
         cgroupns: plan.has(CloneFlags::CLONE_NEWCGROUP),
+        cgroup_path: &cfg.cgroup_path,
     };
     if new_mnt {
         rootfs::prepare(&ctx)?;
     }
     if cfg.runtime_hooks {
+        wait_cgroup(cfg, &mut in_cgroup)?;
         cfg.chan.send(tag::HOOKS, b"")?;
         cfg.chan.expect(tag::HOOKS_DONE)?;
     }
@@ -116,7 +126,7 @@ fn run(cfg: &InitConfig<'_>) -> Result<Infallible> {
     hooks::run_all(
         "createContainer",
         spec_hooks.and_then(|h| h.create_container().as_ref()),
-        &cfg.hook_state,
+        &hook_state,
     )?;
     if new_mnt {
         rootfs::pivot(cfg.rootfs)?;
@@ -141,7 +151,17 @@ fn run(cfg: &InitConfig<'_>) -> Result<Infallible> {
     }
     let prepared = Prepared::new(process)?;
     drop_privileges(process, userns, cfg.seccomp)?;
-    finish_and_exec(cfg, &prepared, fifo)
+    wait_cgroup(cfg, &mut in_cgroup)?;
+    finish_and_exec(cfg, &prepared, fifo, &hook_state)
+}
+
+/// Waits (once) for the parent to confirm we are in the container's cgroup.
+fn wait_cgroup(cfg: &InitConfig<'_>, done: &mut bool) -> Result<()> {
+    if !*done {
+        cfg.chan.expect(tag::CGROUP_DONE)?;
+        *done = true;
+    }
+    Ok(())
 }
 
 /// The program to exec, resolved before privileges are dropped so that a missing binary
@@ -240,6 +260,7 @@ fn finish_and_exec(
     cfg: &InitConfig<'_>,
     prog: &Prepared,
     fifo: Option<OwnedFd>,
+    hook_state: &serde_json::Value,
 ) -> Result<Infallible> {
     enter_cwd(&prog.cwd)?;
     close_fds(cfg.preserve_fds)?;
@@ -258,7 +279,7 @@ fn finish_and_exec(
     hooks::run_all(
         "startContainer",
         spec_hooks.and_then(|h| h.start_container().as_ref()),
-        &cfg.hook_state,
+        hook_state,
     )?;
     let nnp = cfg
         .spec

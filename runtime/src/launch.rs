@@ -53,6 +53,17 @@ pub(crate) struct Launched {
     pub spec: oci_spec::runtime::Spec,
 }
 
+/// Reaps a helper process when dropped.
+struct Reap(Option<i32>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = waitpid(Pid::from_raw(pid), None);
+        }
+    }
+}
+
 /// Undoes a half-made container unless disarmed.
 pub(crate) struct Cleanup {
     pub dir: Option<PathBuf>,
@@ -128,6 +139,43 @@ fn listen_fds() -> u32 {
         .unwrap_or(0)
 }
 
+/// Starts the cgroup-migration lock's RCU grace period early.
+///
+/// Moving a task between cgroups takes a global percpu rwsem whose writer side waits
+/// for an RCU grace period (often 10+ ms on a busy host) unless another writer entered
+/// less than one grace period ago; that wait is most of a container start. A throwaway
+/// child makes a no-op move ("0" = itself, into the cgroup it is already in) right away,
+/// so the grace period runs while we parse the config and build the container, and our
+/// real move of the init finds it already (or nearly) elapsed.
+fn prime_cgroup_migration() -> Option<i32> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let mut candidates = Vec::new();
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrl, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if ctrl.is_empty() {
+            candidates.push(format!("/sys/fs/cgroup/unified{path}/cgroup.procs"));
+            candidates.push(format!("/sys/fs/cgroup{path}/cgroup.procs"));
+        } else if ctrl == "pids" || ctrl == "memory" {
+            candidates.push(format!("/sys/fs/cgroup/{ctrl}{path}/cgroup.procs"));
+        }
+    }
+    let file = candidates.into_iter().find(|c| Path::new(c).exists())?;
+    let file = std::ffi::CString::new(file).ok()?;
+    // Allocation-free child: open, write, exit.
+    match unsafe { libc::fork() } {
+        0 => unsafe {
+            let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                libc::write(fd, b"0".as_ptr().cast(), 1);
+            }
+            libc::_exit(0)
+        },
+        pid if pid > 0 => Some(pid),
+        _ => None,
+    }
+}
+
 /// Creates the container and brings its init to the point of exec.
 pub(crate) fn launch(
     root: &Path,
@@ -137,6 +185,8 @@ pub(crate) fn launch(
     mode: Mode,
 ) -> Result<Launched> {
     spec::validate_id(id)?;
+    let primer = prime_cgroup_migration();
+    let _reap = Reap(primer);
     let Bundle {
         dir: bundle_dir,
         rootfs,
@@ -232,6 +282,7 @@ pub(crate) fn launch(
         runtime_hooks,
         hook_state: st.oci_json(),
         seccomp: seccomp.as_ref(),
+        cgroup_path: cg.path(),
     };
     if staged && mode == Mode::Run {
         // The init will be our grandchild: make it ours to reap when it is orphaned.
@@ -261,16 +312,17 @@ pub(crate) fn launch(
             linux.ok_or_else(|| Error::Other("no linux section".into()))?,
         )?;
     }
-    cg.add_task(init_pid)
-        .map_err(|e| Error::Cgroup(e.to_string()))?;
-    if let Some(adj) = process.oom_score_adj() {
-        security::set_oom_score_adj(init_pid, adj);
-    }
     st.pid = init_pid;
     st.init_start_time = state::proc_stat(init_pid)
         .map(|s| s.1)
         .ok_or_else(|| Error::Init("exited during setup".into()))?;
     parent.send(tag::GO, &init_pid.to_ne_bytes())?;
+    cg.add_task(init_pid)
+        .map_err(|e| Error::Cgroup(e.to_string()))?;
+    if let Some(adj) = process.oom_score_adj() {
+        security::set_oom_score_adj(init_pid, adj);
+    }
+    parent.send(tag::CGROUP_DONE, b"")?;
     if runtime_hooks {
         parent.expect(tag::HOOKS)?;
         let h = hooks_spec.ok_or_else(|| Error::Other("hooks vanished".into()))?;

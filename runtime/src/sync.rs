@@ -13,6 +13,10 @@ use crate::error::{Context, Error, Result};
 pub mod tag {
     /// parent → init: namespaces/cgroup/maps are ready, carry on.
     pub const GO: u8 = b'G';
+    /// parent → init: you are in the container's cgroup now. Sent after GO because
+    /// moving a task between cgroups can wait for an RCU grace period; init builds
+    /// the rootfs meanwhile.
+    pub const CGROUP_DONE: u8 = b'C';
     /// intermediate → parent: please write my uid/gid maps.
     pub const MAPS: u8 = b'M';
     /// intermediate → parent: the init's pid (i32, native endian).

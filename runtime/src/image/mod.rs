@@ -17,8 +17,10 @@
 //! - `import`: OCI layouts (dir or tar) and `docker save` archives.
 //! - `store`: the `ImageStore` facade: layout under the data dir, list, rm, GC, leases.
 //! - `runconfig`: image config → process defaults (args, env, cwd, user → uid).
+//! - `bundle`: a container's OCI bundle: overlay rootfs + config.json from the image.
 
 pub mod auth;
+pub mod bundle;
 pub mod content;
 pub mod digest;
 pub mod import;

@@ -294,6 +294,12 @@ impl ImageStore {
             }
         }
         for l in self.leases()? {
+            // A lease outlives its container only if someone removed the container's
+            // dir by hand (as `hull run` without --rm tells them to): drop it.
+            if !self.root.join("containers").join(&l.container).exists() {
+                self.release(&l.container)?;
+                continue;
+            }
             snaps.extend(l.chain_ids);
         }
         let mut stats = GcStats::default();

@@ -90,7 +90,13 @@ fn is_controller(o: &str) -> bool {
 }
 
 /// Mounts the cgroup filesystem(s) at `dest` inside the rootfs open as `root`.
-pub fn mount(root: i32, dest: &Path, opts: &MountOptions, cgroupns: bool) -> Result<()> {
+pub fn mount(
+    root: i32,
+    dest: &Path,
+    opts: &MountOptions,
+    cgroupns: bool,
+    cgroup_path: &Path,
+) -> Result<()> {
     let fd = crate::rootfs::resolve::mkdir_all(root, dest)?;
     let target = crate::rootfs::resolve::fd_path(&fd);
     let target = target.as_path();
@@ -104,7 +110,7 @@ pub fn mount(root: i32, dest: &Path, opts: &MountOptions, cgroupns: bool) -> Res
         && only.fstype == "cgroup2"
         && only.mountpoint == Path::new("/sys/fs/cgroup")
     {
-        return mount_one(target, only, flags, cgroupns, &proc_cgroup);
+        return mount_one(target, only, flags, cgroupns, &proc_cgroup, cgroup_path);
     }
     // v1 / hybrid: a tmpfs holding one directory per hierarchy.
     mount_tmpfs(target, flags)?;
@@ -119,7 +125,7 @@ pub fn mount(root: i32, dest: &Path, opts: &MountOptions, cgroupns: bool) -> Res
         };
         let sub = target.join(name);
         std::fs::create_dir_all(&sub).ctx(|| format!("mkdir {}", sub.display()))?;
-        mount_one(&sub, h, flags, cgroupns, &proc_cgroup)?;
+        mount_one(&sub, h, flags, cgroupns, &proc_cgroup, cgroup_path)?;
         // Co-mounted controllers (cpu,cpuacct) are reachable under each name too.
         let n = name.to_string_lossy();
         if n.contains(',') {
@@ -162,6 +168,7 @@ fn mount_one(
     flags: MsFlags,
     cgroupns: bool,
     proc_cgroup: &str,
+    cgroup_path: &Path,
 ) -> Result<()> {
     if cgroupns {
         let data = (h.fstype == "cgroup").then_some(h.options.as_str());
@@ -173,7 +180,16 @@ fn mount_one(
             data,
         );
     }
-    let own = own_path(proc_cgroup, h).unwrap_or_else(|| "/".into());
+    // The container's cgroup if hull made one in this hierarchy (the parent may still be
+    // moving us into it), else wherever we are (e.g. a named hierarchy hull leaves alone).
+    let ours = h
+        .mountpoint
+        .join(cgroup_path.strip_prefix("/").unwrap_or(cgroup_path));
+    let own = if h.root == "/" && ours.is_dir() {
+        cgroup_path.to_string_lossy().into_owned()
+    } else {
+        own_path(proc_cgroup, h).unwrap_or_else(|| "/".into())
+    };
     // The host mount may itself be rooted below the hierarchy root.
     let rel = own
         .strip_prefix(h.root.trim_end_matches('/'))

@@ -28,6 +28,8 @@ pub struct Ctx<'a> {
     pub userns: bool,
     /// In a new cgroup namespace: `cgroup` mounts are real cgroup mounts.
     pub cgroupns: bool,
+    /// The container's cgroup path (bind source of `cgroup` mounts without cgroupns).
+    pub cgroup_path: &'a Path,
 }
 
 /// mount(2) with narration.
@@ -148,7 +150,7 @@ fn mount_one(ctx: &Ctx<'_>, root: i32, m: &Mount) -> Result<()> {
         .unwrap_or(if opts.bind { "bind" } else { "none" });
     let dest = m.destination();
     if typ == "cgroup" || typ == "cgroup2" {
-        return cgroupfs::mount(root, dest, &opts, ctx.cgroupns);
+        return cgroupfs::mount(root, dest, &opts, ctx.cgroupns, ctx.cgroup_path);
     }
     if opts.bind || typ == "bind" {
         let src = m
