@@ -297,22 +297,25 @@ impl Netlink {
                 libc::_exit(0);
             }
         }
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         drop(child_sock);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while self
-            .link_by_name(name)?
-            .is_some_and(|l| l.header.index == index)
-        {
+        let gone = loop {
+            match self.link_by_name(name) {
+                Ok(Some(l)) if l.header.index == index => {}
+                Ok(_) => break Ok(()),
+                Err(e) => break Err(e),
+            }
             if std::time::Instant::now() > deadline {
-                return Err(io::Error::new(
+                break Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("{name} still present after delete"),
                 ));
             }
             std::thread::sleep(std::time::Duration::from_micros(100));
-        }
-        Ok(())
+        };
+        // Reaped last: by now the middle process has long exited, so this never waits.
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        gone
     }
 
     // ---- addresses ----
