@@ -119,10 +119,10 @@ pub fn rules(spec: &[LinuxDeviceCgroup]) -> Result<Vec<DeviceRule>, CgroupError>
     Ok(out)
 }
 
-/// v1: deny everything unless the list starts by allowing everything (as runc does),
-/// then write each rule in order.
+/// v1: deny everything unless the list starts with its own wildcard rule (as runc
+/// does), then write each rule in order.
 pub fn apply_v1(d: &Path, rules: &[DeviceRule]) -> Result<(), CgroupError> {
-    if !rules.first().is_some_and(|r| r.allow && r.is_wildcard()) {
+    if !rules.first().is_some_and(DeviceRule::is_wildcard) {
         write(d, "devices.deny", "a")?;
     }
     for r in rules {
