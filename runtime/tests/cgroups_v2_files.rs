@@ -274,3 +274,48 @@ fn v2_stats_are_parsed_and_converted() {
     let err = cg.stats().unwrap_err().to_string();
     assert!(err.contains("memory.current"), "{err}");
 }
+
+/// `--explain` narrates each cgroup directory and file written. The narration goes to
+/// the process's stderr, so the test re-runs itself as a child and reads that.
+#[test]
+fn explain_narrates_every_cgroup_write() {
+    if let Ok(root) = std::env::var("HULL_CG_EXPLAIN_ROOT") {
+        hull_runtime::explain::set_enabled(true);
+        let root = PathBuf::from(root);
+        let leaf = root.join("c1");
+        fake_cgroup(&leaf, "");
+        let cg = manager(&root, "c1");
+        let r: LinuxResources =
+            serde_json::from_str(r#"{"memory":{"limit":1048576},"pids":{"limit":7}}"#).unwrap();
+        cg.apply(&r).unwrap();
+        return;
+    }
+    let t = TempRoot::new("explain");
+    fake_cgroup(&t.0, ALL);
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "explain_narrates_every_cgroup_write",
+            "--nocapture",
+        ])
+        .env("HULL_CG_EXPLAIN_ROOT", &t.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let leaf = t.0.join("c1");
+    for want in [
+        format!("[explain] cgroup layout v2 (v2 at {})", t.0.display()),
+        format!(
+            "[explain] cgroup write {}/cgroup.subtree_control = \"+cpuset +cpu +io +memory +hugetlb +pids\"",
+            t.0.display()
+        ),
+        format!(
+            "[explain] cgroup write {}/memory.max = \"1048576\"",
+            leaf.display()
+        ),
+        format!("[explain] cgroup write {}/pids.max = \"7\"", leaf.display()),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+}

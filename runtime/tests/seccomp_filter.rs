@@ -332,3 +332,27 @@ fn notify_reaches_the_agent_which_answers() {
     );
     assert!(!std::path::Path::new(dir.to_str().unwrap()).exists());
 }
+
+/// `--explain` narrates the seccomp load (in the child, right before exec).
+#[test]
+fn explain_narrates_the_load() {
+    if std::env::var_os("HULL_SECCOMP_EXPLAIN_CHILD").is_some() {
+        hull_runtime::explain::set_enabled(true);
+        let filter = seccomp::compile(&seccomp::runtime_default()).unwrap();
+        let status = in_child(&filter, || 0);
+        assert_eq!(libc::WEXITSTATUS(status), 0);
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "explain_narrates_the_load", "--nocapture"])
+        .env("HULL_SECCOMP_EXPLAIN_CHILD", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[explain] seccomp(SECCOMP_SET_MODE_FILTER, flags=0x0, ")
+            && err.contains("BPF instructions)"),
+        "{err}"
+    );
+}
