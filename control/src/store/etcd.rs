@@ -37,6 +37,8 @@ fn map_err(e: etcd_client::Error) -> StoreError {
                     requested: 0,
                     compacted: 0,
                 }
+            } else if msg.contains("required revision is a future revision") {
+                StoreError::Unavailable(format!("etcd: {msg}"))
             } else if matches!(
                 status.code() as i32,
                 GRPC_UNAVAILABLE | GRPC_DEADLINE_EXCEEDED
@@ -121,7 +123,7 @@ impl EtcdStore {
                     compacted: after + 1,
                 }),
                 // after+1 is in the future: nothing to miss, the watch waits for it.
-                StoreError::Internal(msg) if msg.contains("future revision") => Ok(()),
+                StoreError::Unavailable(msg) if msg.contains("future revision") => Ok(()),
                 e => Err(e),
             },
         }

