@@ -87,6 +87,47 @@ fn lines(out: ChildStdout) -> mpsc::Receiver<String> {
     rx
 }
 
+/// A counter the child bumps in a file every 10 ms: progress that can be read at any
+/// moment, with nothing buffered in between (unlike a pipe, where lines written before
+/// a freeze may still be in flight).
+struct Ticker(PathBuf);
+
+impl Ticker {
+    fn new(name: &str) -> Self {
+        Ticker(std::env::temp_dir().join(format!("{}.ticks", unique(name))))
+    }
+    fn script(&self) -> String {
+        format!(
+            "i=0; while :; do i=$((i+1)); echo $i > {}; sleep 0.01; done",
+            self.0.display()
+        )
+    }
+    fn value(&self) -> String {
+        std::fs::read_to_string(&self.0).unwrap_or_default()
+    }
+    /// Waits (hang-guarded) until the counter moves past `from`.
+    fn wait_change(&self, from: &str) {
+        let deadline = std::time::Instant::now() + HANG_GUARD;
+        while self.value() == from || self.value().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no progress at all");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    /// Frozen: the counter does not move. Frozen tasks cannot run, so this cannot fail
+    /// spuriously on a slow machine.
+    fn assert_still(&self) {
+        let before = self.value();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(self.value(), before, "a frozen process made progress");
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     let pid = child.id() as i32;
     let (tx, rx) = mpsc::channel::<()>();
@@ -134,13 +175,13 @@ fn lifecycle_on_host_hierarchy() {
         assert!(dir.is_dir(), "{} not created", dir.display());
     }
 
-    let mut child = spawn_gated("while :; do echo tick; sleep 0.01; done");
+    let ticker = Ticker::new("life");
+    let mut child = spawn_gated(&ticker.script());
     let pid = child.id() as i32;
     cg.add_task(pid).unwrap();
-    let rx = lines(child.stdout.take().unwrap());
     release(&mut child);
     g.children.push(child);
-    rx.recv_timeout(HANG_GUARD).expect("child ticks");
+    ticker.wait_change("");
 
     // Membership in every hierarchy, as the kernel reports it.
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
@@ -163,16 +204,11 @@ fn lifecycle_on_host_hierarchy() {
 
     cg.freeze().unwrap();
     assert_eq!(cg.state().unwrap(), FreezerState::Frozen);
-    // Drain what was written before the freeze landed, then nothing may arrive.
-    while rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
-    assert!(
-        rx.recv_timeout(Duration::from_millis(300)).is_err(),
-        "a frozen process made progress"
-    );
+    ticker.assert_still();
+    let frozen_at = ticker.value();
     cg.thaw().unwrap();
     assert_eq!(cg.state().unwrap(), FreezerState::Thawed);
-    rx.recv_timeout(HANG_GUARD)
-        .expect("child resumes after thaw");
+    ticker.wait_change(&frozen_at);
 
     // delete refuses while processes remain, and removes nothing.
     let err = cg.delete().unwrap_err().to_string();
@@ -438,27 +474,24 @@ fn v2_process_freeze_kill_delete_for_real() {
     let dir = cg.paths()["unified"].clone();
     assert!(dir.join("cgroup.freeze").exists());
 
-    let mut child = spawn_gated("sleep 1000 & while :; do echo tick; sleep 0.01; done");
+    let ticker = Ticker::new("v2");
+    let mut child = spawn_gated(&format!("sleep 1000 & {}", ticker.script()));
     let pid = child.id() as i32;
     cg.add_task(pid).unwrap();
-    let rx = lines(child.stdout.take().unwrap());
     release(&mut child);
     g.children.push(child);
-    rx.recv_timeout(HANG_GUARD).expect("ticks");
+    ticker.wait_change("");
     assert!(read(&dir, "cgroup.procs").contains(&pid.to_string()));
     assert!(cg.pids().unwrap().len() >= 2);
 
     cg.freeze().unwrap();
     assert_eq!(cg.state().unwrap(), FreezerState::Frozen);
     assert!(read(&dir, "cgroup.events").contains("frozen 1"));
-    while rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
-    assert!(
-        rx.recv_timeout(Duration::from_millis(300)).is_err(),
-        "frozen but ticking"
-    );
+    ticker.assert_still();
+    let frozen_at = ticker.value();
     cg.thaw().unwrap();
     assert_eq!(cg.state().unwrap(), FreezerState::Thawed);
-    rx.recv_timeout(HANG_GUARD).expect("resumes");
+    ticker.wait_change(&frozen_at);
 
     let stats = cg.stats().unwrap();
     assert!(stats.cpu.usage.total > 0, "{stats:?}");
