@@ -626,3 +626,18 @@ fn leaked_cgroups_are_found_and_removed() {
         assert!(!d.parent().unwrap().exists(), "{} left behind", d.display());
     }
 }
+
+/// A limit the kernel refuses fails `apply` with the file and value named, and the
+/// cgroup that `apply` had just created is gone again.
+#[test]
+fn failed_apply_leaves_nothing_behind() {
+    let name = unique("badapply");
+    let cg = CgroupManager::new(Some(&format!("/{name}")), "badapply").unwrap();
+    let _g = Guard::new(cg.clone());
+    let err = cg
+        .apply(&resources(r#"{"cpu":{"cpus":"999"},"pids":{"limit":5}}"#))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cpuset.cpus") && err.contains("999"), "{err}");
+    assert!(!cg.exists(), "left behind: {:?}", cg.paths());
+}

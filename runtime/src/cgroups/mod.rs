@@ -195,18 +195,42 @@ impl CgroupManager {
     /// Creates the cgroup in every hierarchy and makes it ready for tasks (v1 cpuset
     /// gets its parent's CPUs and memory nodes; v2 parents delegate controllers).
     pub fn create(&self) -> Result<(), CgroupError> {
-        for dir in self.all_dirs() {
-            fs::create_dirs(&dir)?;
+        self.create_tracked().map(|_| ())
+    }
+
+    /// [`create`](Self::create), returning the container directories this call made
+    /// (not shared parents), so a failed [`apply`](Self::apply) can take them back.
+    fn create_tracked(&self) -> Result<Vec<PathBuf>, CgroupError> {
+        let mut made_leaves = Vec::new();
+        let result = (|| {
+            for dir in self.all_dirs() {
+                if fs::create_dirs(&dir)?.last() == Some(&dir) {
+                    made_leaves.push(dir);
+                }
+            }
+            if let Some(ctrls) = self.hierarchy.v1_controllers()
+                && let Some(root) = ctrls.get("cpuset")
+            {
+                v1::init_cpuset(root, &root.join(&self.relative))?;
+            }
+            if let Hierarchy::V2 { root } = &self.hierarchy {
+                self.delegate_v2(root)?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok(made_leaves),
+            Err(e) => {
+                Self::remove_made(&made_leaves);
+                Err(e)
+            }
         }
-        if let Some(ctrls) = self.hierarchy.v1_controllers()
-            && let Some(root) = ctrls.get("cpuset")
-        {
-            v1::init_cpuset(root, &root.join(&self.relative))?;
+    }
+
+    fn remove_made(dirs: &[PathBuf]) {
+        for d in dirs {
+            let _ = fs::remove_tree(d);
         }
-        if let Hierarchy::V2 { root } = &self.hierarchy {
-            self.delegate_v2(root)?;
-        }
-        Ok(())
     }
 
     /// v2 controllers are only usable in a cgroup whose parent lists them in
@@ -232,9 +256,16 @@ impl CgroupManager {
     }
 
     /// Creates the cgroup (if needed) and writes every limit in `resources`.
+    ///
+    /// On failure the directories this call created are removed again (while empty),
+    /// so bad input leaves nothing behind.
     pub fn apply(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
-        self.create()?;
-        self.write_resources(resources)
+        let made = self.create_tracked()?;
+        self.write_resources(resources).inspect_err(|_| {
+            if self.pids().is_ok_and(|p| p.is_empty()) {
+                Self::remove_made(&made);
+            }
+        })
     }
 
     /// Changes the limits of a running container (`hull-runtime update`).
