@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, TxnOp, TxnOpResponse,
-    WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KvClient, TxnOp,
+    TxnOpResponse, WatchClient, WatchOptions,
 };
 use futures::StreamExt;
 
@@ -19,10 +19,14 @@ use crate::store::sqlite::prefix_end;
 /// How long to wait for etcd to answer before calling it unavailable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest response accepted: a list of 10,000 pods is ~15 MiB, far over gRPC's default of
+/// 4 MiB. kube-apiserver lifts the limit the same way.
+const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
 
 /// The etcd-backed [`Store`].
 pub struct EtcdStore {
-    client: Client,
+    kv: KvClient,
+    watcher: WatchClient,
     endpoints: Vec<String>,
 }
 
@@ -101,7 +105,10 @@ impl EtcdStore {
                 StoreError::Unavailable(format!("etcd at {}: {e}", endpoints.join(",")))
             })?;
         let store = EtcdStore {
-            client,
+            kv: client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES),
+            watcher: client
+                .watch_client()
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
             endpoints: endpoints.to_vec(),
         };
         store.current_revision().await.map_err(|e| {
@@ -115,7 +122,7 @@ impl EtcdStore {
     /// revision the watch needs is the synchronous check.
     async fn check_not_compacted(&self, after: Revision) -> Result<(), StoreError> {
         let options = GetOptions::new().with_count_only().with_revision(after + 1);
-        match self.client.clone().get("/", Some(options)).await {
+        match self.kv.clone().get("/", Some(options)).await {
             Ok(_) => Ok(()),
             Err(e) => match map_err(e) {
                 StoreError::Compacted { .. } => Err(StoreError::Compacted {
@@ -150,7 +157,7 @@ impl EtcdStore {
             .when([compare])
             .and_then([success])
             .or_else([TxnOp::get(key, None)]);
-        let response = self.client.clone().txn(txn).await.map_err(map_err)?;
+        let response = self.kv.clone().txn(txn).await.map_err(map_err)?;
         if response.succeeded() {
             Ok(Ok(response))
         } else {
@@ -162,7 +169,7 @@ impl EtcdStore {
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let response = self.client.clone().get(key, None).await.map_err(map_err)?;
+        let response = self.kv.clone().get(key, None).await.map_err(map_err)?;
         response.kvs().first().map(to_kv).transpose()
     }
 
@@ -186,7 +193,7 @@ impl Store for EtcdStore {
             None => options.with_range(vec![0u8]),
         };
         let response = self
-            .client
+            .kv
             .clone()
             .get(start, Some(options))
             .await
@@ -211,7 +218,7 @@ impl Store for EtcdStore {
     async fn count(&self, prefix: &str) -> Result<i64, StoreError> {
         let options = GetOptions::new().with_prefix().with_count_only();
         let response = self
-            .client
+            .kv
             .clone()
             .get(prefix, Some(options))
             .await
@@ -297,7 +304,7 @@ impl Store for EtcdStore {
             self.check_not_compacted(after).await?;
         }
         let mut stream = self
-            .client
+            .watcher
             .clone()
             .watch(prefix, Some(options))
             .await
@@ -339,7 +346,7 @@ impl Store for EtcdStore {
     async fn current_revision(&self) -> Result<Revision, StoreError> {
         let options = GetOptions::new().with_count_only();
         let response = self
-            .client
+            .kv
             .clone()
             .get("/", Some(options))
             .await
@@ -348,7 +355,7 @@ impl Store for EtcdStore {
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        match self.client.clone().compact(revision, None).await {
+        match self.kv.clone().compact(revision, None).await {
             Ok(_) => Ok(()),
             // Compacting to where another server already compacted is done, not an error.
             Err(e) => match map_err(e) {

@@ -336,3 +336,14 @@ pub async fn fan_out(s: &Arc<dyn Store>, p: &str, watchers: usize, writes: usize
         assert_eq!(r.await.unwrap(), revs, "watcher {i} saw every event in order");
     }
 }
+
+/// A list bigger than gRPC's default 4 MiB message (10,000 pods are ~15 MiB) comes back whole.
+pub async fn large_list(s: &Arc<dyn Store>, p: &str) {
+    let value = vec![b'v'; 256 * 1024];
+    for i in 0..24 {
+        s.create(&format!("{p}big-{i:02}"), value.clone()).await.unwrap();
+    }
+    let all = s.list(p, None, 0, 0).await.unwrap();
+    assert_eq!(all.items.len(), 24);
+    assert!(all.items.iter().all(|kv| kv.value == value));
+}
