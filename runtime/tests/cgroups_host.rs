@@ -201,6 +201,10 @@ fn lifecycle_on_host_hierarchy() {
     );
     let json = serde_json::to_value(&stats).unwrap();
     assert!(json["memory"]["workingSet"].is_u64(), "{json}");
+    // The v2 tree (hybrid or pure v2) reports pressure stall information.
+    if cg.hierarchy().unified().is_some() && Path::new("/proc/pressure/cpu").exists() {
+        assert!(stats.pressure.is_some(), "{stats:?}");
+    }
 
     cg.freeze().unwrap();
     assert_eq!(cg.state().unwrap(), FreezerState::Frozen);

@@ -237,6 +237,14 @@ fn v2_stats_are_parsed_and_converted() {
             "io.stat",
             "8:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n",
         ),
+        (
+            "cpu.pressure",
+            "some avg10=1.50 avg60=0.25 avg300=0.00 total=12345\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=7\n",
+        ),
+        (
+            "memory.pressure",
+            "some avg10=0.00 avg60=0.00 avg300=0.00 total=99\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=98\n",
+        ),
     ];
     for (f, v) in files {
         std::fs::write(leaf.join(f), v).unwrap();
@@ -268,6 +276,12 @@ fn v2_stats_are_parsed_and_converted() {
     assert_eq!(j["blkio"]["ioServiceBytesRecursive"][0]["op"], "Read");
     assert_eq!(j["memory"]["workingSet"], 8_388_608);
     assert_eq!(j["memory"]["raw"]["inactive_file"], 2_097_152);
+    let psi = s.pressure.as_ref().expect("PSI files present");
+    assert_eq!(psi.cpu.some.avg10, 1.5);
+    assert_eq!(psi.cpu.some.total, 12345);
+    assert_eq!(psi.cpu.full.total, 7);
+    assert_eq!(psi.memory.full.total, 98);
+    assert_eq!(psi.io.some.total, 0, "io.pressure absent reads as zero");
 
     // A corrupt counter is an error naming the file, not a silent zero.
     std::fs::write(leaf.join("memory.current"), "lots\n").unwrap();

@@ -482,6 +482,9 @@ impl CgroupManager {
         if let Some(d) = dirs.get("blkio") {
             s.blkio = stats::read_v1_blkio(d)?;
         }
+        if let Some(u) = self.unified_dir() {
+            s.pressure = stats::read_pressure(&u)?;
+        }
         Ok(s)
     }
 

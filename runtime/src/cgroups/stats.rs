@@ -17,6 +17,81 @@ pub struct Stats {
     pub memory: MemoryStats,
     pub pids: PidsStats,
     pub blkio: BlkioStats,
+    /// Pressure stall information (v2 tree only, also on hybrid hosts): how much time
+    /// tasks waited for CPU, memory or I/O. Kubernetes reports it as `PSI` in CRI stats.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pressure: Option<Pressure>,
+}
+
+/// PSI of one cgroup (`cpu.pressure`, `memory.pressure`, `io.pressure`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Pressure {
+    pub cpu: PressureStats,
+    pub memory: PressureStats,
+    pub io: PressureStats,
+}
+
+/// "some" = at least one task stalled; "full" = all non-idle tasks stalled.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct PressureStats {
+    pub some: PressureData,
+    pub full: PressureData,
+}
+
+/// Stall percentages over 10/60/300 s windows and the total stall time in µs.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct PressureData {
+    pub avg10: f64,
+    pub avg60: f64,
+    pub avg300: f64,
+    pub total: u64,
+}
+
+/// Reads PSI from a v2 cgroup directory; `None` when the kernel has PSI off.
+pub fn read_pressure(dir: &Path) -> Result<Option<Pressure>, CgroupError> {
+    let parse = |file: &str| -> Result<Option<PressureStats>, CgroupError> {
+        let Some(text) = read_opt(dir, file)? else {
+            return Ok(None);
+        };
+        let mut st = PressureStats::default();
+        for line in text.lines() {
+            let mut it = line.split_whitespace();
+            let slot = match it.next() {
+                Some("some") => &mut st.some,
+                Some("full") => &mut st.full,
+                _ => continue,
+            };
+            for kv in it {
+                let Some((k, v)) = kv.split_once('=') else {
+                    continue;
+                };
+                let bad = || CgroupError::Parse {
+                    path: dir.join(file),
+                    reason: format!("bad value in {kv:?}"),
+                };
+                match k {
+                    "avg10" => slot.avg10 = v.parse().map_err(|_| bad())?,
+                    "avg60" => slot.avg60 = v.parse().map_err(|_| bad())?,
+                    "avg300" => slot.avg300 = v.parse().map_err(|_| bad())?,
+                    "total" => slot.total = v.parse().map_err(|_| bad())?,
+                    _ => {}
+                }
+            }
+        }
+        Ok(Some(st))
+    };
+    let (Some(cpu), memory, io) = (
+        parse("cpu.pressure")?,
+        parse("memory.pressure")?,
+        parse("io.pressure")?,
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(Pressure {
+        cpu,
+        memory: memory.unwrap_or_default(),
+        io: io.unwrap_or_default(),
+    }))
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -118,6 +193,7 @@ pub fn read_v2(dir: &Path) -> Result<Stats, CgroupError> {
     read_v2_memory(dir, &mut s.memory)?;
     s.pids = read_pids(dir)?;
     s.blkio = read_io_stat(dir)?;
+    s.pressure = read_pressure(dir)?;
     Ok(s)
 }
 
