@@ -103,6 +103,16 @@ pub fn rules(spec: &[LinuxDeviceCgroup]) -> Result<Vec<DeviceRule>, CgroupError>
                 });
             }
         };
+        for (name, n) in [("major", d.major()), ("minor", d.minor())] {
+            if let Some(n) = n
+                && !(0..=i64::from(i32::MAX)).contains(&n)
+            {
+                return Err(CgroupError::Invalid {
+                    field: format!("linux.resources.devices[{i}].{name}"),
+                    reason: format!("{n} is not a device number"),
+                });
+            }
+        }
         out.push(DeviceRule {
             allow: d.allow(),
             typ,
