@@ -333,3 +333,34 @@ fn explain_narrates_every_cgroup_write() {
         assert!(err.contains(&want), "missing {want:?} in:\n{err}");
     }
 }
+
+/// On a hybrid host whose hugetlb controller is not a v1 mount, hugepage limits go to
+/// the v2 tree (delegated from its root); limits for a host with no hugetlb anywhere
+/// are skipped, since kubelet sends them for every container.
+#[test]
+fn hybrid_hugetlb_goes_to_the_v2_tree() {
+    use std::collections::BTreeMap;
+    let t = TempRoot::new("hyb");
+    let mem = t.0.join("memory");
+    let unified = t.0.join("unified");
+    fake_cgroup(&mem, "");
+    fake_cgroup(&unified, "hugetlb");
+    fake_cgroup(&unified.join("c1"), "");
+    std::fs::create_dir_all(mem.join("c1")).unwrap();
+    let h = Hierarchy::Hybrid {
+        controllers: BTreeMap::from([("memory".to_string(), mem.clone())]),
+        unified: unified.clone(),
+    };
+    let cg = CgroupManager::with_hierarchy(h, Some("c1"), "c1").unwrap();
+    let r: LinuxResources =
+        serde_json::from_str(r#"{"hugepageLimits":[{"pageSize":"2MB","limit":0}]}"#).unwrap();
+    cg.update(&r).unwrap();
+    assert_eq!(read(&unified, "cgroup.subtree_control"), "+hugetlb");
+    assert_eq!(read(&unified.join("c1"), "hugetlb.2MB.max"), "0");
+
+    // No hugetlb anywhere: skipped, not an error.
+    std::fs::write(unified.join("cgroup.controllers"), "").unwrap();
+    std::fs::write(unified.join("c1/hugetlb.2MB.max"), "").unwrap();
+    cg.update(&r).unwrap();
+    assert_eq!(read(&unified.join("c1"), "hugetlb.2MB.max"), "");
+}

@@ -214,7 +214,7 @@ impl CgroupManager {
                 v1::init_cpuset(root, &root.join(&self.relative))?;
             }
             if let Hierarchy::V2 { root } = &self.hierarchy {
-                self.delegate_v2(root)?;
+                self.delegate_v2(root, v2::CONTROLLERS)?;
             }
             Ok(())
         })();
@@ -235,13 +235,13 @@ impl CgroupManager {
 
     /// v2 controllers are only usable in a cgroup whose parent lists them in
     /// `cgroup.subtree_control`, so each ancestor from the root down enables those it has.
-    fn delegate_v2(&self, root: &Path) -> Result<(), CgroupError> {
+    fn delegate_v2(&self, root: &Path, controllers: &[&str]) -> Result<(), CgroupError> {
         let mut dir = root.to_path_buf();
         let comps: Vec<_> = self.relative.components().collect();
         for comp in &comps {
             let available = fs::read_opt(&dir, "cgroup.controllers")?.unwrap_or_default();
             let enabled = fs::read_opt(&dir, "cgroup.subtree_control")?.unwrap_or_default();
-            let want: Vec<String> = v2::CONTROLLERS
+            let want: Vec<String> = controllers
                 .iter()
                 .filter(|c| available.split_whitespace().any(|a| a == **c))
                 .filter(|c| !enabled.split_whitespace().any(|a| a == **c))
@@ -294,8 +294,50 @@ impl CgroupManager {
                 }
                 Ok(())
             }
-            Hierarchy::V1 { .. } | Hierarchy::Hybrid { .. } => v1::apply(&self.v1_dirs(), r),
+            Hierarchy::V1 { .. } | Hierarchy::Hybrid { .. } => {
+                let dirs = self.v1_dirs();
+                v1::apply(&dirs, r)?;
+                if !dirs.contains_key("hugetlb") {
+                    self.hugetlb_in_v2_tree(r)?;
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// Hugepage limits on a host whose hugetlb controller is not mounted as v1: on a
+    /// hybrid host it is usually free in the v2 tree (this is where a kernel puts
+    /// controllers no v1 mount claimed), so it is delegated and used there. Kubelet
+    /// sends a limit for every page size of the node on every container, so a host
+    /// with no hugetlb controller at all skips them with a warning, as runc does,
+    /// rather than failing every pod.
+    fn hugetlb_in_v2_tree(&self, r: &LinuxResources) -> Result<(), CgroupError> {
+        let Some(limits) = r.hugepage_limits().as_ref().filter(|l| !l.is_empty()) else {
+            return Ok(());
+        };
+        let (Some(root), Some(dir)) = (self.hierarchy.unified(), self.unified_dir()) else {
+            tracing::warn!(
+                "linux.resources.hugepageLimits ignored: no hugetlb controller on this host"
+            );
+            return Ok(());
+        };
+        let available = fs::read_opt(root, "cgroup.controllers")?.unwrap_or_default();
+        if !available.split_whitespace().any(|c| c == "hugetlb") {
+            tracing::warn!(
+                "linux.resources.hugepageLimits ignored: no hugetlb controller on this host"
+            );
+            return Ok(());
+        }
+        self.delegate_v2(root, &["hugetlb"])?;
+        for h in limits {
+            let value = if h.limit() < 0 {
+                "max".to_string()
+            } else {
+                h.limit().to_string()
+            };
+            fs::write(&dir, &format!("hugetlb.{}.max", h.page_size()), &value)?;
+        }
+        Ok(())
     }
 
     /// Moves process `pid` (and its threads) into the cgroup in every hierarchy.

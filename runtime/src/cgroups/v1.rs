@@ -207,8 +207,11 @@ pub fn apply(dirs: &BTreeMap<String, PathBuf>, r: &LinuxResources) -> Result<(),
         }
     }
 
+    // Without a v1 hugetlb controller the caller looks for it in the v2 tree (hybrid).
     for h in r.hugepage_limits().iter().flatten() {
-        let d = need("hugetlb", "linux.resources.hugepageLimits")?;
+        let Some(d) = dir("hugetlb") else {
+            break;
+        };
         write(
             d,
             &format!("hugetlb.{}.limit_in_bytes", h.page_size()),
