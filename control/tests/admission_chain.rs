@@ -163,7 +163,7 @@ async fn invalid_pod_is_422_with_kubernetes_status() {
         json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
                "message":"Pod \"bad2\" is invalid: spec.containers[0].image: Required value",
                "reason":"Invalid",
-               "details":{"name":"bad2","group":"","kind":"Pod",
+               "details":{"name":"bad2","kind":"Pod",
                           "causes":[{"reason":"FieldValueRequired","message":"Required value","field":"spec.containers[0].image"}]},
                "code":422})
     );

@@ -157,7 +157,7 @@ impl Invalid {
 
     /// The whole Status object for the response body.
     pub fn status(&self) -> Value {
-        json!({
+        let mut status = json!({
             "kind": "Status",
             "apiVersion": "v1",
             "metadata": {},
@@ -171,7 +171,14 @@ impl Invalid {
                 "causes": self.causes,
             },
             "code": 422,
-        })
+        });
+        // `group` is omitempty in StatusDetails: absent for the core group.
+        if self.group.is_empty()
+            && let Some(d) = status["details"].as_object_mut()
+        {
+            d.shift_remove("group");
+        }
+        status
     }
 }
 

@@ -7,9 +7,13 @@ use serde_json::Value;
 use super::{AdmissionError, Operation, stored};
 use crate::store::Store;
 
-/// Namespaces that always exist and may not be deleted.
+/// Namespaces the API server creates at start.
 pub const SYSTEM_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Namespaces that may never be deleted (kube-apiserver's immortal namespaces;
+/// `kube-node-lease` is only recreated).
+pub const IMMORTAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
 
 /// Whether a Namespace object is being terminated.
 pub fn is_terminating(ns: &Value) -> bool {
@@ -27,7 +31,7 @@ pub async fn check_write(
     name: &str,
 ) -> Result<(), AdmissionError> {
     if resource == "namespaces" {
-        if operation == Operation::Delete && SYSTEM_NAMESPACES.contains(&name) {
+        if operation == Operation::Delete && IMMORTAL_NAMESPACES.contains(&name) {
             return Err(AdmissionError::forbidden(
                 "namespaces",
                 name,

@@ -136,7 +136,9 @@ fn merge(node: Node, live: &mut Value, config: &Value) {
             Value::Object(_) => {
                 let child = node.field(key);
                 match target.get_mut(key) {
-                    Some(existing @ Value::Object(_)) => merge(child, existing, value),
+                    Some(existing @ Value::Object(_)) if child != Node::Atomic => {
+                        merge(child, existing, value)
+                    }
                     _ => {
                         target.insert(key.clone(), value.clone());
                     }
@@ -299,6 +301,21 @@ mod tests {
         assert_eq!(
             out["spec"]["template"]["spec"]["containers"][0]["image"],
             "c"
+        );
+    }
+
+    #[test]
+    fn atomic_selector_is_replaced_and_owned_whole() {
+        let mut c = config(2, "a");
+        c["spec"]["selector"] = json!({"matchLabels":{"app":"web","v":"1"}});
+        let live = server_side_apply("Deployment", None, &c, "kubectl", false).unwrap();
+        let v1 = &live["metadata"]["managedFields"][0]["fieldsV1"];
+        assert_eq!(v1["f:spec"]["f:selector"], json!({}));
+        let out = server_side_apply("Deployment", Some(&live), &config(2, "a"), "kubectl", false)
+            .unwrap();
+        assert_eq!(
+            out["spec"]["selector"],
+            json!({"matchLabels":{"app":"web"}})
         );
     }
 

@@ -164,7 +164,7 @@ impl FieldSet {
 
 fn walk_field(node: Node, key: &str, v: &Value, path: Path, set: &mut FieldSet) {
     match v {
-        Value::Object(m) if !m.is_empty() => {
+        Value::Object(m) if !m.is_empty() && node.field(key) != Node::Atomic => {
             let child = node.field(key);
             for (k, cv) in m {
                 let mut p = path.clone();

@@ -11,6 +11,9 @@
 pub enum Node {
     /// Nothing below holds a merged list (labels, volume sources, ...).
     Any,
+    /// A map replaced and owned as a whole by server-side apply (`+structType=atomic`,
+    /// like a workload's LabelSelector).
+    Atomic,
     /// The top of an object of this kind.
     Root(&'static str),
     Meta,
@@ -98,6 +101,7 @@ impl Node {
             (Node::Root("Node"), "status") => Node::NodeStatus,
             (Node::Root(_), "status") => Node::Status,
             (Node::WorkloadSpec, "template") => Node::PodTemplate,
+            (Node::WorkloadSpec, "selector") => Node::Atomic,
             (Node::CronJobSpec, "jobTemplate") => Node::JobTemplate,
             (Node::JobTemplate, "metadata") | (Node::PodTemplate, "metadata") => Node::Meta,
             (Node::JobTemplate, "spec") => Node::WorkloadSpec,
