@@ -176,6 +176,10 @@ fn bad_values_name_the_field_and_write_nothing() {
             r#"{"cpu":{"realtimeRuntime":1000}}"#,
             "linux.resources.cpu.realtimeRuntime",
         ),
+        (
+            r#"{"hugepageLimits":[{"pageSize":"2MB","limit":0},{"pageSize":"3MB","limit":0}]}"#,
+            "linux.resources.hugepageLimits[1].pageSize",
+        ),
     ];
     for (json, field) in cases {
         let r: LinuxResources = serde_json::from_str(json).unwrap();

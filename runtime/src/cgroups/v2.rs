@@ -168,11 +168,25 @@ pub fn plan(r: &LinuxResources, has: &dyn Fn(&str) -> bool) -> Result<Vec<Write>
         }
     }
 
-    for h in r.hugepage_limits().iter().flatten() {
-        put(
-            &format!("hugetlb.{}.max", h.page_size()),
-            limit_str(h.limit()),
-        );
+    // Kubelet sends a limit for every page size of the node on every container, so a
+    // host without the hugetlb controller skips them (as runc does); with the
+    // controller, an unknown page size is an error.
+    let hugetlb_present = ["2MB", "1GB", "64KB", "32MB", "512MB", "16GB", "1MB", "4MB"]
+        .iter()
+        .any(|size| has(&format!("hugetlb.{size}.max")));
+    for (i, h) in r.hugepage_limits().iter().flatten().enumerate() {
+        let file = format!("hugetlb.{}.max", h.page_size());
+        if has(&file) {
+            put(&file, limit_str(h.limit()));
+        } else if hugetlb_present {
+            return Err(CgroupError::Invalid {
+                field: format!("linux.resources.hugepageLimits[{i}].pageSize"),
+                reason: format!("{:?} is not a huge page size of this host", h.page_size()),
+            });
+        } else {
+            tracing::warn!("linux.resources.hugepageLimits ignored: no hugetlb controller");
+            break;
+        }
     }
 
     if let Some(unified) = r.unified() {
