@@ -10,19 +10,21 @@ use hull_control::admission::{Admission, Operation, Request};
 use hull_control::store::{self, Store};
 use serde_json::{Value, json};
 
+mod store_support;
+
+use store_support::Backend;
+
 struct Fixture {
     store: Arc<dyn Store>,
-    _dir: tempfile::TempDir,
+    backend: Backend,
 }
 
-async fn fixture(test: &str) -> Fixture {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("hull-alloc-{test}-{}-", std::process::id()))
-        .tempdir()
-        .expect("temp dir");
-    let store = store::open(&format!("sqlite:{}", dir.path().join("state.db").display()))
-        .await
-        .expect("open sqlite store");
+async fn fixture(_test: &str) -> Fixture {
+    on(Backend::sqlite().await).await
+}
+
+async fn on(backend: Backend) -> Fixture {
+    let store = store::open(&backend.url()).await.expect("open store");
     let ns = json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"default"},"status":{"phase":"Active"}});
     store
         .create(
@@ -31,7 +33,7 @@ async fn fixture(test: &str) -> Fixture {
         )
         .await
         .unwrap();
-    Fixture { store, _dir: dir }
+    Fixture { store, backend }
 }
 
 fn svc(name: &str, spec: Value) -> Value {
@@ -144,6 +146,56 @@ async fn concurrent_services_get_distinct_ips_and_node_ports() {
         N,
         "the IP claimed for the failed service was given back"
     );
+}
+
+/// Two API servers on one etcd allocate from the same small range at once: no address
+/// or port is handed out twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_on_one_etcd_never_share_an_address() {
+    let f = on(Backend::etcd().await).await;
+    let second = store::open(&f.backend.url())
+        .await
+        .expect("second etcd client");
+    let range = || Allocators::new("10.201.0.0/27", 31000..=31029).unwrap();
+    let (a, b) = (
+        Arc::new(Admission::new(range())),
+        Arc::new(Admission::new(range())),
+    );
+    const N: usize = 24;
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let (adm, store) = if i % 2 == 0 {
+            (a.clone(), f.store.clone())
+        } else {
+            (b.clone(), second.clone())
+        };
+        tasks.push(tokio::spawn(async move {
+            create(
+                &adm,
+                &*store,
+                svc(
+                    &format!("s{i}"),
+                    json!({"type":"NodePort","ports":[{"port":80}]}),
+                ),
+                false,
+            )
+            .await
+        }));
+    }
+    let (mut ips, mut ports) = (HashSet::new(), HashSet::new());
+    for t in tasks {
+        let s = t.await.unwrap().expect("the range holds them all");
+        assert!(
+            ips.insert(s["spec"]["clusterIP"].to_string()),
+            "duplicate IP in {s}"
+        );
+        assert!(
+            ports.insert(s["spec"]["ports"][0]["nodePort"].as_i64().unwrap()),
+            "duplicate port in {s}"
+        );
+    }
+    assert_eq!(allocations(&*second, "serviceips").await.len(), N);
+    assert_eq!(allocations(&*f.store, "servicenodeports").await.len(), N);
 }
 
 #[tokio::test]

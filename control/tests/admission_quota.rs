@@ -8,19 +8,21 @@ use hull_control::admission::{Admission, AdmissionError, Operation, Request};
 use hull_control::store::{self, Store};
 use serde_json::{Value, json};
 
+mod store_support;
+
+use store_support::Backend;
+
 struct Fixture {
     store: Arc<dyn Store>,
-    _dir: tempfile::TempDir,
+    backend: Backend,
 }
 
-async fn fixture(test: &str) -> Fixture {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("hull-admit-{test}-{}-", std::process::id()))
-        .tempdir()
-        .expect("temp dir");
-    let store = store::open(&format!("sqlite:{}", dir.path().join("state.db").display()))
-        .await
-        .expect("open sqlite store");
+async fn fixture(_test: &str) -> Fixture {
+    on(Backend::sqlite().await).await
+}
+
+async fn on(backend: Backend) -> Fixture {
+    let store = store::open(&backend.url()).await.expect("open store");
     for ns in ["default", "q1"] {
         let mut obj = json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":ns}});
         hull_control::admission::default("Namespace", &mut obj);
@@ -32,7 +34,7 @@ async fn fixture(test: &str) -> Fixture {
             .await
             .expect("namespace");
     }
-    Fixture { store, _dir: dir }
+    Fixture { store, backend }
 }
 
 fn req<'a>(
@@ -162,6 +164,64 @@ async fn concurrent_creates_against_pods_1_admit_exactly_one() {
     }
     assert_eq!(f.store.count("/registry/pods/q1/").await.unwrap(), 1);
     assert_eq!(quota_used(&*f.store, "q1", "q").await, json!({"pods":"1"}));
+}
+
+/// Two API servers (two store clients, two admission chains) on one etcd race for the
+/// last pod of a quota: still exactly one wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_on_one_etcd_admit_exactly_one() {
+    let f = on(Backend::etcd().await).await;
+    let second = store::open(&f.backend.url())
+        .await
+        .expect("second etcd client");
+    let adm = Arc::new(Admission::default());
+    create(
+        &adm,
+        &*f.store,
+        "ResourceQuota",
+        "resourcequotas",
+        quota("q", "q1", json!({"pods":"2"})),
+    )
+    .await
+    .expect("quota");
+    create(&adm, &*f.store, "Pod", "pods", pod("first", "q1", None))
+        .await
+        .expect("first pod");
+    const N: usize = 12;
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let store = if i % 2 == 0 {
+            f.store.clone()
+        } else {
+            second.clone()
+        };
+        let adm = Arc::new(Admission::default());
+        tasks.push(tokio::spawn(async move {
+            create(
+                &adm,
+                &*store,
+                "Pod",
+                "pods",
+                pod(&format!("p{i}"), "q1", None),
+            )
+            .await
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(_) => admitted += 1,
+            Err(e) => assert!(
+                e.to_string().contains(
+                    "exceeded quota: q, requested: pods=1, used: pods=2, limited: pods=2"
+                ),
+                "{e}"
+            ),
+        }
+    }
+    assert_eq!(admitted, 1);
+    assert_eq!(f.store.count("/registry/pods/q1/").await.unwrap(), 2);
+    assert_eq!(quota_used(&*second, "q1", "q").await, json!({"pods":"2"}));
 }
 
 #[tokio::test]
