@@ -201,7 +201,10 @@ fn main() {
     rt.block_on(async {
         let sqlite = Backend::sqlite().await;
         let etcd = Backend::etcd().await;
-        println!("store benchmark: {keys} keys of 1.5 KiB, SQLite (WAL, synchronous=FULL) vs etcd {}", etcd_version());
+        println!(
+            "store benchmark: {keys} keys of 1.5 KiB, SQLite (WAL, synchronous=FULL) vs etcd {}",
+            etcd_version()
+        );
         let s = bench(sqlite.open().await, keys).await;
         let e = bench(etcd.open().await, keys).await;
         print(&s, &e);
@@ -214,6 +217,10 @@ fn etcd_version() -> String {
         .output()
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.lines().next().map(|l| l.trim_start_matches("etcd Version: ").to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .map(|l| l.trim_start_matches("etcd Version: ").to_owned())
+        })
         .unwrap_or_default()
 }

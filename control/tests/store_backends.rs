@@ -34,21 +34,63 @@ macro_rules! suite_tests {
     };
 }
 
-suite_tests!(sqlite, Backend::sqlite(), cached = false, [
-    crud, list_pagination, list_at_old_revision, watch_from_revision, watch_compacted,
-    concurrent_updates, revisions_global_monotonic, large_list,
-]);
-suite_tests!(etcd, Backend::etcd(), cached = false, [
-    crud, list_pagination, list_at_old_revision, watch_from_revision, watch_compacted,
-    concurrent_updates, revisions_global_monotonic, large_list,
-]);
+suite_tests!(
+    sqlite,
+    Backend::sqlite(),
+    cached = false,
+    [
+        crud,
+        list_pagination,
+        list_at_old_revision,
+        watch_from_revision,
+        watch_compacted,
+        concurrent_updates,
+        revisions_global_monotonic,
+        large_list,
+    ]
+);
+suite_tests!(
+    etcd,
+    Backend::etcd(),
+    cached = false,
+    [
+        crud,
+        list_pagination,
+        list_at_old_revision,
+        watch_from_revision,
+        watch_compacted,
+        concurrent_updates,
+        revisions_global_monotonic,
+        large_list,
+    ]
+);
 // Through the watch cache: the same semantics, except that compaction is the cache's
 // window (store_cache.rs tests it).
-suite_tests!(cached_sqlite, Backend::sqlite(), cached = true, [
-    crud, list_pagination, list_at_old_revision, watch_from_revision,
-    concurrent_updates, revisions_global_monotonic, large_list,
-]);
-suite_tests!(cached_etcd, Backend::etcd(), cached = true, [
-    crud, list_pagination, list_at_old_revision, watch_from_revision,
-    concurrent_updates, revisions_global_monotonic, large_list,
-]);
+suite_tests!(
+    cached_sqlite,
+    Backend::sqlite(),
+    cached = true,
+    [
+        crud,
+        list_pagination,
+        list_at_old_revision,
+        watch_from_revision,
+        concurrent_updates,
+        revisions_global_monotonic,
+        large_list,
+    ]
+);
+suite_tests!(
+    cached_etcd,
+    Backend::etcd(),
+    cached = true,
+    [
+        crud,
+        list_pagination,
+        list_at_old_revision,
+        watch_from_revision,
+        concurrent_updates,
+        revisions_global_monotonic,
+        large_list,
+    ]
+);

@@ -17,7 +17,11 @@ async fn cache(inner: Arc<dyn Store>, window: usize) -> Arc<CachedStore> {
         window,
         ..CacheConfig::default()
     };
-    Arc::new(CachedStore::new(inner, config).await.expect("start the watch cache"))
+    Arc::new(
+        CachedStore::new(inner, config)
+            .await
+            .expect("start the watch cache"),
+    )
 }
 
 /// Waits (bounded, as a hang guard) until the cache has delivered `revision`.
@@ -51,13 +55,19 @@ async fn sqlite_thousand_watchers_get_every_event() {
     let cache = cache(backend.open().await, 10_000).await;
     let store: Arc<dyn Store> = cache.clone();
     suite::fan_out(&store, &prefix("cache-fanout-sqlite"), 1000, 50).await;
-    assert_eq!(cache.watchers(), 0, "finished watchers detach from the cache");
+    assert_eq!(
+        cache.watchers(),
+        0,
+        "finished watchers detach from the cache"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_thousand_watchers_share_one_etcd_watch() {
     let backend = Backend::etcd().await;
-    let Backend::Etcd(etcd) = &backend else { unreachable!() };
+    let Backend::Etcd(etcd) = &backend else {
+        unreachable!()
+    };
     let before = etcd_watchers(etcd);
     let cache = cache(backend.open().await, 10_000).await;
     let store: Arc<dyn Store> = cache.clone();
@@ -67,16 +77,29 @@ async fn etcd_thousand_watchers_share_one_etcd_watch() {
         streams.push(store.watch(&p, 0).await.unwrap());
     }
     assert_eq!(cache.watchers(), 1000);
-    assert_eq!(etcd_watchers(etcd) - before, 1, "1,000 cache watchers cost one etcd watch");
+    assert_eq!(
+        etcd_watchers(etcd) - before,
+        1,
+        "1,000 cache watchers cost one etcd watch"
+    );
     let mut revs = Vec::new();
     for i in 0..20 {
-        revs.push(store.create(&format!("{p}k{i:02}"), b"v".to_vec()).await.unwrap());
+        revs.push(
+            store
+                .create(&format!("{p}k{i:02}"), b"v".to_vec())
+                .await
+                .unwrap(),
+        );
     }
     let readers: Vec<_> = streams
         .into_iter()
         .map(|mut w| {
             tokio::spawn(async move {
-                suite::next_events(&mut w, 20).await.iter().map(WatchEvent::revision).collect::<Vec<_>>()
+                suite::next_events(&mut w, 20)
+                    .await
+                    .iter()
+                    .map(WatchEvent::revision)
+                    .collect::<Vec<_>>()
             })
         })
         .collect();
@@ -95,11 +118,19 @@ async fn watch_from_before_the_window_is_compacted() {
     let r0 = cache.current_revision().await.unwrap();
     let mut revs = Vec::new();
     for i in 0..20 {
-        revs.push(cache.create(&format!("{p}k{i:02}"), b"v".to_vec()).await.unwrap());
+        revs.push(
+            cache
+                .create(&format!("{p}k{i:02}"), b"v".to_vec())
+                .await
+                .unwrap(),
+        );
     }
     caught_up(&cache, revs[19]).await;
     match cache.watch(&p, r0).await {
-        Err(StoreError::Compacted { requested, compacted }) => {
+        Err(StoreError::Compacted {
+            requested,
+            compacted,
+        }) => {
             assert_eq!((requested, compacted), (r0, revs[11]));
         }
         Err(e) => panic!("watch before the window: {e}"),
@@ -108,7 +139,11 @@ async fn watch_from_before_the_window_is_compacted() {
     // The store itself still has that history: only the cache's window is exceeded.
     assert!(cache.inner().watch(&p, r0).await.is_ok());
     let mut w = cache.watch(&p, revs[11]).await.unwrap();
-    let got: Vec<Revision> = suite::next_events(&mut w, 8).await.iter().map(WatchEvent::revision).collect();
+    let got: Vec<Revision> = suite::next_events(&mut w, 8)
+        .await
+        .iter()
+        .map(WatchEvent::revision)
+        .collect();
     assert_eq!(got, revs[12..].to_vec());
 }
 
@@ -121,10 +156,19 @@ async fn slow_watcher_catches_up_from_the_window() {
     let mut revs = Vec::new();
     // More events than the broadcast holds, so the idle watcher lags behind it.
     for i in 0..1100 {
-        revs.push(cache.create(&format!("{p}k{i:04}"), b"v".to_vec()).await.unwrap());
+        revs.push(
+            cache
+                .create(&format!("{p}k{i:04}"), b"v".to_vec())
+                .await
+                .unwrap(),
+        );
     }
     caught_up(&cache, revs[1099]).await;
-    let got: Vec<Revision> = suite::next_events(&mut idle, 1100).await.iter().map(WatchEvent::revision).collect();
+    let got: Vec<Revision> = suite::next_events(&mut idle, 1100)
+        .await
+        .iter()
+        .map(WatchEvent::revision)
+        .collect();
     assert_eq!(got, revs);
 }
 
@@ -136,7 +180,10 @@ async fn watcher_left_behind_the_window_must_relist() {
     let mut idle = cache.watch(&p, 0).await.unwrap();
     let mut last = 0;
     for i in 0..300 {
-        last = cache.create(&format!("{p}k{i:03}"), b"v".to_vec()).await.unwrap();
+        last = cache
+            .create(&format!("{p}k{i:03}"), b"v".to_vec())
+            .await
+            .unwrap();
     }
     caught_up(&cache, last).await;
     let mut seen = 0;
@@ -151,8 +198,14 @@ async fn watcher_left_behind_the_window_must_relist() {
             Err(_) => panic!("watcher neither caught up nor failed"),
         }
     }
-    assert!(seen < 300, "a watcher cannot have seen everything and be told to re-list");
-    assert!(idle.next().await.is_none(), "the watch ends after Compacted");
+    assert!(
+        seen < 300,
+        "a watcher cannot have seen everything and be told to re-list"
+    );
+    assert!(
+        idle.next().await.is_none(),
+        "the watch ends after Compacted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,7 +226,10 @@ async fn dropping_the_cache_ends_its_watches() {
     let mut w = cache.watch(&prefix("cache-drop"), 0).await.unwrap();
     drop(cache);
     let end = tokio::time::timeout(Duration::from_secs(60), w.next()).await;
-    assert!(matches!(end, Ok(None)), "watch still open after the cache was dropped");
+    assert!(
+        matches!(end, Ok(None)),
+        "watch still open after the cache was dropped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,7 +241,12 @@ async fn cache_follows_etcd_through_a_restart() {
     let mut w = cache.watch(&p, 0).await.unwrap();
     let mut revs = Vec::new();
     for i in 0..5 {
-        revs.push(cache.create(&format!("{p}before{i}"), b"v".to_vec()).await.unwrap());
+        revs.push(
+            cache
+                .create(&format!("{p}before{i}"), b"v".to_vec())
+                .await
+                .unwrap(),
+        );
     }
     caught_up(&cache, revs[4]).await;
     etcd.restart().await;
@@ -205,6 +266,10 @@ async fn cache_follows_etcd_through_a_restart() {
         };
         revs.push(rev);
     }
-    let got: Vec<Revision> = suite::next_events(&mut w, 10).await.iter().map(WatchEvent::revision).collect();
+    let got: Vec<Revision> = suite::next_events(&mut w, 10)
+        .await
+        .iter()
+        .map(WatchEvent::revision)
+        .collect();
     assert_eq!(got, revs, "no event lost or repeated across the restart");
 }

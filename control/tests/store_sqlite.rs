@@ -38,7 +38,10 @@ fn crash_child_writer() {
             let rev = store.create(&key, vec![b'x'; 512]).await.expect("create");
             // Updates too, so the log has superseded rows and old values.
             if let Some((k, r)) = prev.take() {
-                let r2 = store.update(&k, b"updated".to_vec(), r).await.expect("update");
+                let r2 = store
+                    .update(&k, b"updated".to_vec(), r)
+                    .await
+                    .expect("update");
                 println!("{k} {r2}");
             }
             println!("{key} {rev}");
@@ -53,7 +56,13 @@ async fn sqlite_keeps_every_committed_revision_after_kill() {
     let db = dir.path().join("state.db");
     let exe = std::env::current_exe().expect("test binary");
     let mut child = Command::new(exe)
-        .args(["--ignored", "--exact", "crash_child_writer", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "crash_child_writer",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, &db)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -71,8 +80,12 @@ async fn sqlite_keeps_every_committed_revision_after_kill() {
     let mut committed = std::collections::BTreeMap::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.expect("read child");
-        let Some((key, rev)) = line.split_once(' ') else { continue };
-        let Ok(rev) = rev.parse::<i64>() else { continue };
+        let Some((key, rev)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(rev) = rev.parse::<i64>() else {
+            continue;
+        };
         committed.insert(key.to_owned(), rev);
         if committed.len() == 400 {
             break;
@@ -83,16 +96,29 @@ async fn sqlite_keeps_every_committed_revision_after_kill() {
     child.0.kill().expect("kill the writer");
     child.0.wait().expect("reap the writer");
 
-    let store = store::open(&format!("sqlite:{}", db.display())).await.expect("reopen after kill");
+    let store = store::open(&format!("sqlite:{}", db.display()))
+        .await
+        .expect("reopen after kill");
     for (key, rev) in &committed {
-        let kv = store.get(key).await.unwrap().unwrap_or_else(|| panic!("{key} lost"));
-        assert!(kv.mod_revision >= *rev, "{key}: revision {rev} lost (now {})", kv.mod_revision);
+        let kv = store
+            .get(key)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{key} lost"));
+        assert!(
+            kv.mod_revision >= *rev,
+            "{key}: revision {rev} lost (now {})",
+            kv.mod_revision
+        );
     }
     let max = committed.values().max().copied().unwrap_or(0);
     let current = store.current_revision().await.unwrap();
     assert!(current >= max);
     // The store keeps working and never reuses a revision.
-    let next = store.create("/registry/crash/after", b"v".to_vec()).await.unwrap();
+    let next = store
+        .create("/registry/crash/after", b"v".to_vec())
+        .await
+        .unwrap();
     assert!(next > current);
     let listed = store.list("/registry/crash/", None, 0, 0).await.unwrap();
     assert!(listed.items.len() > 200);
@@ -128,13 +154,19 @@ async fn bad_store_urls_say_what_is_wrong() {
     std::fs::write(&path, vec![b'g'; 4096]).unwrap();
     let msg = err(store::open(&format!("sqlite:{}", path.display())).await);
     assert!(msg.contains("not a database"), "{msg}");
-    assert_eq!(std::fs::read(&path).unwrap(), vec![b'g'; 4096], "a foreign file is not touched");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        vec![b'g'; 4096],
+        "a foreign file is not touched"
+    );
 }
 
 fn log_rows(db: &std::path::Path) -> i64 {
-    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .expect("inspect the log");
-    conn.query_row("SELECT COUNT(*) FROM kine", [], |r| r.get(0)).expect("count rows")
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("inspect the log");
+    conn.query_row("SELECT COUNT(*) FROM kine", [], |r| r.get(0))
+        .expect("count rows")
 }
 
 #[tokio::test]
@@ -146,7 +178,10 @@ async fn compaction_removes_superseded_rows_and_tombstones() {
     let key = format!("{p}hot");
     let mut rev = s.create(&key, b"0".to_vec()).await.unwrap();
     for i in 1..100 {
-        rev = s.update(&key, i.to_string().into_bytes(), rev).await.unwrap();
+        rev = s
+            .update(&key, i.to_string().into_bytes(), rev)
+            .await
+            .unwrap();
     }
     let gone = format!("{p}gone");
     s.create(&gone, b"x".to_vec()).await.unwrap();
@@ -156,7 +191,9 @@ async fn compaction_removes_superseded_rows_and_tombstones() {
     assert_eq!(log_rows(&db), 1, "only the hot key's current row remains");
     let kv = s.get(&key).await.unwrap().unwrap();
     assert_eq!((kv.value, kv.mod_revision), (b"99".to_vec(), rev));
-    assert!(matches!(s.compact(deleted_at + 10).await, Err(StoreError::Internal(m)) if m.contains("future")));
+    assert!(
+        matches!(s.compact(deleted_at + 10).await, Err(StoreError::Internal(m)) if m.contains("future"))
+    );
     // The revision counter survives compaction and reopening.
     drop(s);
     let s = SqliteStore::open(&db).unwrap();
@@ -195,8 +232,21 @@ async fn the_compactor_compacts_a_live_store() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(log_rows(&db), 11, "the newest 10 revisions and the row they supersede are kept");
-    assert!(matches!(s.watch(&p, r0).await, Err(StoreError::Compacted { .. })));
-    let mut w = s.watch(&p, rev - 10).await.expect("the kept window is watchable");
-    assert_eq!(store_support::suite::next_events(&mut w, 10).await.len(), 10);
+    assert_eq!(
+        log_rows(&db),
+        11,
+        "the newest 10 revisions and the row they supersede are kept"
+    );
+    assert!(matches!(
+        s.watch(&p, r0).await,
+        Err(StoreError::Compacted { .. })
+    ));
+    let mut w = s
+        .watch(&p, rev - 10)
+        .await
+        .expect("the kept window is watchable");
+    assert_eq!(
+        store_support::suite::next_events(&mut w, 10).await.len(),
+        10
+    );
 }

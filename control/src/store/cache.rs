@@ -45,7 +45,9 @@ enum Message {
     Event(WatchEvent),
     /// The store's history was lost to the cache (its own watch was compacted away): every
     /// watcher must re-list.
-    Reset { compacted: Revision },
+    Reset {
+        compacted: Revision,
+    },
 }
 
 struct Window {
@@ -93,6 +95,14 @@ impl Window {
     }
 }
 
+/// A new watcher's place in the event sequence.
+struct Subscription {
+    receiver: broadcast::Receiver<Arc<Message>>,
+    /// Window events after `after`, to deliver before the broadcast's.
+    backlog: Vec<WatchEvent>,
+    after: Revision,
+}
+
 struct Shared {
     window: Mutex<Window>,
     /// Sent while `window` is locked, so a subscriber that snapshots the window under the
@@ -109,15 +119,15 @@ impl Shared {
     }
 
     /// Subscribes and returns the window's events under `prefix` after `after`.
-    fn subscribe(
-        &self,
-        prefix: &str,
-        after: Revision,
-    ) -> Result<(broadcast::Receiver<Arc<Message>>, Vec<WatchEvent>, Revision), StoreError> {
+    fn subscribe(&self, prefix: &str, after: Revision) -> Result<Subscription, StoreError> {
         let window = self.lock()?;
         let after = if after <= 0 { window.last } else { after };
         let backlog = window.since(prefix, after)?;
-        Ok((self.sender.subscribe(), backlog, after))
+        Ok(Subscription {
+            receiver: self.sender.subscribe(),
+            backlog,
+            after,
+        })
     }
 }
 
@@ -138,7 +148,10 @@ impl Drop for CachedStore {
 
 impl CachedStore {
     /// Starts the cache's store watch at the store's current revision.
-    pub async fn new(inner: Arc<dyn Store>, config: CacheConfig) -> Result<CachedStore, StoreError> {
+    pub async fn new(
+        inner: Arc<dyn Store>,
+        config: CacheConfig,
+    ) -> Result<CachedStore, StoreError> {
         let start = inner.current_revision().await?;
         let stream = inner.watch(&config.prefix, start).await?;
         let capacity = config.window.max(1);
@@ -154,7 +167,11 @@ impl CachedStore {
             prefix: config.prefix,
         });
         let task = tokio::spawn(feed(inner.clone(), Arc::downgrade(&shared), stream));
-        Ok(CachedStore { inner, shared, task })
+        Ok(CachedStore {
+            inner,
+            shared,
+            task,
+        })
     }
 
     /// The store this cache fronts.
@@ -237,18 +254,14 @@ async fn reset(inner: &Arc<dyn Store>, shared: &Shared) -> Result<(), StoreError
     window.events.clear();
     window.start = current;
     window.last = current;
-    let _ = shared.sender.send(Arc::new(Message::Reset { compacted: current }));
+    let _ = shared
+        .sender
+        .send(Arc::new(Message::Reset { compacted: current }));
     Ok(())
 }
 
 /// A watcher: its backlog from the window, then the broadcast, filtered to its prefix.
-fn watcher(
-    shared: Weak<Shared>,
-    prefix: String,
-    after: Revision,
-    receiver: broadcast::Receiver<Arc<Message>>,
-    backlog: Vec<WatchEvent>,
-) -> WatchStream {
+fn watcher(shared: Weak<Shared>, prefix: String, sub: Subscription) -> WatchStream {
     struct State {
         shared: Weak<Shared>,
         prefix: String,
@@ -260,9 +273,9 @@ fn watcher(
     let state = State {
         shared,
         prefix,
-        last: after,
-        receiver,
-        pending: backlog.into(),
+        last: sub.after,
+        receiver: sub.receiver,
+        pending: sub.backlog.into(),
         done: false,
     };
     futures::stream::unfold(state, |mut st| async move {
@@ -294,13 +307,11 @@ fn watcher(
                 // Too slow for the broadcast: catch up from the window if it still has our
                 // events, else the client must re-list.
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let Some(shared) = st.shared.upgrade() else {
-                        return None;
-                    };
+                    let shared = st.shared.upgrade()?;
                     match shared.subscribe(&st.prefix, st.last) {
-                        Ok((receiver, backlog, _)) => {
-                            st.receiver = receiver;
-                            st.pending.extend(backlog);
+                        Ok(sub) => {
+                            st.receiver = sub.receiver;
+                            st.pending.extend(sub.backlog);
                         }
                         Err(e) => {
                             st.done = true;
@@ -367,13 +378,11 @@ impl Store for CachedStore {
         } else {
             after
         };
-        let (receiver, backlog, after) = self.shared.subscribe(prefix, after)?;
+        let sub = self.shared.subscribe(prefix, after)?;
         Ok(watcher(
             Arc::downgrade(&self.shared),
             prefix.to_owned(),
-            after,
-            receiver,
-            backlog,
+            sub,
         ))
     }
 

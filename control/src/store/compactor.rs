@@ -95,7 +95,9 @@ pub fn spawn_compactor(store: Arc<dyn Store>, config: CompactorConfig) -> JoinHa
                     tracing::debug!(revision = target, "compactor: compacted");
                     compacted = target;
                 }
-                Err(e) => tracing::warn!(error = %e, revision = target, "compactor: compaction failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, revision = target, "compactor: compaction failed")
+                }
             }
         }
     })
@@ -118,7 +120,10 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Samples::default();
         s.record(t0, 1000);
-        assert_eq!(s.target(t0 + Duration::from_secs(299), 5000, &config()), None);
+        assert_eq!(
+            s.target(t0 + Duration::from_secs(299), 5000, &config()),
+            None
+        );
     }
 
     #[test]
@@ -129,7 +134,10 @@ mod tests {
         s.record(t0 + Duration::from_secs(60), 2000);
         s.record(t0 + Duration::from_secs(400), 3000);
         // At t0+370 the sample from t0+60 is 310 s old: the newest old-enough one.
-        assert_eq!(s.target(t0 + Duration::from_secs(370), 5000, &config()), Some(2000));
+        assert_eq!(
+            s.target(t0 + Duration::from_secs(370), 5000, &config()),
+            Some(2000)
+        );
         assert_eq!(s.0.len(), 2, "superseded samples are dropped");
     }
 
@@ -138,7 +146,10 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Samples::default();
         s.record(t0, 1000);
-        assert_eq!(s.target(t0 + Duration::from_secs(600), 1050, &config()), Some(950));
+        assert_eq!(
+            s.target(t0 + Duration::from_secs(600), 1050, &config()),
+            Some(950)
+        );
         assert_eq!(s.target(t0 + Duration::from_secs(600), 50, &config()), None);
     }
 }

@@ -41,12 +41,12 @@ fn map_err(e: etcd_client::Error) -> StoreError {
                     requested: 0,
                     compacted: 0,
                 }
-            } else if msg.contains("required revision is a future revision") {
-                StoreError::Unavailable(format!("etcd: {msg}"))
-            } else if matches!(
-                status.code() as i32,
-                GRPC_UNAVAILABLE | GRPC_DEADLINE_EXCEEDED
-            ) {
+            } else if msg.contains("required revision is a future revision")
+                || matches!(
+                    status.code() as i32,
+                    GRPC_UNAVAILABLE | GRPC_DEADLINE_EXCEEDED
+                )
+            {
                 StoreError::Unavailable(format!("etcd: {msg}"))
             } else {
                 StoreError::Internal(format!("etcd: {msg}"))
@@ -105,7 +105,9 @@ impl EtcdStore {
                 StoreError::Unavailable(format!("etcd at {}: {e}", endpoints.join(",")))
             })?;
         let store = EtcdStore {
-            kv: client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES),
+            kv: client
+                .kv_client()
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
             watcher: client
                 .watch_client()
                 .max_decoding_message_size(MAX_RESPONSE_BYTES),

@@ -47,7 +47,10 @@ pub struct KeyValue {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
     /// Created (`prev` is `None`) or updated (`prev` is the value before).
-    Put { kv: KeyValue, prev: Option<KeyValue> },
+    Put {
+        kv: KeyValue,
+        prev: Option<KeyValue>,
+    },
     /// Deleted: `kv` holds the last value; its `mod_revision` is the delete's revision.
     Delete { kv: KeyValue },
 }
@@ -126,8 +129,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Compare-and-swap on mod_revision: writes only if the key's current mod_revision is
     /// `expected`, else [`StoreError::Conflict`] ([`StoreError::NotFound`] if absent).
-    async fn update(&self, key: &str, value: Vec<u8>, expected: Revision)
-    -> Result<Revision, StoreError>;
+    async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Revision,
+    ) -> Result<Revision, StoreError>;
 
     /// Deletes `key` (only if its mod_revision is `expected`, when given). Returns the
     /// delete's revision and the last value.

@@ -39,11 +39,23 @@ fn spawn_etcd(dir: &Path, client: u16, peer: u16) -> Child {
         .args(["--name", "hull-test"])
         .arg("--data-dir")
         .arg(dir.join("data"))
-        .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-        .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+        .args([
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{client}"),
+        ])
+        .args([
+            "--advertise-client-urls",
+            &format!("http://127.0.0.1:{client}"),
+        ])
         .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .args(["--initial-cluster", &format!("hull-test=http://127.0.0.1:{peer}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+        ])
+        .args([
+            "--initial-cluster",
+            &format!("hull-test=http://127.0.0.1:{peer}"),
+        ])
         .args(["--initial-cluster-state", "new"])
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2))
