@@ -5,6 +5,7 @@
 //! - `path`: OCI `linux.cgroupsPath` (absolute, relative, systemd `slice:prefix:name`).
 //! - `v1` / `v2`: `linux.resources` → controller files for each version.
 //! - `devices`: device allow/deny rules (v1 files); `devices_v2`: the same as eBPF.
+//! - `freezer`: pause/resume (v1 `freezer.state`, v2 `cgroup.freeze`).
 //! - `stats`: usage counters shaped like runc's `events --stats`.
 //! - `fs`: the narrated file reads and writes everything above goes through.
 //!
@@ -27,7 +28,7 @@
 //! machine; its auto-detection treats hybrid as plain v1 and drops the v2 tree (and with
 //! it `cgroup.kill` and process tracking); and it `unwrap()`s on kernel-supplied data.
 //! What hull needs is small: write a value to a named file, narrated and with the file
-//! in the error. That is [`fs`], and the rest is the OCI → file mapping, which is
+//! in the error. That is `fs`, and the rest is the OCI → file mapping, which is
 //! hull's own either way.
 //!
 //! On a hybrid host limits go to the v1 controllers (they own them) and the process is
@@ -36,6 +37,7 @@
 
 pub mod devices;
 pub mod devices_v2;
+pub mod freezer;
 mod fs;
 pub mod hierarchy;
 pub mod path;
@@ -49,6 +51,7 @@ use std::time::{Duration, Instant};
 
 use oci_spec::runtime::LinuxResources;
 
+pub use freezer::FreezerState;
 pub use hierarchy::Hierarchy;
 pub use stats::Stats;
 
@@ -96,18 +99,6 @@ pub enum CgroupError {
         source: std::io::Error,
     },
 }
-
-/// Freezer state, as runc's `state` shows it (`paused` when frozen).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub enum FreezerState {
-    Thawed,
-    Freezing,
-    Frozen,
-}
-
-/// How long freeze/thaw wait for the kernel. Freezing waits for every task to reach a
-/// freezable point; a task in uninterruptible sleep can hold it up for a while.
-const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long [`CgroupManager::delete`] lets just-killed processes finish exiting.
 pub const DYING_GRACE: Duration = Duration::from_secs(2);
@@ -387,77 +378,23 @@ impl CgroupManager {
     }
 
     fn set_frozen(&self, frozen: bool) -> Result<(), CgroupError> {
-        let deadline = Instant::now() + FREEZE_TIMEOUT;
-        if let Some(dir) = self.freezer_v1_dir() {
-            // v1: FREEZING is a transient state; re-writing FROZEN nudges tasks that
-            // were forking when the first request arrived.
-            let want = if frozen { "FROZEN" } else { "THAWED" };
-            loop {
-                fs::write(&dir, "freezer.state", want)?;
-                if fs::read(&dir, "freezer.state")? == want {
-                    return Ok(());
-                }
-                if Instant::now() > deadline {
-                    if frozen {
-                        let _ = fs::write(&dir, "freezer.state", "THAWED");
-                    }
-                    return Err(CgroupError::Timeout {
-                        path: dir.join("freezer.state"),
-                        want,
-                        secs: FREEZE_TIMEOUT.as_secs(),
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        let Some(dir) = self.unified_dir() else {
-            return Err(CgroupError::Unsupported {
+        match (self.freezer_v1_dir(), self.unified_dir()) {
+            (Some(dir), _) => freezer::set_v1(&dir, frozen),
+            (None, Some(dir)) => freezer::set_v2(&dir, frozen),
+            (None, None) => Err(CgroupError::Unsupported {
                 field: "freezer".into(),
                 reason: "neither a v1 freezer controller nor a cgroup v2 tree is mounted".into(),
-            });
-        };
-        fs::write(&dir, "cgroup.freeze", if frozen { "1" } else { "0" })?;
-        let want = if frozen { "frozen 1" } else { "frozen 0" };
-        loop {
-            let events = fs::read(&dir, "cgroup.events")?;
-            if events.lines().any(|l| l.trim() == want) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                if frozen {
-                    let _ = fs::write(&dir, "cgroup.freeze", "0");
-                }
-                return Err(CgroupError::Timeout {
-                    path: dir.join("cgroup.events"),
-                    want: if frozen { "frozen" } else { "thawed" },
-                    secs: FREEZE_TIMEOUT.as_secs(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(1));
+            }),
         }
     }
 
     /// Current freezer state.
     pub fn state(&self) -> Result<FreezerState, CgroupError> {
-        if let Some(dir) = self.freezer_v1_dir() {
-            return Ok(match fs::read(&dir, "freezer.state")?.as_str() {
-                "FROZEN" => FreezerState::Frozen,
-                "FREEZING" => FreezerState::Freezing,
-                _ => FreezerState::Thawed,
-            });
+        match (self.freezer_v1_dir(), self.unified_dir()) {
+            (Some(dir), _) => freezer::state_v1(&dir),
+            (None, Some(dir)) => freezer::state_v2(&dir),
+            (None, None) => Ok(FreezerState::Thawed),
         }
-        let Some(dir) = self.unified_dir() else {
-            return Ok(FreezerState::Thawed);
-        };
-        let requested = fs::read_opt(&dir, "cgroup.freeze")?.is_some_and(|v| v == "1");
-        let frozen = fs::read(&dir, "cgroup.events")?
-            .lines()
-            .any(|l| l.trim() == "frozen 1");
-        Ok(match (requested, frozen) {
-            (_, true) => FreezerState::Frozen,
-            (true, false) => FreezerState::Freezing,
-            (false, false) => FreezerState::Thawed,
-        })
     }
 
     /// Sends `signal` to every process in the container (`kill --all`).
