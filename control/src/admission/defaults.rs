@@ -74,6 +74,18 @@ pub fn default(kind: &str, obj: &mut Value) {
         "HorizontalPodAutoscaler" => {
             if let Some(spec) = child(o, "spec") {
                 set(spec, "minReplicas", json!(1));
+                if spec
+                    .get("metrics")
+                    .and_then(Value::as_array)
+                    .is_none_or(Vec::is_empty)
+                {
+                    // autoscaling/v2: no metrics means 80% CPU utilization.
+                    spec.insert(
+                        "metrics".into(),
+                        json!([{"type": "Resource", "resource": {"name": "cpu",
+                            "target": {"type": "Utilization", "averageUtilization": 80}}}]),
+                    );
+                }
             }
         }
         "StorageClass" => {

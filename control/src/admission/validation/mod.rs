@@ -3,10 +3,12 @@
 //! fields that may not change.
 //!
 //! Modules: [`names`] name/key syntax; [`pod`] pod specs and templates; [`workloads`]
-//! apps/batch kinds; [`core`] Services, ConfigMaps, Secrets, Namespaces, quotas, ...
+//! apps/batch kinds; [`core`] Services, ConfigMaps, Secrets, Namespaces, quotas, ...;
+//! [`other`] networking, autoscaling, storage, RBAC, discovery and coordination kinds.
 
 pub mod core;
 pub mod names;
+pub mod other;
 pub mod pod;
 pub mod workloads;
 
@@ -42,7 +44,10 @@ pub fn validate(kind: &str, new: &Value, old: Option<&Value>) -> Result<(), Inva
         }
         "Job" => workloads::validate_job(new, old, &mut errs),
         "CronJob" => workloads::validate_cron_job(new, &mut errs),
-        _ => core::validate(kind, new, old, &mut errs),
+        _ => {
+            core::validate(kind, new, old, &mut errs);
+            other::validate(kind, new, old, &mut errs);
+        }
     }
     if errs.is_empty() {
         return Ok(());
