@@ -7,7 +7,10 @@
 //!   LimitRange, ClusterIP/NodePort allocation — what the write path runs before storing.
 //! - [`patch`]: JSON patch, merge patch, strategic merge patch, server-side apply and
 //!   managedFields.
+//! - [`apiserver`]: the HTTPS API server — TLS/CA, kubeconfig, authentication,
+//!   discovery, OpenAPI, REST handlers (CRUD, watch, Table printing, subresources).
 
 pub mod admission;
+pub mod apiserver;
 pub mod patch;
 pub mod store;

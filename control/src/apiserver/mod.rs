@@ -1,0 +1,64 @@
+//! The API server: HTTPS (rustls, HTTP/2 and HTTP/1.1) with client-certificate and
+//! bearer-token authentication, discovery, OpenAPI, health, and the REST handlers over a
+//! [`Store`].
+//!
+//! Modules: [`tls`] CA and certificates; [`kubeconfig`] kubeconfig files; [`auth`]
+//! authentication and the authorizer trait; [`registry`] the served resources;
+//! [`discovery`] discovery documents; [`openapi`] OpenAPI v2/v3; [`status`] Status errors;
+//! [`rest`] the resource handlers; [`serve`] the listener, routing and shutdown.
+
+pub mod auth;
+pub mod discovery;
+pub mod kubeconfig;
+pub mod openapi;
+pub mod registry;
+pub mod rest;
+pub mod serve;
+pub mod status;
+pub mod tls;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::store::Store;
+
+pub use serve::{ServerError, run, run_until_signal};
+
+/// Everything `hull server` is configured with.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// `sqlite:PATH` or `etcd://h1:2379,...`; default `sqlite:<data_dir>/state.db`.
+    pub store_url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub service_cluster_ip_range: String,
+    pub advertise_address: Option<IpAddr>,
+}
+
+impl Options {
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        Options {
+            data_dir,
+            listen,
+            store_url: None,
+            token_file: None,
+            service_cluster_ip_range: "10.96.0.0/12".into(),
+            advertise_address: None,
+        }
+    }
+}
+
+/// Shared by every request handler.
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    pub tokens: auth::TokenFile,
+    pub authorizer: Arc<dyn auth::Authorizer>,
+    pub admission: crate::admission::Admission,
+    /// The URL clients reach this server at (for `/api`'s serverAddressByClientCIDRs).
+    pub server_address: String,
+    pub service_cluster_ip_range: String,
+    /// Flips to true on shutdown so long-running watches end.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}

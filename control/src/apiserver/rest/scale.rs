@@ -1,0 +1,188 @@
+//! The `scale` subresource (autoscaling/v1 Scale over `.spec.replicas`), pod `binding`
+//! (what the scheduler posts) and pod `eviction` (policy/v1).
+
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::object::{self, meta_mut};
+use super::write::finish_update;
+use super::{ApiState, Req, json_response, load};
+use crate::apiserver::status::ApiError;
+use crate::patch::{self, PatchType};
+
+fn selector_string(obj: &Value) -> String {
+    let sel = obj.pointer("/spec/selector");
+    let labels = sel
+        .and_then(|s| s.get("matchLabels"))
+        .or(sel)
+        .and_then(Value::as_object);
+    labels
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn to_scale(obj: &Value) -> Value {
+    let m = obj.get("metadata").cloned().unwrap_or(json!({}));
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": m.get("name"), "namespace": m.get("namespace"), "uid": m.get("uid"),
+            "resourceVersion": m.get("resourceVersion"), "creationTimestamp": m.get("creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
+        "status": {
+            "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+            "selector": selector_string(obj),
+        },
+    })
+}
+
+pub async fn get_scale(state: &ApiState, rq: &Req) -> Result<Response, ApiError> {
+    let (obj, _) = load(state, rq).await?;
+    Ok(json_response(StatusCode::OK, &to_scale(&obj)))
+}
+
+/// PUT or PATCH of a Scale: only `spec.replicas` of the parent changes.
+pub async fn write_scale(state: &ApiState, rq: &Req, body: bytes::Bytes) -> Result<Response, ApiError> {
+    let ct = rq.header(header::CONTENT_TYPE).to_string();
+    let is_put = !ct.contains("patch");
+    for _ in 0..10 {
+        let (obj, rev) = load(state, rq).await?;
+        let current = to_scale(&obj);
+        let scale = if is_put {
+            object::decode_body(&ct, &body)?
+        } else {
+            let pt = PatchType::from_content_type(&ct, rq.q("fieldManager"), rq.q_bool("force"))
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            patch::apply("Scale", &pt, &current, &body).map_err(|e| ApiError::bad_request(e.to_string()))?
+        };
+        let wanted = scale.pointer("/metadata/resourceVersion").and_then(Value::as_str);
+        if let Some(w) = wanted
+            && *w != rev.to_string()
+        {
+            return Err(ApiError::conflict(rq.r.group, rq.r.plural, rq.name()));
+        }
+        let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+        if replicas < 0 {
+            return Err(ApiError::invalid(
+                "autoscaling",
+                "Scale",
+                rq.name(),
+                vec![crate::apiserver::status::Cause {
+                    reason: "FieldValueInvalid".into(),
+                    message: format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+                    field: "spec.replicas".into(),
+                }],
+            ));
+        }
+        let mut next = obj.clone();
+        next["spec"]["replicas"] = json!(replicas);
+        let manager = rq.field_manager();
+        // The parent's main-resource rules apply (status preserved, generation bumped).
+        let parent = Req {
+            r: rq.r,
+            namespace: rq.namespace.clone(),
+            name: rq.name.clone(),
+            sub: None,
+            query: rq.query.clone(),
+            headers: rq.headers.clone(),
+            user: rq.user.clone(),
+        };
+        match finish_update(state, &parent, next, &obj, rev, Some(&manager)).await {
+            Ok(_) => {
+                let (after, _) = load(state, rq).await?;
+                return Ok(json_response(StatusCode::OK, &to_scale(&after)));
+            }
+            Err(e) if e.reason == "Conflict" && wanted.is_none() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::conflict(rq.r.group, rq.r.plural, rq.name()))
+}
+
+/// `POST pods/<name>/binding`: sets `spec.nodeName` once (409 if already bound).
+pub async fn binding(state: &ApiState, rq: &Req, body: bytes::Bytes) -> Result<Response, ApiError> {
+    let b = object::decode_body(rq.header(header::CONTENT_TYPE), &body)?;
+    let node = b
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::invalid("", "Binding", rq.name(), vec![crate::apiserver::status::Cause {
+                reason: "FieldValueRequired".into(),
+                message: "Required value".into(),
+                field: "target.name".into(),
+            }])
+        })?
+        .to_string();
+    let (pod, rev) = load(state, rq).await?;
+    if pod.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+        let mut e = ApiError::conflict("", "pods", rq.name());
+        e.message = format!(
+            "Operation cannot be fulfilled on pods/binding \"{}\": pod {} is already assigned to node {:?}",
+            rq.name(),
+            rq.name(),
+            pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("")
+        );
+        return Err(e);
+    }
+    if pod.pointer("/metadata/deletionTimestamp").is_some() {
+        return Err(ApiError::conflict("", "pods", rq.name()));
+    }
+    let mut next = pod.clone();
+    next["spec"]["nodeName"] = json!(node);
+    if !rq.dry_run() {
+        meta_mut(&mut next).remove("resourceVersion");
+        state
+            .store
+            .update(&rq.key(), object::to_stored(&next)?, rev)
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::Conflict { .. } => ApiError::conflict("", "pods", rq.name()),
+                other => other.into(),
+            })?;
+    }
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
+}
+
+/// `POST pods/<name>/eviction`: deletes the pod (PodDisruptionBudgets are not served, so
+/// nothing can refuse an eviction).
+pub async fn eviction(state: &ApiState, rq: &Req, body: bytes::Bytes) -> Result<Response, ApiError> {
+    let ev = if body.is_empty() {
+        json!({})
+    } else {
+        object::decode_body(rq.header(header::CONTENT_TYPE), &body)?
+    };
+    if let Some(n) = ev.pointer("/metadata/name").and_then(Value::as_str)
+        && n != rq.name()
+    {
+        return Err(ApiError::bad_request(format!(
+            "name in URL does not match name in Eviction object ({n} != {})",
+            rq.name()
+        )));
+    }
+    let opts = ev.get("deleteOptions").cloned().unwrap_or(json!({}));
+    let body = bytes::Bytes::from(serde_json::to_vec(&opts).unwrap_or_default());
+    let parent = Req {
+        r: rq.r,
+        namespace: rq.namespace.clone(),
+        name: rq.name.clone(),
+        sub: None,
+        query: rq.query.clone(),
+        headers: rq.headers.clone(),
+        user: rq.user.clone(),
+    };
+    super::delete::delete(state, &parent, body).await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
+}
