@@ -1,3 +1,9 @@
 //! hull's node side: the CRI v1 server and the node agent.
 //!
 //! Module map (grows as the agent is built):
+//! - `cri`: the CRI v1 (`runtime.v1`) gRPC server (`hull cri`): pod sandboxes held by
+//!   hull's own pause process, containers run through `hull_runtime` under a small
+//!   per-container monitor, images from `hull_runtime::image`, networking through the
+//!   `hull_cni` invoker, and a streaming server for exec.
+
+pub mod cri;

@@ -1,0 +1,195 @@
+//! The per-container monitor (conmon's role): the `hull` binary re-exec'd as
+//! `hull cri --internal-monitor SPEC`, in its own session so it outlives the server.
+//!
+//! It creates the container through `hull_runtime` with its stdout/stderr on pipes it
+//! holds, becomes the subreaper that inherits the init, writes every line to the CRI
+//! log, and when the init exits records `exit.json` (exit code, time, whether the
+//! cgroup saw an OOM kill). SIGUSR1 reopens the log (ReopenContainerLog).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::logfmt;
+use super::records::{ExitRecord, now_ns, save_json};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MonitorSpec {
+    pub oci_root: PathBuf,
+    pub id: String,
+    pub bundle: PathBuf,
+    pub log_path: Option<PathBuf>,
+    pub exit_path: PathBuf,
+    pub cgroups_path: Option<String>,
+}
+
+static REOPEN: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_usr1(_: libc::c_int) {
+    REOPEN.store(true, Ordering::SeqCst);
+}
+
+/// Lines longer than this are split into `P` entries (containerd's buffer size).
+const MAX_LINE: usize = 16 * 1024;
+
+struct Log {
+    path: Option<PathBuf>,
+    file: Mutex<Option<File>>,
+}
+
+impl Log {
+    fn open(path: &Path) -> Option<File> {
+        OpenOptions::new().create(true).append(true).open(path).ok()
+    }
+    fn write(&self, stream: &str, partial: bool, msg: &[u8]) {
+        let Some(path) = &self.path else { return };
+        let Ok(mut f) = self.file.lock() else { return };
+        if REOPEN.swap(false, Ordering::SeqCst) || f.is_none() {
+            *f = Log::open(path);
+        }
+        if let Some(file) = f.as_mut() {
+            let _ = file.write_all(&logfmt::entry(SystemTime::now(), stream, partial, msg));
+        }
+    }
+}
+
+fn pump(mut src: File, stream: &'static str, log: Arc<Log>) {
+    let mut buf: Vec<u8> = Vec::with_capacity(MAX_LINE);
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = match src.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            log.write(stream, false, &buf[..pos]);
+            buf.drain(..=pos);
+        }
+        while buf.len() >= MAX_LINE {
+            log.write(stream, true, &buf[..MAX_LINE]);
+            buf.drain(..MAX_LINE);
+        }
+    }
+    if !buf.is_empty() {
+        log.write(stream, false, &buf);
+    }
+}
+
+fn pipe() -> std::io::Result<(File, File)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds are fresh and ours.
+    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+}
+
+/// dup2 that clears CLOEXEC on the target (the init must inherit it).
+fn dup_onto(src: &impl AsRawFd, target: i32) -> std::io::Result<()> {
+    // SAFETY: dup2 onto one of our stdio fds.
+    if unsafe { libc::dup2(src.as_raw_fd(), target) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The monitor's main; stdout is the report pipe to the server ("ok PID" or "error: ...").
+pub fn main(spec_json: &str) -> i32 {
+    // Keep the report channel on a private fd: fds 0-2 become the container's stdio.
+    // SAFETY: dup of our own stdout.
+    let report_fd = unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) };
+    if report_fd < 0 {
+        return 2;
+    }
+    // SAFETY: fresh fd from fcntl.
+    let mut report = unsafe { File::from(OwnedFd::from_raw_fd(report_fd)) };
+    match run(spec_json, &mut report) {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = writeln!(report, "error: {e}");
+            1
+        }
+    }
+}
+
+fn run(spec_json: &str, report: &mut File) -> Result<(), String> {
+    let spec: MonitorSpec = serde_json::from_str(spec_json).map_err(|e| format!("monitor spec: {e}"))?;
+    // SAFETY: prctl/signal with plain arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let null = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    dup_onto(&null, 0).and_then(|_| dup_onto(&out_w, 1)).and_then(|_| dup_onto(&err_w, 2)).map_err(|e| format!("dup2: {e}"))?;
+    drop((out_w, err_w));
+    if let Some(p) = &spec.log_path
+        && let Some(d) = p.parent()
+    {
+        let _ = std::fs::create_dir_all(d);
+    }
+    let created = hull_runtime::container::create(&spec.oci_root, &spec.id, &spec.bundle, &Default::default());
+    // Our copies of the write ends go, so the readers see EOF when the container's do.
+    let _ = dup_onto(&null, 1);
+    let _ = dup_onto(&null, 2);
+    let st = created.map_err(|e| e.to_string())?;
+    let log = Arc::new(Log { file: Mutex::new(spec.log_path.as_deref().and_then(Log::open)), path: spec.log_path.clone() });
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    for (src, name) in [(out_r, "stdout"), (err_r, "stderr")] {
+        let (log, tx) = (log.clone(), done_tx.clone());
+        std::thread::spawn(move || {
+            pump(src, name, log);
+            let _ = tx.send(());
+        });
+    }
+    let _ = writeln!(report, "ok {}", st.pid);
+    // Closing the report lets the server's CreateContainer return.
+    // SAFETY: replacing the report fd with /dev/null.
+    unsafe { libc::dup2(null.as_raw_fd(), report.as_raw_fd()) };
+    let code = wait_init(st.pid);
+    // A hostPID container's daemons may hold the pipes open for ever; do not wait on them.
+    for _ in 0..2 {
+        let _ = done_rx.recv_timeout(Duration::from_secs(2));
+    }
+    let oom_killed = hull_runtime::cgroups::CgroupManager::new(spec.cgroups_path.as_deref(), &spec.id)
+        .ok()
+        .and_then(|cg| cg.oom_kill_count().ok())
+        .is_some_and(|n| n > 0);
+    save_json(&spec.exit_path, &ExitRecord { exit_code: code, finished_at: now_ns(), oom_killed }).map_err(|e| e.to_string())
+}
+
+/// Reaps children (we are their subreaper) until the init is gone; its runc-style status.
+fn wait_init(init: i32) -> i32 {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid into a local.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return 255;
+        }
+        if pid == init {
+            if libc::WIFEXITED(status) {
+                return libc::WEXITSTATUS(status);
+            }
+            if libc::WIFSIGNALED(status) {
+                return 128 + libc::WTERMSIG(status);
+            }
+        }
+    }
+}

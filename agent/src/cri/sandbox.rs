@@ -1,0 +1,363 @@
+//! Pod sandboxes: a record dir, a named netns with the CNI attachment, and hull's
+//! pause process holding the UTS/IPC namespaces. Every step is undone if a later one
+//! fails; a `creating` marker lets a restarted server finish undoing a sandbox whose
+//! creation was cut short by a crash.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::BufRead;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1::{
+    LinuxPodSandboxStatus, Namespace, NamespaceOption, PodIp, PodSandbox, PodSandboxConfig, PodSandboxFilter,
+    PodSandboxNetworkStatus, PodSandboxStatus,
+};
+
+use super::config::Config;
+use super::error::{CriError, Result};
+use super::pause::PauseSpec;
+use super::records::{self, SandboxRecord, load_json, now_ns, save_json};
+use super::spec::NS_NODE;
+use super::{container, netns, network};
+
+pub const READY: i32 = 0;
+pub const NOTREADY: i32 = 1;
+const CREATING: &str = "creating";
+const DEFAULT_CGROUP_PARENT: &str = "/hull.cri";
+
+pub fn dir(cfg: &Config, id: &str) -> PathBuf {
+    cfg.sandboxes_dir().join(id)
+}
+
+pub fn ids(cfg: &Config) -> Vec<String> {
+    records::list_ids(&cfg.sandboxes_dir())
+}
+
+pub fn load(cfg: &Config, id: &str) -> Result<SandboxRecord> {
+    let id = records::resolve_id(&ids(cfg), id, "pod sandbox")?;
+    load_json(&dir(cfg, &id).join("sandbox.json"))
+}
+
+fn ns_options(c: &PodSandboxConfig) -> NamespaceOption {
+    c.linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default()
+}
+
+pub fn host_network(c: &PodSandboxConfig) -> bool {
+    ns_options(c).network == NS_NODE
+}
+
+/// systemd slice names (`kubepods-besteffort-pod1.slice`) → their cgroupfs path.
+fn cgroup_parent(c: &PodSandboxConfig) -> String {
+    let p = c.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default();
+    if p.is_empty() {
+        return DEFAULT_CGROUP_PARENT.into();
+    }
+    if let Some(name) = p.strip_suffix(".slice")
+        && !p.contains('/')
+    {
+        let mut path = String::new();
+        let mut prefix = String::new();
+        for part in name.split('-') {
+            prefix = if prefix.is_empty() { part.to_string() } else { format!("{prefix}-{part}") };
+            path.push_str(&format!("/{prefix}.slice"));
+        }
+        return path;
+    }
+    p
+}
+
+pub fn pause_alive(r: &SandboxRecord) -> bool {
+    r.pause_pid > 0 && alive(r.pause_pid, r.pause_start)
+}
+
+/// Alive and not a zombie, and still the process we started (start time matches).
+pub fn alive(pid: i32, start: u64) -> bool {
+    matches!(hull_runtime::state::proc_stat(pid), Some((s, t)) if s != 'Z' && t == start)
+}
+
+/// SIGKILLs `pid` (if still ours) and waits for it to be gone.
+pub fn kill_wait(pid: i32, start: u64) {
+    if pid <= 0 || !alive(pid, start) {
+        return;
+    }
+    // SAFETY: signalling a pid we verified by start time.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let t = Instant::now();
+    while alive(pid, start) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Starts `hull cri <mode> <json>` in its own session and reads its one-line report;
+/// a thread reaps it when it exits (while we are still its parent).
+pub fn spawn_helper(cfg: &Config, mode: &str, json: &str) -> Result<(i32, String)> {
+    let mut cmd = Command::new(&cfg.hull_exe);
+    cmd.args(["cri", mode, json]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(CriError::io(format!("spawn {} cri {mode}", cfg.hull_exe.display())))?;
+    let pid = child.id() as i32;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    Ok((pid, line.trim().to_string()))
+}
+
+fn write_etc_files(d: &Path, c: &PodSandboxConfig, hostname: &str) -> Result<()> {
+    let w = |name: &str, data: String| fs::write(d.join(name), data).map_err(CriError::io(format!("write {}", d.join(name).display())));
+    w("hostname", format!("{hostname}\n"))?;
+    w("hosts", format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"))?;
+    let resolv = match &c.dns_config {
+        Some(dns) => {
+            let mut s = String::new();
+            if !dns.searches.is_empty() {
+                s.push_str(&format!("search {}\n", dns.searches.join(" ")));
+            }
+            for ns in &dns.servers {
+                s.push_str(&format!("nameserver {ns}\n"));
+            }
+            if !dns.options.is_empty() {
+                s.push_str(&format!("options {}\n", dns.options.join(" ")));
+            }
+            s
+        }
+        None => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    };
+    w("resolv.conf", resolv)
+}
+
+/// RunPodSandbox.
+pub fn run(cfg: &Config, c: PodSandboxConfig) -> Result<String> {
+    let md = c.metadata.clone().ok_or_else(|| CriError::InvalidArgument("config.metadata: required".into()))?;
+    if md.name.is_empty() {
+        return Err(CriError::InvalidArgument("config.metadata.name: must not be empty".into()));
+    }
+    let id = records::new_id()?;
+    let d = dir(cfg, &id);
+    fs::create_dir_all(&d).map_err(CriError::io(format!("create {}", d.display())))?;
+    fs::write(d.join(CREATING), b"").map_err(CriError::io("write creating marker"))?;
+    let host_net = host_network(&c);
+    let mut rec = SandboxRecord {
+        id: id.clone(),
+        config: c.clone(),
+        created_at: now_ns(),
+        netns: (!host_net).then(|| cfg.netns_dir().join(&id)),
+        pause_pid: 0,
+        pause_start: 0,
+        ip: String::new(),
+        additional_ips: Vec::new(),
+        network: None,
+        stopped: false,
+        cgroup_parent: cgroup_parent(&c),
+    };
+    let r = build(cfg, &mut rec, &d);
+    if let Err(e) = r {
+        teardown(cfg, &rec);
+        let _ = fs::remove_dir_all(&d);
+        return Err(e);
+    }
+    fs::remove_file(d.join(CREATING)).map_err(CriError::io("remove creating marker"))?;
+    Ok(id)
+}
+
+fn build(cfg: &Config, rec: &mut SandboxRecord, d: &Path) -> Result<()> {
+    let c = rec.config.clone();
+    let nso = ns_options(&c);
+    save_json(&d.join("sandbox.json"), rec)?;
+    let hostname = if host_network(&c) {
+        nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+    } else if c.hostname.is_empty() {
+        c.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default()
+    } else {
+        c.hostname.clone()
+    };
+    write_etc_files(d, &c, &hostname)?;
+    if let Some(ns) = &rec.netns {
+        netns::create(ns)?;
+    }
+    let mut sysctls: Vec<(String, String)> = c.linux.as_ref().map(|l| l.sysctls.clone().into_iter().collect()).unwrap_or_default();
+    sysctls.sort();
+    for (k, _) in &sysctls {
+        if k.is_empty() || k.contains("..") || k.starts_with('/') {
+            return Err(CriError::InvalidArgument(format!("config.linux.sysctls: bad name {k:?}")));
+        }
+    }
+    let spec = PauseSpec {
+        netns: rec.netns.clone(),
+        new_uts: rec.netns.is_some(),
+        new_ipc: nso.ipc != NS_NODE,
+        hostname,
+        sysctls,
+    };
+    let json = serde_json::to_string(&spec).map_err(|e| CriError::Internal(e.to_string()))?;
+    let (pid, report) = spawn_helper(cfg, "--internal-pause", &json)?;
+    rec.pause_pid = pid;
+    rec.pause_start = hull_runtime::state::proc_stat(pid).map(|(_, t)| t).unwrap_or(0);
+    save_json(&d.join("sandbox.json"), rec)?;
+    if report != "ok" {
+        let msg = report.strip_prefix("error: ").unwrap_or(&report).to_string();
+        if msg.starts_with("sysctls[") {
+            return Err(CriError::InvalidArgument(format!("config.linux.{msg}")));
+        }
+        return Err(CriError::Internal(format!("pause process: {msg}")));
+    }
+    if let Some(ns) = rec.netns.clone() {
+        rec.network = Some(network::load(cfg)?.name);
+        save_json(&d.join("sandbox.json"), rec)?;
+        let (_, ips) = network::add(cfg, &rec.id, &ns, &c)?;
+        rec.ip = ips.first().cloned().unwrap_or_default();
+        rec.additional_ips = ips.iter().skip(1).cloned().collect();
+    }
+    save_json(&d.join("sandbox.json"), rec)
+}
+
+/// Undoes the kernel side of a sandbox: pause process, CNI attachment, netns.
+fn teardown(cfg: &Config, rec: &SandboxRecord) {
+    kill_wait(rec.pause_pid, rec.pause_start);
+    if let Some(ns) = &rec.netns {
+        if rec.network.is_some() && ns.exists() {
+            if let Err(e) = network::del(cfg, &rec.id, ns, &rec.config) {
+                tracing::warn!(sandbox = %rec.id, "{e}");
+            }
+        }
+        if let Err(e) = netns::remove(ns) {
+            tracing::warn!(sandbox = %rec.id, "{e}");
+        }
+    }
+}
+
+/// StopPodSandbox: kills its containers, the pause process, and releases the network.
+pub fn stop(cfg: &Config, id: &str) -> Result<()> {
+    let mut rec = load(cfg, id)?;
+    for c in container::in_sandbox(cfg, &rec.id) {
+        container::stop(cfg, &c, 0)?;
+    }
+    teardown(cfg, &rec);
+    rec.stopped = true;
+    save_json(&dir(cfg, &rec.id).join("sandbox.json"), &rec)
+}
+
+/// RemovePodSandbox: stops it first (as containerd does), removes its containers.
+pub fn remove(cfg: &Config, id: &str) -> Result<()> {
+    let rec = match load(cfg, id) {
+        Ok(r) => r,
+        Err(CriError::NotFound(_)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    stop(cfg, &rec.id)?;
+    for c in container::in_sandbox(cfg, &rec.id) {
+        container::remove(cfg, &c)?;
+    }
+    let d = dir(cfg, &rec.id);
+    fs::remove_dir_all(&d).map_err(CriError::io(format!("remove {}", d.display())))
+}
+
+fn state_of(rec: &SandboxRecord) -> i32 {
+    if !rec.stopped && pause_alive(rec) { READY } else { NOTREADY }
+}
+
+pub fn status(cfg: &Config, id: &str) -> Result<PodSandboxStatus> {
+    let rec = load(cfg, id)?;
+    let nso = ns_options(&rec.config);
+    Ok(PodSandboxStatus {
+        id: rec.id.clone(),
+        metadata: rec.config.metadata.clone(),
+        state: state_of(&rec),
+        created_at: rec.created_at,
+        network: Some(PodSandboxNetworkStatus {
+            ip: rec.ip.clone(),
+            additional_ips: rec.additional_ips.iter().map(|ip| PodIp { ip: ip.clone() }).collect(),
+        }),
+        linux: Some(LinuxPodSandboxStatus { namespaces: Some(Namespace { options: Some(nso), ..Default::default() }) }),
+        labels: rec.config.labels.clone(),
+        annotations: rec.config.annotations.clone(),
+        runtime_handler: String::new(),
+        ..Default::default()
+    })
+}
+
+fn labels_match(labels: &HashMap<String, String>, sel: &HashMap<String, String>) -> bool {
+    sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+pub fn list(cfg: &Config, f: Option<PodSandboxFilter>) -> Vec<PodSandbox> {
+    let f = f.unwrap_or_default();
+    let mut out = Vec::new();
+    for id in ids(cfg) {
+        if !f.id.is_empty() && !id.starts_with(&f.id) {
+            continue;
+        }
+        if dir(cfg, &id).join(CREATING).exists() {
+            continue;
+        }
+        let Ok(rec) = load_json::<SandboxRecord>(&dir(cfg, &id).join("sandbox.json")) else { continue };
+        let state = state_of(&rec);
+        if f.state.as_ref().is_some_and(|s| s.state != state) || !labels_match(&rec.config.labels, &f.label_selector) {
+            continue;
+        }
+        out.push(PodSandbox {
+            id: rec.id,
+            metadata: rec.config.metadata,
+            state,
+            created_at: rec.created_at,
+            labels: rec.config.labels,
+            annotations: rec.config.annotations,
+            runtime_handler: String::new(),
+        });
+    }
+    out.sort_by_key(|p| p.created_at);
+    out
+}
+
+/// At start-up: sandboxes cut short mid-creation are undone and removed; sandboxes
+/// whose pause process died are torn down (NOTREADY) so nothing stays mounted.
+pub fn reconcile(cfg: &Config) {
+    for id in ids(cfg) {
+        let d = dir(cfg, &id);
+        let rec: Option<SandboxRecord> = load_json(&d.join("sandbox.json")).ok();
+        if d.join(CREATING).exists() {
+            if let Some(r) = &rec {
+                teardown(cfg, r);
+            }
+            let _ = fs::remove_dir_all(&d);
+            continue;
+        }
+        if let Some(mut r) = rec
+            && !r.stopped
+            && !pause_alive(&r)
+        {
+            teardown(cfg, &r);
+            r.stopped = true;
+            let _ = save_json(&d.join("sandbox.json"), &r);
+        }
+    }
+    // Netns files without a sandbox (a crash between mount and record).
+    if let Ok(rd) = fs::read_dir(cfg.netns_dir()) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !d_exists(cfg, &name) {
+                let _ = netns::remove(&e.path());
+            }
+        }
+    }
+}
+
+fn d_exists(cfg: &Config, id: &str) -> bool {
+    dir(cfg, id).join("sandbox.json").exists()
+}

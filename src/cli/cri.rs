@@ -1,0 +1,72 @@
+//! `hull cri`: the CRI v1 server alone, for a real kubelet, `crictl` or hull's agent.
+//! The hidden `--internal-*` modes are the same binary re-exec'd as a container's
+//! monitor, a pod's pause process, or an exec helper.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use hull_agent::cri;
+
+#[derive(Debug, Args)]
+pub struct CriArgs {
+    /// The gRPC unix socket to serve CRI v1 on.
+    #[arg(long, default_value = "/run/hull/cri.sock")]
+    pub socket: PathBuf,
+
+    /// CNI conflist dir (default DATA/cni/net.d; a hull-bridge conflist is written if empty).
+    #[arg(long)]
+    pub cni_conf_dir: Option<PathBuf>,
+
+    /// CNI plugin dirs (repeatable; default: next to `hull`, /opt/cni/bin, /usr/lib/cni).
+    #[arg(long = "cni-bin-dir")]
+    pub cni_bin_dir: Vec<PathBuf>,
+
+    /// This node's pod subnet, for the default conflist.
+    #[arg(long, default_value = "10.244.0.0/24")]
+    pub pod_subnet: String,
+
+    /// Where the streaming server (exec URLs) listens.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub streaming_addr: SocketAddr,
+
+    /// Registry mirror `HOST=URL` (repeatable), tried before HOST itself.
+    #[arg(long = "registry-mirror", value_name = "HOST=URL")]
+    pub registry_mirror: Vec<String>,
+
+    #[arg(long, hide = true)]
+    pub internal_monitor: Option<String>,
+    #[arg(long, hide = true)]
+    pub internal_pause: Option<String>,
+    #[arg(long, hide = true)]
+    pub internal_exec: Option<String>,
+}
+
+pub fn run(data_dir: &Path, args: CriArgs) -> anyhow::Result<ExitCode> {
+    let code = |c: i32| ExitCode::from(c.clamp(0, 255) as u8);
+    if let Some(s) = &args.internal_monitor {
+        return Ok(code(cri::monitor::main(s)));
+    }
+    if let Some(s) = &args.internal_pause {
+        return Ok(code(cri::pause::main(s)));
+    }
+    if let Some(s) = &args.internal_exec {
+        return Ok(code(cri::exec::main(s)));
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(data_dir).with_context(|| format!("resolve {}", data_dir.display()))?;
+    let mut cfg = cri::Config::new(&data_dir, &args.socket);
+    if let Some(d) = args.cni_conf_dir {
+        cfg.cni_conf_dir = d;
+    }
+    if !args.cni_bin_dir.is_empty() {
+        cfg.cni_bin_dirs = args.cni_bin_dir;
+    }
+    cfg.pod_subnet = args.pod_subnet;
+    cfg.streaming_addr = args.streaming_addr;
+    cfg.registry_mirrors = args.registry_mirror;
+    cri::server::run(cfg).context("hull cri")?;
+    Ok(ExitCode::SUCCESS)
+}
