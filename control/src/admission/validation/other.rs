@@ -11,14 +11,13 @@ use crate::admission::quantity::Quantity;
 pub fn validate(kind: &str, new: &Value, old: Option<&Value>, errs: &mut Vec<Cause>) {
     match kind {
         "Ingress" => ingress(new, errs),
-        "IngressClass" => {
+        "IngressClass"
             if new
                 .pointer("/spec/controller")
                 .and_then(Value::as_str)
-                .is_none_or(str::is_empty)
-            {
-                errs.push(field::required(&FieldPath::root("spec.controller"), ""));
-            }
+                .is_none_or(str::is_empty) =>
+        {
+            errs.push(field::required(&FieldPath::root("spec.controller"), ""));
         }
         "HorizontalPodAutoscaler" => hpa(new, errs),
         "StorageClass" => {
