@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod cri;
 pub mod server;
 
 #[derive(Debug, Parser)]
@@ -29,6 +30,8 @@ pub struct Cli {
 pub enum Command {
     /// Print version information.
     Version,
+    /// Serve CRI v1 (RuntimeService, ImageService) on a unix socket.
+    Cri(cri::CriArgs),
     /// Serve the Kubernetes API (control plane only) on SQLite or etcd.
     Server(server::ServerArgs),
 }
@@ -49,6 +52,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("hull {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Cri(args) => cri::run(&cli.data_dir, args),
         Command::Server(args) => server::run(&cli.data_dir, args),
     }
 }
