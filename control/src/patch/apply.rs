@@ -62,6 +62,7 @@ pub fn server_side_apply(
             if lookup(&result, path) != lookup(&config, path) {
                 conflicts.push(Conflict {
                     manager: entry.manager.clone(),
+                    subresource: entry.subresource.clone(),
                     api_version: entry.api_version.clone(),
                     field: fieldset::display(path),
                     path: path.clone(),
@@ -246,6 +247,35 @@ mod tests {
         assert!(!alice.fields.contains(&replicas));
         let bob = entries.iter().find(|e| e.manager == "bob").unwrap();
         assert!(bob.fields.contains(&replicas));
+    }
+
+    #[test]
+    fn conflict_names_the_subresource_a_manager_wrote_through() {
+        let live =
+            server_side_apply("Deployment", None, &config(2, "a"), "kubectl", false).unwrap();
+        let mut scaled = live.clone();
+        scaled["spec"]["replicas"] = json!(4);
+        managed::update_managed_fields(
+            "Deployment",
+            Some(&live),
+            &mut scaled,
+            "kubectl",
+            Operation::Update,
+            Some("scale"),
+        );
+        let err = server_side_apply(
+            "Deployment",
+            Some(&scaled),
+            &config(3, "a"),
+            "kubectl",
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Apply failed with 1 conflict: conflict with \"kubectl\" with subresource \"scale\" using apps/v1: .spec.replicas"
+        );
+        assert_eq!(err.causes()[0]["field"], ".spec.replicas");
     }
 
     #[test]

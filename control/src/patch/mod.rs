@@ -80,6 +80,8 @@ impl PatchType {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
     pub manager: String,
+    /// Set when the other manager wrote through a subresource (`scale`, `status`).
+    pub subresource: Option<String>,
     pub api_version: String,
     /// As printed by Kubernetes: `.spec.replicas`.
     pub field: String,
@@ -101,26 +103,37 @@ pub enum PatchError {
     UnsupportedMediaType(String),
 }
 
+impl Conflict {
+    /// `"kubectl" with subresource "scale" using apps/v1`, as Kubernetes names a manager.
+    fn owner(&self) -> String {
+        match &self.subresource {
+            Some(sub) => format!(
+                "{:?} with subresource {sub:?} using {}",
+                self.manager, self.api_version
+            ),
+            None => format!("{:?} using {}", self.manager, self.api_version),
+        }
+    }
+}
+
 fn conflict_message(conflicts: &[Conflict]) -> String {
     let n = conflicts.len();
-    let mut by_manager: Vec<(&str, &str, Vec<&str>)> = Vec::new();
+    let mut by_manager: Vec<(String, Vec<&str>)> = Vec::new();
     for c in conflicts {
-        match by_manager
-            .iter_mut()
-            .find(|(m, v, _)| *m == c.manager && *v == c.api_version)
-        {
-            Some((_, _, fields)) => fields.push(&c.field),
-            None => by_manager.push((&c.manager, &c.api_version, vec![&c.field])),
+        let owner = c.owner();
+        match by_manager.iter_mut().find(|(o, _)| *o == owner) {
+            Some((_, fields)) => fields.push(&c.field),
+            None => by_manager.push((owner, vec![&c.field])),
         }
     }
     let parts: Vec<String> = by_manager
         .iter()
-        .map(|(m, v, fields)| {
+        .map(|(owner, fields)| {
             if fields.len() == 1 {
-                format!("conflict with {m:?} using {v}: {}", fields[0])
+                format!("conflict with {owner}: {}", fields[0])
             } else {
                 let list: Vec<String> = fields.iter().map(|f| format!("- {f}")).collect();
-                format!("conflicts with {m:?} using {v}:\n{}", list.join("\n"))
+                format!("conflicts with {owner}:\n{}", list.join("\n"))
             }
         })
         .collect();
@@ -158,7 +171,7 @@ impl PatchError {
                 .iter()
                 .map(|c| {
                     json!({"reason": "FieldManagerConflict",
-                           "message": format!("conflict with {:?} using {}", c.manager, c.api_version),
+                           "message": format!("conflict with {}", c.owner()),
                            "field": c.field})
                 })
                 .collect(),
