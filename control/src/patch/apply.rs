@@ -42,9 +42,21 @@ pub fn server_side_apply(
 ) -> Result<Value, PatchError> {
     let node = schema::root(kind);
     let mut config = config.clone();
+    // Server-owned metadata is not the applier's to set or clear (typed clients send
+    // `creationTimestamp: null`).
     if let Some(meta) = config.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.shift_remove("managedFields");
-        meta.shift_remove("resourceVersion");
+        for key in [
+            "managedFields",
+            "resourceVersion",
+            "creationTimestamp",
+            "uid",
+            "generation",
+            "selfLink",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
+            meta.shift_remove(key);
+        }
     }
     let mut result = live
         .cloned()
@@ -347,6 +359,20 @@ mod tests {
             out["spec"]["selector"],
             json!({"matchLabels":{"app":"web"}})
         );
+    }
+
+    #[test]
+    fn server_metadata_in_a_config_is_ignored() {
+        let mut live =
+            server_side_apply("Deployment", None, &config(2, "a"), "helm", false).unwrap();
+        live["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+        live["metadata"]["uid"] = json!("u1");
+        let mut c = config(2, "a");
+        c["metadata"]["creationTimestamp"] = Value::Null;
+        c["metadata"]["uid"] = json!("other");
+        let out = server_side_apply("Deployment", Some(&live), &c, "helm", false).unwrap();
+        assert_eq!(out["metadata"]["creationTimestamp"], "2026-01-01T00:00:00Z");
+        assert_eq!(out["metadata"]["uid"], "u1");
     }
 
     #[test]
