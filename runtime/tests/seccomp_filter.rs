@@ -356,3 +356,52 @@ fn explain_narrates_the_load() {
         "{err}"
     );
 }
+
+/// The cache hands back the same program without recompiling, keys on the profile's
+/// content, and survives a corrupted entry by recompiling.
+#[test]
+fn compiled_filters_are_cached_by_content() {
+    let dir = std::env::temp_dir().join(format!("hull-seccomp-cache-{}", std::process::id()));
+    struct Rm(std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(dir.clone());
+    let profile = seccomp::runtime_default();
+    let first = seccomp::compile_cached(&profile, &dir).unwrap();
+    let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    assert_eq!(entries.len(), 1, "one entry per profile");
+    let entry = entries[0].path();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let second = seccomp::compile_cached(&profile, &dir).unwrap();
+    assert_eq!(first.len(), second.len());
+
+    // A different profile is a different entry.
+    let other =
+        seccomp::compile_cached(&seccomp::runtime_default_for(&["CAP_SYS_ADMIN"]), &dir).unwrap();
+    assert_ne!(other.len(), 0);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+
+    // A corrupted entry is recompiled (and the result still works).
+    std::fs::write(&entry, b"garbage").unwrap();
+    let again = seccomp::compile_cached(&profile, &dir).unwrap();
+    assert_eq!(again.len(), first.len());
+    let dirname = tmp_path("cached");
+    let status = in_child(&again, || unsafe {
+        if libc::unshare(libc::CLONE_NEWUTS) == 0 || errno() != libc::EPERM {
+            return 1;
+        }
+        if libc::mkdir(dirname.as_ptr(), 0o700) != 0 {
+            return 2;
+        }
+        libc::rmdir(dirname.as_ptr());
+        0
+    });
+    assert_eq!(libc::WEXITSTATUS(status), 0, "status {status:#x}");
+}

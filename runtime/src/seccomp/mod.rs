@@ -4,6 +4,7 @@
 //! - `mod.rs`: [`compile`] (before fork) and [`Filter::load`] (in the child).
 //! - `profile`: [`runtime_default`], the RuntimeDefault profile Kubernetes asks for.
 //! - `notify`: passing the `SCMP_ACT_NOTIFY` listener fd to a seccomp agent.
+//! - `cache`: [`compile_cached`], compiled programs kept per profile (libseccomp is slow).
 //!
 //! Compiling uses libseccomp (Debian's `libseccomp2`, through the `libseccomp` crate),
 //! as runc, crun and youki do. The pure-Rust `seccompiler` was the alternative; it
@@ -16,8 +17,11 @@
 //! the `seccomp(2)` call. That keeps the child free of libseccomp (which allocates) at
 //! the point where it runs, right before `execve`.
 
+mod cache;
 pub mod notify;
 mod profile;
+
+pub use cache::compile_cached;
 
 pub use profile::{runtime_default, runtime_default_for};
 
@@ -52,18 +56,18 @@ pub enum SeccompError {
 
 // seccomp(2) flags (linux/seccomp.h).
 const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
-const FLAG_TSYNC: libc::c_ulong = 1;
-const FLAG_LOG: libc::c_ulong = 2;
-const FLAG_SPEC_ALLOW: libc::c_ulong = 4;
-const FLAG_NEW_LISTENER: libc::c_ulong = 8;
-const FLAG_TSYNC_ESRCH: libc::c_ulong = 16;
-const FLAG_WAIT_KILLABLE_RECV: libc::c_ulong = 32;
+const FLAG_TSYNC: u32 = 1;
+const FLAG_LOG: u32 = 2;
+const FLAG_SPEC_ALLOW: u32 = 4;
+const FLAG_NEW_LISTENER: u32 = 8;
+const FLAG_TSYNC_ESRCH: u32 = 16;
+const FLAG_WAIT_KILLABLE_RECV: u32 = 32;
 
 /// A compiled filter: the BPF program and the `seccomp(2)` flags to load it with.
 #[derive(Debug, Clone)]
 pub struct Filter {
     program: Vec<libc::sock_filter>,
-    flags: libc::c_ulong,
+    flags: u32,
     /// Some rule notifies a seccomp agent: load with [`Filter::load_with_listener`].
     listener: bool,
 }
@@ -114,7 +118,7 @@ impl Filter {
         Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
     }
 
-    fn install(&self, flags: libc::c_ulong) -> Result<libc::c_long, SeccompError> {
+    fn install(&self, flags: u32) -> Result<libc::c_long, SeccompError> {
         crate::explain!(
             "seccomp(SECCOMP_SET_MODE_FILTER, flags={:#x}, {} BPF instructions)",
             flags,
@@ -130,7 +134,7 @@ impl Filter {
             libc::syscall(
                 libc::SYS_seccomp,
                 SECCOMP_SET_MODE_FILTER,
-                flags,
+                libc::c_ulong::from(flags),
                 &prog as *const libc::sock_fprog,
             )
         };
