@@ -273,3 +273,27 @@ async fn cache_follows_etcd_through_a_restart() {
         .collect();
     assert_eq!(got, revs, "no event lost or repeated across the restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_etcd_are_one_store() {
+    let etcd = Etcd::start().await;
+    let a = cache(hull_control::store::open(&etcd.url).await.unwrap(), 10_000).await;
+    let b = cache(hull_control::store::open(&etcd.url).await.unwrap(), 10_000).await;
+    let p = prefix("two-servers");
+    let key = format!("{p}shared");
+    let mut on_b = b.watch(&p, 0).await.unwrap();
+    let r1 = a.create(&key, b"from a".to_vec()).await.unwrap();
+    // B sees A's write, at A's revision.
+    let kv = b.get(&key).await.unwrap().expect("B reads A's write");
+    assert_eq!(kv.mod_revision, r1);
+    assert_eq!(suite::next_events(&mut on_b, 1).await[0].revision(), r1);
+    // A write through B makes A's copy stale: compare-and-swap holds across servers.
+    let r2 = b.update(&key, b"from b".to_vec(), r1).await.unwrap();
+    match a.update(&key, b"stale".to_vec(), r1).await {
+        Err(StoreError::Conflict { actual, .. }) => assert_eq!(actual, r2),
+        other => panic!("stale update through A: {other:?}"),
+    }
+    assert!(a.current_revision().await.unwrap() >= r2);
+    let mut on_a = a.watch(&p, r1).await.unwrap();
+    assert_eq!(suite::next_events(&mut on_a, 1).await[0].revision(), r2);
+}
