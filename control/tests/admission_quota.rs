@@ -377,3 +377,45 @@ async fn finished_pods_free_their_quota_on_status_update() {
     admitted.commit(store).await.unwrap();
     assert_eq!(quota_used(store, "q1", "q").await["pods"], "0");
 }
+
+#[tokio::test]
+async fn scoped_quota_counts_only_the_pods_it_selects() {
+    let f = fixture("scopes").await;
+    let adm = Admission::default();
+    let store = &*f.store;
+    let mut q = quota("be", "q1", json!({"pods":"1"}));
+    q["spec"]["scopes"] = json!(["BestEffort"]);
+    create(&adm, store, "ResourceQuota", "resourcequotas", q)
+        .await
+        .unwrap();
+    // Pods with requests are not BestEffort: not counted, never refused by this quota.
+    for i in 0..3 {
+        create(
+            &adm,
+            store,
+            "Pod",
+            "pods",
+            pod(&format!("burst{i}"), "q1", Some(json!({"cpu":"10m"}))),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(quota_used(store, "q1", "be").await, json!({"pods":"0"}));
+    create(&adm, store, "Pod", "pods", pod("be1", "q1", None))
+        .await
+        .unwrap();
+    let err = create(&adm, store, "Pod", "pods", pod("be2", "q1", None))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("exceeded quota: be"), "{err}");
+    // Deleting a pod the quota never counted leaves its usage alone.
+    let (_, kv) = store
+        .delete("/registry/pods/q1/burst0", None)
+        .await
+        .unwrap();
+    let burst: Value = serde_json::from_slice(&kv.value).unwrap();
+    adm.deleted(store, "pods", "", Some("q1"), &burst)
+        .await
+        .unwrap();
+    assert_eq!(quota_used(store, "q1", "be").await, json!({"pods":"1"}));
+}

@@ -45,6 +45,9 @@ pub struct Admitted {
     /// Quota usage the update frees (e.g. a pod that finished).
     pub freed: BTreeMap<String, Quantity>,
     namespace: String,
+    resource: String,
+    /// The object before the update (quota scopes are judged on it when freeing).
+    old: Option<Value>,
 }
 
 impl Admitted {
@@ -57,7 +60,12 @@ impl Admitted {
     /// The store write succeeded: free what the old object held and the new does not.
     pub async fn commit(&self, store: &dyn Store) -> Result<(), StoreError> {
         self.allocation.commit(store).await?;
-        quota::release_usage(store, &self.namespace, &self.freed).await
+        match &self.old {
+            Some(old) if !self.freed.is_empty() => {
+                quota::release_usage(store, &self.namespace, &self.resource, old, &self.freed).await
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -110,6 +118,10 @@ impl Admission {
         }
         if let Some(old) = old {
             admitted.freed = quota::freed_by_update(req.resource, req.group, obj, old);
+            if !admitted.freed.is_empty() {
+                admitted.resource = req.resource.to_string();
+                admitted.old = Some(old.clone());
+            }
         }
         if !main {
             return Ok(admitted);

@@ -163,10 +163,80 @@ fn resource_of(key: &str) -> Option<(String, String)> {
     Some((r.to_string(), String::new()))
 }
 
+/// Whether a quota's scopes (`spec.scopes`, `spec.scopeSelector`) select `obj`. Scoped
+/// quotas track pods only.
+pub fn in_scope(quota: &Value, resource: &str, obj: &Value) -> bool {
+    let mut terms: Vec<(String, String, Vec<String>)> = quota
+        .pointer("/spec/scopes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|s| (s.to_string(), "Exists".to_string(), Vec::new()))
+        .collect();
+    for e in quota
+        .pointer("/spec/scopeSelector/matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let get = |k: &str| {
+            e.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let values = e
+            .get("values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect();
+        terms.push((get("scopeName"), get("operator"), values));
+    }
+    if terms.is_empty() {
+        return true;
+    }
+    if resource != "pods" {
+        return false;
+    }
+    let terminating = obj
+        .pointer("/spec/activeDeadlineSeconds")
+        .is_some_and(|v| !v.is_null());
+    let best_effort = super::defaults::qos_class(obj.get("spec")) == "BestEffort";
+    let priority_class = obj
+        .pointer("/spec/priorityClassName")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    terms.iter().all(|(scope, op, values)| {
+        let base = match scope.as_str() {
+            "Terminating" => terminating,
+            "NotTerminating" => !terminating,
+            "BestEffort" => best_effort,
+            "NotBestEffort" => !best_effort,
+            "PriorityClass" => match op.as_str() {
+                "In" => values.iter().any(|v| v == priority_class),
+                "NotIn" => !values.iter().any(|v| v == priority_class),
+                "DoesNotExist" => priority_class.is_empty(),
+                _ => !priority_class.is_empty(),
+            },
+            _ => false,
+        };
+        match (scope.as_str(), op.as_str()) {
+            ("PriorityClass", _) => base,
+            (_, "DoesNotExist") => !base,
+            _ => base,
+        }
+    })
+}
+
 /// Current usage of `keys` in `namespace`, computed from the stored objects.
 pub async fn compute_used(
     store: &dyn Store,
     namespace: &str,
+    quota: &Value,
     keys: &[String],
 ) -> Result<Usage, StoreError> {
     let mut used = Usage::new();
@@ -184,6 +254,9 @@ pub async fn compute_used(
         }
         let mut total = Quantity::zero();
         for obj in cache.get(&resource).into_iter().flatten() {
+            if !in_scope(quota, &resource, obj) {
+                continue;
+            }
             if let Some(q) = usage(&resource, &group, obj).get(key) {
                 total = total + *q;
             }
@@ -229,7 +302,7 @@ pub async fn init_status(
         .filter(|k| !used.contains_key(*k))
         .cloned()
         .collect();
-    used.extend(compute_used(store, namespace, &missing).await?);
+    used.extend(compute_used(store, namespace, &*quota, &missing).await?);
     used.retain(|k, _| keys.contains(k));
     if let Some(o) = quota.as_object_mut() {
         o.insert(
@@ -302,6 +375,9 @@ pub async fn charge(
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
+            if !in_scope(&quota, resource, new) {
+                continue;
+            }
             let hard = quantities(quota.pointer("/spec/hard"));
             if resource == "pods" && old.is_none() {
                 let missing = missing_compute(&hard, new);
@@ -328,7 +404,7 @@ pub async fn charge(
                 .filter(|k| !used.contains_key(*k))
                 .cloned()
                 .collect();
-            used.extend(compute_used(store, namespace, &unknown).await?);
+            used.extend(compute_used(store, namespace, &quota, &unknown).await?);
             let exceeded: Vec<String> = relevant
                 .iter()
                 .filter(|k| used[*k] + delta[*k] > hard[*k])
@@ -455,7 +531,14 @@ pub async fn release(
     namespace: &str,
     obj: &Value,
 ) -> Result<(), StoreError> {
-    release_usage(store, namespace, &usage(resource, group, obj)).await
+    release_usage(
+        store,
+        namespace,
+        resource,
+        obj,
+        &usage(resource, group, obj),
+    )
+    .await
 }
 
 /// What an update gives back (`old` counted for more than `new`, e.g. a pod that
@@ -471,10 +554,13 @@ pub fn freed_by_update(resource: &str, group: &str, new: &Value, old: &Value) ->
         .collect()
 }
 
-/// Subtracts `u` from every quota of `namespace` that tracks any of it.
+/// Subtracts `u` (what `obj`, of `resource`, counted for) from every quota of
+/// `namespace` whose scopes select `obj` and that tracks any of it.
 pub async fn release_usage(
     store: &dyn Store,
     namespace: &str,
+    resource: &str,
+    obj: &Value,
     u: &BTreeMap<String, Quantity>,
 ) -> Result<(), StoreError> {
     if u.is_empty() {
@@ -483,6 +569,9 @@ pub async fn release_usage(
     for (key, quota, _) in
         stored::list(store, &stored::prefix("resourcequotas", Some(namespace))).await?
     {
+        if !in_scope(&quota, resource, obj) {
+            continue;
+        }
         let hard = quantities(quota.pointer("/spec/hard"));
         let delta: Vec<(String, Quantity)> = u
             .iter()
@@ -530,6 +619,26 @@ mod tests {
             resource_of("limits.memory"),
             Some(("pods".into(), String::new()))
         );
+    }
+
+    #[test]
+    fn scopes_select_pods() {
+        let be = json!({"spec":{"containers":[{"name":"c"}]}});
+        let burst = json!({"spec":{"containers":[{"name":"c","resources":{"requests":{"cpu":"1"}}}],
+                                   "activeDeadlineSeconds":5,"priorityClassName":"high"}});
+        let q = |spec: Value| json!({"spec": spec});
+        let best = q(json!({"scopes":["BestEffort"]}));
+        assert!(in_scope(&best, "pods", &be) && !in_scope(&best, "pods", &burst));
+        assert!(
+            !in_scope(&best, "services", &be),
+            "scoped quotas track pods only"
+        );
+        let term = q(json!({"scopes":["Terminating","NotBestEffort"]}));
+        assert!(in_scope(&term, "pods", &burst) && !in_scope(&term, "pods", &be));
+        let prio = q(json!({"scopeSelector":{"matchExpressions":[
+            {"scopeName":"PriorityClass","operator":"In","values":["high"]}]}}));
+        assert!(in_scope(&prio, "pods", &burst) && !in_scope(&prio, "pods", &be));
+        assert!(in_scope(&q(json!({})), "services", &be));
     }
 
     #[test]
