@@ -1,0 +1,279 @@
+//! The pure model: Services + EndpointSlices + node facts → the desired set of
+//! service ports, each with the endpoints it may send traffic to.
+//!
+//! Nothing here touches the kernel, so every shape of Service can be unit-tested;
+//! `nft.rs` turns the result into one nftables transaction.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// The label an EndpointSlice carries to name its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Facts about the node the proxy runs on.
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    pub name: String,
+    /// Addresses NodePorts answer on (besides 127.0.0.1 when `localhost_nodeports`).
+    pub addresses: Vec<IpAddr>,
+    /// Traffic from outside these CIDRs to a ClusterIP is masqueraded (kube-proxy's
+    /// `--cluster-cidr`), so replies come back through this node.
+    pub pod_cidrs: Vec<(IpAddr, u8)>,
+    /// NodePorts on 127.0.0.1 as kube-proxy's iptables mode does.
+    pub localhost_nodeports: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn parse(s: Option<&str>) -> Option<Self> {
+        match s.unwrap_or("TCP") {
+            "TCP" => Some(Self::Tcp),
+            "UDP" => Some(Self::Udp),
+            "SCTP" => Some(Self::Sctp),
+            _ => None,
+        }
+    }
+    pub fn nft(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Sctp => "sctp",
+        }
+    }
+}
+
+/// One backend of a service port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    /// On this node (for the `Local` traffic policies).
+    pub local: bool,
+}
+
+/// One port of one Service, with everything needed to render its rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePortRule {
+    pub namespace: String,
+    pub name: String,
+    pub port_name: String,
+    pub protocol: Protocol,
+    pub cluster_ips: Vec<IpAddr>,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    /// externalIPs and LoadBalancer ingress IPs: treated as external traffic.
+    pub external_ips: Vec<IpAddr>,
+    pub affinity_timeout: Option<u32>,
+    pub external_local: bool,
+    pub internal_local: bool,
+    /// All endpoints of this port seen in the slices (deduplicated by ip:port).
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl ServicePortRule {
+    /// A stable, readable identifier used in chain and set names.
+    pub fn id(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.namespace,
+            self.name,
+            self.protocol.nft(),
+            if self.port_name.is_empty() { "_" } else { &self.port_name }
+        )
+    }
+
+    /// Endpoints that traffic may go to, applying kube-proxy's fallback:
+    /// ready endpoints; if none, serving-and-terminating ones.
+    pub fn usable(&self, only_local: bool) -> Vec<&Endpoint> {
+        let pool: Vec<&Endpoint> = self.endpoints.iter().filter(|e| !only_local || e.local).collect();
+        let ready: Vec<&Endpoint> = pool.iter().copied().filter(|e| e.ready).collect();
+        if !ready.is_empty() {
+            return ready;
+        }
+        pool.into_iter().filter(|e| e.serving && e.terminating).collect()
+    }
+
+    pub fn cluster_endpoints(&self) -> Vec<&Endpoint> {
+        self.usable(self.internal_local)
+    }
+
+    pub fn external_endpoints(&self) -> Vec<&Endpoint> {
+        self.usable(self.external_local)
+    }
+
+    pub fn has_external(&self) -> bool {
+        self.node_port.is_some() || !self.external_ips.is_empty()
+    }
+}
+
+/// Why an object was skipped (logged, never fatal: one bad object must not block
+/// the rules of every other Service).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub object: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    pub ports: Vec<ServicePortRule>,
+    pub skipped: Vec<Skipped>,
+}
+
+fn parse_ip(s: &str) -> Option<IpAddr> {
+    s.parse().ok()
+}
+
+/// Build the desired rule set. Output order is sorted so the same input always
+/// renders the same text (the syncer skips identical transactions).
+pub fn build(services: &[Service], slices: &[EndpointSlice], node: &NodeInfo) -> RuleSet {
+    // (namespace, service) → slices
+    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in slices {
+        let ns = s.metadata.namespace.clone().unwrap_or_default();
+        let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
+            continue;
+        };
+        by_service.entry((ns, svc.clone())).or_default().push(s);
+    }
+
+    let mut out = RuleSet::default();
+    for svc in services {
+        let ns = svc.metadata.namespace.clone().unwrap_or_default();
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let object = format!("service {ns}/{name}");
+        let Some(spec) = &svc.spec else { continue };
+        if spec.type_.as_deref() == Some("ExternalName") {
+            continue;
+        }
+        let mut cluster_ips: Vec<IpAddr> = Vec::new();
+        let raw_ips = spec
+            .cluster_ips
+            .clone()
+            .filter(|v| !v.is_empty())
+            .or_else(|| spec.cluster_ip.clone().map(|i| vec![i]))
+            .unwrap_or_default();
+        for raw in &raw_ips {
+            if raw == "None" || raw.is_empty() {
+                continue;
+            }
+            match parse_ip(raw) {
+                Some(ip) => cluster_ips.push(ip),
+                None => out.skipped.push(Skipped {
+                    object: object.clone(),
+                    reason: format!("spec.clusterIPs: {raw:?} is not an IP address"),
+                }),
+            }
+        }
+        // Headless Services get no proxy rules (DNS serves them).
+        if cluster_ips.is_empty() {
+            continue;
+        }
+        let mut external_ips: Vec<IpAddr> = Vec::new();
+        for (i, raw) in spec.external_ips.iter().flatten().enumerate() {
+            match parse_ip(raw) {
+                Some(ip) => external_ips.push(ip),
+                None => out.skipped.push(Skipped {
+                    object: object.clone(),
+                    reason: format!("spec.externalIPs[{i}]: {raw:?} is not an IP address"),
+                }),
+            }
+        }
+        if spec.type_.as_deref() == Some("LoadBalancer") {
+            let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_ref());
+            for ing in ingress.into_iter().flatten() {
+                if let Some(ip) = ing.ip.as_deref().and_then(parse_ip)
+                    && !external_ips.contains(&ip)
+                    && !node.addresses.contains(&ip)
+                {
+                    external_ips.push(ip);
+                }
+            }
+        }
+        let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .map_or(10800, |t| t.clamp(1, 86400) as u32)
+        });
+        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+        let my_slices = by_service.get(&(ns.clone(), name.clone()));
+
+        for (pi, sp) in spec.ports.iter().flatten().enumerate() {
+            let Some(protocol) = Protocol::parse(sp.protocol.as_deref()) else {
+                out.skipped.push(Skipped {
+                    object: object.clone(),
+                    reason: format!("spec.ports[{pi}].protocol: unsupported {:?}", sp.protocol),
+                });
+                continue;
+            };
+            let Ok(port) = u16::try_from(sp.port) else {
+                out.skipped.push(Skipped { object: object.clone(), reason: format!("spec.ports[{pi}].port: {} out of range", sp.port) });
+                continue;
+            };
+            if port == 0 {
+                out.skipped.push(Skipped { object: object.clone(), reason: format!("spec.ports[{pi}].port: 0 is not a port") });
+                continue;
+            }
+            let node_port = sp.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0);
+            let port_name = sp.name.clone().unwrap_or_default();
+            let mut endpoints: Vec<Endpoint> = Vec::new();
+            for slice in my_slices.into_iter().flatten() {
+                // The EndpointSlice controller resolves named targetPorts per pod; the
+                // slice port with the service port's name carries the number.
+                let slice_port = slice.ports.iter().flatten().find(|p| {
+                    p.name.clone().unwrap_or_default() == port_name && Protocol::parse(p.protocol.as_deref()) == Some(protocol)
+                });
+                let Some(target) = slice_port.and_then(|p| p.port).and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0) else {
+                    continue;
+                };
+                for ep in &slice.endpoints {
+                    let c = ep.conditions.clone().unwrap_or_default();
+                    // Unknown readiness means ready (the API's documented default).
+                    let ready = c.ready.unwrap_or(true);
+                    let serving = c.serving.unwrap_or(ready);
+                    let terminating = c.terminating.unwrap_or(false);
+                    let local = ep.node_name.as_deref() == Some(node.name.as_str());
+                    for a in &ep.addresses {
+                        let Some(ip) = parse_ip(a) else { continue };
+                        if endpoints.iter().any(|e| e.ip == ip && e.port == target) {
+                            continue;
+                        }
+                        endpoints.push(Endpoint { ip, port: target, ready, serving, terminating, local });
+                    }
+                }
+            }
+            endpoints.sort();
+            out.ports.push(ServicePortRule {
+                namespace: ns.clone(),
+                name: name.clone(),
+                port_name,
+                protocol,
+                cluster_ips: cluster_ips.clone(),
+                port,
+                node_port: if matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")) { node_port } else { None },
+                external_ips: external_ips.clone(),
+                affinity_timeout,
+                external_local,
+                internal_local,
+                endpoints,
+            });
+        }
+    }
+    out.ports.sort_by_key(|a| a.id());
+    out
+}
