@@ -240,3 +240,80 @@ async fn limit_range_defaults_and_bounds() {
         "pods \"big\" is forbidden: maximum cpu usage per Container is 1, but limit is 2"
     );
 }
+
+#[tokio::test]
+async fn pod_and_claim_limit_ranges() {
+    let f = fixture("podlimits").await;
+    let adm = Admission::default();
+    let store = &*f.store;
+    let lr = json!({"apiVersion":"v1","kind":"LimitRange","metadata":{"name":"lr","namespace":"default"},
+        "spec":{"limits":[{"type":"Pod","max":{"memory":"100Mi"}},
+                          {"type":"PersistentVolumeClaim","min":{"storage":"1Gi"},"max":{"storage":"10Gi"}}]}});
+    store
+        .create(
+            "/registry/limitranges/default/lr",
+            serde_json::to_vec(&lr).unwrap(),
+        )
+        .await
+        .unwrap();
+    let c =
+        |n: &str, mem: &str| json!({"name":n,"image":"b","resources":{"limits":{"memory":mem}}});
+    let mut ok = pod("ok", "default", c("a", "50Mi"));
+    adm.admit(
+        store,
+        &req(Operation::Create, "Pod", "pods", Some("default"), "ok"),
+        &mut ok,
+        None,
+    )
+    .await
+    .unwrap();
+    let mut two = pod("two", "default", c("a", "60Mi"));
+    two["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(c("b", "60Mi"));
+    let err = adm
+        .admit(
+            store,
+            &req(Operation::Create, "Pod", "pods", Some("default"), "two"),
+            &mut two,
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "pods \"two\" is forbidden: maximum memory usage per Pod is 100Mi, but limit is 120Mi"
+    );
+    let claim = |size: &str| {
+        json!({"apiVersion":"v1","kind":"PersistentVolumeClaim",
+        "metadata":{"name":"c","namespace":"default"},
+        "spec":{"accessModes":["ReadWriteOnce"],"resources":{"requests":{"storage":size}}}})
+    };
+    let r = req(
+        Operation::Create,
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        Some("default"),
+        "c",
+    );
+    adm.admit(store, &r, &mut claim("5Gi"), None).await.unwrap();
+    let err = adm
+        .admit(store, &r, &mut claim("500Mi"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "persistentvolumeclaims \"c\" is forbidden: minimum storage usage per PersistentVolumeClaim is 1Gi, but request is 500Mi"
+    );
+    let err = adm
+        .admit(store, &r, &mut claim("20Gi"), None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().ends_with(
+            "maximum storage usage per PersistentVolumeClaim is 10Gi, but request is 20Gi"
+        ),
+        "{err}"
+    );
+}

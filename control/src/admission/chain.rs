@@ -105,6 +105,13 @@ impl Admission {
                 status.insert("qosClass".into(), Value::from(qos));
             }
         }
+        if main
+            && req.operation == Operation::Create
+            && req.kind == "PersistentVolumeClaim"
+            && !ns.is_empty()
+        {
+            limitrange::check_claim(store, ns, obj).await?;
+        }
         if let (true, "Service", Some(old)) = (main, req.kind, old) {
             Allocators::carry_over(obj, old);
         }

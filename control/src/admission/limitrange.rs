@@ -13,15 +13,9 @@ pub async fn apply_defaults(
     namespace: &str,
     pod: &mut Value,
 ) -> Result<(), AdmissionError> {
-    let ranges = stored::list(store, &stored::prefix("limitranges", Some(namespace))).await?;
-    let items: Vec<Value> = ranges
-        .iter()
-        .filter_map(|(_, lr, _)| lr.pointer("/spec/limits").and_then(Value::as_array))
-        .flatten()
-        .filter(|i| i.get("type").and_then(Value::as_str) == Some("Container"))
-        .cloned()
-        .collect();
-    if items.is_empty() {
+    let items = items_of(store, namespace, "Container").await?;
+    let pod_items = items_of(store, namespace, "Pod").await?;
+    if items.is_empty() && pod_items.is_empty() {
         return Ok(());
     }
     let name = pod
@@ -53,9 +47,17 @@ pub async fn apply_defaults(
                 notes.push(format!("{} limit for container {cname}", limits.join(", ")));
             }
             for item in &items {
-                check_bounds(c, item, &cname, &name)?;
+                check_bounds(item, "Container", "pods", &name, &|sec, res| {
+                    quantity_at(c, sec, res)
+                })?;
+                check_ratio(c, item, &cname, &name)?;
             }
         }
+    }
+    for item in &pod_items {
+        check_bounds(item, "Pod", "pods", &name, &|sec, res| {
+            pod_total(pod, sec, res)
+        })?;
     }
     if !notes.is_empty()
         && let Some(meta) = pod.get_mut("metadata").and_then(Value::as_object_mut)
@@ -121,49 +123,121 @@ fn quantity_at(c: &Value, section: &str, res: &str) -> Option<Quantity> {
         .and_then(|v| Quantity::from_json(v).ok())
 }
 
-fn check_bounds(c: &Value, item: &Value, cname: &str, pod: &str) -> Result<(), AdmissionError> {
-    let bound = |key: &str| -> Vec<(String, Quantity)> {
-        item.get(key)
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Quantity::from_json(v).ok().map(|q| (k.clone(), q)))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let deny = |why: String| Err(AdmissionError::forbidden("pods", pod, &why));
-    for (res, min) in bound("min") {
-        match quantity_at(c, "requests", &res) {
+/// The `type` items of every LimitRange in `namespace`.
+async fn items_of(
+    store: &dyn Store,
+    namespace: &str,
+    ty: &str,
+) -> Result<Vec<Value>, AdmissionError> {
+    let ranges = stored::list(store, &stored::prefix("limitranges", Some(namespace))).await?;
+    Ok(ranges
+        .iter()
+        .filter_map(|(_, lr, _)| lr.pointer("/spec/limits").and_then(Value::as_array))
+        .flatten()
+        .filter(|i| i.get("type").and_then(Value::as_str) == Some(ty))
+        .cloned()
+        .collect())
+}
+
+/// A pod's total request/limit of `res` over its containers (`None` if none sets it).
+fn pod_total(pod: &Value, section: &str, res: &str) -> Option<Quantity> {
+    let all: Vec<Quantity> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| quantity_at(c, section, res))
+        .collect();
+    (!all.is_empty()).then(|| all.into_iter().fold(Quantity::zero(), |a, b| a + b))
+}
+
+fn bound(item: &Value, key: &str) -> Vec<(String, Quantity)> {
+    item.get(key)
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Quantity::from_json(v).ok().map(|q| (k.clone(), q)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// min ≤ request and limit ≤ max for one limit range item. `what` is `Container`, `Pod`
+/// or `PersistentVolumeClaim` (whose max bounds the request: claims have no limit).
+fn check_bounds(
+    item: &Value,
+    what: &str,
+    resource: &str,
+    name: &str,
+    get: &dyn Fn(&str, &str) -> Option<Quantity>,
+) -> Result<(), AdmissionError> {
+    let deny = |why: String| Err(AdmissionError::forbidden(resource, name, &why));
+    for (res, min) in bound(item, "min") {
+        match get("requests", &res) {
             None => {
                 return deny(format!(
-                    "minimum {res} usage per Container is {min}.  No request is specified"
+                    "minimum {res} usage per {what} is {min}.  No request is specified"
                 ));
             }
             Some(r) if r < min => {
                 return deny(format!(
-                    "minimum {res} usage per Container is {min}, but request is {r}"
+                    "minimum {res} usage per {what} is {min}, but request is {r}"
                 ));
             }
             _ => {}
         }
     }
-    for (res, max) in bound("max") {
-        match quantity_at(c, "limits", &res) {
+    let (section, word) = if what == "PersistentVolumeClaim" {
+        ("requests", "request")
+    } else {
+        ("limits", "limit")
+    };
+    for (res, max) in bound(item, "max") {
+        match get(section, &res) {
             None => {
                 return deny(format!(
-                    "maximum {res} usage per Container is {max}.  No limit is specified"
+                    "maximum {res} usage per {what} is {max}.  No {word} is specified"
                 ));
             }
             Some(l) if l > max => {
                 return deny(format!(
-                    "maximum {res} usage per Container is {max}, but limit is {l}"
+                    "maximum {res} usage per {what} is {max}, but {word} is {l}"
                 ));
             }
             _ => {}
         }
     }
-    for (res, ratio) in bound("maxLimitRequestRatio") {
+    Ok(())
+}
+
+/// A new claim within the namespace's `PersistentVolumeClaim` limit ranges.
+pub async fn check_claim(
+    store: &dyn Store,
+    namespace: &str,
+    pvc: &Value,
+) -> Result<(), AdmissionError> {
+    let name = pvc
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    for item in items_of(store, namespace, "PersistentVolumeClaim").await? {
+        check_bounds(
+            &item,
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            name,
+            &|sec, res| {
+                pvc.pointer(&format!("/spec/resources/{sec}/{res}"))
+                    .and_then(|v| Quantity::from_json(v).ok())
+            },
+        )?;
+    }
+    Ok(())
+}
+
+fn check_ratio(c: &Value, item: &Value, cname: &str, pod: &str) -> Result<(), AdmissionError> {
+    let deny = |why: String| Err(AdmissionError::forbidden("pods", pod, &why));
+    for (res, ratio) in bound(item, "maxLimitRequestRatio") {
         if let (Some(l), Some(r)) = (
             quantity_at(c, "limits", &res),
             quantity_at(c, "requests", &res),
