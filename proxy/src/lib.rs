@@ -4,7 +4,11 @@
 //! - `model`: Services + EndpointSlices + node facts → desired service ports (pure).
 //! - `nft`: a rule set rendered as one atomic `nft -f` transaction.
 //! - `apply`: runs `nft`, cleanup, route_localnet.
+//! - `dns_model`: Services/EndpointSlices/Pods → cluster DNS answers (pure).
+//! - `dns_server`: UDP+TCP DNS server on hickory-proto, forwarding non-cluster names.
 
 pub mod apply;
 pub mod model;
 pub mod nft;
+pub mod dns_model;
+pub mod dns_server;
