@@ -6,9 +6,15 @@
 //! - `apply`: runs `nft`, cleanup, route_localnet.
 //! - `dns_model`: Services/EndpointSlices/Pods → cluster DNS answers (pure).
 //! - `dns_server`: UDP+TCP DNS server on hickory-proto, forwarding non-cluster names.
+//! - `conntrack`: flushes stale UDP flows when endpoints go away.
+//! - `runner`: kube-rs reflectors → coalescing sync loop, `/healthz` and `/metrics`.
+//! - `daemon`: the `hull proxy` entry point (kubeconfig, DNS listeners, signals).
 
 pub mod apply;
 pub mod model;
 pub mod nft;
 pub mod dns_model;
 pub mod dns_server;
+pub mod conntrack;
+pub mod runner;
+pub mod daemon;

@@ -1,0 +1,248 @@
+//! The proxy daemon: kube-rs reflectors on Services, EndpointSlices and Pods feed a
+//! coalescing sync loop (nftables rules + the DNS model), plus a small HTTP endpoint
+//! for `/healthz` and `/metrics`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+
+use crate::dns_model::DnsModel;
+use crate::{apply, conntrack, model, nft};
+
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("binding the health endpoint {addr}: {source}")]
+    Healthz { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Apply(#[from] apply::ApplyError),
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub node: model::NodeInfo,
+    /// Syncs closer together than this are coalesced into one.
+    pub min_sync_interval: Duration,
+    /// Print each transaction to stdout before applying it.
+    pub explain: bool,
+    pub healthz: Option<SocketAddr>,
+    /// Write nftables rules (false: DNS only).
+    pub program_rules: bool,
+    /// Fill `status.loadBalancer.ingress` of LoadBalancer Services with node addresses.
+    pub update_lb_status: bool,
+    pub cluster_domain: String,
+}
+
+/// Sync statistics, exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub syncs: AtomicU64,
+    pub failures: AtomicU64,
+    pub sync_micros_total: AtomicU64,
+    pub last_sync_micros: AtomicU64,
+    /// Bucket counts for `hull_proxy_sync_seconds` (le = BUCKETS[i]).
+    pub buckets: [AtomicU64; 8],
+    pub healthy: std::sync::atomic::AtomicBool,
+}
+
+const BUCKETS: [f64; 8] = [0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
+
+impl Metrics {
+    fn observe(&self, d: Duration, ok: bool) {
+        let us = d.as_micros() as u64;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sync_micros_total.fetch_add(us, Ordering::Relaxed);
+        self.last_sync_micros.store(us, Ordering::Relaxed);
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if d.as_secs_f64() <= *le {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.healthy.store(ok, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut s = String::from("# HELP hull_proxy_sync_seconds Time to render and apply one rule set.\n# TYPE hull_proxy_sync_seconds histogram\n");
+        for (i, le) in BUCKETS.iter().enumerate() {
+            s.push_str(&format!("hull_proxy_sync_seconds_bucket{{le=\"{le}\"}} {}\n", self.buckets[i].load(Ordering::Relaxed)));
+        }
+        let n = self.syncs.load(Ordering::Relaxed);
+        s.push_str(&format!("hull_proxy_sync_seconds_bucket{{le=\"+Inf\"}} {n}\n"));
+        s.push_str(&format!("hull_proxy_sync_seconds_sum {}\n", self.sync_micros_total.load(Ordering::Relaxed) as f64 / 1e6));
+        s.push_str(&format!("hull_proxy_sync_seconds_count {n}\n"));
+        s.push_str(&format!("# TYPE hull_proxy_sync_failures_total counter\nhull_proxy_sync_failures_total {}\n", self.failures.load(Ordering::Relaxed)));
+        s
+    }
+}
+
+/// Serve `/healthz` (200 once the last sync succeeded) and `/metrics`.
+pub async fn serve_health(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr, RunError> {
+    let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Healthz { addr, source })?;
+    let bound = l.local_addr().map_err(|source| RunError::Healthz { addr, source })?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut c, _)) = l.accept().await else { continue };
+            let m = metrics.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let n = c.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let path = req.split_whitespace().nth(1).unwrap_or("/");
+                let (code, body) = match path {
+                    "/healthz" if m.healthy.load(Ordering::Relaxed) => ("200 OK", "ok\n".to_string()),
+                    "/healthz" => ("503 Service Unavailable", "no successful sync yet\n".to_string()),
+                    "/metrics" => ("200 OK", m.render()),
+                    _ => ("404 Not Found", "not found\n".to_string()),
+                };
+                let resp = format!("HTTP/1.1 {code}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let _ = c.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+fn watch<K>(api: Api<K>, notify: Arc<Notify>) -> (Store<K>, impl Stream<Item = ()>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .map(move |ev| {
+            match ev {
+                Ok(_) => notify.notify_one(),
+                Err(e) => tracing::warn!("watch: {e}"),
+            }
+        });
+    (store, stream)
+}
+
+fn owned<K: Clone>(s: &Store<K>) -> Vec<K>
+where
+    K: kube::Resource<DynamicType = ()> + 'static,
+{
+    s.state().iter().map(|a| (**a).clone()).collect()
+}
+
+/// Run the proxy (and feed `dns`, if given) until the watchers end.
+pub async fn run(client: kube::Client, cfg: ProxyConfig, dns: Option<Arc<RwLock<DnsModel>>>, metrics: Arc<Metrics>) -> Result<(), RunError> {
+    let notify = Arc::new(Notify::new());
+    let (svcs, s1) = watch(Api::<Service>::all(client.clone()), notify.clone());
+    let (slices, s2) = watch(Api::<EndpointSlice>::all(client.clone()), notify.clone());
+    let pods_watch = dns.is_some().then(|| watch(Api::<Pod>::all(client.clone()), notify.clone()));
+    let pods = pods_watch.as_ref().map(|(s, _)| s.clone());
+    tokio::spawn(s1.for_each(|_| async {}));
+    tokio::spawn(s2.for_each(|_| async {}));
+    if let Some((_, s3)) = pods_watch {
+        tokio::spawn(s3.for_each(|_| async {}));
+    }
+    let _ = svcs.wait_until_ready().await;
+    let _ = slices.wait_until_ready().await;
+    if cfg.program_rules && cfg.node.localhost_nodeports {
+        apply::enable_route_localnet()?;
+    }
+    let last_text: Mutex<String> = Mutex::new(String::new());
+    let mut last_flows: std::collections::BTreeSet<conntrack::UdpFlow> = Default::default();
+    let mut last_sync: Option<Instant> = None;
+    loop {
+        if let Some(t) = last_sync {
+            let since = t.elapsed();
+            if since < cfg.min_sync_interval {
+                tokio::time::sleep(cfg.min_sync_interval - since).await;
+            }
+        }
+        let services = owned(&svcs);
+        let eps = owned(&slices);
+        if let Some(dns) = &dns {
+            let pods = pods.as_ref().map(owned).unwrap_or_default();
+            let m = DnsModel::build(&cfg.cluster_domain, &services, &eps, &pods);
+            if let Ok(mut g) = dns.write() {
+                *g = m;
+            }
+        }
+        if cfg.update_lb_status {
+            update_lb_status(&client, &services, &cfg.node).await;
+        }
+        if cfg.program_rules {
+            let started = Instant::now();
+            let rs = model::build(&services, &eps, &cfg.node);
+            for s in &rs.skipped {
+                tracing::warn!("skipping {}: {}", s.object, s.reason);
+            }
+            let text = nft::render(&rs, &cfg.node);
+            let changed = last_text.lock().map(|l| *l != text).unwrap_or(true);
+            if changed {
+                if cfg.explain {
+                    println!("# hull proxy: nft -f transaction ({} service ports)\n{text}", rs.ports.len());
+                }
+                let res = tokio::task::block_in_place(|| apply::nft_apply(&text));
+                metrics.observe(started.elapsed(), res.is_ok());
+                match res {
+                    Ok(()) => {
+                        let flows = conntrack::udp_flows(&rs);
+                        let gone = last_flows.difference(&flows).cloned().collect();
+                        if conntrack::delete_flows(&gone) > 0 {
+                            tracing::warn!("conntrack tool missing: stale UDP flows not flushed");
+                        }
+                        last_flows = flows;
+                        if let Ok(mut l) = last_text.lock() {
+                            *l = text;
+                        }
+                    }
+                    // The previous rules stay in force; retry on the next change or tick.
+                    Err(e) => tracing::error!("sync failed: {e}"),
+                }
+            }
+        } else {
+            metrics.healthy.store(true, Ordering::Relaxed);
+        }
+        last_sync = Some(Instant::now());
+        // Wake on any change, and at least every 30 s so a failed sync is retried.
+        let _ = tokio::time::timeout(Duration::from_secs(30), notify.notified()).await;
+    }
+}
+
+/// k3s servicelb's idea without pods: a LoadBalancer Service is reachable on the
+/// nodes' addresses, so those are its ingress. Addresses other nodes added stay.
+async fn update_lb_status(client: &kube::Client, services: &[Service], node: &model::NodeInfo) {
+    for svc in services.iter().filter(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")) {
+        let (Some(ns), Some(name)) = (svc.metadata.namespace.as_deref(), svc.metadata.name.as_deref()) else { continue };
+        let current: Vec<String> = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref())
+            .map(|v| v.iter().filter_map(|i| i.ip.clone()).collect())
+            .unwrap_or_default();
+        let mut want = current.clone();
+        for a in &node.addresses {
+            if !want.contains(&a.to_string()) {
+                want.push(a.to_string());
+            }
+        }
+        if want == current {
+            continue;
+        }
+        let ingress: Vec<_> = want.iter().map(|ip| serde_json::json!({"ip": ip, "ipMode": "VIP"})).collect();
+        let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}});
+        let api: Api<Service> = Api::namespaced(client.clone(), ns);
+        if let Err(e) = api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            tracing::warn!("service {ns}/{name}: setting status.loadBalancer: {e}");
+        }
+    }
+}
