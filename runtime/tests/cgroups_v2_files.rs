@@ -368,3 +368,27 @@ fn hybrid_hugetlb_goes_to_the_v2_tree() {
     cg.update(&r).unwrap();
     assert_eq!(read(&unified.join("c1"), "hugetlb.2MB.max"), "");
 }
+
+/// memory.checkBeforeUpdate refuses a limit below current usage and writes nothing.
+#[test]
+fn check_before_update_refuses_a_limit_below_usage() {
+    let t = TempRoot::new("checkupd");
+    fake_cgroup(&t.0, ALL);
+    let leaf = t.0.join("c1");
+    fake_cgroup(&leaf, "");
+    std::fs::write(leaf.join("memory.current"), "52428800\n").unwrap();
+    let cg = manager(&t.0, "c1");
+    let low: LinuxResources =
+        serde_json::from_str(r#"{"memory":{"limit":10485760,"checkBeforeUpdate":true}}"#).unwrap();
+    let err = cg.update(&low).unwrap_err().to_string();
+    assert!(
+        err.contains("linux.resources.memory.limit") && err.contains("52428800"),
+        "{err}"
+    );
+    assert_eq!(read(&leaf, "memory.max"), "");
+    // Without the flag, or with room to spare, the limit is written.
+    let ok: LinuxResources =
+        serde_json::from_str(r#"{"memory":{"limit":104857600,"checkBeforeUpdate":true}}"#).unwrap();
+    cg.update(&ok).unwrap();
+    assert_eq!(read(&leaf, "memory.max"), "104857600");
+}

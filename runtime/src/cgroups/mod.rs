@@ -265,6 +265,7 @@ impl CgroupManager {
     }
 
     fn write_resources(&self, r: &LinuxResources) -> Result<(), CgroupError> {
+        self.check_memory_before_update(r)?;
         match &self.hierarchy {
             Hierarchy::V2 { .. } => {
                 let Some(dir) = self.unified_dir() else {
@@ -293,6 +294,37 @@ impl CgroupManager {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// OCI `memory.checkBeforeUpdate`: refuse a limit below what the container already
+    /// uses, instead of letting the kernel reclaim or OOM-kill to meet it.
+    fn check_memory_before_update(&self, r: &LinuxResources) -> Result<(), CgroupError> {
+        let Some(mem) = r.memory() else {
+            return Ok(());
+        };
+        let Some(limit) = mem.limit().filter(|l| *l > 0) else {
+            return Ok(());
+        };
+        if mem.check_before_update() != Some(true) {
+            return Ok(());
+        }
+        let usage = match (&self.hierarchy, self.v1_dirs().get("memory")) {
+            (Hierarchy::V2 { .. }, _) => match self.unified_dir() {
+                Some(d) => fs::read_u64_opt(&d, "memory.current")?,
+                None => None,
+            },
+            (_, Some(d)) => fs::read_u64_opt(d, "memory.usage_in_bytes")?,
+            (_, None) => None,
+        };
+        match usage {
+            Some(u) if (limit as u64) < u => Err(CgroupError::Invalid {
+                field: "linux.resources.memory.limit".into(),
+                reason: format!(
+                    "{limit} is below the current usage {u} (memory.checkBeforeUpdate is set)"
+                ),
+            }),
+            _ => Ok(()),
         }
     }
 
