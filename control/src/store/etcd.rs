@@ -14,7 +14,7 @@ use etcd_client::{
 use futures::StreamExt;
 
 use super::{KeyValue, ListResult, Revision, Store, StoreError, WatchEvent, WatchStream};
-use crate::store::sqlite::prefix_end;
+use crate::store::prefix_end;
 
 /// How long to wait for etcd to answer before calling it unavailable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

@@ -155,6 +155,24 @@ pub trait Store: Send + Sync + 'static {
     async fn compact(&self, revision: Revision) -> Result<(), StoreError>;
 }
 
+/// The smallest string greater than every string starting with `prefix` (`None`: no bound).
+/// UTF-8 byte order is code point order, so bumping the last char keeps SQLite's BINARY
+/// collation and this bound in agreement.
+pub(crate) fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last as u32 {
+            0xD7FF => Some('\u{E000}'),
+            c => char::from_u32(c + 1),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 /// Opens a store by URL: `sqlite:PATH` (the file is created if missing; its directory must
 /// exist) or `etcd://h1:2379,h2:2379`.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
@@ -184,4 +202,19 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     Err(StoreError::Unavailable(format!(
         "store URL {url:?}: expected sqlite:PATH or etcd://HOST:PORT[,HOST:PORT...]"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_bounds_the_prefix() {
+        assert_eq!(
+            prefix_end("/registry/pods/").as_deref(),
+            Some("/registry/pods0")
+        );
+        assert_eq!(prefix_end("").as_deref(), None);
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+    }
 }

@@ -1,0 +1,331 @@
+//! The embedded SQLite backend: a revision log, as kine keeps it.
+//!
+//! Every write appends one row to `kine`; the row id is the store-wide revision. The
+//! current value of a key is its newest row (a `deleted` row is a tombstone), and the value
+//! at an old revision is the newest row at or below it, so a list at any revision since the
+//! last compaction is one indexed query. One connection writes (SQLite allows one writer;
+//! the mutex orders revisions and the watch broadcast alike); reads come from a small pool
+//! of connections that WAL lets run beside the writer.
+//!
+//! Watches replay rows from the log and then follow an in-process broadcast that the writer
+//! feeds after each commit; see [`watch::watch_stream`] for why that has no gap or duplicate. This
+//! makes the file single-process: [`SqliteStore::open`] takes an exclusive lock on it.
+
+mod revlog;
+mod watch;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::broadcast;
+
+use super::{KeyValue, ListResult, Revision, Store, StoreError, WatchEvent, WatchStream};
+use revlog::{
+    Row, SCHEMA, append, compact, compacted_revision, count_at, current_revision, internal,
+    latest_row, list_at,
+};
+
+/// Events a slow watcher may fall behind by before it re-reads the log.
+const BROADCAST_CAPACITY: usize = 1024;
+/// Idle reader connections kept for reuse.
+const READER_POOL: usize = 8;
+
+/// The SQLite-backed [`Store`]. Cheap to share behind an `Arc`.
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    events: broadcast::Sender<Arc<WatchEvent>>,
+    /// Held for the store's life: a second process on the same file would miss our watch
+    /// events and we would miss its writes.
+    _lock: File,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `path`.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| {
+                StoreError::Unavailable(format!("sqlite store {}: {e}", lock_path.display()))
+            })?;
+        lock.try_lock().map_err(|e| {
+            StoreError::Unavailable(format!(
+                "sqlite store {} is in use by another process ({e})",
+                path.display()
+            ))
+        })?;
+        let writer = Connection::open(path).map_err(|e| {
+            StoreError::Unavailable(format!("sqlite store {}: {e}", path.display()))
+        })?;
+        // FULL: a revision a client was told about survives a crash or power loss, as etcd
+        // promises with its fsync per commit.
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+            )
+            .map_err(internal)?;
+        writer.execute_batch(SCHEMA).map_err(internal)?;
+        // Start at revision 1 like etcd, so no real revision is ever "0" (which means
+        // "latest" / "any" to clients).
+        writer
+            .execute(
+                "INSERT INTO sqlite_sequence (name, seq) SELECT 'kine', 1 \
+                 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'kine')",
+                [],
+            )
+            .map_err(internal)?;
+        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+                events,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// Runs `f` on the writer connection in a blocking thread.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &broadcast::Sender<Arc<WatchEvent>>) -> Result<T, StoreError>
+            + Send
+            + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner
+                .writer
+                .lock()
+                .map_err(|_| StoreError::Internal("sqlite writer mutex poisoned".into()))?;
+            f(&mut conn, &inner.events)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("sqlite writer task: {e}")))?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.with_reader(f))
+            .await
+            .map_err(|e| StoreError::Internal(format!("sqlite reader task: {e}")))?
+    }
+}
+
+impl Inner {
+    pub(super) fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().ok().and_then(|mut pool| pool.pop());
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(internal)?;
+                // Lists read every row under a prefix: map the file rather than copy each
+                // page through read(2) into a per-connection cache.
+                c.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA mmap_size = 268435456;")
+                    .map_err(internal)?;
+                c
+            }
+        };
+        let result = f(&mut conn);
+        if let Ok(mut pool) = self.readers.lock()
+            && pool.len() < READER_POOL
+        {
+            pool.push(conn);
+        }
+        result
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |conn| {
+            Ok(latest_row(conn, &key)?
+                .filter(|r| !r.deleted)
+                .map(|r| r.kv()))
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        revision: Revision,
+    ) -> Result<ListResult, StoreError> {
+        let prefix = prefix.to_owned();
+        let start_after = start_after.map(str::to_owned);
+        self.read(move |conn| {
+            let tx = conn.transaction().map_err(internal)?;
+            let current = current_revision(&tx)?;
+            let at = if revision <= 0 { current } else { revision };
+            if at > current {
+                return Err(StoreError::Unavailable(format!(
+                    "revision {at} is in the future (current revision is {current})"
+                )));
+            }
+            let compacted = compacted_revision(&tx)?;
+            if at < compacted {
+                return Err(StoreError::Compacted {
+                    requested: at,
+                    compacted,
+                });
+            }
+            list_at(&tx, &prefix, start_after.as_deref(), limit, at)
+        })
+        .await
+    }
+
+    async fn count(&self, prefix: &str) -> Result<i64, StoreError> {
+        let prefix = prefix.to_owned();
+        self.read(move |conn| {
+            let at = current_revision(conn)?;
+            count_at(conn, &prefix, None, at)
+        })
+        .await
+    }
+
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
+        let key = key.to_owned();
+        self.write(move |conn, events| {
+            append(conn, events, &key, |revision, latest| {
+                if latest.as_ref().is_some_and(|r| !r.deleted) {
+                    return Err(StoreError::AlreadyExists { key: key.clone() });
+                }
+                Ok(Row {
+                    id: revision,
+                    name: key.clone(),
+                    deleted: false,
+                    create_revision: revision,
+                    prev_revision: latest.map_or(0, |r| r.id),
+                    value,
+                    old_value: None,
+                })
+            })
+            .map(|row| row.id)
+        })
+        .await
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Revision,
+    ) -> Result<Revision, StoreError> {
+        let key = key.to_owned();
+        self.write(move |conn, events| {
+            append(conn, events, &key, |revision, latest| {
+                let latest = check_expected(&key, latest, Some(expected))?;
+                Ok(Row {
+                    id: revision,
+                    name: key.clone(),
+                    deleted: false,
+                    create_revision: latest.create_revision,
+                    prev_revision: latest.id,
+                    value,
+                    old_value: Some(latest.value),
+                })
+            })
+            .map(|row| row.id)
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+    ) -> Result<(Revision, KeyValue), StoreError> {
+        let key = key.to_owned();
+        self.write(move |conn, events| {
+            append(conn, events, &key, |revision, latest| {
+                let latest = check_expected(&key, latest, expected)?;
+                Ok(Row {
+                    id: revision,
+                    name: key.clone(),
+                    deleted: true,
+                    create_revision: latest.create_revision,
+                    prev_revision: latest.id,
+                    value: latest.value.clone(),
+                    old_value: Some(latest.value),
+                })
+            })
+            .map(|row| (row.id, row.kv()))
+        })
+        .await
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        // Subscribe before reading the log: every commit after the subscription reaches the
+        // receiver, every commit before it is in the log.
+        let receiver = self.inner.events.subscribe();
+        let (start, compacted) = self
+            .read(|conn| Ok((current_revision(conn)?, compacted_revision(conn)?)))
+            .await?;
+        let after = if after <= 0 { start } else { after };
+        if after < compacted {
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted,
+            });
+        }
+        Ok(watch::watch_stream(self.inner.clone(), prefix.to_owned(), after, receiver).boxed())
+    }
+
+    async fn current_revision(&self) -> Result<Revision, StoreError> {
+        self.read(|conn| current_revision(conn)).await
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        self.write(move |conn, _| compact(conn, revision)).await
+    }
+}
+
+/// The key's live row, if its mod_revision is `expected` (when given).
+fn check_expected(
+    key: &str,
+    latest: Option<Row>,
+    expected: Option<Revision>,
+) -> Result<Row, StoreError> {
+    match (latest.filter(|r| !r.deleted), expected) {
+        (None, _) => Err(StoreError::NotFound {
+            key: key.to_owned(),
+        }),
+        (Some(row), Some(expected)) if row.id != expected => Err(StoreError::Conflict {
+            key: key.to_owned(),
+            expected,
+            actual: row.id,
+        }),
+        (Some(row), _) => Ok(row),
+    }
+}
