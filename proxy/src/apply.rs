@@ -15,7 +15,10 @@ pub enum ApplyError {
     #[error("nft refused the transaction (previous rules stay in force): {stderr}")]
     Refused { stderr: String },
     #[error("writing {path}: {source}")]
-    Sysctl { path: String, source: std::io::Error },
+    Sysctl {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Path of the `nft` binary (overridable for odd installs).
@@ -26,7 +29,10 @@ pub fn nft_bin() -> String {
 /// Run `nft -f -` with `text` on stdin.
 pub fn nft_apply(text: &str) -> Result<(), ApplyError> {
     let bin = nft_bin();
-    let spawn_err = |source| ApplyError::Spawn { bin: bin.clone(), source };
+    let spawn_err = |source| ApplyError::Spawn {
+        bin: bin.clone(),
+        source,
+    };
     let mut child = Command::new(&bin)
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -39,7 +45,9 @@ pub fn nft_apply(text: &str) -> Result<(), ApplyError> {
     }
     let out = child.wait_with_output().map_err(spawn_err)?;
     if !out.status.success() {
-        return Err(ApplyError::Refused { stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(ApplyError::Refused {
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
 }
@@ -56,12 +64,18 @@ pub fn list_table(family: nft::Family) -> Result<Option<String>, ApplyError> {
         .args(["list", "table", family.table_family(), nft::TABLE])
         .output()
         .map_err(|source| ApplyError::Spawn { bin, source })?;
-    Ok(out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+    Ok(out
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
 /// NodePorts on 127.0.0.1 need the kernel to route loopback-sourced packets out of
 /// non-loopback interfaces after DNAT (kube-proxy's iptables mode sets the same).
 pub fn enable_route_localnet() -> Result<(), ApplyError> {
     let path = "/proc/sys/net/ipv4/conf/all/route_localnet";
-    std::fs::write(path, "1").map_err(|source| ApplyError::Sysctl { path: path.to_string(), source })
+    std::fs::write(path, "1").map_err(|source| ApplyError::Sysctl {
+        path: path.to_string(),
+        source,
+    })
 }

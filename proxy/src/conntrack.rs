@@ -34,8 +34,23 @@ pub fn delete_flows(gone: &BTreeSet<UdpFlow>) -> usize {
     for (sip, sport, eip, eport) in gone {
         let fam = if sip.is_ipv4() { "ipv4" } else { "ipv6" };
         let st = Command::new("conntrack")
-            .args(["-D", "-f", fam, "-p", "udp", "--orig-dst", &sip.to_string(), "--orig-port-dst", &sport.to_string()])
-            .args(["--reply-src", &eip.to_string(), "--reply-port-src", &eport.to_string()])
+            .args([
+                "-D",
+                "-f",
+                fam,
+                "-p",
+                "udp",
+                "--orig-dst",
+                &sip.to_string(),
+                "--orig-port-dst",
+                &sport.to_string(),
+            ])
+            .args([
+                "--reply-src",
+                &eip.to_string(),
+                "--reply-port-src",
+                &eport.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();

@@ -44,13 +44,20 @@ pub fn cleanup(explain: bool) -> Result<(), DaemonError> {
 
 async fn client(path: Option<&PathBuf>) -> Result<kube::Client, DaemonError> {
     let shown = path.map_or("(default)".to_string(), |p| p.display().to_string());
-    let err = |msg: String| DaemonError::Kubeconfig { path: shown.clone(), msg };
+    let err = |msg: String| DaemonError::Kubeconfig {
+        path: shown.clone(),
+        msg,
+    };
     let config = match path {
         Some(p) => {
             let kc = kube::config::Kubeconfig::read_from(p).map_err(|e| err(e.to_string()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await.map_err(|e| err(e.to_string()))?
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| err(e.to_string()))?
         }
-        None => kube::Config::infer().await.map_err(|e| err(e.to_string()))?,
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| err(e.to_string()))?,
     };
     kube::Client::try_from(config).map_err(|e| err(e.to_string()))
 }
@@ -58,7 +65,11 @@ async fn client(path: Option<&PathBuf>) -> Result<kube::Client, DaemonError> {
 /// Run until interrupted (SIGINT/SIGTERM); rules stay in place on exit unless the
 /// caller runs [`cleanup`] (kube-proxy keeps them too, so restarts do not drop traffic).
 pub fn run_blocking(opts: Options) -> Result<(), DaemonError> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(DaemonError::Runtime)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
     rt.block_on(async move {
         let client = client(opts.kubeconfig.as_ref()).await?;
         let metrics = Arc::new(Metrics::default());
@@ -69,14 +80,32 @@ pub fn run_blocking(opts: Options) -> Result<(), DaemonError> {
         let dns = if opts.dns_listen.is_empty() {
             None
         } else {
-            let upstreams: Vec<SocketAddr> = dns_server::upstreams_from_resolv_conf(&opts.resolv_conf)?
-                .into_iter()
-                // Never forward to ourselves (a resolv.conf that points at the node DNS).
-                .filter(|u| !opts.dns_listen.iter().any(|l| l.ip() == u.ip() && l.port() == u.port()))
-                .collect();
-            let model = Arc::new(RwLock::new(DnsModel::build(&opts.proxy.cluster_domain, &[], &[], &[])));
+            let upstreams: Vec<SocketAddr> =
+                dns_server::upstreams_from_resolv_conf(&opts.resolv_conf)?
+                    .into_iter()
+                    // Never forward to ourselves (a resolv.conf that points at the node DNS).
+                    .filter(|u| {
+                        !opts
+                            .dns_listen
+                            .iter()
+                            .any(|l| l.ip() == u.ip() && l.port() == u.port())
+                    })
+                    .collect();
+            let model = Arc::new(RwLock::new(DnsModel::build(
+                &opts.proxy.cluster_domain,
+                &[],
+                &[],
+                &[],
+            )));
             for addr in &opts.dns_listen {
-                let bound = dns_server::spawn(*addr, DnsState { model: model.clone(), upstreams: upstreams.clone() }).await?;
+                let bound = dns_server::spawn(
+                    *addr,
+                    DnsState {
+                        model: model.clone(),
+                        upstreams: upstreams.clone(),
+                    },
+                )
+                .await?;
                 tracing::info!("cluster DNS on {bound}");
             }
             Some(model)

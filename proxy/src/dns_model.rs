@@ -76,19 +76,44 @@ fn dashed(ip: &IpAddr) -> String {
 impl DnsModel {
     pub fn build(zone: &str, services: &[Service], slices: &[EndpointSlice], pods: &[Pod]) -> Self {
         let zone = zone.trim_end_matches('.').to_ascii_lowercase();
-        let mut m = DnsModel { zone, ..Default::default() };
+        let mut m = DnsModel {
+            zone,
+            ..Default::default()
+        };
         for svc in services {
-            let (Some(ns), Some(name)) = (svc.metadata.namespace.clone(), svc.metadata.name.clone()) else { continue };
+            let (Some(ns), Some(name)) =
+                (svc.metadata.namespace.clone(), svc.metadata.name.clone())
+            else {
+                continue;
+            };
             let Some(spec) = &svc.spec else { continue };
             let mut d = SvcDns::default();
             if spec.type_.as_deref() == Some("ExternalName") {
-                d.external_name = spec.external_name.clone().map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+                d.external_name = spec
+                    .external_name
+                    .clone()
+                    .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
             }
-            let ips = spec.cluster_ips.clone().filter(|v| !v.is_empty()).or_else(|| spec.cluster_ip.clone().map(|i| vec![i]));
-            d.cluster_ips = ips.into_iter().flatten().filter_map(|s| s.parse().ok()).collect();
+            let ips = spec
+                .cluster_ips
+                .clone()
+                .filter(|v| !v.is_empty())
+                .or_else(|| spec.cluster_ip.clone().map(|i| vec![i]));
+            d.cluster_ips = ips
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.parse().ok())
+                .collect();
             for p in spec.ports.iter().flatten() {
                 if let (Some(pn), Ok(port)) = (p.name.clone(), u16::try_from(p.port)) {
-                    d.ports.push((pn, p.protocol.clone().unwrap_or_else(|| "TCP".into()).to_ascii_lowercase(), port));
+                    d.ports.push((
+                        pn,
+                        p.protocol
+                            .clone()
+                            .unwrap_or_else(|| "TCP".into())
+                            .to_ascii_lowercase(),
+                        port,
+                    ));
                 }
             }
             for ip in &d.cluster_ips {
@@ -98,15 +123,36 @@ impl DnsModel {
             m.services.insert((ns, name), d);
         }
         for s in slices {
-            let Some(ns) = s.metadata.namespace.clone() else { continue };
-            let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).cloned() else { continue };
-            let Some(d) = m.services.get_mut(&(ns.clone(), svc.clone())) else { continue };
+            let Some(ns) = s.metadata.namespace.clone() else {
+                continue;
+            };
+            let Some(svc) = s
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                .cloned()
+            else {
+                continue;
+            };
+            let Some(d) = m.services.get_mut(&(ns.clone(), svc.clone())) else {
+                continue;
+            };
             let headless = d.cluster_ips.is_empty();
             if headless && d.ports.is_empty() {
                 // Headless Services take their SRV ports from the slices.
                 for p in s.ports.iter().flatten() {
-                    if let (Some(pn), Some(port)) = (p.name.clone(), p.port.and_then(|p| u16::try_from(p).ok())) {
-                        d.ports.push((pn, p.protocol.clone().unwrap_or_else(|| "TCP".into()).to_ascii_lowercase(), port));
+                    if let (Some(pn), Some(port)) =
+                        (p.name.clone(), p.port.and_then(|p| u16::try_from(p).ok()))
+                    {
+                        d.ports.push((
+                            pn,
+                            p.protocol
+                                .clone()
+                                .unwrap_or_else(|| "TCP".into())
+                                .to_ascii_lowercase(),
+                            port,
+                        ));
                     }
                 }
             }
@@ -115,11 +161,14 @@ impl DnsModel {
                     continue;
                 }
                 for a in &ep.addresses {
-                    let Ok(ip) = a.parse::<IpAddr>() else { continue };
+                    let Ok(ip) = a.parse::<IpAddr>() else {
+                        continue;
+                    };
                     let host = ep.hostname.clone().map(|h| h.to_ascii_lowercase());
                     if headless {
                         let label = host.clone().unwrap_or_else(|| dashed(&ip));
-                        m.ptr.insert(ip, format!("{label}.{svc}.{ns}.svc.{}", m.zone));
+                        m.ptr
+                            .insert(ip, format!("{label}.{svc}.{ns}.svc.{}", m.zone));
                     }
                     if !d.endpoints.iter().any(|(i, _)| *i == ip) {
                         d.endpoints.push((ip, host));
@@ -128,10 +177,19 @@ impl DnsModel {
             }
         }
         for p in pods {
-            let Some(ns) = p.metadata.namespace.clone() else { continue };
-            for ip in p.status.iter().flat_map(|s| s.pod_ips.iter().flatten()).filter_map(|i| i.ip.parse::<IpAddr>().ok()) {
+            let Some(ns) = p.metadata.namespace.clone() else {
+                continue;
+            };
+            for ip in p
+                .status
+                .iter()
+                .flat_map(|s| s.pod_ips.iter().flatten())
+                .filter_map(|i| i.ip.parse::<IpAddr>().ok())
+            {
                 let zone = m.zone.clone();
-                m.ptr.entry(ip).or_insert_with(|| format!("{}.{ns}.pod.{zone}", dashed(&ip)));
+                m.ptr
+                    .entry(ip)
+                    .or_insert_with(|| format!("{}.{ns}.pod.{zone}", dashed(&ip)));
             }
         }
         m
@@ -146,7 +204,12 @@ impl DnsModel {
         let name = qname.trim_end_matches('.').to_ascii_lowercase();
         if let Some(ip) = parse_reverse(&name) {
             return match self.ptr.get(&ip) {
-                Some(target) if matches!(qtype, QType::Ptr | QType::Any) => Lookup::Records(vec![Rec { name, data: RecData::Ptr(target.clone()) }]),
+                Some(target) if matches!(qtype, QType::Ptr | QType::Any) => {
+                    Lookup::Records(vec![Rec {
+                        name,
+                        data: RecData::Ptr(target.clone()),
+                    }])
+                }
                 Some(_) => Lookup::NoData,
                 None => Lookup::NotOurs,
             };
@@ -158,7 +221,11 @@ impl DnsModel {
         } else {
             return Lookup::NotOurs;
         };
-        let labels: Vec<&str> = if rel.is_empty() { vec![] } else { rel.split('.').collect() };
+        let labels: Vec<&str> = if rel.is_empty() {
+            vec![]
+        } else {
+            rel.split('.').collect()
+        };
         let addr = |ips: &mut dyn Iterator<Item = IpAddr>| -> Vec<Rec> {
             ips.filter(|ip| match qtype {
                 QType::A => ip.is_ipv4(),
@@ -166,10 +233,19 @@ impl DnsModel {
                 QType::Any => true,
                 _ => false,
             })
-            .map(|ip| Rec { name: name.clone(), data: RecData::Addr(ip) })
+            .map(|ip| Rec {
+                name: name.clone(),
+                data: RecData::Addr(ip),
+            })
             .collect()
         };
-        let records = |recs: Vec<Rec>| if recs.is_empty() { Lookup::NoData } else { Lookup::Records(recs) };
+        let records = |recs: Vec<Rec>| {
+            if recs.is_empty() {
+                Lookup::NoData
+            } else {
+                Lookup::Records(recs)
+            }
+        };
         match labels.as_slice() {
             [] | ["svc"] | ["pod"] => Lookup::NoData,
             [ns, "svc"] | [ns, "pod"] => {
@@ -180,9 +256,14 @@ impl DnsModel {
                 }
             }
             [svc, ns, "svc"] => {
-                let Some(d) = self.services.get(&(ns.to_string(), svc.to_string())) else { return Lookup::NxDomain };
+                let Some(d) = self.services.get(&(ns.to_string(), svc.to_string())) else {
+                    return Lookup::NxDomain;
+                };
                 if let Some(target) = &d.external_name {
-                    return Lookup::Records(vec![Rec { name, data: RecData::Cname(target.clone()) }]);
+                    return Lookup::Records(vec![Rec {
+                        name,
+                        data: RecData::Cname(target.clone()),
+                    }]);
                 }
                 if d.cluster_ips.is_empty() {
                     records(addr(&mut d.endpoints.iter().map(|(ip, _)| *ip)))
@@ -191,18 +272,32 @@ impl DnsModel {
                 }
             }
             [host, svc, ns, "svc"] if !host.starts_with('_') => {
-                let Some(d) = self.services.get(&(ns.to_string(), svc.to_string())) else { return Lookup::NxDomain };
+                let Some(d) = self.services.get(&(ns.to_string(), svc.to_string())) else {
+                    return Lookup::NxDomain;
+                };
                 let ips: Vec<IpAddr> = d
                     .endpoints
                     .iter()
-                    .filter(|(ip, h)| h.as_deref() == Some(*host) || (h.is_none() && dashed(ip) == *host))
+                    .filter(|(ip, h)| {
+                        h.as_deref() == Some(*host) || (h.is_none() && dashed(ip) == *host)
+                    })
                     .map(|(ip, _)| *ip)
                     .collect();
-                if ips.is_empty() { Lookup::NxDomain } else { records(addr(&mut ips.into_iter())) }
+                if ips.is_empty() {
+                    Lookup::NxDomain
+                } else {
+                    records(addr(&mut ips.into_iter()))
+                }
             }
             [port, proto, svc, ns, "svc"] if port.starts_with('_') && proto.starts_with('_') => {
-                let Some(d) = self.services.get(&(ns.to_string(), svc.to_string())) else { return Lookup::NxDomain };
-                let Some((_, _, pnum)) = d.ports.iter().find(|(pn, pr, _)| pn == &port[1..] && pr == &proto[1..]) else {
+                let Some(d) = self.services.get(&(ns.to_string(), svc.to_string())) else {
+                    return Lookup::NxDomain;
+                };
+                let Some((_, _, pnum)) = d
+                    .ports
+                    .iter()
+                    .find(|(pn, pr, _)| pn == &port[1..] && pr == &proto[1..])
+                else {
                     return Lookup::NxDomain;
                 };
                 if !matches!(qtype, QType::Srv | QType::Any) {
@@ -210,11 +305,27 @@ impl DnsModel {
                 }
                 let base = format!("{svc}.{ns}.svc.{}", self.zone);
                 let targets: Vec<String> = if d.cluster_ips.is_empty() {
-                    d.endpoints.iter().map(|(ip, h)| format!("{}.{base}", h.clone().unwrap_or_else(|| dashed(ip)))).collect()
+                    d.endpoints
+                        .iter()
+                        .map(|(ip, h)| {
+                            format!("{}.{base}", h.clone().unwrap_or_else(|| dashed(ip)))
+                        })
+                        .collect()
                 } else {
                     vec![base]
                 };
-                records(targets.into_iter().map(|target| Rec { name: name.clone(), data: RecData::Srv { port: *pnum, target } }).collect())
+                records(
+                    targets
+                        .into_iter()
+                        .map(|target| Rec {
+                            name: name.clone(),
+                            data: RecData::Srv {
+                                port: *pnum,
+                                target,
+                            },
+                        })
+                        .collect(),
+                )
             }
             [ip, _ns, "pod"] => match undash(ip) {
                 Some(ip) => records(addr(&mut std::iter::once(ip))),
@@ -226,13 +337,20 @@ impl DnsModel {
 }
 
 fn undash(s: &str) -> Option<IpAddr> {
-    s.replace('-', ".").parse::<Ipv4Addr>().map(IpAddr::V4).ok().or_else(|| s.replace('-', ":").parse::<Ipv6Addr>().map(IpAddr::V6).ok())
+    s.replace('-', ".")
+        .parse::<Ipv4Addr>()
+        .map(IpAddr::V4)
+        .ok()
+        .or_else(|| s.replace('-', ":").parse::<Ipv6Addr>().map(IpAddr::V6).ok())
 }
 
 /// `4.3.2.1.in-addr.arpa` → 1.2.3.4; 32-nibble `ip6.arpa` names → the IPv6 address.
 pub fn parse_reverse(name: &str) -> Option<IpAddr> {
     if let Some(r) = name.strip_suffix(".in-addr.arpa") {
-        let mut o: Vec<u8> = r.split('.').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+        let mut o: Vec<u8> = r
+            .split('.')
+            .map(|p| p.parse().ok())
+            .collect::<Option<_>>()?;
         if o.len() != 4 {
             return None;
         }
@@ -240,12 +358,27 @@ pub fn parse_reverse(name: &str) -> Option<IpAddr> {
         return Some(IpAddr::V4(Ipv4Addr::new(o[0], o[1], o[2], o[3])));
     }
     let r = name.strip_suffix(".ip6.arpa")?;
-    let nibbles: Vec<u8> = r.split('.').map(|p| if p.len() == 1 { u8::from_str_radix(p, 16).ok() } else { None }).collect::<Option<_>>()?;
+    let nibbles: Vec<u8> = r
+        .split('.')
+        .map(|p| {
+            if p.len() == 1 {
+                u8::from_str_radix(p, 16).ok()
+            } else {
+                None
+            }
+        })
+        .collect::<Option<_>>()?;
     if nibbles.len() != 32 {
         return None;
     }
     let mut bytes = [0u8; 16];
-    for (i, pair) in nibbles.iter().rev().collect::<Vec<_>>().chunks(2).enumerate() {
+    for (i, pair) in nibbles
+        .iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .enumerate()
+    {
         bytes[i] = (pair[0] << 4) | pair[1];
     }
     Some(IpAddr::V6(Ipv6Addr::from(bytes)))

@@ -24,9 +24,15 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
     #[error("reading resolver config {path}: {source}")]
-    ResolvConf { path: String, source: std::io::Error },
+    ResolvConf {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Shared state of a running server.
@@ -39,14 +45,21 @@ pub struct DnsState {
 /// `nameserver` lines of a resolv.conf (port 53). `nameserver IP#PORT` is also
 /// accepted so a test can point at a fake upstream on an unprivileged port.
 pub fn upstreams_from_resolv_conf(path: &Path) -> Result<Vec<SocketAddr>, DnsError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DnsError::ResolvConf { path: path.display().to_string(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| DnsError::ResolvConf {
+        path: path.display().to_string(),
+        source,
+    })?;
     Ok(text
         .lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
         .filter_map(|v| {
             let v = v.trim();
-            let (ip, port) = v.split_once('#').map_or((v, 53), |(i, p)| (i, p.parse().unwrap_or(53)));
-            ip.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, port))
+            let (ip, port) = v
+                .split_once('#')
+                .map_or((v, 53), |(i, p)| (i, p.parse().unwrap_or(53)));
+            ip.parse::<IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, port))
         })
         .collect())
 }
@@ -72,18 +85,28 @@ fn formerr(packet: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let id = u16::from_be_bytes([packet[0], packet[1]]);
-    Message::error_msg(id, OpCode::Query, ResponseCode::FormErr).to_vec().ok()
+    Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)
+        .to_vec()
+        .ok()
 }
 
 /// Answer one packet. `None` means "send nothing" (not even a header to answer).
 pub async fn handle(state: &DnsState, packet: &[u8]) -> Option<Vec<u8>> {
-    let Ok(req) = Message::from_vec(packet) else { return formerr(packet) };
+    let Ok(req) = Message::from_vec(packet) else {
+        return formerr(packet);
+    };
     if req.metadata.message_type != MessageType::Query {
         return None;
     }
     if req.metadata.op_code != OpCode::Query || req.queries.len() != 1 {
-        let code = if req.metadata.op_code != OpCode::Query { ResponseCode::NotImp } else { ResponseCode::FormErr };
-        return Message::error_msg(req.metadata.id, req.metadata.op_code, code).to_vec().ok();
+        let code = if req.metadata.op_code != OpCode::Query {
+            ResponseCode::NotImp
+        } else {
+            ResponseCode::FormErr
+        };
+        return Message::error_msg(req.metadata.id, req.metadata.op_code, code)
+            .to_vec()
+            .ok();
     }
     let q = req.queries[0].clone();
     let qname = q.name().to_ascii();
@@ -92,7 +115,11 @@ pub async fn handle(state: &DnsState, packet: &[u8]) -> Option<Vec<u8>> {
             let l = m.lookup(&qname, qtype(q.query_type()));
             (l, m.zone().to_string())
         }
-        Err(_) => return Message::error_msg(req.metadata.id, OpCode::Query, ResponseCode::ServFail).to_vec().ok(),
+        Err(_) => {
+            return Message::error_msg(req.metadata.id, OpCode::Query, ResponseCode::ServFail)
+                .to_vec()
+                .ok();
+        }
     };
     let (lookup, zone) = lookup;
     if lookup == Lookup::NotOurs {
@@ -131,7 +158,11 @@ pub async fn handle(state: &DnsState, packet: &[u8]) -> Option<Vec<u8>> {
                 resp.metadata.response_code = ResponseCode::NXDomain;
             }
             // The SOA in the authority section lets resolvers cache the negative answer.
-            if let (Some(z), Some(m), Some(r)) = (fqdn(&zone), fqdn(&format!("ns.dns.{zone}")), fqdn(&format!("hostmaster.{zone}"))) {
+            if let (Some(z), Some(m), Some(r)) = (
+                fqdn(&zone),
+                fqdn(&format!("ns.dns.{zone}")),
+                fqdn(&format!("hostmaster.{zone}")),
+            ) {
                 let soa = SOA::new(m, r, 1, 7200, 1800, 86400, TTL);
                 resp.add_authority(Record::from_rdata(z, TTL, RData::SOA(soa)));
             }
@@ -143,15 +174,23 @@ pub async fn handle(state: &DnsState, packet: &[u8]) -> Option<Vec<u8>> {
 
 async fn forward(state: &DnsState, req: &Message, packet: &[u8]) -> Vec<u8> {
     for up in &state.upstreams {
-        let bind: SocketAddr = if up.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
-        let Ok(sock) = UdpSocket::bind(bind).await else { continue };
+        let bind: SocketAddr = if up.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let Ok(sock) = UdpSocket::bind(bind).await else {
+            continue;
+        };
         if sock.send_to(packet, up).await.is_err() {
             continue;
         }
         let mut buf = vec![0u8; 65535];
         loop {
             match tokio::time::timeout(UPSTREAM_TIMEOUT, sock.recv_from(&mut buf)).await {
-                Ok(Ok((n, from))) if from == *up && n >= 2 && buf[..2] == packet[..2] => return buf[..n].to_vec(),
+                Ok(Ok((n, from))) if from == *up && n >= 2 && buf[..2] == packet[..2] => {
+                    return buf[..n].to_vec();
+                }
                 Ok(Ok(_)) => continue,
                 _ => break,
             }
@@ -167,7 +206,9 @@ pub async fn serve_udp(sock: UdpSocket, state: DnsState) {
     let sock = Arc::new(sock);
     let mut buf = vec![0u8; 65535];
     loop {
-        let Ok((n, peer)) = sock.recv_from(&mut buf).await else { continue };
+        let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+            continue;
+        };
         let packet = buf[..n].to_vec();
         let (sock, state) = (sock.clone(), state.clone());
         tokio::spawn(async move {
@@ -189,7 +230,9 @@ pub async fn serve_udp(sock: UdpSocket, state: DnsState) {
 /// Serve DNS over TCP (2-byte length prefix per message, RFC 1035 4.2.2).
 pub async fn serve_tcp(listener: TcpListener, state: DnsState) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
             let _ = tcp_conn(stream, &state).await;
@@ -205,8 +248,12 @@ async fn tcp_conn(mut s: TcpStream, state: &DnsState) -> std::io::Result<()> {
         };
         let mut buf = vec![0u8; len];
         s.read_exact(&mut buf).await?;
-        let Some(resp) = handle(state, &buf).await else { return Ok(()) };
-        let Ok(rlen) = u16::try_from(resp.len()) else { return Ok(()) };
+        let Some(resp) = handle(state, &buf).await else {
+            return Ok(());
+        };
+        let Ok(rlen) = u16::try_from(resp.len()) else {
+            return Ok(());
+        };
         s.write_u16(rlen).await?;
         s.write_all(&resp).await?;
     }
@@ -214,9 +261,18 @@ async fn tcp_conn(mut s: TcpStream, state: &DnsState) -> std::io::Result<()> {
 
 /// Bind UDP and TCP on `addr` and serve both in the background.
 pub async fn spawn(addr: SocketAddr, state: DnsState) -> Result<SocketAddr, DnsError> {
-    let udp = UdpSocket::bind(addr).await.map_err(|source| DnsError::Bind { addr, source })?;
-    let bound = udp.local_addr().map_err(|source| DnsError::Bind { addr, source })?;
-    let tcp = TcpListener::bind(bound).await.map_err(|source| DnsError::Bind { addr: bound, source })?;
+    let udp = UdpSocket::bind(addr)
+        .await
+        .map_err(|source| DnsError::Bind { addr, source })?;
+    let bound = udp
+        .local_addr()
+        .map_err(|source| DnsError::Bind { addr, source })?;
+    let tcp = TcpListener::bind(bound)
+        .await
+        .map_err(|source| DnsError::Bind {
+            addr: bound,
+            source,
+        })?;
     tokio::spawn(serve_udp(udp, state.clone()));
     tokio::spawn(serve_tcp(tcp, state));
     Ok(bound)

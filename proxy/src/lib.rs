@@ -11,10 +11,10 @@
 //! - `daemon`: the `hull proxy` entry point (kubeconfig, DNS listeners, signals).
 
 pub mod apply;
-pub mod model;
-pub mod nft;
+pub mod conntrack;
+pub mod daemon;
 pub mod dns_model;
 pub mod dns_server;
-pub mod conntrack;
+pub mod model;
+pub mod nft;
 pub mod runner;
-pub mod daemon;

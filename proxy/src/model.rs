@@ -90,19 +90,29 @@ impl ServicePortRule {
             self.namespace,
             self.name,
             self.protocol.nft(),
-            if self.port_name.is_empty() { "_" } else { &self.port_name }
+            if self.port_name.is_empty() {
+                "_"
+            } else {
+                &self.port_name
+            }
         )
     }
 
     /// Endpoints that traffic may go to, applying kube-proxy's fallback:
     /// ready endpoints; if none, serving-and-terminating ones.
     pub fn usable(&self, only_local: bool) -> Vec<&Endpoint> {
-        let pool: Vec<&Endpoint> = self.endpoints.iter().filter(|e| !only_local || e.local).collect();
+        let pool: Vec<&Endpoint> = self
+            .endpoints
+            .iter()
+            .filter(|e| !only_local || e.local)
+            .collect();
         let ready: Vec<&Endpoint> = pool.iter().copied().filter(|e| e.ready).collect();
         if !ready.is_empty() {
             return ready;
         }
-        pool.into_iter().filter(|e| e.serving && e.terminating).collect()
+        pool.into_iter()
+            .filter(|e| e.serving && e.terminating)
+            .collect()
     }
 
     pub fn cluster_endpoints(&self) -> Vec<&Endpoint> {
@@ -143,7 +153,12 @@ pub fn build(services: &[Service], slices: &[EndpointSlice], node: &NodeInfo) ->
     let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
     for s in slices {
         let ns = s.metadata.namespace.clone().unwrap_or_default();
-        let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
+        let Some(svc) = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        else {
             continue;
         };
         by_service.entry((ns, svc.clone())).or_default().push(s);
@@ -192,7 +207,11 @@ pub fn build(services: &[Service], slices: &[EndpointSlice], node: &NodeInfo) ->
             }
         }
         if spec.type_.as_deref() == Some("LoadBalancer") {
-            let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_ref());
+            let ingress = svc
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|l| l.ingress.as_ref());
             for ing in ingress.into_iter().flatten() {
                 if let Some(ip) = ing.ip.as_deref().and_then(parse_ip)
                     && !external_ips.contains(&ip)
@@ -222,23 +241,37 @@ pub fn build(services: &[Service], slices: &[EndpointSlice], node: &NodeInfo) ->
                 continue;
             };
             let Ok(port) = u16::try_from(sp.port) else {
-                out.skipped.push(Skipped { object: object.clone(), reason: format!("spec.ports[{pi}].port: {} out of range", sp.port) });
+                out.skipped.push(Skipped {
+                    object: object.clone(),
+                    reason: format!("spec.ports[{pi}].port: {} out of range", sp.port),
+                });
                 continue;
             };
             if port == 0 {
-                out.skipped.push(Skipped { object: object.clone(), reason: format!("spec.ports[{pi}].port: 0 is not a port") });
+                out.skipped.push(Skipped {
+                    object: object.clone(),
+                    reason: format!("spec.ports[{pi}].port: 0 is not a port"),
+                });
                 continue;
             }
-            let node_port = sp.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0);
+            let node_port = sp
+                .node_port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0);
             let port_name = sp.name.clone().unwrap_or_default();
             let mut endpoints: Vec<Endpoint> = Vec::new();
             for slice in my_slices.into_iter().flatten() {
                 // The EndpointSlice controller resolves named targetPorts per pod; the
                 // slice port with the service port's name carries the number.
                 let slice_port = slice.ports.iter().flatten().find(|p| {
-                    p.name.clone().unwrap_or_default() == port_name && Protocol::parse(p.protocol.as_deref()) == Some(protocol)
+                    p.name.clone().unwrap_or_default() == port_name
+                        && Protocol::parse(p.protocol.as_deref()) == Some(protocol)
                 });
-                let Some(target) = slice_port.and_then(|p| p.port).and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0) else {
+                let Some(target) = slice_port
+                    .and_then(|p| p.port)
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|p| *p != 0)
+                else {
                     continue;
                 };
                 for ep in &slice.endpoints {
@@ -253,7 +286,14 @@ pub fn build(services: &[Service], slices: &[EndpointSlice], node: &NodeInfo) ->
                         if endpoints.iter().any(|e| e.ip == ip && e.port == target) {
                             continue;
                         }
-                        endpoints.push(Endpoint { ip, port: target, ready, serving, terminating, local });
+                        endpoints.push(Endpoint {
+                            ip,
+                            port: target,
+                            ready,
+                            serving,
+                            terminating,
+                            local,
+                        });
                     }
                 }
             }
@@ -265,7 +305,11 @@ pub fn build(services: &[Service], slices: &[EndpointSlice], node: &NodeInfo) ->
                 protocol,
                 cluster_ips: cluster_ips.clone(),
                 port,
-                node_port: if matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")) { node_port } else { None },
+                node_port: if matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")) {
+                    node_port
+                } else {
+                    None
+                },
                 external_ips: external_ips.clone(),
                 affinity_timeout,
                 external_local,

@@ -40,7 +40,10 @@ impl Family {
         }
     }
     fn has(self, ip: &IpAddr) -> bool {
-        matches!((self, ip), (Self::V4, IpAddr::V4(_)) | (Self::V6, IpAddr::V6(_)))
+        matches!(
+            (self, ip),
+            (Self::V4, IpAddr::V4(_)) | (Self::V6, IpAddr::V6(_))
+        )
     }
     fn loopback(self) -> &'static str {
         match self {
@@ -70,11 +73,21 @@ pub fn render(rs: &RuleSet, node: &NodeInfo) -> String {
 }
 
 fn ep_chain(r: &ServicePortRule, e: &Endpoint) -> String {
-    format!("ep-{}/{}/{}", r.id(), e.ip.to_string().replace(':', "."), e.port)
+    format!(
+        "ep-{}/{}/{}",
+        r.id(),
+        e.ip.to_string().replace(':', "."),
+        e.port
+    )
 }
 
 fn aff_set(r: &ServicePortRule, e: &Endpoint) -> String {
-    format!("aff-{}/{}/{}", r.id(), e.ip.to_string().replace(':', "."), e.port)
+    format!(
+        "aff-{}/{}/{}",
+        r.id(),
+        e.ip.to_string().replace(':', "."),
+        e.port
+    )
 }
 
 fn dnat_target(e: &Endpoint) -> String {
@@ -85,7 +98,11 @@ fn dnat_target(e: &Endpoint) -> String {
 }
 
 fn join<T: ToString>(items: &[T]) -> String {
-    items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Where traffic for one view (cluster / external) of a service port goes.
@@ -99,7 +116,12 @@ fn render_family(s: &mut String, rs: &RuleSet, node: &NodeInfo, f: Family) {
     let t = f.table_family();
     let a = t; // the address match keyword is the family name: `ip saddr` / `ip6 saddr`
     let ty = f.addr_type();
-    let pod_cidrs: Vec<String> = node.pod_cidrs.iter().filter(|(ip, _)| f.has(ip)).map(|(ip, p)| format!("{ip}/{p}")).collect();
+    let pod_cidrs: Vec<String> = node
+        .pod_cidrs
+        .iter()
+        .filter(|(ip, _)| f.has(ip))
+        .map(|(ip, p)| format!("{ip}/{p}"))
+        .collect();
 
     let mut service_ips: Vec<String> = Vec::new();
     let mut nodeports: Vec<String> = Vec::new();
@@ -109,13 +131,20 @@ fn render_family(s: &mut String, rs: &RuleSet, node: &NodeInfo, f: Family) {
     let mut sets = String::new();
 
     for r in &rs.ports {
-        let cips: Vec<IpAddr> = r.cluster_ips.iter().copied().filter(|ip| f.has(ip)).collect();
+        let cips: Vec<IpAddr> = r
+            .cluster_ips
+            .iter()
+            .copied()
+            .filter(|ip| f.has(ip))
+            .collect();
         if cips.is_empty() {
             continue;
         }
         let id = r.id();
         let proto = r.protocol.nft();
-        let fam_eps = |eps: Vec<&Endpoint>| -> Vec<Endpoint> { eps.into_iter().filter(|e| f.has(&e.ip)).cloned().collect() };
+        let fam_eps = |eps: Vec<&Endpoint>| -> Vec<Endpoint> {
+            eps.into_iter().filter(|e| f.has(&e.ip)).cloned().collect()
+        };
         let all = fam_eps(r.usable(false));
         let local = fam_eps(r.usable(true));
         let need_local = r.internal_local || r.external_local;
@@ -123,18 +152,36 @@ fn render_family(s: &mut String, rs: &RuleSet, node: &NodeInfo, f: Family) {
         let masq_rule = if pod_cidrs.is_empty() {
             String::new()
         } else {
-            format!("\t\t{a} daddr {{ {} }} {a} saddr != {{ {} }} jump mark-for-masquerade\n", join(&cips), join(&pod_cidrs))
+            format!(
+                "\t\t{a} daddr {{ {} }} {a} saddr != {{ {} }} jump mark-for-masquerade\n",
+                join(&cips),
+                join(&pod_cidrs)
+            )
         };
         let lb_chain = |name: &str, eps: &[Endpoint], chains: &mut String| {
             let _ = writeln!(chains, "\tchain {name} {{");
             chains.push_str(&masq_rule);
             if r.affinity_timeout.is_some() {
                 for e in eps {
-                    let _ = writeln!(chains, "\t\t{a} saddr @{} goto {}", aff_set(r, e), ep_chain(r, e));
+                    let _ = writeln!(
+                        chains,
+                        "\t\t{a} saddr @{} goto {}",
+                        aff_set(r, e),
+                        ep_chain(r, e)
+                    );
                 }
             }
-            let arms: Vec<String> = eps.iter().enumerate().map(|(i, e)| format!("{i} : goto {}", ep_chain(r, e))).collect();
-            let _ = writeln!(chains, "\t\tnumgen random mod {} vmap {{ {} }}\n\t}}", eps.len(), arms.join(", "));
+            let arms: Vec<String> = eps
+                .iter()
+                .enumerate()
+                .map(|(i, e)| format!("{i} : goto {}", ep_chain(r, e)))
+                .collect();
+            let _ = writeln!(
+                chains,
+                "\t\tnumgen random mod {} vmap {{ {} }}\n\t}}",
+                eps.len(),
+                arms.join(", ")
+            );
         };
         let svc = format!("svc-{id}");
         let loc = format!("local-{id}");
@@ -158,10 +205,17 @@ fn render_family(s: &mut String, rs: &RuleSet, node: &NodeInfo, f: Family) {
             let _ = writeln!(chains, "\t\t{a} saddr {} jump mark-for-masquerade", e.ip);
             if let Some(timeout) = r.affinity_timeout {
                 let set = aff_set(r, e);
-                let _ = writeln!(sets, "\tset {set} {{ type {ty}; flags dynamic,timeout; timeout {timeout}s; }}");
+                let _ = writeln!(
+                    sets,
+                    "\tset {set} {{ type {ty}; flags dynamic,timeout; timeout {timeout}s; }}"
+                );
                 let _ = writeln!(chains, "\t\tupdate @{set} {{ {a} saddr }}");
             }
-            let _ = writeln!(chains, "\t\tmeta l4proto {proto} dnat to {}\n\t}}", dnat_target(e));
+            let _ = writeln!(
+                chains,
+                "\t\tmeta l4proto {proto} dnat to {}\n\t}}",
+                dnat_target(e)
+            );
         }
 
         let cluster_target = match (r.internal_local, all.is_empty(), local.is_empty()) {
@@ -182,7 +236,11 @@ fn render_family(s: &mut String, rs: &RuleSet, node: &NodeInfo, f: Family) {
         if !r.has_external() {
             continue;
         }
-        let ext_ok = if r.external_local { !local.is_empty() } else { !all.is_empty() };
+        let ext_ok = if r.external_local {
+            !local.is_empty()
+        } else {
+            !all.is_empty()
+        };
         let ext_target = if all.is_empty() {
             Target::Reject
         } else if !ext_ok {
@@ -195,7 +253,11 @@ fn render_family(s: &mut String, rs: &RuleSet, node: &NodeInfo, f: Family) {
                 // does the same); only traffic from outside is kept on this node,
                 // unmasqueraded, so the client address is preserved.
                 if !pod_cidrs.is_empty() {
-                    let _ = writeln!(chains, "\t\t{a} saddr {{ {} }} goto {svc}", join(&pod_cidrs));
+                    let _ = writeln!(
+                        chains,
+                        "\t\t{a} saddr {{ {} }} goto {svc}",
+                        join(&pod_cidrs)
+                    );
                 }
                 let _ = writeln!(chains, "\t\tfib saddr type local jump mark-for-masquerade");
                 let _ = writeln!(chains, "\t\tfib saddr type local goto {svc}");
@@ -215,15 +277,25 @@ fn render_family(s: &mut String, rs: &RuleSet, node: &NodeInfo, f: Family) {
             _ => (&mut noep_ips, &mut noep_nodeports),
         };
         for ip in r.external_ips.iter().filter(|ip| f.has(ip)) {
-            ips_map.push(format!("{ip} . {proto} . {} : {}", r.port, verdict(&ext_target)));
+            ips_map.push(format!(
+                "{ip} . {proto} . {} : {}",
+                r.port,
+                verdict(&ext_target)
+            ));
         }
         if let Some(np) = r.node_port {
             np_map.push(format!("{proto} . {np} : {}", verdict(&ext_target)));
         }
     }
 
-    let _ = writeln!(s, "add table {t} {TABLE}\ndelete table {t} {TABLE}\ntable {t} {TABLE} {{");
-    let _ = writeln!(s, "\tcomment \"hull service proxy; rewritten whole on every sync\"");
+    let _ = writeln!(
+        s,
+        "add table {t} {TABLE}\ndelete table {t} {TABLE}\ntable {t} {TABLE} {{"
+    );
+    let _ = writeln!(
+        s,
+        "\tcomment \"hull service proxy; rewritten whole on every sync\""
+    );
     let map = |s: &mut String, name: &str, key: &str, elems: &[String]| {
         let _ = write!(s, "\tmap {name} {{ type {key} : verdict;");
         if !elems.is_empty() {
@@ -231,15 +303,39 @@ fn render_family(s: &mut String, rs: &RuleSet, node: &NodeInfo, f: Family) {
         }
         s.push_str(" }\n");
     };
-    map(s, "service-ips", &format!("{ty} . inet_proto . inet_service"), &service_ips);
-    map(s, "service-nodeports", "inet_proto . inet_service", &nodeports);
-    map(s, "no-endpoint-services", &format!("{ty} . inet_proto . inet_service"), &noep_ips);
-    map(s, "no-endpoint-nodeports", "inet_proto . inet_service", &noep_nodeports);
+    map(
+        s,
+        "service-ips",
+        &format!("{ty} . inet_proto . inet_service"),
+        &service_ips,
+    );
+    map(
+        s,
+        "service-nodeports",
+        "inet_proto . inet_service",
+        &nodeports,
+    );
+    map(
+        s,
+        "no-endpoint-services",
+        &format!("{ty} . inet_proto . inet_service"),
+        &noep_ips,
+    );
+    map(
+        s,
+        "no-endpoint-nodeports",
+        "inet_proto . inet_service",
+        &noep_nodeports,
+    );
     s.push_str(&sets);
 
     // NodePorts answer on every local address; on 127.0.0.1 only when asked
     // (needs route_localnet), never on ::1 (IPv6 has no route_localnet).
-    let np_guard = if f == Family::V4 && node.localhost_nodeports { String::new() } else { format!("{a} daddr != {} ", f.loopback()) };
+    let np_guard = if f == Family::V4 && node.localhost_nodeports {
+        String::new()
+    } else {
+        format!("{a} daddr != {} ", f.loopback())
+    };
     let _ = writeln!(
         s,
         "\tchain mark-for-masquerade {{\n\t\tmeta mark set meta mark | {MASQ_MARK:#x}\n\t}}\n\

@@ -19,11 +19,13 @@ use tokio::sync::Notify;
 use crate::dns_model::DnsModel;
 use crate::{apply, conntrack, model, nft};
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("binding the health endpoint {addr}: {source}")]
-    Healthz { addr: SocketAddr, source: std::io::Error },
+    Healthz {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Apply(#[from] apply::ApplyError),
 }
@@ -76,26 +78,45 @@ impl Metrics {
 
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut s = String::from("# HELP hull_proxy_sync_seconds Time to render and apply one rule set.\n# TYPE hull_proxy_sync_seconds histogram\n");
+        let mut s = String::from(
+            "# HELP hull_proxy_sync_seconds Time to render and apply one rule set.\n# TYPE hull_proxy_sync_seconds histogram\n",
+        );
         for (i, le) in BUCKETS.iter().enumerate() {
-            s.push_str(&format!("hull_proxy_sync_seconds_bucket{{le=\"{le}\"}} {}\n", self.buckets[i].load(Ordering::Relaxed)));
+            s.push_str(&format!(
+                "hull_proxy_sync_seconds_bucket{{le=\"{le}\"}} {}\n",
+                self.buckets[i].load(Ordering::Relaxed)
+            ));
         }
         let n = self.syncs.load(Ordering::Relaxed);
-        s.push_str(&format!("hull_proxy_sync_seconds_bucket{{le=\"+Inf\"}} {n}\n"));
-        s.push_str(&format!("hull_proxy_sync_seconds_sum {}\n", self.sync_micros_total.load(Ordering::Relaxed) as f64 / 1e6));
+        s.push_str(&format!(
+            "hull_proxy_sync_seconds_bucket{{le=\"+Inf\"}} {n}\n"
+        ));
+        s.push_str(&format!(
+            "hull_proxy_sync_seconds_sum {}\n",
+            self.sync_micros_total.load(Ordering::Relaxed) as f64 / 1e6
+        ));
         s.push_str(&format!("hull_proxy_sync_seconds_count {n}\n"));
-        s.push_str(&format!("# TYPE hull_proxy_sync_failures_total counter\nhull_proxy_sync_failures_total {}\n", self.failures.load(Ordering::Relaxed)));
+        s.push_str(&format!(
+            "# TYPE hull_proxy_sync_failures_total counter\nhull_proxy_sync_failures_total {}\n",
+            self.failures.load(Ordering::Relaxed)
+        ));
         s
     }
 }
 
 /// Serve `/healthz` (200 once the last sync succeeded) and `/metrics`.
 pub async fn serve_health(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr, RunError> {
-    let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Healthz { addr, source })?;
-    let bound = l.local_addr().map_err(|source| RunError::Healthz { addr, source })?;
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Healthz { addr, source })?;
+    let bound = l
+        .local_addr()
+        .map_err(|source| RunError::Healthz { addr, source })?;
     tokio::spawn(async move {
         loop {
-            let Ok((mut c, _)) = l.accept().await else { continue };
+            let Ok((mut c, _)) = l.accept().await else {
+                continue;
+            };
             let m = metrics.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 1024];
@@ -103,12 +124,20 @@ pub async fn serve_health(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<Soc
                 let req = String::from_utf8_lossy(&buf[..n]);
                 let path = req.split_whitespace().nth(1).unwrap_or("/");
                 let (code, body) = match path {
-                    "/healthz" if m.healthy.load(Ordering::Relaxed) => ("200 OK", "ok\n".to_string()),
-                    "/healthz" => ("503 Service Unavailable", "no successful sync yet\n".to_string()),
+                    "/healthz" if m.healthy.load(Ordering::Relaxed) => {
+                        ("200 OK", "ok\n".to_string())
+                    }
+                    "/healthz" => (
+                        "503 Service Unavailable",
+                        "no successful sync yet\n".to_string(),
+                    ),
                     "/metrics" => ("200 OK", m.render()),
                     _ => ("404 Not Found", "not found\n".to_string()),
                 };
-                let resp = format!("HTTP/1.1 {code}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let resp = format!(
+                    "HTTP/1.1 {code}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
                 let _ = c.write_all(resp.as_bytes()).await;
             });
         }
@@ -118,16 +147,20 @@ pub async fn serve_health(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<Soc
 
 fn watch<K>(api: Api<K>, notify: Arc<Notify>) -> (Store<K>, impl Stream<Item = ()>)
 where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
         .default_backoff()
-        .map(move |ev| {
-            match ev {
-                Ok(_) => notify.notify_one(),
-                Err(e) => tracing::warn!("watch: {e}"),
-            }
+        .map(move |ev| match ev {
+            Ok(_) => notify.notify_one(),
+            Err(e) => tracing::warn!("watch: {e}"),
         });
     (store, stream)
 }
@@ -140,11 +173,18 @@ where
 }
 
 /// Run the proxy (and feed `dns`, if given) until the watchers end.
-pub async fn run(client: kube::Client, cfg: ProxyConfig, dns: Option<Arc<RwLock<DnsModel>>>, metrics: Arc<Metrics>) -> Result<(), RunError> {
+pub async fn run(
+    client: kube::Client,
+    cfg: ProxyConfig,
+    dns: Option<Arc<RwLock<DnsModel>>>,
+    metrics: Arc<Metrics>,
+) -> Result<(), RunError> {
     let notify = Arc::new(Notify::new());
     let (svcs, s1) = watch(Api::<Service>::all(client.clone()), notify.clone());
     let (slices, s2) = watch(Api::<EndpointSlice>::all(client.clone()), notify.clone());
-    let pods_watch = dns.is_some().then(|| watch(Api::<Pod>::all(client.clone()), notify.clone()));
+    let pods_watch = dns
+        .is_some()
+        .then(|| watch(Api::<Pod>::all(client.clone()), notify.clone()));
     let pods = pods_watch.as_ref().map(|(s, _)| s.clone());
     tokio::spawn(s1.for_each(|_| async {}));
     tokio::spawn(s2.for_each(|_| async {}));
@@ -188,7 +228,10 @@ pub async fn run(client: kube::Client, cfg: ProxyConfig, dns: Option<Arc<RwLock<
             let changed = last_text.lock().map(|l| *l != text).unwrap_or(true);
             if changed {
                 if cfg.explain {
-                    println!("# hull proxy: nft -f transaction ({} service ports)\n{text}", rs.ports.len());
+                    println!(
+                        "# hull proxy: nft -f transaction ({} service ports)\n{text}",
+                        rs.ports.len()
+                    );
                 }
                 let res = tokio::task::block_in_place(|| apply::nft_apply(&text));
                 metrics.observe(started.elapsed(), res.is_ok());
@@ -220,8 +263,16 @@ pub async fn run(client: kube::Client, cfg: ProxyConfig, dns: Option<Arc<RwLock<
 /// k3s servicelb's idea without pods: a LoadBalancer Service is reachable on the
 /// nodes' addresses, so those are its ingress. Addresses other nodes added stay.
 async fn update_lb_status(client: &kube::Client, services: &[Service], node: &model::NodeInfo) {
-    for svc in services.iter().filter(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")) {
-        let (Some(ns), Some(name)) = (svc.metadata.namespace.as_deref(), svc.metadata.name.as_deref()) else { continue };
+    for svc in services
+        .iter()
+        .filter(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"))
+    {
+        let (Some(ns), Some(name)) = (
+            svc.metadata.namespace.as_deref(),
+            svc.metadata.name.as_deref(),
+        ) else {
+            continue;
+        };
         let current: Vec<String> = svc
             .status
             .as_ref()
@@ -238,10 +289,16 @@ async fn update_lb_status(client: &kube::Client, services: &[Service], node: &mo
         if want == current {
             continue;
         }
-        let ingress: Vec<_> = want.iter().map(|ip| serde_json::json!({"ip": ip, "ipMode": "VIP"})).collect();
+        let ingress: Vec<_> = want
+            .iter()
+            .map(|ip| serde_json::json!({"ip": ip, "ipMode": "VIP"}))
+            .collect();
         let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}});
         let api: Api<Service> = Api::namespaced(client.clone(), ns);
-        if let Err(e) = api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        if let Err(e) = api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             tracing::warn!("service {ns}/{name}: setting status.loadBalancer: {e}");
         }
     }

@@ -18,13 +18,43 @@ use serde_json::json;
 
 fn model() -> DnsModel {
     let services = vec![
-        service("default", "web", json!({"clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"], "ports": [{"name": "http", "port": 80}]})),
-        service("default", "kubernetes", json!({"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443}]})),
-        service("db", "pg", json!({"clusterIP": "None", "ports": [{"name": "sql", "port": 5432}]})),
-        service("default", "ext", json!({"type": "ExternalName", "externalName": "db.example.org"})),
-        service("default", "v6only", json!({"clusterIP": "fd00::20", "clusterIPs": ["fd00::20"], "ports": [{"port": 80}]})),
+        service(
+            "default",
+            "web",
+            json!({"clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"], "ports": [{"name": "http", "port": 80}]}),
+        ),
+        service(
+            "default",
+            "kubernetes",
+            json!({"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443}]}),
+        ),
+        service(
+            "db",
+            "pg",
+            json!({"clusterIP": "None", "ports": [{"name": "sql", "port": 5432}]}),
+        ),
+        service(
+            "default",
+            "ext",
+            json!({"type": "ExternalName", "externalName": "db.example.org"}),
+        ),
+        service(
+            "default",
+            "v6only",
+            json!({"clusterIP": "fd00::20", "clusterIPs": ["fd00::20"], "ports": [{"port": 80}]}),
+        ),
     ];
-    let mut pg = slice("db", "pg", "sql", 5432, &[("10.244.1.5", true, "n"), ("10.244.1.6", true, "n"), ("10.244.1.7", false, "n")]);
+    let mut pg = slice(
+        "db",
+        "pg",
+        "sql",
+        5432,
+        &[
+            ("10.244.1.5", true, "n"),
+            ("10.244.1.6", true, "n"),
+            ("10.244.1.7", false, "n"),
+        ],
+    );
     pg.endpoints[0].hostname = Some("pg-0".into());
     let pod: Pod = serde_json::from_value(json!({"metadata": {"namespace": "default", "name": "client"}, "status": {"podIPs": [{"ip": "10.244.2.9"}]}})).expect("pod");
     DnsModel::build("cluster.local", &services, &[pg], &[pod])
@@ -42,11 +72,19 @@ fn fake_upstream() -> SocketAddr {
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while let Ok((n, peer)) = sock.recv_from(&mut buf) {
-            let Ok(q) = Message::from_vec(&buf[..n]) else { continue };
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
             let mut r = Message::response(q.metadata.id, q.metadata.op_code);
             r.queries = q.queries.clone();
             if let Some(name) = q.queries.first().map(|q| q.name().clone()) {
-                r.add_answer(hickory_proto::rr::Record::from_rdata(name, 60, RData::A(hickory_proto::rr::rdata::A("192.0.2.53".parse().expect("ip")))));
+                r.add_answer(hickory_proto::rr::Record::from_rdata(
+                    name,
+                    60,
+                    RData::A(hickory_proto::rr::rdata::A(
+                        "192.0.2.53".parse().expect("ip"),
+                    )),
+                ));
             }
             let _ = sock.send_to(&r.to_vec().expect("encode"), peer);
         }
@@ -55,9 +93,21 @@ fn fake_upstream() -> SocketAddr {
 }
 
 fn start(upstreams: Vec<SocketAddr>) -> Server {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let state = DnsState { model: Arc::new(RwLock::new(model())), upstreams };
-    let addr = rt.block_on(dns_server::spawn("127.0.0.1:0".parse().expect("addr"), state)).expect("spawn dns");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let state = DnsState {
+        model: Arc::new(RwLock::new(model())),
+        upstreams,
+    };
+    let addr = rt
+        .block_on(dns_server::spawn(
+            "127.0.0.1:0".parse().expect("addr"),
+            state,
+        ))
+        .expect("spawn dns");
     Server { addr, _rt: rt }
 }
 
@@ -70,7 +120,8 @@ fn query_packet(name: &str, t: RecordType) -> Vec<u8> {
 
 fn udp(addr: SocketAddr, packet: &[u8]) -> Message {
     let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     s.send_to(packet, addr).expect("send");
     let mut buf = [0u8; 4096];
     let (n, _) = s.recv_from(&mut buf).expect("no DNS answer");
@@ -107,78 +158,193 @@ fn cluster_names() {
     assert!(m.metadata.authoritative);
     assert_eq!(ips(&m), vec![ip("10.96.0.20")]);
     // Case-insensitive, and the API's own Service like any other.
-    assert_eq!(ips(&q(s.addr, "KUBERNETES.default.svc.cluster.local.", RecordType::A)), vec![ip("10.96.0.1")]);
-    assert_eq!(ips(&q(s.addr, "v6only.default.svc.cluster.local.", RecordType::AAAA)), vec![ip("fd00::20")]);
+    assert_eq!(
+        ips(&q(
+            s.addr,
+            "KUBERNETES.default.svc.cluster.local.",
+            RecordType::A
+        )),
+        vec![ip("10.96.0.1")]
+    );
+    assert_eq!(
+        ips(&q(
+            s.addr,
+            "v6only.default.svc.cluster.local.",
+            RecordType::AAAA
+        )),
+        vec![ip("fd00::20")]
+    );
 
     // Headless → ready endpoint IPs only.
-    assert_eq!(ips(&q(s.addr, "pg.db.svc.cluster.local.", RecordType::A)), vec![ip("10.244.1.5"), ip("10.244.1.6")]);
+    assert_eq!(
+        ips(&q(s.addr, "pg.db.svc.cluster.local.", RecordType::A)),
+        vec![ip("10.244.1.5"), ip("10.244.1.6")]
+    );
     // StatefulSet pod name.
-    assert_eq!(ips(&q(s.addr, "pg-0.pg.db.svc.cluster.local.", RecordType::A)), vec![ip("10.244.1.5")]);
+    assert_eq!(
+        ips(&q(s.addr, "pg-0.pg.db.svc.cluster.local.", RecordType::A)),
+        vec![ip("10.244.1.5")]
+    );
 
     // SRV: ClusterIP → the service name; headless → one target per endpoint.
-    let m = q(s.addr, "_http._tcp.web.default.svc.cluster.local.", RecordType::SRV);
-    let srv: Vec<(u16, String)> = m.answers.iter().filter_map(|r| match &r.data { RData::SRV(s) => Some((s.port, s.target.to_ascii())), _ => None }).collect();
-    assert_eq!(srv, vec![(80, "web.default.svc.cluster.local.".to_string())]);
-    let m = q(s.addr, "_sql._tcp.pg.db.svc.cluster.local.", RecordType::SRV);
-    let mut targets: Vec<String> = m.answers.iter().filter_map(|r| match &r.data { RData::SRV(s) => Some(s.target.to_ascii()), _ => None }).collect();
+    let m = q(
+        s.addr,
+        "_http._tcp.web.default.svc.cluster.local.",
+        RecordType::SRV,
+    );
+    let srv: Vec<(u16, String)> = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(s) => Some((s.port, s.target.to_ascii())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        srv,
+        vec![(80, "web.default.svc.cluster.local.".to_string())]
+    );
+    let m = q(
+        s.addr,
+        "_sql._tcp.pg.db.svc.cluster.local.",
+        RecordType::SRV,
+    );
+    let mut targets: Vec<String> = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(s) => Some(s.target.to_ascii()),
+            _ => None,
+        })
+        .collect();
     targets.sort();
-    assert_eq!(targets, vec!["10-244-1-6.pg.db.svc.cluster.local.", "pg-0.pg.db.svc.cluster.local."]);
+    assert_eq!(
+        targets,
+        vec![
+            "10-244-1-6.pg.db.svc.cluster.local.",
+            "pg-0.pg.db.svc.cluster.local."
+        ]
+    );
 
     // ExternalName → CNAME.
     let m = q(s.addr, "ext.default.svc.cluster.local.", RecordType::A);
-    assert!(matches!(m.answers.first().map(|r| &r.data), Some(RData::CNAME(c)) if c.0.to_ascii() == "db.example.org."), "{m:?}");
+    assert!(
+        matches!(m.answers.first().map(|r| &r.data), Some(RData::CNAME(c)) if c.0.to_ascii() == "db.example.org."),
+        "{m:?}"
+    );
 
     // PTR for a ClusterIP, a headless endpoint and a pod.
     let ptr = |name: &str| -> Vec<String> {
-        q(s.addr, name, RecordType::PTR).answers.iter().filter_map(|r| match &r.data { RData::PTR(p) => Some(p.0.to_ascii()), _ => None }).collect()
+        q(s.addr, name, RecordType::PTR)
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::PTR(p) => Some(p.0.to_ascii()),
+                _ => None,
+            })
+            .collect()
     };
-    assert_eq!(ptr("20.0.96.10.in-addr.arpa."), vec!["web.default.svc.cluster.local."]);
-    assert_eq!(ptr("5.1.244.10.in-addr.arpa."), vec!["pg-0.pg.db.svc.cluster.local."]);
-    assert_eq!(ptr("9.2.244.10.in-addr.arpa."), vec!["10-244-2-9.default.pod.cluster.local."]);
+    assert_eq!(
+        ptr("20.0.96.10.in-addr.arpa."),
+        vec!["web.default.svc.cluster.local."]
+    );
+    assert_eq!(
+        ptr("5.1.244.10.in-addr.arpa."),
+        vec!["pg-0.pg.db.svc.cluster.local."]
+    );
+    assert_eq!(
+        ptr("9.2.244.10.in-addr.arpa."),
+        vec!["10-244-2-9.default.pod.cluster.local."]
+    );
 
     // NXDOMAIN vs NODATA.
     let m = q(s.addr, "nope.default.svc.cluster.local.", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
-    assert!(m.answers.is_empty() && !m.authorities.is_empty(), "negative answers carry the SOA");
+    assert!(
+        m.answers.is_empty() && !m.authorities.is_empty(),
+        "negative answers carry the SOA"
+    );
     let m = q(s.addr, "web.default.svc.cluster.local.", RecordType::AAAA);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert!(m.answers.is_empty());
     let m = q(s.addr, "default.svc.cluster.local.", RecordType::A);
-    assert_eq!(m.metadata.response_code, ResponseCode::NoError, "namespace is an empty non-terminal");
-    assert_eq!(q(s.addr, "nons.svc.cluster.local.", RecordType::A).metadata.response_code, ResponseCode::NXDomain);
-    assert_eq!(q(s.addr, "_x._tcp.web.default.svc.cluster.local.", RecordType::SRV).metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::NoError,
+        "namespace is an empty non-terminal"
+    );
+    assert_eq!(
+        q(s.addr, "nons.svc.cluster.local.", RecordType::A)
+            .metadata
+            .response_code,
+        ResponseCode::NXDomain
+    );
+    assert_eq!(
+        q(
+            s.addr,
+            "_x._tcp.web.default.svc.cluster.local.",
+            RecordType::SRV
+        )
+        .metadata
+        .response_code,
+        ResponseCode::NXDomain
+    );
 
     // Not ours and no upstream → SERVFAIL, not silence.
-    assert_eq!(q(s.addr, "example.org.", RecordType::A).metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(
+        q(s.addr, "example.org.", RecordType::A)
+            .metadata
+            .response_code,
+        ResponseCode::ServFail
+    );
 }
 
 #[test]
 fn formerr_on_garbage_and_server_survives() {
     let s = start(vec![]);
     // A header with one question whose name runs off the end of the packet.
-    let mut garbage = vec![0xbe, 0xef, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0x3f, b'a', b'b'];
+    let mut garbage = vec![
+        0xbe, 0xef, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0x3f, b'a', b'b',
+    ];
     let m = udp(s.addr, &garbage);
     assert_eq!(m.metadata.id, 0xbeef);
     assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
     // Two questions in one query → FORMERR too.
     let mut two = Message::query();
-    two.add_query(Query::query(Name::from_ascii("a.cluster.local.").expect("n"), RecordType::A));
-    two.add_query(Query::query(Name::from_ascii("b.cluster.local.").expect("n"), RecordType::A));
-    assert_eq!(udp(s.addr, &two.to_vec().expect("enc")).metadata.response_code, ResponseCode::FormErr);
+    two.add_query(Query::query(
+        Name::from_ascii("a.cluster.local.").expect("n"),
+        RecordType::A,
+    ));
+    two.add_query(Query::query(
+        Name::from_ascii("b.cluster.local.").expect("n"),
+        RecordType::A,
+    ));
+    assert_eq!(
+        udp(s.addr, &two.to_vec().expect("enc"))
+            .metadata
+            .response_code,
+        ResponseCode::FormErr
+    );
     // Random bytes of many lengths never crash the server.
     for len in 0..64u8 {
-        garbage = (0..len).map(|i| i.wrapping_mul(37).wrapping_add(len)).collect();
+        garbage = (0..len)
+            .map(|i| i.wrapping_mul(37).wrapping_add(len))
+            .collect();
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let _ = sock.send_to(&garbage, s.addr);
     }
-    assert_eq!(ips(&q(s.addr, "web.default.svc.cluster.local.", RecordType::A)), vec![ip("10.96.0.20")]);
+    assert_eq!(
+        ips(&q(s.addr, "web.default.svc.cluster.local.", RecordType::A)),
+        vec![ip("10.96.0.20")]
+    );
 }
 
 #[test]
 fn tcp_queries() {
     let s = start(vec![]);
     let mut c = TcpStream::connect(s.addr).expect("connect tcp");
-    c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     for _ in 0..2 {
         let p = query_packet("pg.db.svc.cluster.local.", RecordType::A);
         c.write_all(&(p.len() as u16).to_be_bytes()).expect("len");
@@ -187,7 +353,10 @@ fn tcp_queries() {
         c.read_exact(&mut len).expect("read len");
         let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
         c.read_exact(&mut body).expect("read body");
-        assert_eq!(ips(&Message::from_vec(&body).expect("parse")), vec![ip("10.244.1.5"), ip("10.244.1.6")]);
+        assert_eq!(
+            ips(&Message::from_vec(&body).expect("parse")),
+            vec![ip("10.244.1.5"), ip("10.244.1.6")]
+        );
     }
 }
 
@@ -199,7 +368,12 @@ fn forwards_other_names_to_upstream() {
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert_eq!(ips(&m), vec![ip("192.0.2.53")]);
     // Cluster names are never forwarded.
-    assert_eq!(q(s.addr, "nope.default.svc.cluster.local.", RecordType::A).metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(
+        q(s.addr, "nope.default.svc.cluster.local.", RecordType::A)
+            .metadata
+            .response_code,
+        ResponseCode::NXDomain
+    );
 }
 
 #[test]
@@ -207,9 +381,19 @@ fn resolv_conf_upstreams() {
     let dir = std::env::temp_dir().join(format!("hullpx-resolv-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let p = dir.join("resolv.conf");
-    std::fs::write(&p, "search example\nnameserver 127.0.0.53\nnameserver ::1#5353\noptions ndots:5\n").expect("write");
+    std::fs::write(
+        &p,
+        "search example\nnameserver 127.0.0.53\nnameserver ::1#5353\noptions ndots:5\n",
+    )
+    .expect("write");
     let ups = dns_server::upstreams_from_resolv_conf(&p).expect("parse");
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(ups, vec!["127.0.0.53:53".parse::<SocketAddr>().expect("a"), "[::1]:5353".parse().expect("b")]);
+    assert_eq!(
+        ups,
+        vec![
+            "127.0.0.53:53".parse::<SocketAddr>().expect("a"),
+            "[::1]:5353".parse().expect("b")
+        ]
+    );
     assert!(dns_server::upstreams_from_resolv_conf(&dir.join("missing")).is_err());
 }

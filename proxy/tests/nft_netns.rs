@@ -30,11 +30,15 @@ fn lab(tag: &str) -> Lab {
     node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     // A real node has a default route; without one, packets to a Service with no
     // endpoints would fail routing before the REJECT rule sees them.
-    node.exec(&["ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
+    node.exec(&[
+        "ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1",
+    ]);
     node.exec(&["ip", "link", "set", "up1", "up"]);
     node.exec(&["ip", "link", "set", "up0", "up"]);
     node.exec(&["ip", "route", "add", "default", "dev", "up0"]);
-    node.exec(&["ip", "link", "add", "c0", "type", "veth", "peer", "name", "eth0", "netns", &client.0]);
+    node.exec(&[
+        "ip", "link", "add", "c0", "type", "veth", "peer", "name", "eth0", "netns", &client.0,
+    ]);
     node.exec(&["ip", "addr", "add", "192.168.77.1/24", "dev", "c0"]);
     node.exec(&["ip", "link", "set", "c0", "up"]);
     client.exec(&["ip", "addr", "add", "192.168.77.2/24", "dev", "eth0"]);
@@ -44,14 +48,38 @@ fn lab(tag: &str) -> Lab {
     for i in 0..3 {
         let pod = Netns::new(&format!("{tag}p{i}"));
         let host = format!("p{i}");
-        node.exec(&["ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &pod.0]);
-        node.exec(&["ip", "addr", "add", &format!("10.244.0.{}/30", i * 4 + 1), "dev", &host]);
+        node.exec(&[
+            "ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &pod.0,
+        ]);
+        node.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.244.0.{}/30", i * 4 + 1),
+            "dev",
+            &host,
+        ]);
         node.exec(&["ip", "link", "set", &host, "up"]);
-        pod.exec(&["ip", "addr", "add", &format!("{}/30", pod_ip(i)), "dev", "eth0"]);
+        pod.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/30", pod_ip(i)),
+            "dev",
+            "eth0",
+        ]);
         pod.exec(&["ip", "link", "set", "eth0", "up"]);
-        pod.exec(&["ip", "route", "add", "default", "via", &format!("10.244.0.{}", i * 4 + 1)]);
+        pod.exec(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.244.0.{}", i * 4 + 1),
+        ]);
         // A tiny server that answers each connection with the pod's name.
-        let listener = pod.run(move || TcpListener::bind(("0.0.0.0", POD_PORT)).expect("bind pod server"));
+        let listener =
+            pod.run(move || TcpListener::bind(("0.0.0.0", POD_PORT)).expect("bind pod server"));
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut c) = conn else { break };
@@ -72,7 +100,11 @@ fn node_info() -> model::NodeInfo {
     }
 }
 
-fn sync(ns: &Netns, services: Vec<k8s_openapi::api::core::v1::Service>, slices: Vec<k8s_openapi::api::discovery::v1::EndpointSlice>) {
+fn sync(
+    ns: &Netns,
+    services: Vec<k8s_openapi::api::core::v1::Service>,
+    slices: Vec<k8s_openapi::api::discovery::v1::EndpointSlice>,
+) {
     let rs = model::build(&services, &slices, &node_info());
     assert!(rs.skipped.is_empty(), "{:?}", rs.skipped);
     let text = nft::render(&rs, &node_info());
@@ -86,7 +118,8 @@ fn sync(ns: &Netns, services: Vec<k8s_openapi::api::core::v1::Service>, slices: 
 fn get(ns: &Netns, addr: &str) -> Result<String, std::io::ErrorKind> {
     let addr: SocketAddr = addr.parse().expect("addr");
     ns.run(move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.kind())?;
+        let mut s =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.kind())?;
         let mut body = String::new();
         s.read_to_string(&mut body).map_err(|e| e.kind())?;
         Ok(body)
@@ -113,14 +146,32 @@ fn web(extra: serde_json::Value) -> k8s_openapi::api::core::v1::Service {
 
 fn web_slice(ready: [bool; 3]) -> k8s_openapi::api::discovery::v1::EndpointSlice {
     let ips: Vec<String> = (0..3).map(pod_ip).collect();
-    slice("default", "web", "http", POD_PORT, &[(&ips[0], ready[0], "node-a"), (&ips[1], ready[1], "node-a"), (&ips[2], ready[2], "node-a")])
+    slice(
+        "default",
+        "web",
+        "http",
+        POD_PORT,
+        &[
+            (&ips[0], ready[0], "node-a"),
+            (&ips[1], ready[1], "node-a"),
+            (&ips[2], ready[2], "node-a"),
+        ],
+    )
 }
 
 #[test]
 fn clusterip_nodeport_readiness_affinity_reject_and_cleanup() {
     let lab = lab("a");
-    let empty = service("default", "empty", json!({"clusterIP": "10.96.0.11", "ports": [{"port": 80}]}));
-    sync(&lab.node, vec![web(json!({})), empty.clone()], vec![web_slice([true; 3])]);
+    let empty = service(
+        "default",
+        "empty",
+        json!({"clusterIP": "10.96.0.11", "ports": [{"port": 80}]}),
+    );
+    sync(
+        &lab.node,
+        vec![web(json!({})), empty.clone()],
+        vec![web_slice([true; 3])],
+    );
 
     // ClusterIP spreads over all three pods (random; 60 tries make a miss ~1e-10).
     let hits = spread(&lab.client, "10.96.0.10:80", 60);
@@ -134,38 +185,79 @@ fn clusterip_nodeport_readiness_affinity_reject_and_cleanup() {
     assert!(hits.len() >= 2, "NodePort on localhost reached {hits:?}");
 
     // No endpoints → REJECT (connection refused, not a timeout).
-    assert_eq!(get(&lab.client, "10.96.0.11:80"), Err(std::io::ErrorKind::ConnectionRefused));
+    assert_eq!(
+        get(&lab.client, "10.96.0.11:80"),
+        Err(std::io::ErrorKind::ConnectionRefused)
+    );
 
     // A not-ready endpoint leaves the rotation, and comes back.
-    sync(&lab.node, vec![web(json!({})), empty.clone()], vec![web_slice([true, true, false])]);
+    sync(
+        &lab.node,
+        vec![web(json!({})), empty.clone()],
+        vec![web_slice([true, true, false])],
+    );
     let hits = spread(&lab.client, "10.96.0.10:80", 40);
-    assert!(!hits.contains_key("pod2") && hits.len() == 2, "after pod2 not ready: {hits:?}");
-    sync(&lab.node, vec![web(json!({})), empty.clone()], vec![web_slice([true; 3])]);
+    assert!(
+        !hits.contains_key("pod2") && hits.len() == 2,
+        "after pod2 not ready: {hits:?}"
+    );
+    sync(
+        &lab.node,
+        vec![web(json!({})), empty.clone()],
+        vec![web_slice([true; 3])],
+    );
     let hits = spread(&lab.client, "10.96.0.10:80", 60);
     assert_eq!(hits.len(), 3, "pod2 back: {hits:?}");
 
     // Only terminating endpoints left → they are used as a fallback.
     let mut s = web_slice([false; 3]);
     for ep in &mut s.endpoints {
-        ep.conditions = Some(k8s_openapi::api::discovery::v1::EndpointConditions { ready: Some(false), serving: Some(true), terminating: Some(true) });
+        ep.conditions = Some(k8s_openapi::api::discovery::v1::EndpointConditions {
+            ready: Some(false),
+            serving: Some(true),
+            terminating: Some(true),
+        });
     }
     sync(&lab.node, vec![web(json!({}))], vec![s]);
-    assert!(get(&lab.client, "10.96.0.10:80").is_ok(), "terminating fallback");
+    assert!(
+        get(&lab.client, "10.96.0.10:80").is_ok(),
+        "terminating fallback"
+    );
 
     // sessionAffinity ClientIP pins the client to one pod.
-    sync(&lab.node, vec![web(json!({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}))], vec![web_slice([true; 3])]);
+    sync(
+        &lab.node,
+        vec![web(
+            json!({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}),
+        )],
+        vec![web_slice([true; 3])],
+    );
     let hits = spread(&lab.client, "10.96.0.10:80", 20);
     assert_eq!(hits.len(), 1, "affinity: {hits:?}");
 
     // Delete the Service: its rules are gone and traffic no longer reaches pods.
     sync(&lab.node, vec![], vec![]);
-    let table = lab.node.run(|| apply::list_table(nft::Family::V4).expect("list")).expect("table exists");
-    assert!(!table.contains("10.96.0.10") && !table.contains("30080"), "rules left: {table}");
+    let table = lab
+        .node
+        .run(|| apply::list_table(nft::Family::V4).expect("list"))
+        .expect("table exists");
+    assert!(
+        !table.contains("10.96.0.10") && !table.contains("30080"),
+        "rules left: {table}"
+    );
 
     // --cleanup removes the tables themselves.
     lab.node.run(|| apply::cleanup().expect("cleanup"));
-    assert!(lab.node.run(|| apply::list_table(nft::Family::V4).expect("list")).is_none());
-    assert!(lab.node.run(|| apply::list_table(nft::Family::V6).expect("list")).is_none());
+    assert!(
+        lab.node
+            .run(|| apply::list_table(nft::Family::V4).expect("list"))
+            .is_none()
+    );
+    assert!(
+        lab.node
+            .run(|| apply::list_table(nft::Family::V6).expect("list"))
+            .is_none()
+    );
     drop(lab.pods);
 }
 
@@ -173,11 +265,20 @@ fn clusterip_nodeport_readiness_affinity_reject_and_cleanup() {
 fn bad_transaction_keeps_previous_rules() {
     let lab = lab("b");
     sync(&lab.node, vec![web(json!({}))], vec![web_slice([true; 3])]);
-    let before = lab.node.run(|| apply::list_table(nft::Family::V4).expect("list"));
+    let before = lab
+        .node
+        .run(|| apply::list_table(nft::Family::V4).expect("list"));
     let mut text = nft::render(&model::RuleSet::default(), &node_info());
     text.push_str("add rule ip hull-proxy services this is not nft\n");
     let err = lab.node.run(move || apply::nft_apply(&text));
-    assert!(matches!(err, Err(apply::ApplyError::Refused { .. })), "{err:?}");
-    assert_eq!(lab.node.run(|| apply::list_table(nft::Family::V4).expect("list")), before);
+    assert!(
+        matches!(err, Err(apply::ApplyError::Refused { .. })),
+        "{err:?}"
+    );
+    assert_eq!(
+        lab.node
+            .run(|| apply::list_table(nft::Family::V4).expect("list")),
+        before
+    );
     assert!(get(&lab.client, "10.96.0.10:80").is_ok());
 }

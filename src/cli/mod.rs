@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod cri;
+pub mod proxy;
 pub mod server;
 
 #[derive(Debug, Parser)]
@@ -34,6 +35,8 @@ pub enum Command {
     Cri(cri::CriArgs),
     /// Serve the Kubernetes API (control plane only) on SQLite or etcd.
     Server(server::ServerArgs),
+    /// The service proxy (nftables) and cluster DNS against any API server.
+    Proxy(proxy::ProxyArgs),
 }
 
 pub fn init_logging(filter: Option<&str>) {
@@ -54,5 +57,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Cri(args) => cri::run(&cli.data_dir, args),
         Command::Server(args) => server::run(&cli.data_dir, args),
+        Command::Proxy(args) => proxy::run(&cli.data_dir, args),
     }
 }

@@ -11,7 +11,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 
 pub fn sh(args: &[&str]) {
-    let st = Command::new(args[0]).args(&args[1..]).status().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let st = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
     assert!(st.success(), "{args:?} failed");
 }
 
@@ -56,11 +59,18 @@ impl Drop for Netns {
 }
 
 pub fn service(ns: &str, name: &str, spec: serde_json::Value) -> Service {
-    serde_json::from_value(json!({"metadata": {"namespace": ns, "name": name}, "spec": spec})).expect("service json")
+    serde_json::from_value(json!({"metadata": {"namespace": ns, "name": name}, "spec": spec}))
+        .expect("service json")
 }
 
 /// A slice for `svc` with `(ip, ready, node)` endpoints on one port.
-pub fn slice(ns: &str, svc: &str, port_name: &str, port: u16, eps: &[(&str, bool, &str)]) -> EndpointSlice {
+pub fn slice(
+    ns: &str,
+    svc: &str,
+    port_name: &str,
+    port: u16,
+    eps: &[(&str, bool, &str)],
+) -> EndpointSlice {
     let endpoints: Vec<_> = eps
         .iter()
         .map(|(ip, ready, node)| json!({"addresses": [ip], "conditions": {"ready": ready, "serving": ready, "terminating": false}, "nodeName": node}))

@@ -1,0 +1,353 @@
+//! The pure rule model and its rendering, on many Service shapes.
+
+mod common;
+
+use common::{service, slice};
+use hull_proxy::model::{self, NodeInfo, Protocol};
+use hull_proxy::nft;
+use serde_json::json;
+
+fn node() -> NodeInfo {
+    NodeInfo {
+        name: "n1".into(),
+        addresses: vec!["192.168.1.10".parse().expect("ip")],
+        pod_cidrs: vec![
+            ("10.244.0.0".parse().expect("ip"), 16),
+            ("fd00:244::".parse().expect("ip"), 64),
+        ],
+        localhost_nodeports: true,
+    }
+}
+
+#[test]
+fn named_target_port_comes_from_the_slice() {
+    let svc = service(
+        "ns",
+        "a",
+        json!({"clusterIP": "10.96.0.5", "ports": [{"name": "http", "port": 80, "targetPort": "web"}]}),
+    );
+    let sl = slice("ns", "a", "http", 8080, &[("10.244.0.2", true, "n1")]);
+    let rs = model::build(&[svc], &[sl], &node());
+    assert_eq!(rs.ports.len(), 1);
+    assert_eq!(rs.ports[0].endpoints[0].port, 8080);
+    assert_eq!(rs.ports[0].protocol, Protocol::Tcp);
+    assert!(rs.ports[0].endpoints[0].local);
+}
+
+#[test]
+fn slices_of_other_ports_names_or_namespaces_do_not_match() {
+    let svc = service(
+        "ns",
+        "a",
+        json!({"clusterIP": "10.96.0.5", "ports": [{"name": "http", "port": 80}]}),
+    );
+    let other_port = slice("ns", "a", "metrics", 9090, &[("10.244.0.2", true, "n1")]);
+    let other_ns = slice("other", "a", "http", 80, &[("10.244.0.3", true, "n1")]);
+    let rs = model::build(&[svc], &[other_port, other_ns], &node());
+    assert!(rs.ports[0].endpoints.is_empty());
+    let text = nft::render(&rs, &node());
+    assert!(
+        text.contains("10.96.0.5 . tcp . 80 : goto reject-chain"),
+        "{text}"
+    );
+}
+
+#[test]
+fn headless_and_external_name_get_no_rules() {
+    let h = service(
+        "ns",
+        "h",
+        json!({"clusterIP": "None", "ports": [{"port": 80}]}),
+    );
+    let e = service(
+        "ns",
+        "e",
+        json!({"type": "ExternalName", "externalName": "x.example"}),
+    );
+    let rs = model::build(&[h, e], &[], &node());
+    assert!(rs.ports.is_empty() && rs.skipped.is_empty());
+}
+
+#[test]
+fn bad_fields_are_skipped_with_their_path() {
+    let bad_ip = service(
+        "ns",
+        "b",
+        json!({"clusterIP": "10.96.0.300", "ports": [{"port": 80}]}),
+    );
+    let bad_proto = service(
+        "ns",
+        "c",
+        json!({"clusterIP": "10.96.0.7", "ports": [{"port": 80, "protocol": "ICMP"}, {"name": "ok", "port": 81}]}),
+    );
+    let bad_port = service(
+        "ns",
+        "d",
+        json!({"clusterIP": "10.96.0.8", "ports": [{"port": 70000}]}),
+    );
+    let rs = model::build(&[bad_ip, bad_proto, bad_port], &[], &node());
+    let reasons: Vec<String> = rs
+        .skipped
+        .iter()
+        .map(|s| format!("{}: {}", s.object, s.reason))
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("service ns/b") && r.contains("spec.clusterIPs")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("service ns/c") && r.contains("spec.ports[0].protocol")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("service ns/d") && r.contains("spec.ports[0].port")),
+        "{reasons:?}"
+    );
+    // The good port of ns/c is still programmed.
+    assert_eq!(rs.ports.len(), 1);
+    assert_eq!(rs.ports[0].port, 81);
+}
+
+#[test]
+fn node_port_only_for_node_port_and_load_balancer_types() {
+    let cip = service(
+        "ns",
+        "a",
+        json!({"clusterIP": "10.96.0.5", "ports": [{"port": 80, "nodePort": 30001}]}),
+    );
+    let np = service(
+        "ns",
+        "b",
+        json!({"type": "NodePort", "clusterIP": "10.96.0.6", "ports": [{"port": 80, "nodePort": 30002}]}),
+    );
+    let mut lb = service(
+        "ns",
+        "c",
+        json!({"type": "LoadBalancer", "clusterIP": "10.96.0.7", "ports": [{"port": 80, "nodePort": 30003}]}),
+    );
+    lb.status = serde_json::from_value(
+        json!({"loadBalancer": {"ingress": [{"ip": "192.168.1.10"}, {"ip": "203.0.113.9"}]}}),
+    )
+    .expect("status");
+    let slices: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|s| slice("ns", s, "", 8080, &[("10.244.0.2", true, "n1")]))
+        .collect();
+    let rs = model::build(&[cip, np, lb], &slices, &node());
+    let by: Vec<(String, Option<u16>)> = rs
+        .ports
+        .iter()
+        .map(|p| (p.name.clone(), p.node_port))
+        .collect();
+    assert_eq!(
+        by,
+        vec![
+            ("a".into(), None),
+            ("b".into(), Some(30002)),
+            ("c".into(), Some(30003))
+        ]
+    );
+    // LB ingress other than the node's own address is an external IP.
+    assert_eq!(
+        rs.ports[2].external_ips,
+        vec!["203.0.113.9".parse::<std::net::IpAddr>().expect("ip")]
+    );
+    let text = nft::render(&rs, &node());
+    assert!(text.contains("tcp . 30002 : goto ext-ns/b/tcp/_"), "{text}");
+    assert!(
+        text.contains("203.0.113.9 . tcp . 80 : goto ext-ns/c/tcp/_"),
+        "{text}"
+    );
+    assert!(!text.contains("30001"));
+}
+
+#[test]
+fn readiness_and_terminating_fallback() {
+    let svc = service(
+        "ns",
+        "a",
+        json!({"clusterIP": "10.96.0.5", "ports": [{"port": 80}]}),
+    );
+    let mut sl = slice(
+        "ns",
+        "a",
+        "",
+        80,
+        &[
+            ("10.244.0.2", true, "n1"),
+            ("10.244.0.3", false, "n1"),
+            ("10.244.0.4", false, "n2"),
+        ],
+    );
+    sl.endpoints[2].conditions =
+        serde_json::from_value(json!({"ready": false, "serving": true, "terminating": true}))
+            .expect("c");
+    let rs = model::build(
+        std::slice::from_ref(&svc),
+        std::slice::from_ref(&sl),
+        &node(),
+    );
+    let ips: Vec<String> = rs.ports[0]
+        .cluster_endpoints()
+        .iter()
+        .map(|e| e.ip.to_string())
+        .collect();
+    assert_eq!(ips, vec!["10.244.0.2"], "ready only while any is ready");
+    sl.endpoints[0].conditions =
+        serde_json::from_value(json!({"ready": false, "serving": false, "terminating": true}))
+            .expect("c");
+    let rs = model::build(&[svc], &[sl], &node());
+    let ips: Vec<String> = rs.ports[0]
+        .cluster_endpoints()
+        .iter()
+        .map(|e| e.ip.to_string())
+        .collect();
+    assert_eq!(
+        ips,
+        vec!["10.244.0.4"],
+        "serving+terminating as the fallback"
+    );
+}
+
+#[test]
+fn local_traffic_policies() {
+    let svc = service(
+        "ns",
+        "a",
+        json!({"type": "NodePort", "clusterIP": "10.96.0.5", "internalTrafficPolicy": "Local", "externalTrafficPolicy": "Local",
+        "ports": [{"port": 80, "nodePort": 30080}]}),
+    );
+    let sl = slice(
+        "ns",
+        "a",
+        "",
+        80,
+        &[("10.244.0.2", true, "n1"), ("10.244.1.2", true, "n2")],
+    );
+    let rs = model::build(
+        std::slice::from_ref(&svc),
+        std::slice::from_ref(&sl),
+        &node(),
+    );
+    let text = nft::render(&rs, &node());
+    assert!(
+        text.contains("10.96.0.5 . tcp . 80 : goto local-ns/a/tcp/_"),
+        "{text}"
+    );
+    assert!(text.contains("chain local-ns/a/tcp/_"), "{text}");
+    assert!(
+        text.contains("fib saddr type local goto svc-ns/a/tcp/_"),
+        "{text}"
+    );
+    // On a node with no local endpoint: internal traffic is dropped, not rejected.
+    let other = NodeInfo {
+        name: "n3".into(),
+        ..node()
+    };
+    let rs = model::build(&[svc], &[sl], &other);
+    let text = nft::render(&rs, &other);
+    assert!(text.contains("10.96.0.5 . tcp . 80 : drop"), "{text}");
+    assert!(text.contains("tcp . 30080 : drop"), "{text}");
+}
+
+#[test]
+fn affinity_sets_and_masquerade_rules() {
+    let svc = service(
+        "ns",
+        "a",
+        json!({"clusterIP": "10.96.0.5", "sessionAffinity": "ClientIP", "ports": [{"port": 53, "protocol": "UDP"}]}),
+    );
+    let sl = {
+        let mut s = slice("ns", "a", "", 5353, &[("10.244.0.2", true, "n1")]);
+        if let Some(p) = s.ports.as_mut().and_then(|p| p.first_mut()) {
+            p.protocol = Some("UDP".into());
+        }
+        s
+    };
+    let rs = model::build(&[svc], &[sl], &node());
+    assert_eq!(
+        rs.ports[0].affinity_timeout,
+        Some(10800),
+        "kube's default timeout"
+    );
+    let text = nft::render(&rs, &node());
+    assert!(text.contains("set aff-ns/a/udp/_/10.244.0.2/5353 { type ipv4_addr; flags dynamic,timeout; timeout 10800s; }"), "{text}");
+    assert!(
+        text.contains("update @aff-ns/a/udp/_/10.244.0.2/5353 { ip saddr }"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "ip daddr { 10.96.0.5 } ip saddr != { 10.244.0.0/16 } jump mark-for-masquerade"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("meta l4proto udp dnat to 10.244.0.2:5353"),
+        "{text}"
+    );
+}
+
+#[test]
+fn dual_stack_renders_each_family_in_its_table() {
+    let svc = service(
+        "ns",
+        "a",
+        json!({"clusterIPs": ["10.96.0.5", "fd00:96::5"], "ports": [{"port": 80}]}),
+    );
+    let mut v6 = slice("ns", "a-v6", "", 80, &[("fd00:244::2", true, "n1")]);
+    v6.address_type = "IPv6".into();
+    if let Some(l) = v6.metadata.labels.as_mut() {
+        l.insert("kubernetes.io/service-name".into(), "a".into());
+    }
+    let v4 = slice("ns", "a", "", 80, &[("10.244.0.2", true, "n1")]);
+    let rs = model::build(&[svc], &[v4, v6], &node());
+    let text = nft::render(&rs, &node());
+    let (t4, t6) = text.split_at(text.find("table ip6 hull-proxy {").expect("ip6 table"));
+    assert!(
+        t4.contains("10.96.0.5 . tcp . 80")
+            && t4.contains("dnat to 10.244.0.2:80")
+            && !t4.contains("fd00"),
+        "{t4}"
+    );
+    assert!(
+        t6.contains("fd00:96::5 . tcp . 80")
+            && t6.contains("dnat to [fd00:244::2]:80")
+            && !t6.contains("10.244.0.2"),
+        "{t6}"
+    );
+    assert!(t6.contains("ip6 daddr != ::1"), "no NodePorts on ::1");
+}
+
+#[test]
+fn rendering_is_deterministic() {
+    let a = service(
+        "ns",
+        "a",
+        json!({"clusterIP": "10.96.0.5", "ports": [{"port": 80}]}),
+    );
+    let b = service(
+        "ns",
+        "b",
+        json!({"clusterIP": "10.96.0.6", "ports": [{"port": 80}]}),
+    );
+    let sa = slice(
+        "ns",
+        "a",
+        "",
+        80,
+        &[("10.244.0.3", true, "n1"), ("10.244.0.2", true, "n1")],
+    );
+    let r1 = nft::render(
+        &model::build(&[a.clone(), b.clone()], std::slice::from_ref(&sa), &node()),
+        &node(),
+    );
+    let r2 = nft::render(&model::build(&[b, a], &[sa], &node()), &node());
+    assert_eq!(r1, r2);
+}
