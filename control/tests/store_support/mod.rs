@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -35,8 +36,19 @@ fn spawn_etcd(dir: &Path, client: u16, peer: u16) -> Child {
         .open(dir.join("etcd.log"))
         .expect("etcd log file");
     let log2 = log.try_clone().expect("etcd log file");
-    Command::new("etcd")
-        .args(["--name", "hull-test"])
+    let mut cmd = Command::new("etcd");
+    // etcd dies with the test even if the test process is killed before Drop runs.
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    cmd.args(["--name", "hull-test"])
         .arg("--data-dir")
         .arg(dir.join("data"))
         .args([
@@ -63,8 +75,31 @@ fn spawn_etcd(dir: &Path, client: u16, peer: u16) -> Child {
         .expect("start etcd (Debian package etcd-server; tests/setup installs it)")
 }
 
+/// Removes data dirs of etcds whose test process died without cleaning up (killed by a
+/// timeout): each holds a 64 MiB preallocated WAL.
+fn sweep_dead_etcd_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("hull-etcd-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 impl Etcd {
     pub async fn start() -> Etcd {
+        sweep_dead_etcd_dirs();
         let dir = tempfile::Builder::new()
             .prefix(&format!("hull-etcd-{}-", std::process::id()))
             .tempdir()
