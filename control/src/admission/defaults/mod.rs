@@ -145,10 +145,7 @@ fn set(m: &mut Map<String, Value>, key: &str, value: Value) {
 }
 
 /// The object at `key`, created empty if absent; `None` if something else is there.
-fn child<'a>(
-    m: &'a mut Map<String, Value>,
-    key: &str,
-) -> Option<&'a mut Map<String, Value>> {
+fn child<'a>(m: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Map<String, Value>> {
     if m.get(key).is_none_or(Value::is_null) {
         m.insert(key.to_string(), Value::Object(Map::new()));
     }
