@@ -1,5 +1,6 @@
 //! SQLite-specific behaviour: crash safety (a writer killed mid-stream keeps every
-//! revision it was told about), the single-process lock, bad URLs, compaction reclaiming
+//! revision it was told about), the single-process lock, bad or unreachable store URLs,
+//! compaction reclaiming
 //! rows, and the periodic compactor on a real store.
 
 mod store_support;
@@ -249,4 +250,15 @@ async fn the_compactor_compacts_a_live_store() {
         store_support::suite::next_events(&mut w, 10).await.len(),
         10
     );
+}
+
+#[tokio::test]
+async fn an_unreachable_etcd_is_a_clear_error() {
+    // Port 1 on loopback: nothing listens there.
+    let msg = match store::open("etcd://127.0.0.1:1").await {
+        Err(StoreError::Unavailable(msg)) => msg,
+        Err(e) => panic!("unreachable etcd: {e}"),
+        Ok(_) => panic!("opened an etcd that is not there"),
+    };
+    assert!(msg.contains("127.0.0.1:1"), "{msg}");
 }
