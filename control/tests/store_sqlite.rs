@@ -1,7 +1,6 @@
 //! SQLite-specific behaviour: crash safety (a writer killed mid-stream keeps every
 //! revision it was told about), the single-process lock, bad or unreachable store URLs,
-//! compaction reclaiming
-//! rows, and the periodic compactor on a real store.
+//! compaction reclaiming rows, and the periodic compactor on a real store.
 
 mod store_support;
 
