@@ -165,9 +165,9 @@ where
     (store, stream)
 }
 
-fn owned<K: Clone>(s: &Store<K>) -> Vec<K>
+fn owned<K>(s: &Store<K>) -> Vec<K>
 where
-    K: kube::Resource<DynamicType = ()> + 'static,
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
 {
     s.state().iter().map(|a| (**a).clone()).collect()
 }

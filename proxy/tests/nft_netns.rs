@@ -282,3 +282,62 @@ fn bad_transaction_keeps_previous_rules() {
     );
     assert!(get(&lab.client, "10.96.0.10:80").is_ok());
 }
+
+/// Every rule shape the renderer emits (dual stack, UDP/SCTP, Local policies,
+/// externalIPs, LoadBalancer, affinity, no endpoints) is accepted by the kernel.
+#[test]
+fn every_shape_loads_in_the_kernel() {
+    let ns = Netns::new("shapes");
+    let mut node = node_info();
+    node.pod_cidrs.push(("fd00:244::".parse().expect("ip"), 64));
+    let svcs = vec![
+        service(
+            "a",
+            "dual",
+            json!({"type": "LoadBalancer", "clusterIPs": ["10.96.1.1", "fd00:96::1"], "externalIPs": ["198.51.100.7"],
+            "externalTrafficPolicy": "Local", "internalTrafficPolicy": "Local", "sessionAffinity": "ClientIP",
+            "ports": [{"name": "d", "port": 53, "protocol": "UDP", "nodePort": 30053}, {"name": "s", "port": 9, "protocol": "SCTP"}]}),
+        ),
+        service(
+            "a",
+            "none",
+            json!({"type": "NodePort", "clusterIP": "10.96.1.2", "ports": [{"port": 80, "nodePort": 30081}]}),
+        ),
+    ];
+    let mut v4 = slice(
+        "a",
+        "dual",
+        "d",
+        5353,
+        &[
+            ("10.244.0.2", true, "node-a"),
+            ("10.244.1.2", true, "node-b"),
+        ],
+    );
+    if let Some(p) = v4.ports.as_mut() {
+        p[0].protocol = Some("UDP".into());
+    }
+    let mut v6 = slice("a", "dual", "d", 5353, &[("fd00:244::2", true, "node-a")]);
+    v6.metadata.name = Some("dual-v6".into());
+    v6.address_type = "IPv6".into();
+    if let Some(p) = v6.ports.as_mut() {
+        p[0].protocol = Some("UDP".into());
+    }
+    let rs = model::build(&svcs, &[v4, v6], &node);
+    let text = nft::render(&rs, &node);
+    ns.run(move || apply::nft_apply(&text).unwrap_or_else(|e| panic!("{e}\n{text}")));
+    let t6 = ns
+        .run(|| apply::list_table(nft::Family::V6).expect("list"))
+        .expect("ip6 table");
+    assert!(
+        t6.contains("fd00:96::1") && t6.contains("fd00:244::2"),
+        "{t6}"
+    );
+    let t4 = ns
+        .run(|| apply::list_table(nft::Family::V4).expect("list"))
+        .expect("ip table");
+    assert!(
+        t4.contains("198.51.100.7") && t4.contains("30081") && t4.contains("30053"),
+        "{t4}"
+    );
+}
