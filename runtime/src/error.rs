@@ -22,8 +22,8 @@ pub enum Error {
         op: String,
     },
     /// A kernel call or file operation failed.
-    #[error("{what}: {source}")]
-    Sys { what: String, source: io::Error },
+    #[error("{what}: {err}")]
+    Sys { what: String, err: io::Error },
     /// The container's init reported a failure while setting the container up.
     #[error("container init: {0}")]
     Init(String),
@@ -44,10 +44,7 @@ pub trait Context<T> {
 
 impl<T> Context<T> for io::Result<T> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| Error::Sys {
-            what: what(),
-            source,
-        })
+        self.map_err(|err| Error::Sys { what: what(), err })
     }
 }
 
@@ -55,7 +52,7 @@ impl<T> Context<T> for nix::Result<T> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| Error::Sys {
             what: what(),
-            source: io::Error::from_raw_os_error(e as i32),
+            err: io::Error::from_raw_os_error(e as i32),
         })
     }
 }

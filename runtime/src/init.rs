@@ -299,7 +299,7 @@ pub(crate) fn exec(prog: &Prepared) -> Result<Infallible> {
     let e = nix::unistd::execve(&prog.path, &prog.argv, &prog.env).unwrap_err();
     Err(Error::Sys {
         what: format!("exec {:?}", prog.path),
-        source: std::io::Error::from_raw_os_error(e as i32),
+        err: std::io::Error::from_raw_os_error(e as i32),
     })
 }
 

@@ -301,46 +301,56 @@ pub(crate) fn launch(
     drop(child);
     drop(console);
     cleanup.pids.push(pid);
-    let init_pid = if staged {
-        staged_handshake(&parent, pid, &plan, &spec, &mut cleanup)?
-    } else {
-        pid
+    let r = (|| -> Result<State> {
+        let init_pid = if staged {
+            staged_handshake(&parent, pid, &plan, &spec, &mut cleanup)?
+        } else {
+            pid
+        };
+        if !staged && plan.new.contains(CloneFlags::CLONE_NEWUSER) {
+            namespaces::write_id_maps(
+                pid,
+                linux.ok_or_else(|| Error::Other("no linux section".into()))?,
+            )?;
+        }
+        st.pid = init_pid;
+        st.init_start_time = state::proc_stat(init_pid)
+            .map(|s| s.1)
+            .ok_or_else(|| Error::Init("exited during setup".into()))?;
+        parent.send(tag::GO, &init_pid.to_ne_bytes())?;
+        cg.add_task(init_pid)
+            .map_err(|e| Error::Cgroup(e.to_string()))?;
+        if let Some(adj) = process.oom_score_adj() {
+            security::set_oom_score_adj(init_pid, adj);
+        }
+        parent.send(tag::CGROUP_DONE, b"")?;
+        if runtime_hooks {
+            parent.expect(tag::HOOKS)?;
+            let h = hooks_spec.ok_or_else(|| Error::Other("hooks vanished".into()))?;
+            let js = st.oci_json();
+            hooks::run_all("prestart", h.prestart().as_ref(), &js)?;
+            hooks::run_all("createRuntime", h.create_runtime().as_ref(), &js)?;
+            parent.send(tag::HOOKS_DONE, b"")?;
+        }
+        parent.expect(tag::READY)?;
+        st.status = if mode == Mode::Create {
+            Status::Created
+        } else {
+            Status::Running
+        };
+        state::save(&dir, &st)?;
+        if let Some(p) = &opts.pid_file {
+            write_pid_file(p, init_pid)?;
+        }
+        Ok(st)
+    })();
+    let st = match r {
+        Ok(st) => st,
+        Err(Error::Init(m)) if m == "exited during setup" => {
+            return Err(Error::Init(why_died(pid, &cg)));
+        }
+        Err(e) => return Err(e),
     };
-    if !staged && plan.new.contains(CloneFlags::CLONE_NEWUSER) {
-        namespaces::write_id_maps(
-            pid,
-            linux.ok_or_else(|| Error::Other("no linux section".into()))?,
-        )?;
-    }
-    st.pid = init_pid;
-    st.init_start_time = state::proc_stat(init_pid)
-        .map(|s| s.1)
-        .ok_or_else(|| Error::Init("exited during setup".into()))?;
-    parent.send(tag::GO, &init_pid.to_ne_bytes())?;
-    cg.add_task(init_pid)
-        .map_err(|e| Error::Cgroup(e.to_string()))?;
-    if let Some(adj) = process.oom_score_adj() {
-        security::set_oom_score_adj(init_pid, adj);
-    }
-    parent.send(tag::CGROUP_DONE, b"")?;
-    if runtime_hooks {
-        parent.expect(tag::HOOKS)?;
-        let h = hooks_spec.ok_or_else(|| Error::Other("hooks vanished".into()))?;
-        let js = st.oci_json();
-        hooks::run_all("prestart", h.prestart().as_ref(), &js)?;
-        hooks::run_all("createRuntime", h.create_runtime().as_ref(), &js)?;
-        parent.send(tag::HOOKS_DONE, b"")?;
-    }
-    parent.expect(tag::READY)?;
-    st.status = if mode == Mode::Create {
-        Status::Created
-    } else {
-        Status::Running
-    };
-    state::save(&dir, &st)?;
-    if let Some(p) = &opts.pid_file {
-        write_pid_file(p, init_pid)?;
-    }
     cleanup.disarm();
     Ok(Launched {
         state: st,
@@ -348,6 +358,21 @@ pub(crate) fn launch(
         chan: parent,
         spec,
     })
+}
+
+/// Why an init vanished without reporting an error: reaps it and reads the OOM counter.
+fn why_died(pid: i32, cg: &CgroupManager) -> String {
+    let how = match waitpid(Pid::from_raw(pid), None) {
+        Ok(WaitStatus::Signaled(_, sig, _)) => format!("was killed by {sig:?}"),
+        Ok(WaitStatus::Exited(_, code)) => format!("exited with status {code}"),
+        _ => "exited".to_string(),
+    };
+    if cg.oom_kill_count().unwrap_or(0) > 0 {
+        return format!(
+            "{how} during setup: out of memory (linux.resources.memory.limit too low?)"
+        );
+    }
+    format!("{how} during setup")
 }
 
 /// The parent's side of the staged path: maps on request, then the init's pid.

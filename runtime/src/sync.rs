@@ -52,7 +52,19 @@ impl Channel {
         self.fd.as_raw_fd()
     }
 
+    /// Sends one message. If the peer is gone, its last words (an ERROR it sent before
+    /// exiting) are the useful error, not the broken pipe.
     pub fn send(&self, tag: u8, payload: &[u8]) -> Result<()> {
+        let r = self.send_raw(tag, payload);
+        if r.is_err()
+            && let Ok(Some((tag::ERROR, m))) = self.recv()
+        {
+            return Err(Error::Init(String::from_utf8_lossy(&m).into_owned()));
+        }
+        r
+    }
+
+    fn send_raw(&self, tag: u8, payload: &[u8]) -> Result<()> {
         let mut buf = Vec::with_capacity(1 + payload.len());
         buf.push(tag);
         buf.extend_from_slice(payload);
@@ -89,7 +101,10 @@ impl Channel {
                 return Ok(None);
             }
             let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
+            // A peer that exits with our message unread resets the connection; the error
+            // is reported once, and its queued messages (its ERROR) are still readable.
+            if e.kind() != io::ErrorKind::Interrupted && e.raw_os_error() != Some(libc::ECONNRESET)
+            {
                 return Err(e).ctx(|| "receive from container init".into());
             }
         }

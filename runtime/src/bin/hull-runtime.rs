@@ -360,6 +360,7 @@ fn exec_cmd(cli: &Cli) -> Result<i32> {
             if args.is_empty() {
                 bail!("exec: no command given (ARGS or --process)");
             }
+            container::state(&cli.root, id)?;
             let spec = container::saved_spec(&cli.root, id)?;
             let mut p = spec.process().clone().unwrap_or_default();
             p.set_args(Some(args.clone()));

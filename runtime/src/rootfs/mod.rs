@@ -89,7 +89,7 @@ pub fn remount_bind(target: &Path, flags: MsFlags) -> Result<()> {
         | MsFlags::MS_BIND
         | (flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT));
     match mount(None, target, None, base, None) {
-        Err(Error::Sys { source, .. }) if source.raw_os_error() == Some(libc::EPERM) => {
+        Err(Error::Sys { err, .. }) if err.raw_os_error() == Some(libc::EPERM) => {
             // In a user namespace, flags inherited from the source are locked: keep them.
             let keep = locked_flags(target) & !MsFlags::MS_RDONLY;
             mount(None, target, None, base | keep, None)
@@ -191,8 +191,8 @@ fn mount_one(ctx: &Ctx<'_>, root: i32, m: &Mount) -> Result<()> {
     let r = mount(Some(&src), &target, Some(typ), opts.flags, data);
     match r {
         // sysfs needs a network namespace we own; runc's fallback is a read-only bind.
-        Err(Error::Sys { source, .. })
-            if typ == "sysfs" && source.raw_os_error() == Some(libc::EPERM) =>
+        Err(Error::Sys { err, .. })
+            if typ == "sysfs" && err.raw_os_error() == Some(libc::EPERM) =>
         {
             mount(
                 Some(Path::new("/sys")),

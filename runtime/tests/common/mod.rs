@@ -224,25 +224,45 @@ pub fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
     out
 }
 
+/// Runs `c` with a hard timeout. stdout/stderr go to files, not pipes: a detached
+/// container inherits them and would otherwise hold a pipe open long after the runtime
+/// exited.
 pub fn run_with_timeout(mut c: Command, limit: Duration) -> Output {
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = PathBuf::from("/var/tmp/hull-rt-tests/out");
+    std::fs::create_dir_all(&dir).expect("mkdir out");
+    let (po, pe) = (
+        dir.join(format!("{}-{n}.out", std::process::id())),
+        dir.join(format!("{}-{n}.err", std::process::id())),
+    );
+    c.stdout(std::fs::File::create(&po).expect("stdout file"))
+        .stderr(std::fs::File::create(&pe).expect("stderr file"));
     let mut child = c.spawn().expect("spawn hull-runtime");
     let start = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
         }
         if start.elapsed() > limit {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
+            let _ = child.wait();
+            let err = std::fs::read_to_string(&pe).unwrap_or_default();
+            let _ = (std::fs::remove_file(&po), std::fs::remove_file(&pe));
             panic!(
-                "hull-runtime {:?} hung for {limit:?}; stderr: {}",
-                c.get_args().collect::<Vec<_>>(),
-                String::from_utf8_lossy(&out.stderr)
+                "hull-runtime {:?} hung for {limit:?}; stderr: {err}",
+                c.get_args().collect::<Vec<_>>()
             );
         }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let out = Output {
+        status,
+        stdout: std::fs::read(&po).unwrap_or_default(),
+        stderr: std::fs::read(&pe).unwrap_or_default(),
+    };
+    let _ = (std::fs::remove_file(&po), std::fs::remove_file(&pe));
+    out
 }
 
 /// Polls `f` until true or ~`secs` seconds pass (for kernel state that settles, not as
