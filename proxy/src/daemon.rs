@@ -72,52 +72,50 @@ pub fn run_blocking(opts: Options) -> Result<(), DaemonError> {
         .map_err(DaemonError::Runtime)?;
     rt.block_on(async move {
         let client = client(opts.kubeconfig.as_ref()).await?;
-        let metrics = Arc::new(Metrics::default());
-        if let Some(addr) = opts.proxy.healthz {
-            let bound = runner::serve_health(addr, metrics.clone()).await?;
-            tracing::info!("healthz and metrics on http://{bound}");
-        }
-        let dns = if opts.dns_listen.is_empty() {
-            None
-        } else {
-            let upstreams: Vec<SocketAddr> =
-                dns_server::upstreams_from_resolv_conf(&opts.resolv_conf)?
-                    .into_iter()
-                    // Never forward to ourselves (a resolv.conf that points at the node DNS).
-                    .filter(|u| {
-                        !opts
-                            .dns_listen
-                            .iter()
-                            .any(|l| l.ip() == u.ip() && l.port() == u.port())
-                    })
-                    .collect();
-            let model = Arc::new(RwLock::new(DnsModel::build(
-                &opts.proxy.cluster_domain,
-                &[],
-                &[],
-                &[],
-            )));
-            for addr in &opts.dns_listen {
-                let bound = dns_server::spawn(
-                    *addr,
-                    DnsState {
-                        model: model.clone(),
-                        upstreams: upstreams.clone(),
-                    },
-                )
-                .await?;
-                tracing::info!("cluster DNS on {bound}");
-            }
-            Some(model)
-        };
-        let run = runner::run(client, opts.proxy, dns, metrics);
         tokio::select! {
-            r = run => r?,
+            r = serve(client, opts) => r?,
             _ = tokio::signal::ctrl_c() => {}
             _ = sigterm() => {}
         }
         Ok(())
     })
+}
+
+/// The proxy, DNS and health endpoint on the caller's (multi-threaded) tokio runtime,
+/// with the caller's client: what `hull up` and `hull agent` embed. Runs until the
+/// future is dropped.
+pub async fn serve(client: kube::Client, opts: Options) -> Result<(), DaemonError> {
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = opts.proxy.healthz {
+        let bound = runner::serve_health(addr, metrics.clone()).await?;
+        tracing::info!("healthz and metrics on http://{bound}");
+    }
+    let dns = if opts.dns_listen.is_empty() {
+        None
+    } else {
+        let upstreams: Vec<SocketAddr> = dns_server::upstreams_from_resolv_conf(&opts.resolv_conf)?
+            .into_iter()
+            // Never forward to ourselves (a resolv.conf that points at the node DNS).
+            .filter(|u| !opts.dns_listen.contains(u))
+            .collect();
+        let model = Arc::new(RwLock::new(DnsModel::build(
+            &opts.proxy.cluster_domain,
+            &[],
+            &[],
+            &[],
+        )));
+        for addr in &opts.dns_listen {
+            let state = DnsState {
+                model: model.clone(),
+                upstreams: upstreams.clone(),
+            };
+            let bound = dns_server::spawn(*addr, state).await?;
+            tracing::info!("cluster DNS on {bound}");
+        }
+        Some(model)
+    };
+    runner::run(client, opts.proxy, dns, metrics).await?;
+    Ok(())
 }
 
 async fn sigterm() {

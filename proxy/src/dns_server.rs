@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -90,8 +90,13 @@ fn formerr(packet: &[u8]) -> Option<Vec<u8>> {
         .ok()
 }
 
+/// Our EDNS UDP payload size (the DNS Flag Day 2020 recommendation).
+const EDNS_PAYLOAD: u16 = 1232;
+
 /// Answer one packet. `None` means "send nothing" (not even a header to answer).
-pub async fn handle(state: &DnsState, packet: &[u8]) -> Option<Vec<u8>> {
+/// Over UDP (`udp`), answers larger than the client can take are truncated with TC
+/// set, so it retries over TCP.
+pub async fn handle(state: &DnsState, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
     let Ok(req) = Message::from_vec(packet) else {
         return formerr(packet);
     };
@@ -130,6 +135,15 @@ pub async fn handle(state: &DnsState, packet: &[u8]) -> Option<Vec<u8>> {
     resp.metadata.recursion_desired = req.metadata.recursion_desired;
     resp.metadata.recursion_available = true;
     resp.add_query(q.clone());
+    // A client that speaks EDNS gets an OPT back (RFC 6891 6.1.1) and may take
+    // more than 512 bytes over UDP.
+    let mut udp_limit = 512usize;
+    if let Some(e) = &req.edns {
+        udp_limit = usize::from(e.max_payload().clamp(512, EDNS_PAYLOAD));
+        let mut ours = Edns::new();
+        ours.set_max_payload(EDNS_PAYLOAD);
+        resp.set_edns(ours);
+    }
     match lookup {
         Lookup::Records(recs) => {
             for r in recs {
@@ -169,7 +183,13 @@ pub async fn handle(state: &DnsState, packet: &[u8]) -> Option<Vec<u8>> {
         }
         Lookup::NotOurs => {}
     }
-    resp.to_vec().ok()
+    let bytes = resp.to_vec().ok()?;
+    if udp && bytes.len() > udp_limit {
+        let mut t = resp.truncate();
+        t.metadata.truncation = true;
+        return t.to_vec().ok();
+    }
+    Some(bytes)
 }
 
 async fn forward(state: &DnsState, req: &Message, packet: &[u8]) -> Vec<u8> {
@@ -212,15 +232,7 @@ pub async fn serve_udp(sock: UdpSocket, state: DnsState) {
         let packet = buf[..n].to_vec();
         let (sock, state) = (sock.clone(), state.clone());
         tokio::spawn(async move {
-            if let Some(mut resp) = handle(&state, &packet).await {
-                if resp.len() > 512 {
-                    // Classic UDP limit: set TC so the client retries over TCP.
-                    if let Ok(m) = Message::from_vec(&resp) {
-                        let mut t = m.truncate();
-                        t.metadata.truncation = true;
-                        resp = t.to_vec().unwrap_or(resp);
-                    }
-                }
+            if let Some(resp) = handle(&state, &packet, true).await {
                 let _ = sock.send_to(&resp, peer).await;
             }
         });
@@ -248,7 +260,7 @@ async fn tcp_conn(mut s: TcpStream, state: &DnsState) -> std::io::Result<()> {
         };
         let mut buf = vec![0u8; len];
         s.read_exact(&mut buf).await?;
-        let Some(resp) = handle(state, &buf).await else {
+        let Some(resp) = handle(state, &buf, false).await else {
             return Ok(());
         };
         let Ok(rlen) = u16::try_from(resp.len()) else {

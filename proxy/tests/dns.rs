@@ -19,6 +19,11 @@ use serde_json::json;
 fn model() -> DnsModel {
     let services = vec![
         service(
+            "big",
+            "many",
+            json!({"clusterIP": "None", "ports": [{"name": "p", "port": 80}]}),
+        ),
+        service(
             "default",
             "web",
             json!({"clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"], "ports": [{"name": "http", "port": 80}]}),
@@ -57,7 +62,10 @@ fn model() -> DnsModel {
     );
     pg.endpoints[0].hostname = Some("pg-0".into());
     let pod: Pod = serde_json::from_value(json!({"metadata": {"namespace": "default", "name": "client"}, "status": {"podIPs": [{"ip": "10.244.2.9"}]}})).expect("pod");
-    DnsModel::build("cluster.local", &services, &[pg], &[pod])
+    let ips: Vec<String> = (1..=60).map(|i| format!("10.244.9.{i}")).collect();
+    let eps: Vec<(&str, bool, &str)> = ips.iter().map(|i| (i.as_str(), true, "n")).collect();
+    let many = slice("big", "many", "p", 80, &eps);
+    DnsModel::build("cluster.local", &services, &[pg, many], &[pod])
 }
 
 struct Server {
@@ -396,4 +404,42 @@ fn resolv_conf_upstreams() {
         ]
     );
     assert!(dns_server::upstreams_from_resolv_conf(&dir.join("missing")).is_err());
+}
+
+#[test]
+fn large_answers_truncate_over_udp_and_come_whole_over_tcp() {
+    let s = start(vec![]);
+    let m = q(s.addr, "many.big.svc.cluster.local.", RecordType::A);
+    assert!(
+        m.metadata.truncation,
+        "60 A records do not fit 512 bytes: TC must be set; got {} answers, edns {:?}",
+        m.answers.len(),
+        m.edns
+    );
+    let mut c = TcpStream::connect(s.addr).expect("connect tcp");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let p = query_packet("many.big.svc.cluster.local.", RecordType::A);
+    c.write_all(&(p.len() as u16).to_be_bytes()).expect("len");
+    c.write_all(&p).expect("body");
+    let mut len = [0u8; 2];
+    c.read_exact(&mut len).expect("read len");
+    let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
+    c.read_exact(&mut body).expect("read body");
+    let m = Message::from_vec(&body).expect("parse");
+    assert!(!m.metadata.truncation);
+    assert_eq!(ips(&m).len(), 60);
+    // With EDNS the client gets an OPT back and a bigger UDP answer.
+    let mut e = Message::query();
+    e.add_query(Query::query(
+        Name::from_ascii("many.big.svc.cluster.local.").expect("n"),
+        RecordType::A,
+    ));
+    let mut edns = hickory_proto::op::Edns::new();
+    edns.set_max_payload(4096);
+    e.set_edns(edns);
+    let m = udp(s.addr, &e.to_vec().expect("enc"));
+    assert!(m.edns.is_some(), "OPT answered");
+    assert!(!m.metadata.truncation);
+    assert_eq!(ips(&m).len(), 60);
 }
