@@ -419,3 +419,53 @@ async fn scoped_quota_counts_only_the_pods_it_selects() {
         .unwrap();
     assert_eq!(quota_used(store, "q1", "be").await, json!({"pods":"1"}));
 }
+
+#[tokio::test]
+async fn reconcile_corrects_usage_left_by_a_crash() {
+    let f = fixture("reconcile").await;
+    let adm = Admission::default();
+    let store = &*f.store;
+    create(
+        &adm,
+        store,
+        "ResourceQuota",
+        "resourcequotas",
+        quota("q", "q1", json!({"pods":"2","requests.cpu":"1"})),
+    )
+    .await
+    .unwrap();
+    create(
+        &adm,
+        store,
+        "Pod",
+        "pods",
+        pod("real", "q1", Some(json!({"cpu":"100m"}))),
+    )
+    .await
+    .unwrap();
+    // A charge whose pod write never happened (the server died in between).
+    let mut ghost = pod("ghost", "q1", Some(json!({"cpu":"500m"})));
+    let r = req(Operation::Create, "Pod", "pods", "q1", "ghost");
+    adm.admit(store, &r, &mut ghost, None).await.unwrap();
+    assert_eq!(
+        quota_used(store, "q1", "q").await,
+        json!({"pods":"2","requests.cpu":"600m"})
+    );
+    assert_eq!(
+        hull_control::admission::quota::reconcile(store)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        quota_used(store, "q1", "q").await,
+        json!({"pods":"1","requests.cpu":"100m"})
+    );
+    assert_eq!(
+        hull_control::admission::quota::reconcile(store)
+            .await
+            .unwrap(),
+        0,
+        "nothing left to fix"
+    );
+}

@@ -12,7 +12,8 @@
 //! ([`allocator`]). Then the caller stores the object and calls [`Admitted::commit`], or
 //! [`Admitted::undo`] if the store write failed (it gives back quota and addresses). After
 //! a delete is stored: [`Admission::deleted`]. At server start: `allocators.repair(store)`
-//! removes allocations a crash left without a Service.
+//! removes allocations a crash left without a Service, and [`quota::reconcile`] recounts
+//! quota usage a crash left charged for objects never stored.
 //!
 //! Errors are [`AdmissionError`] (or [`Invalid`] from the pure functions); each knows its
 //! HTTP code and builds its Status with `status()`.

@@ -12,8 +12,9 @@ pub enum Format {
     DecimalSi,
 }
 
-/// An exact quantity in units of 10⁻⁹.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An exact quantity in units of 10⁻⁹. Equal quantities are equal whatever their
+/// format (`1Gi` == `1024Mi`).
+#[derive(Debug, Clone, Copy)]
 pub struct Quantity {
     nanos: i128,
     pub format: Format,
@@ -48,6 +49,14 @@ impl std::ops::Sub for Quantity {
         }
     }
 }
+
+impl PartialEq for Quantity {
+    fn eq(&self, other: &Self) -> bool {
+        self.nanos == other.nanos
+    }
+}
+
+impl Eq for Quantity {}
 
 impl PartialOrd for Quantity {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
