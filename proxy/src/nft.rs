@@ -171,6 +171,29 @@ fn render_family(s: &mut String, rs: &RuleSet, node: &NodeInfo, f: Family) {
                     );
                 }
             }
+            if r.affinity_timeout.is_none() {
+                // No per-endpoint state is needed: pick and DNAT in one rule. Hairpin
+                // traffic (a pod reaching itself) is masqueraded by matching any
+                // endpoint of this port as the source.
+                let ips: Vec<IpAddr> = eps.iter().map(|e| e.ip).collect();
+                let _ = writeln!(
+                    chains,
+                    "\t\t{a} saddr {{ {} }} jump mark-for-masquerade",
+                    join(&ips)
+                );
+                let arms: Vec<String> = eps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| format!("{i} : {} . {}", e.ip, e.port))
+                    .collect();
+                let _ = writeln!(
+                    chains,
+                    "\t\tmeta l4proto {proto} dnat {a} to numgen random mod {} map {{ {} }}\n\t}}",
+                    eps.len(),
+                    arms.join(", ")
+                );
+                return;
+            }
             let arms: Vec<String> = eps
                 .iter()
                 .enumerate()
@@ -191,9 +214,14 @@ fn render_family(s: &mut String, rs: &RuleSet, node: &NodeInfo, f: Family) {
         if need_local && !local.is_empty() {
             lb_chain(&loc, &local, &mut chains);
         }
-        // Endpoint chains: every endpoint reachable from either view.
-        let mut eps: Vec<Endpoint> = all.clone();
-        for e in &local {
+        // Endpoint chains (only with session affinity, which needs per-endpoint
+        // state): every endpoint reachable from either view.
+        let mut eps: Vec<Endpoint> = if r.affinity_timeout.is_some() {
+            all.clone()
+        } else {
+            Vec::new()
+        };
+        for e in local.iter().filter(|_| r.affinity_timeout.is_some()) {
             if !eps.contains(e) {
                 eps.push(e.clone());
             }

@@ -312,13 +312,13 @@ fn dual_stack_renders_each_family_in_its_table() {
     let (t4, t6) = text.split_at(text.find("table ip6 hull-proxy {").expect("ip6 table"));
     assert!(
         t4.contains("10.96.0.5 . tcp . 80")
-            && t4.contains("dnat to 10.244.0.2:80")
+            && t4.contains("dnat ip to numgen random mod 1 map { 0 : 10.244.0.2 . 80 }")
             && !t4.contains("fd00"),
         "{t4}"
     );
     assert!(
         t6.contains("fd00:96::5 . tcp . 80")
-            && t6.contains("dnat to [fd00:244::2]:80")
+            && t6.contains("dnat ip6 to numgen random mod 1 map { 0 : fd00:244::2 . 80 }")
             && !t6.contains("10.244.0.2"),
         "{t6}"
     );

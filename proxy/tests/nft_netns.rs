@@ -177,6 +177,10 @@ fn clusterip_nodeport_readiness_affinity_reject_and_cleanup() {
     let hits = spread(&lab.client, "10.96.0.10:80", 60);
     assert_eq!(hits.len(), 3, "ClusterIP reached {hits:?}");
 
+    // Hairpin: a pod reaches itself (and the others) through its own Service.
+    let hits = spread(&lab.pods[0], "10.96.0.10:80", 60);
+    assert_eq!(hits.len(), 3, "hairpin from pod0 reached {hits:?}");
+
     // NodePort on the node's address, from outside the node…
     let hits = spread(&lab.client, "192.168.77.1:30080", 30);
     assert!(hits.len() >= 2, "NodePort from client reached {hits:?}");
@@ -300,6 +304,11 @@ fn every_shape_loads_in_the_kernel() {
         ),
         service(
             "a",
+            "plain6",
+            json!({"clusterIPs": ["10.96.1.3", "fd00:96::3"], "ports": [{"name": "d", "port": 53, "protocol": "UDP"}]}),
+        ),
+        service(
+            "a",
             "none",
             json!({"type": "NodePort", "clusterIP": "10.96.1.2", "ports": [{"port": 80, "nodePort": 30081}]}),
         ),
@@ -323,7 +332,17 @@ fn every_shape_loads_in_the_kernel() {
     if let Some(p) = v6.ports.as_mut() {
         p[0].protocol = Some("UDP".into());
     }
-    let rs = model::build(&svcs, &[v4, v6], &node);
+    let mut p4 = v4.clone();
+    p4.metadata.labels = Some(
+        [(
+            "kubernetes.io/service-name".to_string(),
+            "plain6".to_string(),
+        )]
+        .into(),
+    );
+    let mut p6 = v6.clone();
+    p6.metadata.labels = p4.metadata.labels.clone();
+    let rs = model::build(&svcs, &[v4, v6, p4, p6], &node);
     let text = nft::render(&rs, &node);
     ns.run(move || apply::nft_apply(&text).unwrap_or_else(|e| panic!("{e}\n{text}")));
     let t6 = ns
