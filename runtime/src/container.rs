@@ -226,13 +226,18 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
 /// Kills whatever is left, removes the cgroup, runs poststop hooks, drops the state.
 fn destroy(root: &Path, st: &State, spec: &oci_spec::runtime::Spec) {
     if let Ok(cg) = cgroup_of(st) {
-        if state::process_alive(st.pid, st.init_start_time) {
-            let _ = signal_init(st, libc::SIGKILL);
+        // Usually the init has exited and the cgroup is empty: skip the freezer round trip.
+        let busy = state::process_alive(st.pid, st.init_start_time)
+            || cg.pids().map(|p| !p.is_empty()).unwrap_or(true);
+        if busy {
+            if state::process_alive(st.pid, st.init_start_time) {
+                let _ = signal_init(st, libc::SIGKILL);
+            }
+            let _ = cg.kill_all(libc::SIGKILL);
+            // A frozen cgroup's processes cannot die.
+            let _ = cg.thaw();
+            wait_gone(st);
         }
-        let _ = cg.kill_all(libc::SIGKILL);
-        // A frozen cgroup's processes cannot die.
-        let _ = cg.thaw();
-        wait_gone(st);
         launch::destroy_cgroup(&cg);
     }
     let mut stopped = st.clone();

@@ -87,11 +87,11 @@ fn run(cfg: &InitConfig<'_>) -> Result<Infallible> {
         explain!("sethostname({h})");
         nix::unistd::sethostname(h).ctx(|| format!("hostname: sethostname({h})"))?;
     }
-    if let Some(d) = cfg.spec.domainname().as_deref().filter(|d| !d.is_empty()) {
-        if unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .ctx(|| format!("domainname: setdomainname({d})"));
-        }
+    if let Some(d) = cfg.spec.domainname().as_deref().filter(|d| !d.is_empty())
+        && unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) } != 0
+    {
+        return Err(std::io::Error::last_os_error())
+            .ctx(|| format!("domainname: setdomainname({d})"));
     }
     // The fifo lives in the state dir on the host: hold it by an O_PATH fd across pivot.
     let fifo = cfg

@@ -563,9 +563,9 @@ fn default_spec(rootless: bool) -> String {
     if rootless {
         let uid = nix::unistd::getuid().as_raw();
         let gid = nix::unistd::getgid().as_raw();
-        v["linux"]["namespaces"]
-            .as_array_mut()
-            .map(|a| a.push(serde_json::json!({"type": "user"})));
+        if let Some(a) = v["linux"]["namespaces"].as_array_mut() {
+            a.push(serde_json::json!({"type": "user"}));
+        }
         v["linux"]["uidMappings"] =
             serde_json::json!([{"containerID": 0, "hostID": uid, "size": 1}]);
         v["linux"]["gidMappings"] =
