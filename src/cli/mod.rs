@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand};
 pub mod cri;
 pub mod proxy;
 pub mod server;
+pub mod image;
+pub mod run;
 
 #[derive(Debug, Parser)]
 #[command(name = "hull", version, about = "A Kubernetes-compatible container platform")]
@@ -31,6 +33,10 @@ pub struct Cli {
 pub enum Command {
     /// Print version information.
     Version,
+    /// Pull, import, list, remove and inspect images.
+    Image(image::ImageArgs),
+    /// Run a command in a new container of an image, in the foreground.
+    Run(run::RunArgs),
     /// Serve CRI v1 (RuntimeService, ImageService) on a unix socket.
     Cri(cri::CriArgs),
     /// Serve the Kubernetes API (control plane only) on SQLite or etcd.
@@ -55,6 +61,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("hull {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Image(args) => image::run(&cli.data_dir, args),
+        Command::Run(args) => run::run(&cli.data_dir, args),
         Command::Cri(args) => cri::run(&cli.data_dir, args),
         Command::Server(args) => server::run(&cli.data_dir, args),
         Command::Proxy(args) => proxy::run(&cli.data_dir, args),

@@ -7,6 +7,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -190,7 +191,24 @@ impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
         self.hasher.update(&buf[..n]);
+        let before = self.count;
         self.count += n as u64;
+        // Start writeback of each finished 8 MiB chunk now, so the fsync at commit
+        // has little left to wait for (a pull would otherwise pay for it all at the end).
+        const CHUNK: u64 = 8 << 20;
+        if before / CHUNK != self.count / CHUNK {
+            let end = self.count / CHUNK * CHUNK;
+            self.file.flush()?;
+            // SAFETY: valid fd; only a writeback hint.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.get_ref().as_raw_fd(),
+                    (end - CHUNK) as i64,
+                    CHUNK as i64,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+        }
         Ok(n)
     }
 

@@ -5,7 +5,7 @@
 //! Layers above a missing parent are only downloaded, then unpacked in order.
 
 use std::io::{self, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use super::content::{ContentStore, TeeReader};
@@ -121,17 +121,7 @@ pub(crate) fn unpack_layer(
             actual: diff_id,
         });
     }
-    sync_tree(tmp.fs());
     snapshots.commit(tmp, &layer.chain_id)
-}
-
-/// Makes the unpacked files durable before the rename that commits them.
-fn sync_tree(dir: &Path) {
-    if let Ok(f) = std::fs::File::open(dir) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: valid fd; syncfs only flushes.
-        unsafe { libc::syncfs(f.as_raw_fd()) };
-    }
 }
 
 pub(crate) fn lowers_for(snapshots: &SnapshotStore, layers: &[LayerPlan], i: usize) -> Result<Vec<PathBuf>> {
