@@ -105,6 +105,16 @@ fn join<T: ToString>(items: &[T]) -> String {
         .join(", ")
 }
 
+/// `x` for one item, `{ x, y }` for more: a one-element anonymous set would still
+/// be a set object in the kernel, and those are costly by the thousand.
+fn one_or_set<T: ToString>(items: &[T]) -> String {
+    if items.len() == 1 {
+        items[0].to_string()
+    } else {
+        format!("{{ {} }}", join(items))
+    }
+}
+
 /// Where traffic for one view (cluster / external) of a service port goes.
 enum Target {
     Chain(String),
@@ -153,9 +163,9 @@ fn render_family(s: &mut String, rs: &RuleSet, node: &NodeInfo, f: Family) {
             String::new()
         } else {
             format!(
-                "\t\t{a} daddr {{ {} }} {a} saddr != {{ {} }} jump mark-for-masquerade\n",
-                join(&cips),
-                join(&pod_cidrs)
+                "\t\t{a} daddr {} {a} saddr != {} jump mark-for-masquerade\n",
+                one_or_set(&cips),
+                one_or_set(&pod_cidrs)
             )
         };
         let lb_chain = |name: &str, eps: &[Endpoint], chains: &mut String| {
@@ -172,26 +182,32 @@ fn render_family(s: &mut String, rs: &RuleSet, node: &NodeInfo, f: Family) {
                 }
             }
             if r.affinity_timeout.is_none() {
-                // No per-endpoint state is needed: pick and DNAT in one rule. Hairpin
-                // traffic (a pod reaching itself) is masqueraded by matching any
-                // endpoint of this port as the source.
-                let ips: Vec<IpAddr> = eps.iter().map(|e| e.ip).collect();
-                let _ = writeln!(
-                    chains,
-                    "\t\t{a} saddr {{ {} }} jump mark-for-masquerade",
-                    join(&ips)
-                );
-                let arms: Vec<String> = eps
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| format!("{i} : {} . {}", e.ip, e.port))
-                    .collect();
-                let _ = writeln!(
-                    chains,
-                    "\t\tmeta l4proto {proto} dnat {a} to numgen random mod {} map {{ {} }}\n\t}}",
-                    eps.len(),
-                    arms.join(", ")
-                );
+                // No per-endpoint state is needed, so no per-endpoint chains: a
+                // cascade like kube-proxy's iptables `statistic` rules, where rule k
+                // matches with probability 1/(N-k), picks uniformly. Plain rules load
+                // in linear time; one map lookup per chain does not (the kernel's set
+                // binding checks make that quadratic in the number of chains).
+                // Hairpin traffic (a pod reaching itself) is masqueraded by matching
+                // any endpoint of this port as the source.
+                // One plain rule per endpoint, not an anonymous set: each anonymous
+                // set costs the kernel a scan of every set in the table.
+                for e in eps {
+                    let _ = writeln!(chains, "\t\t{a} saddr {} jump mark-for-masquerade", e.ip);
+                }
+                let n = eps.len();
+                for (k, e) in eps.iter().enumerate() {
+                    let pick = if k + 1 < n {
+                        format!("numgen random mod {} 0 ", n - k)
+                    } else {
+                        String::new()
+                    };
+                    let _ = writeln!(
+                        chains,
+                        "\t\t{pick}meta l4proto {proto} dnat to {}",
+                        dnat_target(e)
+                    );
+                }
+                chains.push_str("\t}\n");
                 return;
             }
             let arms: Vec<String> = eps
@@ -283,8 +299,8 @@ fn render_family(s: &mut String, rs: &RuleSet, node: &NodeInfo, f: Family) {
                 if !pod_cidrs.is_empty() {
                     let _ = writeln!(
                         chains,
-                        "\t\t{a} saddr {{ {} }} goto {svc}",
-                        join(&pod_cidrs)
+                        "\t\t{a} saddr {} goto {svc}",
+                        one_or_set(&pod_cidrs)
                     );
                 }
                 let _ = writeln!(chains, "\t\tfib saddr type local jump mark-for-masquerade");

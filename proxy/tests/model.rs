@@ -283,9 +283,7 @@ fn affinity_sets_and_masquerade_rules() {
         "{text}"
     );
     assert!(
-        text.contains(
-            "ip daddr { 10.96.0.5 } ip saddr != { 10.244.0.0/16 } jump mark-for-masquerade"
-        ),
+        text.contains("ip daddr 10.96.0.5 ip saddr != 10.244.0.0/16 jump mark-for-masquerade"),
         "{text}"
     );
     assert!(
@@ -312,13 +310,13 @@ fn dual_stack_renders_each_family_in_its_table() {
     let (t4, t6) = text.split_at(text.find("table ip6 hull-proxy {").expect("ip6 table"));
     assert!(
         t4.contains("10.96.0.5 . tcp . 80")
-            && t4.contains("dnat ip to numgen random mod 1 map { 0 : 10.244.0.2 . 80 }")
+            && t4.contains("meta l4proto tcp dnat to 10.244.0.2:80")
             && !t4.contains("fd00"),
         "{t4}"
     );
     assert!(
         t6.contains("fd00:96::5 . tcp . 80")
-            && t6.contains("dnat ip6 to numgen random mod 1 map { 0 : fd00:244::2 . 80 }")
+            && t6.contains("meta l4proto tcp dnat to [fd00:244::2]:80")
             && !t6.contains("10.244.0.2"),
         "{t6}"
     );
@@ -350,4 +348,36 @@ fn rendering_is_deterministic() {
     );
     let r2 = nft::render(&model::build(&[b, a], &[sa], &node()), &node());
     assert_eq!(r1, r2);
+}
+
+#[test]
+fn cascade_picks_uniformly_without_affinity() {
+    let svc = service(
+        "ns",
+        "a",
+        json!({"clusterIP": "10.96.0.5", "ports": [{"port": 80}]}),
+    );
+    let sl = slice(
+        "ns",
+        "a",
+        "",
+        80,
+        &[
+            ("10.244.0.2", true, "n1"),
+            ("10.244.0.3", true, "n1"),
+            ("10.244.0.4", true, "n1"),
+        ],
+    );
+    let text = nft::render(&model::build(&[svc], &[sl], &node()), &node());
+    let want = "\t\tip saddr 10.244.0.2 jump mark-for-masquerade\n\
+                \t\tip saddr 10.244.0.3 jump mark-for-masquerade\n\
+                \t\tip saddr 10.244.0.4 jump mark-for-masquerade\n\
+                \t\tnumgen random mod 3 0 meta l4proto tcp dnat to 10.244.0.2:80\n\
+                \t\tnumgen random mod 2 0 meta l4proto tcp dnat to 10.244.0.3:80\n\
+                \t\tmeta l4proto tcp dnat to 10.244.0.4:80\n\t}";
+    assert!(text.contains(want), "{text}");
+    assert!(
+        !text.contains("chain ep-"),
+        "no per-endpoint chains without affinity"
+    );
 }

@@ -352,6 +352,10 @@ fn every_shape_loads_in_the_kernel() {
         t6.contains("fd00:96::1") && t6.contains("fd00:244::2"),
         "{t6}"
     );
+    assert!(
+        t6.contains("fd00:96::3") && t6.contains("dnat to [fd00:244::2]:5353"),
+        "{t6}"
+    );
     let t4 = ns
         .run(|| apply::list_table(nft::Family::V4).expect("list"))
         .expect("ip table");
