@@ -4,13 +4,15 @@
 //!
 //! Modules: [`tls`] CA and certificates; [`kubeconfig`] kubeconfig files; [`auth`]
 //! authentication and the authorizer trait; [`registry`] the served resources;
-//! [`discovery`] discovery documents; [`openapi`] OpenAPI v2/v3; [`status`] Status errors;
+//! [`discovery`] discovery documents; [`openapi`] OpenAPI v2/v3; [`protobuf`] protobuf request
+//! bodies; [`status`] Status errors;
 //! [`rest`] the resource handlers; [`serve`] the listener, routing and shutdown.
 
 pub mod auth;
 pub mod discovery;
 pub mod kubeconfig;
 pub mod openapi;
+pub mod protobuf;
 pub mod registry;
 pub mod rest;
 pub mod serve;

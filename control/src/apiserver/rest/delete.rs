@@ -25,8 +25,7 @@ struct DeleteOptions {
 fn options(rq: &Req, body: &[u8]) -> Result<DeleteOptions, ApiError> {
     let mut o = DeleteOptions::default();
     if !body.iter().all(u8::is_ascii_whitespace) {
-        let v: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?;
+        let v = object::decode_body(rq.header(axum::http::header::CONTENT_TYPE), body)?;
         o.grace = v.get("gracePeriodSeconds").and_then(Value::as_i64);
         o.propagation = v
             .get("propagationPolicy")

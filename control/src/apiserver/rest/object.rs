@@ -18,11 +18,8 @@ pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
         return Ok(v);
     }
     if ct.contains("protobuf") {
-        return Err(ApiError::new(
-            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedMediaType",
-            "protobuf request bodies are not supported; send application/json",
-        ));
+        return crate::apiserver::protobuf::decode(body)
+            .map_err(|e| ApiError::bad_request(e.to_string()));
     }
     serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!("error decoding JSON request body: {e}"))
