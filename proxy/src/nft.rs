@@ -7,8 +7,9 @@
 //! Shape (after kube-proxy's nftables mode): lookups go through verdict maps keyed
 //! by `daddr . l4proto . dport` (ClusterIPs, externalIPs) and `l4proto . dport`
 //! (NodePorts on local addresses), so the first-packet cost does not grow with the
-//! number of Services. Each service port has a chain that picks an endpoint with
-//! `numgen random mod N vmap`, and each endpoint a chain that DNATs.
+//! number of Services. Each service port has a chain that picks an endpoint with a
+//! cascade of `numgen` rules and DNATs; with session affinity, a `numgen … vmap`
+//! to one chain per endpoint (which records the client in a timeout set).
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
