@@ -115,7 +115,7 @@ fn run(cfg: &InitConfig<'_>) -> Result<Infallible> {
         cgroup_path: &cfg.cgroup_path,
     };
     if new_mnt {
-        rootfs::prepare(&ctx)?;
+        rootfs::prepare(&ctx, &mut || wait_cgroup(cfg, &mut in_cgroup))?;
     }
     if cfg.runtime_hooks {
         wait_cgroup(cfg, &mut in_cgroup)?;

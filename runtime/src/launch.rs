@@ -215,12 +215,6 @@ pub(crate) fn launch(
         .map_err(|e| Error::Cgroup(e.to_string()))?;
     cleanup.cgroup = Some(cg.clone());
     let default_res = oci_spec::runtime::LinuxResources::default();
-    cg.apply(
-        linux
-            .and_then(|l| l.resources().as_ref())
-            .unwrap_or(&default_res),
-    )
-    .map_err(|e| Error::Cgroup(e.to_string()))?;
     let seccomp = linux
         .and_then(|l| l.seccomp().as_ref())
         .map(crate::seccomp::compile)
@@ -318,6 +312,14 @@ pub(crate) fn launch(
             .map(|s| s.1)
             .ok_or_else(|| Error::Init("exited during setup".into()))?;
         parent.send(tag::GO, &init_pid.to_ne_bytes())?;
+        // Creating cgroup dirs can be slow (v1 blkio: milliseconds): do it while the
+        // init builds its rootfs. It only execs after CGROUP_DONE.
+        cg.apply(
+            linux
+                .and_then(|l| l.resources().as_ref())
+                .unwrap_or(&default_res),
+        )
+        .map_err(|e| Error::Cgroup(e.to_string()))?;
         cg.add_task(init_pid)
             .map_err(|e| Error::Cgroup(e.to_string()))?;
         if let Some(adj) = process.oom_score_adj() {

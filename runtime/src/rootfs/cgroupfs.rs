@@ -180,8 +180,8 @@ fn mount_one(
             data,
         );
     }
-    // The container's cgroup if hull made one in this hierarchy (the parent may still be
-    // moving us into it), else wherever we are (e.g. a named hierarchy hull leaves alone).
+    // The container's cgroup if hull made one in this hierarchy, else wherever we are
+    // (e.g. a named hierarchy hull leaves alone).
     let ours = h
         .mountpoint
         .join(cgroup_path.strip_prefix("/").unwrap_or(cgroup_path));

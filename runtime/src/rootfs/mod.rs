@@ -99,7 +99,10 @@ pub fn remount_bind(target: &Path, flags: MsFlags) -> Result<()> {
 }
 
 /// Everything before pivot_root.
-pub fn prepare(ctx: &Ctx<'_>) -> Result<()> {
+///
+/// `before_cgroup` is called once before the first `cgroup` mount: those mounts show the
+/// container's own cgroup, which the parent may still be creating.
+pub fn prepare(ctx: &Ctx<'_>, before_cgroup: &mut dyn FnMut() -> Result<()>) -> Result<()> {
     let linux = ctx.spec.linux().as_ref();
     // Our mounts must not leak back to the host: make the whole tree a slave (or what
     // the spec asks), then bind the rootfs onto itself so it is a mount point.
@@ -130,6 +133,9 @@ pub fn prepare(ctx: &Ctx<'_>) -> Result<()> {
     for (i, m) in ctx.spec.mounts().iter().flatten().enumerate() {
         if m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("bind") {
             dev_is_bind = true;
+        }
+        if matches!(m.typ().as_deref(), Some("cgroup" | "cgroup2")) {
+            before_cgroup()?;
         }
         mount_one(ctx, root.as_raw_fd(), m).map_err(|e| {
             Error::Other(format!("mounts[{i}] ({}): {e}", m.destination().display()))
