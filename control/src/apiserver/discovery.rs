@@ -7,13 +7,16 @@ use serde_json::{Value, json};
 use super::registry::{self, ResourceInfo, VERBS};
 
 /// The media type of aggregated discovery, as clients send it in `Accept`.
-pub const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+pub const AGGREGATED_V2: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
 /// Whether the `Accept` header asks for aggregated discovery (v2).
 pub fn wants_aggregated(accept: &str) -> bool {
     accept.split(',').any(|part| {
         let p: String = part.chars().filter(|c| !c.is_whitespace()).collect();
-        p.contains("g=apidiscovery.k8s.io") && p.contains("v=v2;") && p.contains("as=APIGroupDiscoveryList")
+        p.contains("g=apidiscovery.k8s.io")
+            && p.contains("v=v2;")
+            && p.contains("as=APIGroupDiscoveryList")
             || p.ends_with("g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")
     })
 }
@@ -96,7 +99,10 @@ pub fn api_group(group: &str) -> Option<Value> {
 /// `GET /api/v1` or `/apis/<g>/<v>`: the resource list, or None if not served.
 pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
     let mut resources = Vec::new();
-    for r in registry::all().iter().filter(|r| r.group == group && r.version == version) {
+    for r in registry::all()
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
         let mut main = json!({
             "name": r.plural,
             "singularName": r.singular,
@@ -224,7 +230,11 @@ mod tests {
         assert_eq!(scale["group"], "autoscaling");
         assert!(api_resource_list("apps", "v9").is_none());
         let agg = aggregated(false);
-        assert!(agg["items"].as_array().is_some_and(|i| i.iter().any(|g| g["metadata"]["name"] == "batch")));
+        assert!(
+            agg["items"]
+                .as_array()
+                .is_some_and(|i| i.iter().any(|g| g["metadata"]["name"] == "batch"))
+        );
         assert!(wants_aggregated(
             "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
         ));

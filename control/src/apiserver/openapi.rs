@@ -18,22 +18,87 @@ use super::registry::{self, ResourceInfo};
 /// Patch strategies of list fields kubectl relies on (definition, property, strategy, key).
 const PATCH_META: &[(&str, &str, &str, &str)] = &[
     ("io.k8s.api.core.v1.PodSpec", "containers", "merge", "name"),
-    ("io.k8s.api.core.v1.PodSpec", "initContainers", "merge", "name"),
-    ("io.k8s.api.core.v1.PodSpec", "ephemeralContainers", "merge", "name"),
-    ("io.k8s.api.core.v1.PodSpec", "volumes", "merge,retainKeys", "name"),
-    ("io.k8s.api.core.v1.PodSpec", "imagePullSecrets", "merge", "name"),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "initContainers",
+        "merge",
+        "name",
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "ephemeralContainers",
+        "merge",
+        "name",
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "volumes",
+        "merge,retainKeys",
+        "name",
+    ),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "imagePullSecrets",
+        "merge",
+        "name",
+    ),
     ("io.k8s.api.core.v1.PodSpec", "hostAliases", "merge", "ip"),
-    ("io.k8s.api.core.v1.Container", "ports", "merge", "containerPort"),
+    (
+        "io.k8s.api.core.v1.Container",
+        "ports",
+        "merge",
+        "containerPort",
+    ),
     ("io.k8s.api.core.v1.Container", "env", "merge", "name"),
-    ("io.k8s.api.core.v1.Container", "volumeMounts", "merge", "mountPath"),
-    ("io.k8s.api.core.v1.Container", "volumeDevices", "merge", "devicePath"),
+    (
+        "io.k8s.api.core.v1.Container",
+        "volumeMounts",
+        "merge",
+        "mountPath",
+    ),
+    (
+        "io.k8s.api.core.v1.Container",
+        "volumeDevices",
+        "merge",
+        "devicePath",
+    ),
     ("io.k8s.api.core.v1.ServiceSpec", "ports", "merge", "port"),
-    ("io.k8s.api.core.v1.PodStatus", "conditions", "merge", "type"),
-    ("io.k8s.api.core.v1.NodeStatus", "conditions", "merge", "type"),
-    ("io.k8s.api.core.v1.NodeStatus", "addresses", "merge", "type"),
-    ("io.k8s.api.apps.v1.DeploymentStatus", "conditions", "merge", "type"),
-    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers", "merge", ""),
-    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ownerReferences", "merge", "uid"),
+    (
+        "io.k8s.api.core.v1.PodStatus",
+        "conditions",
+        "merge",
+        "type",
+    ),
+    (
+        "io.k8s.api.core.v1.NodeStatus",
+        "conditions",
+        "merge",
+        "type",
+    ),
+    (
+        "io.k8s.api.core.v1.NodeStatus",
+        "addresses",
+        "merge",
+        "type",
+    ),
+    (
+        "io.k8s.api.apps.v1.DeploymentStatus",
+        "conditions",
+        "merge",
+        "type",
+    ),
+    (
+        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        "finalizers",
+        "merge",
+        "",
+    ),
+    (
+        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        "ownerReferences",
+        "merge",
+        "uid",
+    ),
 ];
 
 fn add_extensions(defs: &mut Map<String, Value>, resources: &[&ResourceInfo]) {
@@ -77,7 +142,11 @@ fn paths_for(r: &ResourceInfo, v3: bool, refs: &str) -> Vec<(String, Value)> {
     } else {
         format!("/apis/{}/{}", r.group, r.version)
     };
-    let scope = if r.namespaced { "/namespaces/{namespace}" } else { "" };
+    let scope = if r.namespaced {
+        "/namespaces/{namespace}"
+    } else {
+        ""
+    };
     let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
     let schema_ref = json!({"$ref": format!("{refs}{}", (r.schema_name)())});
     let body = |desc: &str| -> Value {
@@ -270,8 +339,12 @@ mod tests {
         let doc: Value =
             serde_json::from_slice(v3_doc("apis/apps/v1").expect("apps doc")).expect("JSON");
         let dep = &doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
-        assert_eq!(dep["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
-        let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+        assert_eq!(
+            dep["x-kubernetes-group-version-kind"][0]["kind"],
+            "Deployment"
+        );
+        let patch =
+            &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
         assert!(
             patch["parameters"]
                 .as_array()

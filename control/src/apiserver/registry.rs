@@ -4,8 +4,8 @@
 
 use k8s_openapi::Resource;
 use k8s_openapi::api::{
-    apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch, coordination::v1 as coord,
-    core::v1 as core, discovery::v1 as discovery, events::v1 as events,
+    apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
+    coordination::v1 as coord, core::v1 as core, discovery::v1 as discovery, events::v1 as events,
     networking::v1 as networking, rbac::v1 as rbac, storage::v1 as storage,
 };
 use serde_json::Value;
@@ -220,7 +220,10 @@ mod tests {
         let nodes = find("", "v1", "nodes").expect("nodes served");
         assert!(!nodes.namespaced);
         let d = find("apps", "v1", "deployments").expect("deployments served");
-        assert_eq!(d.key(Some("default"), "web"), "/registry/deployments/default/web");
+        assert_eq!(
+            d.key(Some("default"), "web"),
+            "/registry/deployments/default/web"
+        );
         assert_eq!(
             find_kind("rbac.authorization.k8s.io/v1", "ClusterRole").map(|r| r.namespaced),
             Some(false)

@@ -50,7 +50,8 @@ pub enum ServerError {
 }
 
 /// The namespaces that always exist.
-pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 fn local_addresses() -> Vec<IpAddr> {
     nix::ifaddrs::getifaddrs()
@@ -119,22 +120,31 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         .unwrap_or_else(|| format!("sqlite:{}", opts.data_dir.join("state.db").display()));
     let backend = store::open(&url)
         .await
-        .map_err(|source| ServerError::Store { url: url.clone(), source })?;
+        .map_err(|source| ServerError::Store {
+            url: url.clone(),
+            source,
+        })?;
     // Every watch goes through one cache: a thousand watchers cost one store watch.
     let cached = store::cache::CachedStore::new(backend, store::cache::CacheConfig::default())
         .await
-        .map_err(|source| ServerError::Store { url: url.clone(), source })?;
+        .map_err(|source| ServerError::Store {
+            url: url.clone(),
+            source,
+        })?;
     let store: Arc<dyn Store> = Arc::new(cached);
     bootstrap(&store).await?;
-    let allocators = crate::admission::allocator::Allocators::new(
-        &opts.service_cluster_ip_range,
-        30000..=32767,
-    )
-    .map_err(ServerError::Config)?;
+    let allocators =
+        crate::admission::allocator::Allocators::new(&opts.service_cluster_ip_range, 30000..=32767)
+            .map_err(ServerError::Config)?;
     match allocators.repair(store.as_ref()).await {
         Ok(0) => {}
         Ok(n) => tracing::info!("released {n} ClusterIP/NodePort allocations left by a crash"),
-        Err(source) => return Err(ServerError::Store { url: url.clone(), source }),
+        Err(source) => {
+            return Err(ServerError::Store {
+                url: url.clone(),
+                source,
+            });
+        }
     }
     let tokens = match &opts.token_file {
         Some(p) => TokenFile::load(p)?,
@@ -143,15 +153,32 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
 
     let listener = TcpListener::bind(opts.listen)
         .await
-        .map_err(|source| ServerError::Listen { addr: opts.listen, source })?;
-    let bound = listener.local_addr().map_err(|source| ServerError::Listen { addr: opts.listen, source })?;
+        .map_err(|source| ServerError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
     let server_url = kubeconfig::server_url(bound);
     let kc_path = opts.data_dir.join("admin.kubeconfig");
     kubeconfig::write(
         &kc_path,
-        &kubeconfig::render(&server_url, &pki.ca_cert_pem, &pki.admin_cert_pem, &pki.admin_key_pem, "admin"),
+        &kubeconfig::render(
+            &server_url,
+            &pki.ca_cert_pem,
+            &pki.admin_cert_pem,
+            &pki.admin_key_pem,
+            "admin",
+        ),
     )
-    .map_err(|source| ServerError::Write { path: kc_path, source })?;
+    .map_err(|source| ServerError::Write {
+        path: kc_path,
+        source,
+    })?;
 
     let compactor = store::spawn_compactor(store.clone(), store::CompactorConfig::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -239,13 +266,21 @@ pub fn router(state: Arc<ApiState>) -> Router {
     open.merge(authed).with_state(state)
 }
 
-async fn authenticate(State(state): State<Arc<ApiState>>, mut req: Request, next: Next) -> Response {
+async fn authenticate(
+    State(state): State<Arc<ApiState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let authz = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    match auth::authenticate(req.extensions().get::<PeerIdentity>(), authz.as_deref(), &state.tokens) {
+    match auth::authenticate(
+        req.extensions().get::<PeerIdentity>(),
+        authz.as_deref(),
+        &state.tokens,
+    ) {
         Some(user) => {
             req.extensions_mut().insert(user);
             next.run(req).await
@@ -261,7 +296,11 @@ async fn health() -> &'static str {
 async fn ready(State(state): State<Arc<ApiState>>) -> Response {
     match state.store.current_revision().await {
         Ok(_) => "ok".into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("[-]etcd failed: {e}\nreadyz check failed\n")).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("[-]etcd failed: {e}\nreadyz check failed\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -277,30 +316,53 @@ async fn version() -> Response {
     )
 }
 
-fn discovery_response(req_accept: &str, aggregated: impl FnOnce() -> Value, plain: Value) -> Response {
+fn discovery_response(
+    req_accept: &str,
+    aggregated: impl FnOnce() -> Value,
+    plain: Value,
+) -> Response {
     if discovery::wants_aggregated(req_accept) {
         let mut r = json_response(StatusCode::OK, &aggregated());
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(discovery::AGGREGATED_V2));
-        r.headers_mut().insert(header::VARY, HeaderValue::from_static("Accept"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(discovery::AGGREGATED_V2),
+        );
+        r.headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("Accept"));
         return r;
     }
     json_response(StatusCode::OK, &plain)
 }
 
 fn accept(req: &axum::http::HeaderMap) -> &str {
-    req.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("")
+    req.get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }
 
 async fn api_root(State(state): State<Arc<ApiState>>, headers: axum::http::HeaderMap) -> Response {
-    discovery_response(accept(&headers), || discovery::aggregated(true), discovery::api_versions(&state.server_address))
+    discovery_response(
+        accept(&headers),
+        || discovery::aggregated(true),
+        discovery::api_versions(&state.server_address),
+    )
 }
 
 async fn apis_root(headers: axum::http::HeaderMap) -> Response {
-    discovery_response(accept(&headers), || discovery::aggregated(false), discovery::api_group_list())
+    discovery_response(
+        accept(&headers),
+        || discovery::aggregated(false),
+        discovery::api_group_list(),
+    )
 }
 
 fn not_found() -> Response {
-    ApiError::new(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource").into_response()
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
+    .into_response()
 }
 
 async fn core_resources() -> Response {
@@ -326,14 +388,22 @@ async fn group_resources(Path((group, version)): Path<(String, String)>) -> Resp
 
 fn raw_json(body: &'static [u8]) -> Response {
     let mut r = (StatusCode::OK, body).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 async fn openapi_v2(headers: axum::http::HeaderMap) -> Response {
     let a = accept(&headers);
     if !a.is_empty() && !a.contains("json") && !a.contains("*/*") {
-        return ApiError::new(StatusCode::NOT_ACCEPTABLE, "NotAcceptable", "only application/json is served for /openapi/v2").into_response();
+        return ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "NotAcceptable",
+            "only application/json is served for /openapi/v2",
+        )
+        .into_response();
     }
     raw_json(openapi::v2())
 }
@@ -354,13 +424,20 @@ pub fn run_until_signal(opts: Options) -> Result<(), ServerError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|source| ServerError::Listen { addr: opts.listen, source })?;
+        .map_err(|source| ServerError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
     rt.block_on(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())
-            .map_err(|source| ServerError::Listen { addr: opts.listen, source })?;
-        let mut int = signal(SignalKind::interrupt())
-            .map_err(|source| ServerError::Listen { addr: opts.listen, source })?;
+        let mut term = signal(SignalKind::terminate()).map_err(|source| ServerError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|source| ServerError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
         let stop = async move {
             tokio::select! {
                 _ = term.recv() => {},

@@ -40,7 +40,12 @@ impl ApiError {
     }
 
     /// An error whose Status object was already built (by admission).
-    pub fn with_status(code: StatusCode, reason: &'static str, message: String, status: Value) -> Self {
+    pub fn with_status(
+        code: StatusCode,
+        reason: &'static str,
+        message: String,
+        status: Value,
+    ) -> Self {
         let mut e = Self::new(code, reason, message);
         e.status = Some(status);
         e
@@ -59,11 +64,7 @@ impl ApiError {
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            message,
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
     }
 
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
@@ -199,7 +200,9 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Compacted { .. } => ApiError::gone(format!("too old resource version: {e}")),
+            StoreError::Compacted { .. } => {
+                ApiError::gone(format!("too old resource version: {e}"))
+            }
             StoreError::Unavailable(m) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailable",

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -265,11 +265,13 @@ pub fn server_config(pki: &Pki) -> Result<rustls::ServerConfig, TlsError> {
     for c in CertificateDer::pem_slice_iter(pki.ca_cert_pem.as_bytes()) {
         roots.add(c.map_err(|e| pem_err("ca.crt", e))?)?;
     }
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(pki.server_cert_pem.as_bytes())
             .collect::<Result<_, _>>()

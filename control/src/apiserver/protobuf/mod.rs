@@ -83,7 +83,11 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
 });
 
 fn json_name(snake: &str) -> String {
-    let key: String = snake.chars().filter(|c| *c != '_').collect::<String>().to_lowercase();
+    let key: String = snake
+        .chars()
+        .filter(|c| *c != '_')
+        .collect::<String>()
+        .to_lowercase();
     if let Some(n) = SCHEMA.json_names.get(&key) {
         return n.clone();
     }
@@ -126,7 +130,10 @@ impl<'a> Reader<'a> {
     fn varint(&mut self) -> Result<u64, ProtoError> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
-            let byte = *self.b.get(self.pos).ok_or_else(|| err("truncated varint"))?;
+            let byte = *self
+                .b
+                .get(self.pos)
+                .ok_or_else(|| err("truncated varint"))?;
             self.pos += 1;
             v |= u64::from(byte & 0x7f) << shift;
             if byte & 0x80 == 0 {
@@ -137,7 +144,11 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], ProtoError> {
-        let end = self.pos.checked_add(n).filter(|e| *e <= self.b.len()).ok_or_else(|| err("truncated field"))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.b.len())
+            .ok_or_else(|| err("truncated field"))?;
         let s = &self.b[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -151,12 +162,16 @@ impl<'a> Reader<'a> {
         let (tag, wt) = (key >> 3, key & 7);
         let w = match wt {
             0 => Wire::Varint(self.varint()?),
-            1 => Wire::Fixed64(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| err("fixed64"))?)),
+            1 => Wire::Fixed64(u64::from_le_bytes(
+                self.take(8)?.try_into().map_err(|_| err("fixed64"))?,
+            )),
             2 => {
                 let n = usize::try_from(self.varint()?).map_err(|_| err("length"))?;
                 Wire::Bytes(self.take(n)?)
             }
-            5 => Wire::Fixed32(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| err("fixed32"))?)),
+            5 => Wire::Fixed32(u32::from_le_bytes(
+                self.take(4)?.try_into().map_err(|_| err("fixed32"))?,
+            )),
             other => return Err(err(format!("unsupported wire type {other} (field {tag})"))),
         };
         Ok(Some((tag, w)))
@@ -165,7 +180,9 @@ impl<'a> Reader<'a> {
 
 fn scalar(kind: &str, w: &Wire<'_>) -> Result<Value, ProtoError> {
     Ok(match (kind, w) {
-        ("string", Wire::Bytes(b)) => Value::String(String::from_utf8(b.to_vec()).map_err(|_| err("string is not UTF-8"))?),
+        ("string", Wire::Bytes(b)) => {
+            Value::String(String::from_utf8(b.to_vec()).map_err(|_| err("string is not UTF-8"))?)
+        }
         ("bytes", Wire::Bytes(b)) => Value::String(STANDARD.encode(b)),
         ("bool", Wire::Varint(v)) => Value::Bool(*v != 0),
         ("int32", Wire::Varint(v)) => json!(*v as i64 as i32),
@@ -173,12 +190,23 @@ fn scalar(kind: &str, w: &Wire<'_>) -> Result<Value, ProtoError> {
         ("uint32" | "uint64", Wire::Varint(v)) => json!(*v),
         ("double", Wire::Fixed64(v)) => json!(f64::from_bits(*v)),
         ("float", Wire::Fixed32(v)) => json!(f32::from_bits(*v)),
-        (k, _) => return Err(err(format!("field of kind {k} has an unexpected wire type"))),
+        (k, _) => {
+            return Err(err(format!(
+                "field of kind {k} has an unexpected wire type"
+            )));
+        }
     })
 }
 
 fn rfc3339(seconds: i64, nanos: i64, micros: bool) -> Value {
-    match jiff::Timestamp::new(seconds, if micros { (nanos / 1000 * 1000) as i32 } else { 0 }) {
+    match jiff::Timestamp::new(
+        seconds,
+        if micros {
+            (nanos / 1000 * 1000) as i32
+        } else {
+            0
+        },
+    ) {
         Ok(t) if micros => json!(t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()),
         Ok(t) => json!(t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
         Err(_) => Value::Null,
@@ -200,7 +228,9 @@ fn message(name: &str, bytes: &[u8], depth: usize) -> Result<Value, ProtoError> 
         let Some(f) = fields.get(&tag) else { continue };
         let key = json_name(&f.name);
         if f.label == "map" {
-            let Wire::Bytes(entry) = w else { return Err(err("map entry is not length-delimited")) };
+            let Wire::Bytes(entry) = w else {
+                return Err(err("map entry is not length-delimited"));
+            };
             let (mut k, mut v) = (String::new(), Value::Null);
             let mut er = Reader { b: entry, pos: 0 };
             while let Some((t, ew)) = er.next()? {
@@ -234,14 +264,21 @@ fn message(name: &str, bytes: &[u8], depth: usize) -> Result<Value, ProtoError> 
                 Wire::Bytes(b) => special(&f.msg, b, depth)?,
                 _ => return Err(err(format!("field {key} is not length-delimited"))),
             }
-        } else if let (Wire::Bytes(b), true) = (&w, f.label == "repeated" && !matches!(f.kind.as_str(), "string" | "bytes")) {
+        } else if let (Wire::Bytes(b), true) = (
+            &w,
+            f.label == "repeated" && !matches!(f.kind.as_str(), "string" | "bytes"),
+        ) {
             // Packed repeated scalars.
             let mut pr = Reader { b, pos: 0 };
             let mut items = Vec::new();
             while pr.pos < b.len() {
                 let v = match f.kind.as_str() {
-                    "double" => Wire::Fixed64(u64::from_le_bytes(pr.take(8)?.try_into().map_err(|_| err("packed"))?)),
-                    "float" => Wire::Fixed32(u32::from_le_bytes(pr.take(4)?.try_into().map_err(|_| err("packed"))?)),
+                    "double" => Wire::Fixed64(u64::from_le_bytes(
+                        pr.take(8)?.try_into().map_err(|_| err("packed"))?,
+                    )),
+                    "float" => Wire::Fixed32(u32::from_le_bytes(
+                        pr.take(4)?.try_into().map_err(|_| err("packed"))?,
+                    )),
                     _ => Wire::Varint(pr.varint()?),
                 };
                 items.push(scalar(&f.kind, &v)?);
@@ -271,7 +308,9 @@ fn message(name: &str, bytes: &[u8], depth: usize) -> Result<Value, ProtoError> 
 fn special(name: &str, b: &[u8], depth: usize) -> Result<Value, ProtoError> {
     let inner = || message(name, b, depth + 1);
     Ok(match name {
-        "apimachinery.pkg.api.resource.Quantity" => inner()?.get("string").cloned().unwrap_or(json!("0")),
+        "apimachinery.pkg.api.resource.Quantity" => {
+            inner()?.get("string").cloned().unwrap_or(json!("0"))
+        }
         "apimachinery.pkg.util.intstr.IntOrString" => {
             let v = inner()?;
             if v.get("type").and_then(Value::as_i64) == Some(1) {
@@ -295,7 +334,10 @@ fn special(name: &str, b: &[u8], depth: usize) -> Result<Value, ProtoError> {
             }
         }
         "apimachinery.pkg.apis.meta.v1.Duration" => {
-            let ns = inner()?.get("duration").and_then(Value::as_i64).unwrap_or(0);
+            let ns = inner()?
+                .get("duration")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
             json!(format!("{}s", ns as f64 / 1e9))
         }
         "apimachinery.pkg.apis.meta.v1.FieldsV1" | "apimachinery.pkg.runtime.RawExtension" => {
@@ -308,7 +350,8 @@ fn special(name: &str, b: &[u8], depth: usize) -> Result<Value, ProtoError> {
             if raw.is_empty() {
                 Value::Null
             } else {
-                serde_json::from_slice(&raw).map_err(|e| err(format!("embedded JSON in {name}: {e}")))?
+                serde_json::from_slice(&raw)
+                    .map_err(|e| err(format!("embedded JSON in {name}: {e}")))?
             }
         }
         _ => inner()?,
@@ -330,8 +373,16 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
         .strip_prefix(MAGIC)
         .ok_or_else(|| err("missing the k8s\\0 prefix"))?;
     let unknown = message("apimachinery.pkg.runtime.Unknown", rest, 0)?;
-    let api_version = unknown.pointer("/typeMeta/apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
-    let kind = unknown.pointer("/typeMeta/kind").and_then(Value::as_str).unwrap_or("").to_string();
+    let api_version = unknown
+        .pointer("/typeMeta/apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let kind = unknown
+        .pointer("/typeMeta/kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if kind.is_empty() {
         return Err(err("the envelope names no kind"));
     }

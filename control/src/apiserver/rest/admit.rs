@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use serde_json::Value;
 
 use super::{ApiState, Req};
-use crate::admission::{self, Admitted, AdmissionError, Operation};
+use crate::admission::{self, AdmissionError, Admitted, Operation};
 use crate::apiserver::status::ApiError;
 
 fn to_api(e: AdmissionError) -> ApiError {
@@ -37,7 +37,11 @@ pub async fn admit(
     old: Option<&Value>,
     name: &str,
 ) -> Result<Admitted, ApiError> {
-    let op = if old.is_some() { Operation::Update } else { Operation::Create };
+    let op = if old.is_some() {
+        Operation::Update
+    } else {
+        Operation::Create
+    };
     state
         .admission
         .admit(state.store.as_ref(), &request(rq, op, name), obj, old)
@@ -50,7 +54,12 @@ pub async fn admit_delete(state: &ApiState, rq: &Req, name: &str) -> Result<(), 
     let mut none = Value::Null;
     state
         .admission
-        .admit(state.store.as_ref(), &request(rq, Operation::Delete, name), &mut none, None)
+        .admit(
+            state.store.as_ref(),
+            &request(rq, Operation::Delete, name),
+            &mut none,
+            None,
+        )
         .await
         .map(|_| ())
         .map_err(to_api)

@@ -204,7 +204,10 @@ fn graceful_seconds(obj: &Value, kind: &str, asked: Option<i64>) -> i64 {
         return 0;
     }
     asked
-        .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+        .or_else(|| {
+            obj.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
         .unwrap_or(30)
         .max(0)
 }
@@ -214,7 +217,10 @@ fn graceful_seconds(obj: &Value, kind: &str, asked: Option<i64>) -> i64 {
 fn spawn_namespace_cleanup(state: &ApiState, ns: String) {
     let store = state.store.clone();
     tokio::spawn(async move {
-        for r in crate::apiserver::registry::all().iter().filter(|r| r.namespaced) {
+        for r in crate::apiserver::registry::all()
+            .iter()
+            .filter(|r| r.namespaced)
+        {
             let prefix = r.list_prefix(Some(&ns));
             let Ok(page) = store.list(&prefix, None, 0, 0).await else {
                 return;
@@ -236,8 +242,8 @@ pub async fn delete_collection(
     body: bytes::Bytes,
 ) -> Result<Response, ApiError> {
     let opts = options(rq, &body)?;
-    let labels = LabelSelector::parse(rq.q("labelSelector").unwrap_or(""))
-        .map_err(ApiError::bad_request)?;
+    let labels =
+        LabelSelector::parse(rq.q("labelSelector").unwrap_or("")).map_err(ApiError::bad_request)?;
     let fields = FieldSelector::parse(rq.q("fieldSelector").unwrap_or(""), rq.r.kind)
         .map_err(ApiError::bad_request)?;
     let page = state

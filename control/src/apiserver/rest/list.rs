@@ -21,7 +21,9 @@ fn encode_continue(rev: i64, key: &str) -> String {
 
 fn decode_continue(token: &str) -> Result<(i64, String), ApiError> {
     let bad = || ApiError::bad_request(format!("continue token {token:?} is invalid"));
-    let raw = URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).map_err(|_| bad())?;
+    let raw = URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
     let rev = v.get("rv").and_then(Value::as_i64).ok_or_else(bad)?;
     let start = v.get("start").and_then(Value::as_str).ok_or_else(bad)?;
@@ -38,8 +40,8 @@ pub struct Listed {
 
 /// Lists the objects of a request's resource matching its selectors.
 pub async fn collect(state: &ApiState, rq: &Req) -> Result<Listed, ApiError> {
-    let labels = LabelSelector::parse(rq.q("labelSelector").unwrap_or(""))
-        .map_err(ApiError::bad_request)?;
+    let labels =
+        LabelSelector::parse(rq.q("labelSelector").unwrap_or("")).map_err(ApiError::bad_request)?;
     let fields = FieldSelector::parse(rq.q("fieldSelector").unwrap_or(""), rq.r.kind)
         .map_err(ApiError::bad_request)?;
     let limit: usize = match rq.q("limit") {
@@ -54,7 +56,9 @@ pub async fn collect(state: &ApiState, rq: &Req) -> Result<Listed, ApiError> {
         Some(token) => {
             let (rev, key) = decode_continue(token)?;
             if !key.starts_with(&prefix) {
-                return Err(ApiError::bad_request("continue token does not belong to this list"));
+                return Err(ApiError::bad_request(
+                    "continue token does not belong to this list",
+                ));
             }
             (rev, Some(key))
         }
@@ -68,8 +72,18 @@ pub async fn collect(state: &ApiState, rq: &Req) -> Result<Listed, ApiError> {
     let mut items = Vec::new();
     loop {
         // With selectors a page may match little; read ahead in bigger batches.
-        let batch = if limit == 0 { 0 } else if filtering { (limit * 2).max(256) } else { limit };
-        let page = match state.store.list(&prefix, start.as_deref(), batch, rev).await {
+        let batch = if limit == 0 {
+            0
+        } else if filtering {
+            (limit * 2).max(256)
+        } else {
+            limit
+        };
+        let page = match state
+            .store
+            .list(&prefix, start.as_deref(), batch, rev)
+            .await
+        {
             Ok(p) => p,
             Err(StoreError::Compacted { .. }) if rq.q("continue").is_some() => {
                 return Err(ApiError::gone(

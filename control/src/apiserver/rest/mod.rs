@@ -126,7 +126,15 @@ pub async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
 /// Splits `/api/v1/...` or `/apis/g/v/...` into the resource request it names.
 fn parse_path(
     path: &str,
-) -> Result<(&'static ResourceInfo, Option<String>, Option<String>, Option<String>), ApiError> {
+) -> Result<
+    (
+        &'static ResourceInfo,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ),
+    ApiError,
+> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match segs.as_slice() {
         ["api", v, rest @ ..] => ("", *v, rest),
@@ -145,7 +153,12 @@ fn parse_path(
             match tail {
                 [] => Ok((r, Some(decode(ns)), None, None)),
                 [name] => Ok((r, Some(decode(ns)), Some(decode(name)), None)),
-                [name, sub] => Ok((r, Some(decode(ns)), Some(decode(name)), Some(sub.to_string()))),
+                [name, sub] => Ok((
+                    r,
+                    Some(decode(ns)),
+                    Some(decode(name)),
+                    Some(sub.to_string()),
+                )),
                 _ => Err(not_found_path(path)),
             }
         }
@@ -220,10 +233,7 @@ async fn dispatch(state: Arc<ApiState>, req: Request) -> Result<Response, ApiErr
                 .collect()
         })
         .unwrap_or_default();
-    let watch = matches!(
-        query.get("watch").map(String::as_str),
-        Some("true" | "1")
-    );
+    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     let verb = verb_of(&parts.method, name.is_some(), watch).ok_or_else(|| {
         ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({} {})",
@@ -265,12 +275,8 @@ async fn dispatch(state: Arc<ApiState>, req: Request) -> Result<Response, ApiErr
         ("list", _) => list::list(&state, &rq).await,
         ("get", Some("scale")) => scale::get_scale(&state, &rq).await,
         ("get", _) => get(&state, &rq).await,
-        ("create", Some("binding")) => {
-            scale::binding(&state, &rq, read_body(body).await?).await
-        }
-        ("create", Some("eviction")) => {
-            scale::eviction(&state, &rq, read_body(body).await?).await
-        }
+        ("create", Some("binding")) => scale::binding(&state, &rq, read_body(body).await?).await,
+        ("create", Some("eviction")) => scale::eviction(&state, &rq, read_body(body).await?).await,
         ("create", None) => write::create(&state, &rq, read_body(body).await?).await,
         ("update" | "patch", Some("scale")) => {
             scale::write_scale(&state, &rq, read_body(body).await?).await
@@ -301,7 +307,12 @@ pub async fn load(state: &ApiState, rq: &Req) -> Result<(Value, i64), ApiError> 
 async fn get(state: &ApiState, rq: &Req) -> Result<Response, ApiError> {
     let (obj, _) = load(state, rq).await?;
     if rq.wants_table() && rq.sub.is_none() {
-        let t = table::table(rq.r, std::slice::from_ref(&obj), None, rq.q("includeObject"));
+        let t = table::table(
+            rq.r,
+            std::slice::from_ref(&obj),
+            None,
+            rq.q("includeObject"),
+        );
         return Ok(json_response(StatusCode::OK, &t));
     }
     Ok(json_response(StatusCode::OK, &obj))
@@ -313,12 +324,22 @@ mod tests {
 
     #[test]
     fn paths_name_resources_namespaces_and_subresources() {
-        let (r, ns, name, sub) = parse_path("/api/v1/namespaces/default/pods/p1/status").expect("ok");
-        assert_eq!((r.plural, ns.as_deref(), name.as_deref(), sub.as_deref()), ("pods", Some("default"), Some("p1"), Some("status")));
+        let (r, ns, name, sub) =
+            parse_path("/api/v1/namespaces/default/pods/p1/status").expect("ok");
+        assert_eq!(
+            (r.plural, ns.as_deref(), name.as_deref(), sub.as_deref()),
+            ("pods", Some("default"), Some("p1"), Some("status"))
+        );
         let (r, ns, name, _) = parse_path("/api/v1/namespaces/kube-system").expect("ok");
-        assert_eq!((r.plural, ns, name.as_deref()), ("namespaces", None, Some("kube-system")));
+        assert_eq!(
+            (r.plural, ns, name.as_deref()),
+            ("namespaces", None, Some("kube-system"))
+        );
         let (r, _, name, sub) = parse_path("/api/v1/namespaces/q1/finalize").expect("ok");
-        assert_eq!((r.plural, name.as_deref(), sub.as_deref()), ("namespaces", Some("q1"), Some("finalize")));
+        assert_eq!(
+            (r.plural, name.as_deref(), sub.as_deref()),
+            ("namespaces", Some("q1"), Some("finalize"))
+        );
         let (r, ns, _, _) = parse_path("/apis/apps/v1/deployments").expect("ok");
         assert_eq!((r.plural, ns), ("deployments", None));
         assert!(parse_path("/api/v1/nodes/a/b/c").is_err());

@@ -21,9 +21,8 @@ pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
         return crate::apiserver::protobuf::decode(body)
             .map_err(|e| ApiError::bad_request(e.to_string()));
     }
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!("error decoding JSON request body: {e}"))
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding JSON request body: {e}")))
 }
 
 /// Checks the body is an object of this resource's kind (filling apiVersion/kind if
@@ -90,7 +89,11 @@ fn walk(defs: &Map<String, Value>, schema: &Value, v: &Value, path: &str, out: &
         Value::Object(m) => {
             if let Some(props) = s.get("properties").and_then(Value::as_object) {
                 for (k, child) in m {
-                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
                     match props.get(k) {
                         Some(cs) => walk(defs, cs, child, &p, out),
                         None => out.push(p),
@@ -145,7 +148,10 @@ pub fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
 }
 
 pub fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
-    obj.get("metadata")?.get(field)?.as_str().filter(|s| !s.is_empty())
+    obj.get("metadata")?
+        .get(field)?
+        .as_str()
+        .filter(|s| !s.is_empty())
 }
 
 /// `generateName` + 5 characters from Kubernetes' alphabet (no vowels, no look-alikes).
@@ -157,7 +163,11 @@ pub fn generated_name(prefix: &str) -> String {
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect();
     let max_prefix = 63 - 5;
-    let p = if prefix.len() > max_prefix { &prefix[..max_prefix] } else { prefix };
+    let p = if prefix.len() > max_prefix {
+        &prefix[..max_prefix]
+    } else {
+        prefix
+    };
     format!("{p}{suffix}")
 }
 

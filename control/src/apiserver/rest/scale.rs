@@ -48,7 +48,11 @@ pub async fn get_scale(state: &ApiState, rq: &Req) -> Result<Response, ApiError>
 }
 
 /// PUT or PATCH of a Scale: only `spec.replicas` of the parent changes.
-pub async fn write_scale(state: &ApiState, rq: &Req, body: bytes::Bytes) -> Result<Response, ApiError> {
+pub async fn write_scale(
+    state: &ApiState,
+    rq: &Req,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
     let ct = rq.header(header::CONTENT_TYPE).to_string();
     let is_put = !ct.contains("patch");
     for _ in 0..10 {
@@ -59,15 +63,21 @@ pub async fn write_scale(state: &ApiState, rq: &Req, body: bytes::Bytes) -> Resu
         } else {
             let pt = PatchType::from_content_type(&ct, rq.q("fieldManager"), rq.q_bool("force"))
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
-            patch::apply("Scale", &pt, &current, &body).map_err(|e| ApiError::bad_request(e.to_string()))?
+            patch::apply("Scale", &pt, &current, &body)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?
         };
-        let wanted = scale.pointer("/metadata/resourceVersion").and_then(Value::as_str);
+        let wanted = scale
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str);
         if let Some(w) = wanted
             && *w != rev.to_string()
         {
             return Err(ApiError::conflict(rq.r.group, rq.r.plural, rq.name()));
         }
-        let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+        let replicas = scale
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         if replicas < 0 {
             return Err(ApiError::invalid(
                 "autoscaling",
@@ -75,7 +85,9 @@ pub async fn write_scale(state: &ApiState, rq: &Req, body: bytes::Bytes) -> Resu
                 rq.name(),
                 vec![crate::apiserver::status::Cause {
                     reason: "FieldValueInvalid".into(),
-                    message: format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+                    message: format!(
+                        "Invalid value: {replicas}: must be greater than or equal to 0"
+                    ),
                     field: "spec.replicas".into(),
                 }],
             ));
@@ -113,21 +125,32 @@ pub async fn binding(state: &ApiState, rq: &Req, body: bytes::Bytes) -> Result<R
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
         .ok_or_else(|| {
-            ApiError::invalid("", "Binding", rq.name(), vec![crate::apiserver::status::Cause {
-                reason: "FieldValueRequired".into(),
-                message: "Required value".into(),
-                field: "target.name".into(),
-            }])
+            ApiError::invalid(
+                "",
+                "Binding",
+                rq.name(),
+                vec![crate::apiserver::status::Cause {
+                    reason: "FieldValueRequired".into(),
+                    message: "Required value".into(),
+                    field: "target.name".into(),
+                }],
+            )
         })?
         .to_string();
     let (pod, rev) = load(state, rq).await?;
-    if pod.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+    if pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty())
+    {
         let mut e = ApiError::conflict("", "pods", rq.name());
         e.message = format!(
             "Operation cannot be fulfilled on pods/binding \"{}\": pod {} is already assigned to node {:?}",
             rq.name(),
             rq.name(),
-            pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("")
+            pod.pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or("")
         );
         return Err(e);
     }
@@ -143,7 +166,9 @@ pub async fn binding(state: &ApiState, rq: &Req, body: bytes::Bytes) -> Result<R
             .update(&rq.key(), object::to_stored(&next)?, rev)
             .await
             .map_err(|e| match e {
-                crate::store::StoreError::Conflict { .. } => ApiError::conflict("", "pods", rq.name()),
+                crate::store::StoreError::Conflict { .. } => {
+                    ApiError::conflict("", "pods", rq.name())
+                }
                 other => other.into(),
             })?;
     }
@@ -155,7 +180,11 @@ pub async fn binding(state: &ApiState, rq: &Req, body: bytes::Bytes) -> Result<R
 
 /// `POST pods/<name>/eviction`: deletes the pod (PodDisruptionBudgets are not served, so
 /// nothing can refuse an eviction).
-pub async fn eviction(state: &ApiState, rq: &Req, body: bytes::Bytes) -> Result<Response, ApiError> {
+pub async fn eviction(
+    state: &ApiState,
+    rq: &Req,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
     let ev = if body.is_empty() {
         json!({})
     } else {

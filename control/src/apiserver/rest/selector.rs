@@ -56,14 +56,18 @@ fn parse_set(rest: &str, whole: &str) -> Result<Vec<String>, String> {
     let inner = rest
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
-        .ok_or_else(|| format!("unable to parse requirement: {whole:?}: expected a (value,...) set"))?;
+        .ok_or_else(|| {
+            format!("unable to parse requirement: {whole:?}: expected a (value,...) set")
+        })?;
     let values: Vec<String> = inner
         .split(',')
         .map(|v| v.trim().to_string())
         .filter(|v| !v.is_empty())
         .collect();
     if values.is_empty() {
-        return Err(format!("unable to parse requirement: {whole:?}: empty value set"));
+        return Err(format!(
+            "unable to parse requirement: {whole:?}: empty value set"
+        ));
     }
     if let Some(bad) = values.iter().find(|v| !valid_value(v)) {
         return Err(format!("invalid label value: {bad:?}"));
@@ -92,10 +96,16 @@ impl LabelSelector {
                 (k.trim().to_string(), Op::Eq(v.trim().to_string()))
             } else if let Some(idx) = p.find(" notin") {
                 let (k, rest) = p.split_at(idx);
-                (k.trim().to_string(), Op::NotIn(parse_set(&rest[" notin".len()..], p)?))
+                (
+                    k.trim().to_string(),
+                    Op::NotIn(parse_set(&rest[" notin".len()..], p)?),
+                )
             } else if let Some(idx) = p.find(" in") {
                 let (k, rest) = p.split_at(idx);
-                (k.trim().to_string(), Op::In(parse_set(&rest[" in".len()..], p)?))
+                (
+                    k.trim().to_string(),
+                    Op::In(parse_set(&rest[" in".len()..], p)?),
+                )
             } else {
                 (p.to_string(), Op::Exists)
             };
@@ -205,13 +215,13 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once('=') {
                 (f, true, v)
             } else {
-                return Err(format!("invalid field selector {part:?}: want field=value or field!=value"));
+                return Err(format!(
+                    "invalid field selector {part:?}: want field=value or field!=value"
+                ));
             };
             let field = field.trim();
             if !supported(kind, field) {
-                return Err(format!(
-                    "field label not supported: {field} (for {kind})"
-                ));
+                return Err(format!("field label not supported: {field} (for {kind})"));
             }
             reqs.push((field.to_string(), eq, value.trim().to_string()));
         }

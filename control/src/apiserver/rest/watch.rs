@@ -35,7 +35,12 @@ struct Shaper {
 impl Shaper {
     fn line(&self, kind: &str, obj: Value) -> bytes::Bytes {
         let obj = if self.as_table && kind != "BOOKMARK" && kind != "ERROR" {
-            table::table(self.r, std::slice::from_ref(&obj), None, self.include.as_deref())
+            table::table(
+                self.r,
+                std::slice::from_ref(&obj),
+                None,
+                self.include.as_deref(),
+            )
         } else {
             obj
         };
@@ -57,8 +62,8 @@ impl Shaper {
 }
 
 pub async fn watch(state: &Arc<ApiState>, rq: Req) -> Result<Response, ApiError> {
-    let labels = LabelSelector::parse(rq.q("labelSelector").unwrap_or(""))
-        .map_err(ApiError::bad_request)?;
+    let labels =
+        LabelSelector::parse(rq.q("labelSelector").unwrap_or("")).map_err(ApiError::bad_request)?;
     let fields = FieldSelector::parse(rq.q("fieldSelector").unwrap_or(""), rq.r.kind)
         .map_err(ApiError::bad_request)?;
     let rv_param = rq.q("resourceVersion").unwrap_or("").to_string();
@@ -70,12 +75,13 @@ pub async fn watch(state: &Arc<ApiState>, rq: Req) -> Result<Response, ApiError>
         _ => matches!(rv, None | Some(0)),
     };
     let bookmarks = rq.q_bool("allowWatchBookmarks");
-    let timeout = match rq.q("timeoutSeconds") {
-        Some(t) => Duration::from_secs(t.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!("timeoutSeconds {t:?} is not a number"))
-        })?),
-        None => Duration::from_secs(1800 + rand::random::<u64>() % 1800),
-    };
+    let timeout =
+        match rq.q("timeoutSeconds") {
+            Some(t) => Duration::from_secs(t.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!("timeoutSeconds {t:?} is not a number"))
+            })?),
+            None => Duration::from_secs(1800 + rand::random::<u64>() % 1800),
+        };
     let shaper = Shaper {
         r: rq.r,
         as_table: rq.wants_table(),

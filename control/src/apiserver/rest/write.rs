@@ -85,9 +85,9 @@ pub async fn finish_create(
 ) -> Result<(Response, Value), ApiError> {
     let r = rq.r;
     if r.namespaced {
-        let ns = rq
-            .ns()
-            .ok_or_else(|| ApiError::bad_request(format!("{} must be created in a namespace", r.plural)))?;
+        let ns = rq.ns().ok_or_else(|| {
+            ApiError::bad_request(format!("{} must be created in a namespace", r.plural))
+        })?;
         match meta_str(&obj, "namespace") {
             Some(b) if b != ns => {
                 return Err(ApiError::bad_request(format!(
@@ -137,8 +137,14 @@ pub async fn finish_create(
         ] {
             m.remove(k);
         }
-        m.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
-        m.insert("creationTimestamp".into(), Value::String(object::now_rfc3339()));
+        m.insert(
+            "uid".into(),
+            Value::String(uuid::Uuid::new_v4().to_string()),
+        );
+        m.insert(
+            "creationTimestamp".into(),
+            Value::String(object::now_rfc3339()),
+        );
         m.insert("generation".into(), Value::from(1));
     }
     if r.status_is_subresource() && r.kind != "Namespace" {
@@ -177,7 +183,9 @@ pub async fn finish_create(
                     .insert("resourceVersion".into(), Value::String(rev.to_string()));
                 return Ok((json_response(StatusCode::CREATED, &candidate), candidate));
             }
-            Err(StoreError::AlreadyExists { .. }) if fixed_name.is_none() && attempt < 7 => continue,
+            Err(StoreError::AlreadyExists { .. }) if fixed_name.is_none() && attempt < 7 => {
+                continue;
+            }
             Err(StoreError::AlreadyExists { .. }) => {
                 return Err(ApiError::already_exists(r.group, r.plural, &name));
             }
@@ -272,8 +280,15 @@ pub async fn finish_update(
         m.remove("selfLink");
         m.insert("resourceVersion".into(), Value::String(rev.to_string()));
     }
-    let old_gen = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
-    let generation = if spec_part(&obj) != spec_part(old) { old_gen + 1 } else { old_gen };
+    let old_gen = old
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let generation = if spec_part(&obj) != spec_part(old) {
+        old_gen + 1
+    } else {
+        old_gen
+    };
     meta_mut(&mut obj).insert("generation".into(), Value::from(generation));
     let admitted = admit::admit(state, rq, &mut obj, Some(old), rq.name()).await?;
     if strip_for_compare(&obj) == strip_for_compare(old) || rq.dry_run() {
@@ -283,7 +298,14 @@ pub async fn finish_update(
         return Ok(json_response(StatusCode::OK, shown));
     }
     if let Some(m) = manager {
-        patch::update_managed_fields(r.kind, Some(old), &mut obj, m, Operation::Update, rq.sub.as_deref());
+        patch::update_managed_fields(
+            r.kind,
+            Some(old),
+            &mut obj,
+            m,
+            Operation::Update,
+            rq.sub.as_deref(),
+        );
     }
     let key = rq.key();
     let finalized = obj.pointer("/metadata/deletionTimestamp").is_some()
@@ -345,7 +367,8 @@ pub async fn patch(state: &ApiState, rq: &Req, body: bytes::Bytes) -> Result<Res
         let Some(kv) = current else {
             if is_apply && rq.sub.is_none() {
                 // Server-side apply creates what does not exist yet.
-                let mut obj = patch::apply(rq.r.kind, &pt, &Value::Null, &body).map_err(patch_error)?;
+                let mut obj =
+                    patch::apply(rq.r.kind, &pt, &Value::Null, &body).map_err(patch_error)?;
                 object::check_kind(rq.r, &mut obj)?;
                 let warnings = field_validation(rq, &obj)?;
                 let (resp, _) = finish_create(state, rq, obj, None).await?;
