@@ -146,7 +146,7 @@ mod tests {
         let base = std::env::temp_dir().join(format!("hull-resolve-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         let root = base.join("root");
-        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(root.join("outside")).unwrap();
         std::fs::create_dir_all(base.join("outside")).unwrap();
         // An image could ship `evil -> ../../outside` and `abs -> /outside`.
         symlink("../../outside", root.join("evil")).unwrap();
@@ -163,6 +163,11 @@ mod tests {
         assert!(root.join("f").is_file());
         assert!(!base.join("outside/made").exists(), "escaped the root");
         assert!(!base.join("outside/made2").exists(), "escaped the root");
+        // A link to a directory missing inside the root is refused, never followed out.
+        symlink("../../gone", root.join("dangling")).unwrap();
+        std::fs::create_dir_all(base.join("gone")).unwrap();
+        assert!(mkdir_all(rootfd.as_raw_fd(), Path::new("/dangling/x")).is_err());
+        assert!(!base.join("gone/x").exists(), "escaped the root");
         std::fs::remove_dir_all(&base).unwrap();
     }
 }
