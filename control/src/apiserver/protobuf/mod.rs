@@ -240,7 +240,7 @@ fn message(name: &str, bytes: &[u8], depth: usize) -> Result<Value, ProtoError> 
                         let vk = f.kind.trim_start_matches("map:");
                         v = if vk == "message" {
                             match ew {
-                                Wire::Bytes(b) => message(&f.msg, b, depth + 1)?,
+                                Wire::Bytes(b) => special(&f.msg, b, depth)?,
                                 _ => return Err(err("map value is not a message")),
                             }
                         } else {
