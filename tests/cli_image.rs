@@ -43,7 +43,10 @@ fn blobs_verify(data: &Path) {
         assert!(!name.starts_with(".tmp-"), "temp file left: {name}");
         let out = Command::new("sha256sum").arg(&p).output().unwrap();
         let sum = String::from_utf8_lossy(&out.stdout);
-        assert!(sum.starts_with(&name), "blob {name} does not hash to its name");
+        assert!(
+            sum.starts_with(&name),
+            "blob {name} does not hash to its name"
+        );
     }
 }
 
@@ -57,21 +60,38 @@ fn pull_ls_inspect_rm() {
     let r = format!("{}/acc/busybox:1", reg.host);
     let out = hull(&data, &["image", "pull", &r]);
     let stdout = ok(&out);
-    assert!(stdout.contains(&r) && stdout.contains("2 layers"), "{stdout}");
+    assert!(
+        stdout.contains(&r) && stdout.contains("2 layers"),
+        "{stdout}"
+    );
     // Not a terminal: one plain line per layer on stderr.
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.lines().filter(|l| l.starts_with("layer ")).count(), 2, "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("layer ")).count(),
+        2,
+        "{stderr}"
+    );
     let ls = ok(&hull(&data, &["image", "ls"]));
-    assert!(ls.contains("acc/busybox") && ls.contains("REFERENCE"), "{ls}");
-    let inspect: serde_json::Value = serde_json::from_str(&ok(&hull(&data, &["image", "inspect", &r]))).unwrap();
+    assert!(
+        ls.contains("acc/busybox") && ls.contains("REFERENCE"),
+        "{ls}"
+    );
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(&hull(&data, &["image", "inspect", &r]))).unwrap();
     assert_eq!(inspect["config"]["config"]["Env"][1], "FIXTURE=1");
     assert_eq!(inspect["record"]["layers"].as_array().unwrap().len(), 2);
     blobs_verify(&data);
 
-    let e = hull(&data, &["image", "pull", &format!("{}/acc/missing:1", reg.host)]);
+    let e = hull(
+        &data,
+        &["image", "pull", &format!("{}/acc/missing:1", reg.host)],
+    );
     assert!(!e.status.success());
     let msg = String::from_utf8_lossy(&e.stderr);
-    assert!(msg.contains("acc/missing:1") && msg.contains("404"), "{msg}");
+    assert!(
+        msg.contains("acc/missing:1") && msg.contains("404"),
+        "{msg}"
+    );
 
     let rm = ok(&hull(&data, &["image", "rm", &r]));
     assert!(rm.contains("removed"), "{rm}");
@@ -88,7 +108,10 @@ fn import_oci_layouts_and_docker_archives() {
     mkimage(&s.path("layout"), "busybox", "7");
     let data = s.path("data");
     // A layout dir, with the tag as the only name: named after the dir.
-    let out = ok(&hull(&data, &["image", "import", s.path("layout").to_str().unwrap()]));
+    let out = ok(&hull(
+        &data,
+        &["image", "import", s.path("layout").to_str().unwrap()],
+    ));
     assert!(out.contains("localhost/layout:7"), "{out}");
     // The same layout as a tar, named explicitly.
     let st = Command::new("tar")
@@ -100,38 +123,82 @@ fn import_oci_layouts_and_docker_archives() {
         .status()
         .unwrap();
     assert!(st.success());
-    let out = ok(&hull(&data, &["image", "import", "--name", "example.com/x/y", s.path("layout.tar").to_str().unwrap()]));
+    let out = ok(&hull(
+        &data,
+        &[
+            "image",
+            "import",
+            "--name",
+            "example.com/x/y",
+            s.path("layout.tar").to_str().unwrap(),
+        ],
+    ));
     assert!(out.contains("example.com/x/y:7"), "{out}");
     // A docker save archive (written by skopeo).
     let st = Command::new("skopeo")
         .args(["copy", "-q"])
         .arg(format!("oci:{}:7", s.path("layout").display()))
-        .arg(format!("docker-archive:{}:saved/busybox:2", s.path("saved.tar").display()))
+        .arg(format!(
+            "docker-archive:{}:saved/busybox:2",
+            s.path("saved.tar").display()
+        ))
         .stdout(Stdio::null())
         .status()
         .unwrap();
     assert!(st.success());
-    let out = ok(&hull(&data, &["image", "import", s.path("saved.tar").to_str().unwrap()]));
+    let out = ok(&hull(
+        &data,
+        &["image", "import", s.path("saved.tar").to_str().unwrap()],
+    ));
     assert!(out.contains("docker.io/saved/busybox:2"), "{out}");
     let ls = ok(&hull(&data, &["image", "ls", "-q"]));
     assert_eq!(ls.lines().count(), 3, "{ls}");
     // All three share the same snapshots (same diff IDs).
-    assert_eq!(tree(&data.join("snapshots")).iter().filter(|p| !p.contains('/')).count(), 2);
+    assert_eq!(
+        tree(&data.join("snapshots"))
+            .iter()
+            .filter(|p| !p.contains('/'))
+            .count(),
+        2
+    );
     blobs_verify(&data);
     // A corrupt layout blob is refused and nothing is recorded.
-    let idx: serde_json::Value = serde_json::from_slice(&std::fs::read(s.path("layout/index.json")).unwrap()).unwrap();
-    let mdigest = idx["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
-    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(s.path(&format!("layout/blobs/sha256/{mdigest}"))).unwrap()).unwrap();
-    let l0 = m["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let idx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.path("layout/index.json")).unwrap()).unwrap();
+    let mdigest = idx["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(s.path(&format!("layout/blobs/sha256/{mdigest}"))).unwrap(),
+    )
+    .unwrap();
+    let l0 = m["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
     let p = s.path(&format!("layout/blobs/sha256/{l0}"));
     let mut bytes = std::fs::read(&p).unwrap();
     let n = bytes.len();
     bytes[n / 2] ^= 0xff;
     std::fs::write(&p, bytes).unwrap();
-    let e = hull(&s.path("data2"), &["image", "import", s.path("layout").to_str().unwrap()]);
+    let e = hull(
+        &s.path("data2"),
+        &["image", "import", s.path("layout").to_str().unwrap()],
+    );
     assert!(!e.status.success());
-    assert!(String::from_utf8_lossy(&e.stderr).contains("digest mismatch"), "{}", String::from_utf8_lossy(&e.stderr));
-    assert!(ok(&hull(&s.path("data2"), &["image", "ls", "-q"])).trim().is_empty());
+    assert!(
+        String::from_utf8_lossy(&e.stderr).contains("digest mismatch"),
+        "{}",
+        String::from_utf8_lossy(&e.stderr)
+    );
+    assert!(
+        ok(&hull(&s.path("data2"), &["image", "ls", "-q"]))
+            .trim()
+            .is_empty()
+    );
 }
 
 /// A TCP proxy that trickles server → client bytes, so a pull is slow enough to kill.
@@ -146,7 +213,9 @@ fn slow_proxy(upstream: u16, stop: Arc<AtomicBool>) -> u16 {
                 continue;
             };
             client.set_nonblocking(false).unwrap();
-            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
             let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
             std::thread::spawn(move || {
                 let _ = std::io::copy(&mut c2, &mut s2);
@@ -183,7 +252,14 @@ fn killed_pull_leaves_a_consistent_store() {
     let r = format!("{}/t/big:1", reg.host);
     let mirror = format!("{}=http://127.0.0.1:{proxy}", reg.host);
     let mut child = Command::new(env!("CARGO_BIN_EXE_hull"))
-        .args(["image", "pull", "--registry-mirror", &mirror, &r, "--data-dir"])
+        .args([
+            "image",
+            "pull",
+            "--registry-mirror",
+            &mirror,
+            &r,
+            "--data-dir",
+        ])
         .arg(&data)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -220,10 +296,17 @@ fn killed_pull_leaves_a_consistent_store() {
     assert!(ok(&hull(&data, &["image", "ls", "-q"])).trim().is_empty());
     // The next run removes the dead pull's temps, and a new pull completes.
     ok(&hull(&data, &["image", "pull", &r]));
-    assert!(!tree(&data).iter().any(|p| p.contains(".tmp-")), "{:?}", tree(&data));
+    assert!(
+        !tree(&data).iter().any(|p| p.contains(".tmp-")),
+        "{:?}",
+        tree(&data)
+    );
     blobs_verify(&data);
     assert!(ok(&hull(&data, &["image", "ls", "-q"])).contains("t/big:1"));
-    let snaps: Vec<String> = tree(&data.join("snapshots")).into_iter().filter(|p| !p.contains('/')).collect();
+    let snaps: Vec<String> = tree(&data.join("snapshots"))
+        .into_iter()
+        .filter(|p| !p.contains('/'))
+        .collect();
     assert_eq!(snaps.len(), 1);
     let f = data.join("snapshots").join(&snaps[0]).join("fs/data/f255");
     assert_eq!(std::fs::metadata(f).unwrap().len(), 256 << 10);

@@ -22,7 +22,10 @@ fn hull(data: &Path, args: &[&str]) -> Output {
 fn run(data: &Path, args: &[&str]) -> (i32, String, String) {
     let mut full = vec!["run", "--data-dir", data.to_str().unwrap()];
     full.extend_from_slice(args);
-    let o = Command::new(env!("CARGO_BIN_EXE_hull")).args(&full).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_hull"))
+        .args(&full)
+        .output()
+        .unwrap();
     (
         o.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -43,14 +46,22 @@ fn leftovers(data: &Path) -> Vec<String> {
             .spawn()
             .and_then(|mut c| {
                 use std::io::Write;
-                c.stdin.take().unwrap().write_all(canon.as_os_str().as_encoded_bytes())?;
+                c.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(canon.as_os_str().as_encoded_bytes())?;
                 c.wait_with_output()
             })
             .unwrap();
         String::from_utf8_lossy(&out.stdout)[..12].to_string()
     };
     let rt = format!("/run/hull/{h}");
-    v.extend(info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&rt)).map(str::to_string));
+    v.extend(
+        info.lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&rt))
+            .map(str::to_string),
+    );
     v.extend(tree(&Path::new(&rt).join("bundles")));
     v
 }
@@ -73,30 +84,71 @@ fn run_pulled_image() {
     assert_ne!(code, 0, "whiteout: /bin/zcat must be gone");
     let (_, out, err) = run(&data, &["--rm", &img, "ls", "/opt/d"]);
     assert_eq!(out, "new\n", "{err}");
-    let (_, out, err) = run(&data, &["--rm", "-e", "EXTRA=2", &img, "sh", "-c", "echo $FIXTURE$EXTRA; id -u; hostname"]);
+    let (_, out, err) = run(
+        &data,
+        &[
+            "--rm",
+            "-e",
+            "EXTRA=2",
+            &img,
+            "sh",
+            "-c",
+            "echo $FIXTURE$EXTRA; id -u; hostname",
+        ],
+    );
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.first(), Some(&"12"), "{err}");
     assert_eq!(lines.get(1), Some(&"0"));
     let (code, _, _) = run(&data, &["--rm", &img, "sh", "-c", "exit 7"]);
     assert_eq!(code, 7);
     // Isolation: own pid namespace, only lo, memory limit applied.
-    let (_, out, err) = run(&data, &["--rm", "--memory", "64m", &img, "sh", "-c", "echo $$; ls /sys/class/net"]);
+    let (_, out, err) = run(
+        &data,
+        &[
+            "--rm",
+            "--memory",
+            "64m",
+            &img,
+            "sh",
+            "-c",
+            "echo $$; ls /sys/class/net",
+        ],
+    );
     assert_eq!(out, "1\nlo\n", "{err}");
     // Writes go to the container's own upper dir, never the shared snapshot.
-    let (code, _, err) = run(&data, &["--rm", &img, "sh", "-c", "echo changed > /etc/hello && rm /bin/cat"]);
+    let (code, _, err) = run(
+        &data,
+        &[
+            "--rm",
+            &img,
+            "sh",
+            "-c",
+            "echo changed > /etc/hello && rm /bin/cat",
+        ],
+    );
     assert_eq!(code, 0, "{err}");
     let (_, out, _) = run(&data, &["--rm", &img, "cat", "/etc/hello"]);
     assert_eq!(out, "hello-from-layer2\n");
     assert!(leftovers(&data).is_empty(), "{:?}", leftovers(&data));
 
     // Without --rm the writable layer and the lease stay, and rm of the image refuses.
-    let (code, _, err) = run(&data, &["--name", "keep1", &img, "sh", "-c", "echo kept > /kept"]);
+    let (code, _, err) = run(
+        &data,
+        &["--name", "keep1", &img, "sh", "-c", "echo kept > /kept"],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("keep1") && err.contains("kept"), "{err}");
-    assert_eq!(std::fs::read_to_string(data.join("containers/keep1/upper/kept")).unwrap(), "kept\n");
+    assert_eq!(
+        std::fs::read_to_string(data.join("containers/keep1/upper/kept")).unwrap(),
+        "kept\n"
+    );
     let o = hull(&data, &["image", "rm", &img]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("in use"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("in use"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // As the message says: remove the dir, gc, then the image can go.
     std::fs::remove_dir_all(data.join("containers/keep1")).unwrap();
     assert!(hull(&data, &["image", "gc"]).status.success());
@@ -105,7 +157,10 @@ fn run_pulled_image() {
     assert!(leftovers(&data).is_empty(), "{:?}", leftovers(&data));
 
     // A bad image reference or command is a clear error, nothing left behind.
-    let (code, _, err) = run(&data, &["--rm", &format!("{}/acc/none:1", reg.host), "true"]);
+    let (code, _, err) = run(
+        &data,
+        &["--rm", &format!("{}/acc/none:1", reg.host), "true"],
+    );
     assert_ne!(code, 0);
     assert!(err.contains("acc/none:1"), "{err}");
     let (code, _, err) = run(&data, &["--rm", "--memory", "lots", &img, "true"]);

@@ -4,6 +4,7 @@
 //! 2. pull+unpack of the same image from a local docker-registry: hull vs containerd's
 //!    `ctr image pull` (its own containerd, root/state/socket under /var/tmp, stopped
 //!    by PID).
+//!
 //! Run as root: `cargo bench -p hull-runtime --bench image_unpack`.
 
 #[path = "../tests/image_support/mod.rs"]
@@ -26,15 +27,25 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn layer_blobs(layout: &Path) -> Vec<std::path::PathBuf> {
-    let idx: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let d = idx["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let idx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let d = idx["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
     let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(d)).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(d)).unwrap())
+            .unwrap();
     m["layers"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| layout.join("blobs/sha256").join(l["digest"].as_str().unwrap().trim_start_matches("sha256:")))
+        .map(|l| {
+            layout
+                .join("blobs/sha256")
+                .join(l["digest"].as_str().unwrap().trim_start_matches("sha256:"))
+        })
         .collect()
 }
 
@@ -56,7 +67,13 @@ fn bench_unpack(s: &Scratch, layout: &Path, label: &str) {
         for (n, b) in blobs.iter().enumerate() {
             let dir = d.join(format!("tar{n}"));
             std::fs::create_dir_all(&dir).unwrap();
-            let st = Command::new("tar").arg("-xzf").arg(b).arg("-C").arg(&dir).status().unwrap();
+            let st = Command::new("tar")
+                .arg("-xzf")
+                .arg(b)
+                .arg("-C")
+                .arg(&dir)
+                .status()
+                .unwrap();
             assert!(st.success());
         }
         let tt = t0.elapsed().as_secs_f64();
@@ -134,11 +151,22 @@ fn bench_pull(s: &Scratch, reg: &Registry, repo: &str) {
         let out = Command::new("ctr")
             .arg("-a")
             .arg(cdir.join("sock"))
-            .args(["image", "pull", "--plain-http", "--snapshotter", "overlayfs", &r])
+            .args([
+                "image",
+                "pull",
+                "--plain-http",
+                "--snapshotter",
+                "overlayfs",
+                &r,
+            ])
             .output()
             .unwrap();
         let tc = t0.elapsed().as_secs_f64();
-        assert!(out.status.success(), "ctr pull: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ctr pull: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         drop(c);
         for m in mounts_under(&cdir) {
             let _ = Command::new("umount").arg("-l").arg(m).status();

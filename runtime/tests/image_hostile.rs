@@ -87,7 +87,7 @@ fn entries_never_leave_the_snapshot() {
     apply_layer(
         &t2[..],
         &upper2,
-        &[root.clone()],
+        std::slice::from_ref(&root),
         "hostile2",
         &UnpackOptions::default(),
     )

@@ -267,7 +267,10 @@ fn gc_frees_what_is_unused_and_leases_protect() {
     assert!(e.to_string().contains("c1"));
     let (_, gc) = store.remove(&a.name, true).unwrap();
     assert_eq!(gc.snapshots_removed, 0, "leased snapshots stay");
-    assert!(gc.blobs_removed >= 3, "a's own manifest, config and top layer: {gc:?}");
+    assert!(
+        gc.blobs_removed >= 3,
+        "a's own manifest, config and top layer: {gc:?}"
+    );
     assert!(store.snapshots().exists(&a.layers[1].chain_id));
     // Container gone: its layer goes, the shared base stays for b.
     store.release("c1").unwrap();

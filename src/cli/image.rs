@@ -11,7 +11,6 @@ use clap::{Args, Subcommand};
 use hull_runtime::image::ImageStore;
 use hull_runtime::image::auth::Credentials;
 use hull_runtime::image::pull::Progress;
-use hull_runtime::image::registry::HostOptions;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 #[derive(Debug, Args)]
@@ -27,7 +26,12 @@ pub struct RegistryFlags {
     #[arg(long = "registry-mirror", value_name = "HOST=URL")]
     pub registry_mirror: Vec<String>,
     /// Credentials for the image's registry (else a docker config.json is consulted).
-    #[arg(long, value_name = "USER:PASSWORD", env = "HULL_REGISTRY_CREDS", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "USER:PASSWORD",
+        env = "HULL_REGISTRY_CREDS",
+        hide_env_values = true
+    )]
     pub creds: Option<String>,
     /// Trust this CA (PEM) for HOST (repeatable).
     #[arg(long = "registry-ca", value_name = "HOST=PEM")]
@@ -89,13 +93,23 @@ impl RegistryFlags {
             let (host, pem) = spec
                 .split_once('=')
                 .with_context(|| format!("--registry-ca {spec:?}: want HOST=PEM"))?;
-            store.registry.hosts.entry(host.into()).or_insert_with(HostOptions::default).ca = Some(pem.into());
+            store.registry.hosts.entry(host.into()).or_default().ca = Some(pem.into());
         }
         for host in &self.insecure_registry {
-            store.registry.hosts.entry(host.clone()).or_default().insecure_skip_verify = true;
+            store
+                .registry
+                .hosts
+                .entry(host.clone())
+                .or_default()
+                .insecure_skip_verify = true;
         }
         for host in &self.plain_http {
-            store.registry.hosts.entry(host.clone()).or_default().plain_http = Some(true);
+            store
+                .registry
+                .hosts
+                .entry(host.clone())
+                .or_default()
+                .plain_http = Some(true);
         }
         if let Some(c) = &self.creds {
             let (u, p) = c.split_once(':').context("--creds: want USER:PASSWORD")?;
@@ -105,9 +119,18 @@ impl RegistryFlags {
                 username: u.into(),
                 password: p.into(),
             };
-            store.registry.credentials.insert(r.registry.clone(), creds.clone());
+            store
+                .registry
+                .credentials
+                .insert(r.registry.clone(), creds.clone());
             // The same credentials for the image's mirrors, as `ctr --user` does.
-            for url in store.registry.flag_mirrors.get(&r.registry).cloned().unwrap_or_default() {
+            for url in store
+                .registry
+                .flag_mirrors
+                .get(&r.registry)
+                .cloned()
+                .unwrap_or_default()
+            {
                 let host = url.split_once("://").map_or(&url[..], |(_, h)| h);
                 let host = host.split('/').next().unwrap_or(host).to_string();
                 store.registry.credentials.insert(host, creds.clone());
@@ -132,14 +155,17 @@ impl CliProgress {
 }
 
 fn short(d: &str) -> &str {
-    d.strip_prefix("sha256:").map_or(d, |h| &h[..12.min(h.len())])
+    d.strip_prefix("sha256:")
+        .map_or(d, |h| &h[..12.min(h.len())])
 }
 
 impl Progress for CliProgress {
     fn layer_start(&self, digest: &str, size: u64) {
         if let Some((mp, bars)) = &self.bars {
             let pb = mp.add(ProgressBar::new(size));
-            if let Ok(style) = ProgressStyle::with_template("{prefix} {bar:40} {bytes}/{total_bytes} {msg}") {
+            if let Ok(style) =
+                ProgressStyle::with_template("{prefix} {bar:40} {bytes}/{total_bytes} {msg}")
+            {
                 pb.set_style(style);
             }
             pb.set_prefix(short(digest).to_string());
@@ -180,7 +206,11 @@ fn human(n: u64) -> String {
         v /= 1000.0;
         i += 1;
     }
-    if i == 0 { format!("{n}B") } else { format!("{v:.1}{}", U[i]) }
+    if i == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", U[i])
+    }
 }
 
 pub fn run(data_dir: &Path, args: ImageArgs) -> Result<ExitCode> {
@@ -197,7 +227,13 @@ pub fn run(data_dir: &Path, args: ImageArgs) -> Result<ExitCode> {
             if quiet {
                 println!("{}", rec.config_digest);
             } else {
-                println!("{}: pulled {} ({} layers, {})", rec.name, rec.manifest_digest, rec.layers.len(), human(rec.size));
+                println!(
+                    "{}: pulled {} ({} layers, {})",
+                    rec.name,
+                    rec.manifest_digest,
+                    rec.layers.len(),
+                    human(rec.size)
+                );
             }
         }
         ImageCommand::Import { path, name } => {
@@ -217,9 +253,18 @@ pub fn run(data_dir: &Path, args: ImageArgs) -> Result<ExitCode> {
                     println!("{}", r.name);
                 }
             } else {
-                println!("{:<60} {:<13} {:>6} {:>10}", "REFERENCE", "IMAGE ID", "LAYERS", "SIZE");
+                println!(
+                    "{:<60} {:<13} {:>6} {:>10}",
+                    "REFERENCE", "IMAGE ID", "LAYERS", "SIZE"
+                );
                 for r in all {
-                    println!("{:<60} {:<13} {:>6} {:>10}", r.name, r.id(), r.layers.len(), human(r.size));
+                    println!(
+                        "{:<60} {:<13} {:>6} {:>10}",
+                        r.name,
+                        r.id(),
+                        r.layers.len(),
+                        human(r.size)
+                    );
                 }
             }
         }
@@ -246,7 +291,8 @@ pub fn run(data_dir: &Path, args: ImageArgs) -> Result<ExitCode> {
         }
         ImageCommand::Inspect { reference } => {
             let rec = store.get(&reference)?;
-            let cfg: serde_json::Value = serde_json::from_slice(&store.content().read(&rec.config_digest)?)?;
+            let cfg: serde_json::Value =
+                serde_json::from_slice(&store.content().read(&rec.config_digest)?)?;
             let out = serde_json::json!({"record": rec, "config": cfg});
             println!("{}", serde_json::to_string_pretty(&out)?);
         }

@@ -51,19 +51,22 @@ pub fn parse_size(s: &str) -> Result<i64> {
         Some('g') => (&t[..t.len() - 1], 1 << 30),
         _ => (t, 1),
     };
-    let n: i64 = num
-        .parse()
-        .with_context(|| format!("--memory {s:?}: want a number of bytes with an optional k/m/g suffix"))?;
+    let n: i64 = num.parse().with_context(|| {
+        format!("--memory {s:?}: want a number of bytes with an optional k/m/g suffix")
+    })?;
     if n <= 0 {
         bail!("--memory {s:?}: must be positive");
     }
-    n.checked_mul(mult).with_context(|| format!("--memory {s:?}: too large"))
+    n.checked_mul(mult)
+        .with_context(|| format!("--memory {s:?}: too large"))
 }
 
 /// Held for a container's lifetime: a bundle whose lock can be taken belongs to a
 /// `hull run` that is gone.
 fn lock_path(data_dir: &Path, id: &str) -> PathBuf {
-    bundle::runtime_dir(data_dir).join("locks").join(format!("{id}.lock"))
+    bundle::runtime_dir(data_dir)
+        .join("locks")
+        .join(format!("{id}.lock"))
 }
 
 fn try_lock(p: &Path) -> Result<Option<File>> {
@@ -94,7 +97,9 @@ pub fn clean_stale(store: &ImageStore) -> Result<()> {
     let data_dir = store.root();
     for b in Bundle::existing(store)? {
         let lp = lock_path(data_dir, &b.id);
-        let Some(_held) = try_lock(&lp)? else { continue };
+        let Some(_held) = try_lock(&lp)? else {
+            continue;
+        };
         let _ = container::delete(&state_root(data_dir), &b.id, true);
         let remove_state = autoremove_marker(&b).exists();
         b.teardown(store, remove_state)?;
@@ -108,7 +113,9 @@ fn generated_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let h = hull_runtime::image::digest::sha256_of(format!("{}-{nanos}", std::process::id()).as_bytes());
+    let h = hull_runtime::image::digest::sha256_of(
+        format!("{}-{nanos}", std::process::id()).as_bytes(),
+    );
     format!("run-{}", &h[7..19])
 }
 
@@ -117,7 +124,10 @@ pub fn run(data_dir: &Path, args: RunArgs) -> Result<ExitCode> {
     args.registry.apply(&mut store, Some(&args.image))?;
     clean_stale(&store)?;
     let memory = args.memory.as_deref().map(parse_size).transpose()?;
-    let unconfined = args.security_opt.iter().any(|o| o == "seccomp=unconfined" || o == "seccomp:unconfined");
+    let unconfined = args
+        .security_opt
+        .iter()
+        .any(|o| o == "seccomp=unconfined" || o == "seccomp:unconfined");
     if let Some(o) = args.security_opt.iter().find(|o| !o.starts_with("seccomp")) {
         bail!("--security-opt {o:?}: only seccomp=unconfined is supported");
     }
@@ -134,7 +144,8 @@ pub fn run(data_dir: &Path, args: RunArgs) -> Result<ExitCode> {
     };
     let b = Bundle::prepare(&store, &id, &rec, &opts)?;
     if args.rm {
-        fs::write(autoremove_marker(&b), b"").with_context(|| format!("mark {} for removal", b.state.display()))?;
+        fs::write(autoremove_marker(&b), b"")
+            .with_context(|| format!("mark {} for removal", b.state.display()))?;
     }
     let root = state_root(data_dir);
     let result = container::run(&root, &id, &b.dir, &CreateOptions::default());

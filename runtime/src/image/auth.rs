@@ -88,7 +88,12 @@ pub fn from_docker_config(path: &Path, registry: &str) -> Result<Option<Credenti
             }));
         }
         if let Some(a) = &entry.auth {
-            let bad = || Error::Other(format!("{}: auths.{key}.auth is not base64(user:password)", path.display()));
+            let bad = || {
+                Error::Other(format!(
+                    "{}: auths.{key}.auth is not base64(user:password)",
+                    path.display()
+                ))
+            };
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(a.trim())
                 .map_err(|_| bad())?;
@@ -195,7 +200,10 @@ mod tests {
                 scope: Some("repository:a/b:pull,push".into()),
             }
         );
-        assert_eq!(parse_challenge(r#"Basic realm="x""#), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="x""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge("Negotiate"), None);
     }
 
@@ -211,8 +219,14 @@ mod tests {
         )
         .unwrap();
         let hub = from_docker_config(&p, "docker.io").unwrap().unwrap();
-        assert_eq!((hub.username.as_str(), hub.password.as_str()), ("alice", "s3cret"));
-        assert_eq!(from_docker_config(&p, "r:5000").unwrap().unwrap().username, "bob");
+        assert_eq!(
+            (hub.username.as_str(), hub.password.as_str()),
+            ("alice", "s3cret")
+        );
+        assert_eq!(
+            from_docker_config(&p, "r:5000").unwrap().unwrap().username,
+            "bob"
+        );
         assert!(from_docker_config(&p, "other").unwrap().is_none());
         assert!(!format!("{hub:?}").contains("s3cret"));
         std::fs::remove_dir_all(&dir).unwrap();

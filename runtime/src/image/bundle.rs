@@ -90,7 +90,10 @@ impl Bundle {
         valid_container_id(id)?;
         let b = Bundle::paths(store, id);
         if b.dir.exists() || b.state.exists() {
-            return Err(Error::Other(format!("container {id} already exists ({})", b.state.display())));
+            return Err(Error::Other(format!(
+                "container {id} already exists ({})",
+                b.state.display()
+            )));
         }
         let r = b.prepare_inner(store, rec, opts);
         if r.is_err() {
@@ -99,7 +102,12 @@ impl Bundle {
         r.map(|_| b)
     }
 
-    fn prepare_inner(&self, store: &ImageStore, rec: &ImageRecord, opts: &ContainerOptions) -> Result<()> {
+    fn prepare_inner(
+        &self,
+        store: &ImageStore,
+        rec: &ImageRecord,
+        opts: &ContainerOptions,
+    ) -> Result<()> {
         let lowers = store.lowers(rec)?;
         let upper = self.state.join("upper");
         let work = self.state.join("work");
@@ -182,7 +190,11 @@ pub fn spec_json(
         "noNewPrivileges": true,
     });
     v["root"] = json!({"path": "rootfs", "readonly": false});
-    v["hostname"] = json!(opts.hostname.clone().unwrap_or_else(|| id.chars().take(63).collect()));
+    v["hostname"] = json!(
+        opts.hostname
+            .clone()
+            .unwrap_or_else(|| id.chars().take(63).collect())
+    );
     let linux = v
         .get_mut("linux")
         .and_then(Value::as_object_mut)
@@ -198,10 +210,13 @@ pub fn spec_json(
     }
     linux.insert("resources".into(), resources);
     if !opts.unconfined {
-        let profile = serde_json::to_value(crate::seccomp::runtime_default()).map_err(|source| Error::Json {
-            what: "default seccomp profile".into(),
-            source,
-        })?;
+        let profile =
+            serde_json::to_value(crate::seccomp::runtime_default()).map_err(|source| {
+                Error::Json {
+                    what: "default seccomp profile".into(),
+                    source,
+                }
+            })?;
         linux.insert("seccomp".into(), profile);
     }
     Ok(v)

@@ -127,7 +127,10 @@ impl ContentStore {
     }
 
     pub fn size(&self, digest: &str) -> Option<u64> {
-        self.path(digest).ok().and_then(|p| fs::metadata(p).ok()).map(|m| m.len())
+        self.path(digest)
+            .ok()
+            .and_then(|p| fs::metadata(p).ok())
+            .map(|m| m.len())
     }
 }
 

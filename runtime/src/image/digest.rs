@@ -11,7 +11,10 @@ use super::{Error, Result};
 pub fn validate(digest: &str) -> Result<&str> {
     match digest.strip_prefix("sha256:") {
         Some(hex)
-            if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+            if hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
         {
             Ok(hex)
         }

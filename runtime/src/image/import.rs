@@ -27,7 +27,11 @@ impl Drop for TempDir {
 
 /// Imports every image in `path`. `name` names images the archive leaves unnamed
 /// (default `localhost/<file stem>`).
-pub fn import(store: &ImageStore, path: &Path, name: Option<&str>) -> Result<Vec<super::ImageRecord>> {
+pub fn import(
+    store: &ImageStore,
+    path: &Path,
+    name: Option<&str>,
+) -> Result<Vec<super::ImageRecord>> {
     let meta = fs::metadata(path).at(path)?;
     let _tmp;
     let dir = if meta.is_dir() {
@@ -41,16 +45,21 @@ pub fn import(store: &ImageStore, path: &Path, name: Option<&str>) -> Result<Vec
         _tmp = TempDir(tmp.clone());
         let f = File::open(path).at(path)?;
         let mut head = [0u8; 4];
-        let n = File::open(path).and_then(|mut f| f.read(&mut head)).at(path)?;
+        let n = File::open(path)
+            .and_then(|mut f| f.read(&mut head))
+            .at(path)?;
         let reader: Box<dyn Read> = match manifest::sniff_compression(&head[..n]) {
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
             Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(f).at(path)?),
             Compression::None => Box::new(f),
         };
         // tar's unpack refuses entries that would land outside `tmp`.
-        tar::Archive::new(reader)
-            .unpack(&tmp)
-            .map_err(|e| Error::Other(format!("{}: not a readable tar archive: {e}", path.display())))?;
+        tar::Archive::new(reader).unpack(&tmp).map_err(|e| {
+            Error::Other(format!(
+                "{}: not a readable tar archive: {e}",
+                path.display()
+            ))
+        })?;
         tmp
     };
     let stem = path
@@ -59,9 +68,17 @@ pub fn import(store: &ImageStore, path: &Path, name: Option<&str>) -> Result<Vec
         .unwrap_or_else(|| "image".into());
     let stem: String = stem
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
-    let default_name = name.map(str::to_string).unwrap_or(format!("localhost/{stem}"));
+    let default_name = name
+        .map(str::to_string)
+        .unwrap_or(format!("localhost/{stem}"));
     let _lock = store.pull_lock()?;
     if dir.join("manifest.json").is_file() {
         import_docker(store, &dir, &default_name)
@@ -90,7 +107,9 @@ fn copy_blob(store: &ImageStore, dir: &Path, digest: &str, size: Option<u64>) ->
 }
 
 fn read_blob(dir: &Path, digest: &str) -> Result<Vec<u8>> {
-    let p = dir.join("blobs/sha256").join(super::digest::validate(digest)?);
+    let p = dir
+        .join("blobs/sha256")
+        .join(super::digest::validate(digest)?);
     let data = fs::read(&p).at(&p)?;
     let actual = sha256_of(&data);
     if actual != digest {
@@ -116,29 +135,48 @@ fn name_for(desc: &Descriptor, default_name: &str) -> Result<Reference> {
     }
 }
 
-fn import_oci(store: &ImageStore, dir: &Path, default_name: &str) -> Result<Vec<super::ImageRecord>> {
+fn import_oci(
+    store: &ImageStore,
+    dir: &Path,
+    default_name: &str,
+) -> Result<Vec<super::ImageRecord>> {
     let idx_path = dir.join("index.json");
     let data = fs::read(&idx_path).at(&idx_path)?;
-    let Document::Index(index) = manifest::parse_document(&data, Some(manifest::OCI_INDEX), &idx_path.display().to_string())? else {
-        return Err(Error::Other(format!("{}: not an index", idx_path.display())));
+    let Document::Index(index) = manifest::parse_document(
+        &data,
+        Some(manifest::OCI_INDEX),
+        &idx_path.display().to_string(),
+    )?
+    else {
+        return Err(Error::Other(format!(
+            "{}: not an index",
+            idx_path.display()
+        )));
     };
     let mut out = Vec::new();
     for desc in &index.manifests {
         let reference = name_for(desc, default_name)?;
         let body = read_blob(dir, &desc.digest)?;
         let what = format!("{}: {}", dir.display(), desc.digest);
-        let (m, mdigest, idigest) = match manifest::parse_document(&body, Some(&desc.media_type), &what)? {
-            Document::Manifest(m) => (m, desc.digest.clone(), None),
-            Document::Index(inner) => {
-                copy_blob(store, dir, &desc.digest, Some(desc.size))?;
-                let d = manifest::select_platform(&inner, &Platform::host(), &reference.to_string())?;
-                let mb = read_blob(dir, &d.digest)?;
-                match manifest::parse_document(&mb, Some(&d.media_type), &what)? {
-                    Document::Manifest(m) => (m, d.digest.clone(), Some(desc.digest.clone())),
-                    Document::Index(_) => return Err(Error::Other(format!("{what}: nested index too deep"))),
+        let (m, mdigest, idigest) =
+            match manifest::parse_document(&body, Some(&desc.media_type), &what)? {
+                Document::Manifest(m) => (m, desc.digest.clone(), None),
+                Document::Index(inner) => {
+                    copy_blob(store, dir, &desc.digest, Some(desc.size))?;
+                    let d = manifest::select_platform(
+                        &inner,
+                        &Platform::host(),
+                        &reference.to_string(),
+                    )?;
+                    let mb = read_blob(dir, &d.digest)?;
+                    match manifest::parse_document(&mb, Some(&d.media_type), &what)? {
+                        Document::Manifest(m) => (m, d.digest.clone(), Some(desc.digest.clone())),
+                        Document::Index(_) => {
+                            return Err(Error::Other(format!("{what}: nested index too deep")));
+                        }
+                    }
                 }
-            }
-        };
+            };
         out.push(finish(store, dir, &reference, m, mdigest, idigest)?);
     }
     Ok(out)
@@ -153,14 +191,19 @@ fn finish(
     idigest: Option<String>,
 ) -> Result<super::ImageRecord> {
     copy_blob(store, dir, &m.config.digest, Some(m.config.size))?;
-    let cfg = manifest::parse_config(&store.content().read(&m.config.digest)?, &format!("{reference}: config"))?;
+    let cfg = manifest::parse_config(
+        &store.content().read(&m.config.digest)?,
+        &format!("{reference}: config"),
+    )?;
     let layers = plan_layers(&m, &cfg, &reference.to_string())?;
     for l in &layers {
         copy_blob(store, dir, &l.digest, Some(l.size))?;
     }
     store.unpack_missing(&layers)?;
     let mbytes = read_blob(dir, &mdigest)?;
-    store.content().put(&mbytes, Some(&mdigest), &format!("{reference}: manifest"))?;
+    store
+        .content()
+        .put(&mbytes, Some(&mdigest), &format!("{reference}: manifest"))?;
     store.record(record(reference, mdigest, idigest, &m, &layers))
 }
 
@@ -176,8 +219,13 @@ struct DockerSaveEntry {
 /// A file inside the archive dir, refusing names that climb out of it.
 fn inside(dir: &Path, name: &str) -> Result<PathBuf> {
     let p = Path::new(name);
-    if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-        return Err(Error::Other(format!("docker archive names {name:?} outside the archive")));
+    if p.is_absolute()
+        || p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(Error::Other(format!(
+            "docker archive names {name:?} outside the archive"
+        )));
     }
     Ok(dir.join(p))
 }
@@ -191,12 +239,17 @@ fn store_file(store: &ImageStore, p: &Path) -> Result<(String, u64)> {
     Ok((d, n))
 }
 
-fn import_docker(store: &ImageStore, dir: &Path, default_name: &str) -> Result<Vec<super::ImageRecord>> {
+fn import_docker(
+    store: &ImageStore,
+    dir: &Path,
+    default_name: &str,
+) -> Result<Vec<super::ImageRecord>> {
     let mp = dir.join("manifest.json");
-    let entries: Vec<DockerSaveEntry> = serde_json::from_slice(&fs::read(&mp).at(&mp)?).map_err(|source| Error::Json {
-        what: mp.display().to_string(),
-        source,
-    })?;
+    let entries: Vec<DockerSaveEntry> =
+        serde_json::from_slice(&fs::read(&mp).at(&mp)?).map_err(|source| Error::Json {
+            what: mp.display().to_string(),
+            source,
+        })?;
     let mut out = Vec::new();
     for e in entries {
         let (cdigest, csize) = store_file(store, &inside(dir, &e.config)?)?;
@@ -237,7 +290,11 @@ fn import_docker(store: &ImageStore, dir: &Path, default_name: &str) -> Result<V
         })?;
         let mdigest = store.content().put(&mbytes, None, "synthesized manifest")?;
         let cfg = manifest::parse_config(&store.content().read(&m.config.digest)?, &e.config)?;
-        let names: Vec<String> = e.repo_tags.clone().filter(|t| !t.is_empty()).unwrap_or_else(|| vec![default_name.to_string()]);
+        let names: Vec<String> = e
+            .repo_tags
+            .clone()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| vec![default_name.to_string()]);
         for n in names {
             let reference = Reference::parse(&n)?;
             let plans = plan_layers(&m, &cfg, &n)?;

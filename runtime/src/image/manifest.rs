@@ -137,9 +137,13 @@ pub fn parse_document(data: &[u8], content_type: Option<&str>, what: &str) -> Re
         }
     };
     if is_index {
-        Ok(Document::Index(serde_json::from_slice(data).map_err(json_err)?))
+        Ok(Document::Index(
+            serde_json::from_slice(data).map_err(json_err)?,
+        ))
     } else {
-        Ok(Document::Manifest(serde_json::from_slice(data).map_err(json_err)?))
+        Ok(Document::Manifest(
+            serde_json::from_slice(data).map_err(json_err)?,
+        ))
     }
 }
 
@@ -279,9 +283,17 @@ mod tests {
             ..amd
         };
         let e = select_platform(&i, &s390, "r").unwrap_err().to_string();
-        assert!(e.contains("linux/s390x") && e.contains("linux/arm64/v8"), "{e}");
+        assert!(
+            e.contains("linux/s390x") && e.contains("linux/arm64/v8"),
+            "{e}"
+        );
         let bad = br#"{"schemaVersion":1,"mediaType":"application/x-weird"}"#;
-        assert!(parse_document(bad, None, "t").unwrap_err().to_string().contains("x-weird"));
+        assert!(
+            parse_document(bad, None, "t")
+                .unwrap_err()
+                .to_string()
+                .contains("x-weird")
+        );
         assert!(layer_compression("application/x-foo", "l").is_err());
     }
 }

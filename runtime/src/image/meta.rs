@@ -100,7 +100,9 @@ impl MetaStore {
     }
 
     fn save(&self, m: &MetaFile) -> Result<()> {
-        let tmp = self.path.with_extension(format!("json.tmp-{}", std::process::id()));
+        let tmp = self
+            .path
+            .with_extension(format!("json.tmp-{}", std::process::id()));
         let data = serde_json::to_vec_pretty(m).map_err(|source| Error::Json {
             what: self.path.display().to_string(),
             source,

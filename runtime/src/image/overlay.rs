@@ -33,8 +33,16 @@ fn fd_result(r: libc::c_long) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
 }
 
-fn fsconfig(fd: RawFd, cmd: libc::c_uint, key: Option<&str>, value: Option<&CString>) -> io::Result<()> {
-    let key = key.map(CString::new).transpose().map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+fn fsconfig(
+    fd: RawFd,
+    cmd: libc::c_uint,
+    key: Option<&str>,
+    value: Option<&CString>,
+) -> io::Result<()> {
+    let key = key
+        .map(CString::new)
+        .transpose()
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: pointers are null or valid C strings for the duration of the call.
     let r = unsafe {
         libc::syscall(
@@ -55,14 +63,21 @@ fn fsconfig(fd: RawFd, cmd: libc::c_uint, key: Option<&str>, value: Option<&CStr
 /// Mounts `lowers` (top-most first) + `upper`/`work` at `target`.
 pub fn mount(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
     let err = |what: &str, e: io::Error| {
-        Error::Other(format!("overlay mount at {}: {what}: {e}", target.display()))
+        Error::Other(format!(
+            "overlay mount at {}: {what}: {e}",
+            target.display()
+        ))
     };
     if lowers.is_empty() {
-        return Err(Error::Other("overlay mount needs at least one lower dir".into()));
+        return Err(Error::Other(
+            "overlay mount needs at least one lower dir".into(),
+        ));
     }
     match mount_new_api(lowers, upper, work, target) {
         Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) || e.raw_os_error() == Some(libc::EINVAL) => {
+        Err(e)
+            if e.raw_os_error() == Some(libc::ENOSYS) || e.raw_os_error() == Some(libc::EINVAL) =>
+        {
             mount_classic(lowers, upper, work, target).map_err(|e| err("mount(2)", e))
         }
         Err(e) => Err(err("fsopen/fsconfig/fsmount", e)),
@@ -71,15 +86,36 @@ pub fn mount(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Re
 
 fn mount_new_api(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> io::Result<()> {
     // SAFETY: a constant C string; result checked.
-    let fs = fd_result(unsafe { libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC) })?;
+    let fs =
+        fd_result(unsafe { libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC) })?;
     let fsfd = fs.as_raw_fd();
     for l in lowers {
-        fsconfig(fsfd, FSCONFIG_SET_STRING, Some("lowerdir+"), Some(&cpath(l)?))?;
+        fsconfig(
+            fsfd,
+            FSCONFIG_SET_STRING,
+            Some("lowerdir+"),
+            Some(&cpath(l)?),
+        )?;
     }
-    fsconfig(fsfd, FSCONFIG_SET_STRING, Some("upperdir"), Some(&cpath(upper)?))?;
-    fsconfig(fsfd, FSCONFIG_SET_STRING, Some("workdir"), Some(&cpath(work)?))?;
+    fsconfig(
+        fsfd,
+        FSCONFIG_SET_STRING,
+        Some("upperdir"),
+        Some(&cpath(upper)?),
+    )?;
+    fsconfig(
+        fsfd,
+        FSCONFIG_SET_STRING,
+        Some("workdir"),
+        Some(&cpath(work)?),
+    )?;
     // Without index/xino a snapshot shared by containers stays valid when copied up.
-    let _ = fsconfig(fsfd, FSCONFIG_SET_STRING, Some("index"), Some(&CString::new("off").unwrap_or_default()));
+    let _ = fsconfig(
+        fsfd,
+        FSCONFIG_SET_STRING,
+        Some("index"),
+        Some(&CString::new("off").unwrap_or_default()),
+    );
     let _ = FSCONFIG_SET_FLAG;
     fsconfig(fsfd, FSCONFIG_CMD_CREATE, None, None)?;
     // SAFETY: valid fs context fd; result checked.

@@ -75,7 +75,10 @@ pub(crate) fn plan_layers(m: &Manifest, cfg: &ImageConfig, what: &str) -> Result
         .map(|(l, (diff, chain))| {
             super::digest::validate(&l.digest)?;
             Ok(LayerPlan {
-                compression: manifest::layer_compression(&l.media_type, &format!("{what} layer {}", l.digest))?,
+                compression: manifest::layer_compression(
+                    &l.media_type,
+                    &format!("{what} layer {}", l.digest),
+                )?,
                 digest: l.digest.clone(),
                 size: l.size,
                 media_type: l.media_type.clone(),
@@ -100,9 +103,10 @@ pub(crate) fn unpack_layer(
     let decoder: Box<dyn Read + '_> = match layer.compression {
         Compression::None => Box::new(buffered),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(|e| {
-            Error::Other(format!("layer {}: zstd: {e}", layer.digest))
-        })?),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(buffered)
+                .map_err(|e| Error::Other(format!("layer {}: zstd: {e}", layer.digest)))?,
+        ),
     };
     let mut tar = HashingReader::new(Bounded {
         inner: decoder,
@@ -116,7 +120,10 @@ pub(crate) fn unpack_layer(
     })?;
     if diff_id != layer.diff_id {
         return Err(Error::DigestMismatch {
-            what: format!("layer {} (uncompressed, the config's diff_id)", layer.digest),
+            what: format!(
+                "layer {} (uncompressed, the config's diff_id)",
+                layer.digest
+            ),
             expected: layer.diff_id.clone(),
             actual: diff_id,
         });
@@ -124,7 +131,11 @@ pub(crate) fn unpack_layer(
     snapshots.commit(tmp, &layer.chain_id)
 }
 
-pub(crate) fn lowers_for(snapshots: &SnapshotStore, layers: &[LayerPlan], i: usize) -> Result<Vec<PathBuf>> {
+pub(crate) fn lowers_for(
+    snapshots: &SnapshotStore,
+    layers: &[LayerPlan],
+    i: usize,
+) -> Result<Vec<PathBuf>> {
     layers[..i]
         .iter()
         .rev()
@@ -173,12 +184,17 @@ impl Puller<'_> {
                 actual: top_digest,
             });
         }
-        let platform = self.registry.platform.clone().unwrap_or_else(Platform::host);
+        let platform = self
+            .registry
+            .platform
+            .clone()
+            .unwrap_or_else(Platform::host);
         let (manifest, manifest_bytes, manifest_digest, index_digest) =
             match manifest::parse_document(&body, ct.as_deref(), &format!("{rs}: manifest"))? {
                 Document::Manifest(m) => (m, body, top_digest, None),
                 Document::Index(idx) => {
-                    self.content.put(&body, Some(&top_digest), &format!("{rs}: index"))?;
+                    self.content
+                        .put(&body, Some(&top_digest), &format!("{rs}: index"))?;
                     let d = manifest::select_platform(&idx, &platform, &rs)?.clone();
                     let (mb, mct) = client.manifest(&d.digest)?;
                     let md = sha256_of(&mb);
@@ -189,10 +205,16 @@ impl Puller<'_> {
                             actual: md,
                         });
                     }
-                    match manifest::parse_document(&mb, mct.as_deref(), &format!("{rs}: manifest {md}"))? {
+                    match manifest::parse_document(
+                        &mb,
+                        mct.as_deref(),
+                        &format!("{rs}: manifest {md}"),
+                    )? {
                         Document::Manifest(m) => (m, mb, md, Some(top_digest)),
                         Document::Index(_) => {
-                            return Err(Error::Other(format!("{rs}: index points to another index")));
+                            return Err(Error::Other(format!(
+                                "{rs}: index points to another index"
+                            )));
                         }
                     }
                 }
@@ -202,7 +224,10 @@ impl Puller<'_> {
         super::digest::validate(&cd.digest)?;
         if !self.content.has(&cd.digest, Some(cd.size)) {
             if cd.size > manifest::MAX_DOCUMENT {
-                return Err(Error::Other(format!("{rs}: config is {} bytes, too large", cd.size)));
+                return Err(Error::Other(format!(
+                    "{rs}: config is {} bytes, too large",
+                    cd.size
+                )));
             }
             let mut r = client.blob(&cd.digest)?.take(cd.size + 1);
             let mut data = Vec::new();
@@ -211,13 +236,17 @@ impl Puller<'_> {
                 registry: reference.registry.clone(),
                 message: format!("reading config: {e}"),
             })?;
-            self.content.put(&data, Some(&cd.digest), &format!("{rs}: config"))?;
+            self.content
+                .put(&data, Some(&cd.digest), &format!("{rs}: config"))?;
         }
-        let config = manifest::parse_config(&self.content.read(&cd.digest)?, &format!("{rs}: config"))?;
+        let config =
+            manifest::parse_config(&self.content.read(&cd.digest)?, &format!("{rs}: config"))?;
         let layers = plan_layers(&manifest, &config, &rs)?;
 
         // Layers: concurrent download; streamed unpack where the parent exists.
-        let first_missing = layers.iter().position(|l| !self.snapshots.exists(&l.chain_id));
+        let first_missing = layers
+            .iter()
+            .position(|l| !self.snapshots.exists(&l.chain_id));
         if let Some(k) = first_missing {
             let errors: Mutex<Vec<Error>> = Mutex::new(Vec::new());
             let next = Mutex::new(k);
@@ -244,19 +273,38 @@ impl Puller<'_> {
                     });
                 }
             });
-            if let Some(e) = errors.into_inner().ok().and_then(|mut v| (!v.is_empty()).then(|| v.remove(0))) {
+            if let Some(e) = errors
+                .into_inner()
+                .ok()
+                .and_then(|mut v| (!v.is_empty()).then(|| v.remove(0)))
+            {
                 return Err(e);
             }
             unpack_from_blobs(&layers, self.content, self.snapshots, self.unpack)?;
         }
-        self.content
-            .put(&manifest_bytes, Some(&manifest_digest), &format!("{rs}: manifest"))?;
-        Ok(record(reference, manifest_digest, index_digest, &manifest, &layers))
+        self.content.put(
+            &manifest_bytes,
+            Some(&manifest_digest),
+            &format!("{rs}: manifest"),
+        )?;
+        Ok(record(
+            reference,
+            manifest_digest,
+            index_digest,
+            &manifest,
+            &layers,
+        ))
     }
 
     /// Layer `i`: streamed into its snapshot when `stream` (its parent exists), else
     /// downloaded into the content store (skipped when already there).
-    fn fetch_layer(&self, client: &RegistryClient, layers: &[LayerPlan], i: usize, stream: bool) -> Result<()> {
+    fn fetch_layer(
+        &self,
+        client: &RegistryClient,
+        layers: &[LayerPlan],
+        i: usize,
+        stream: bool,
+    ) -> Result<()> {
         let l = &layers[i];
         self.progress.layer_start(&l.digest, l.size);
         if self.snapshots.exists(&l.chain_id) {

@@ -26,7 +26,9 @@ impl Reference {
             return Err(bad("empty"));
         }
         if input.len() > 4096 || input.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(bad("contains whitespace or control characters, or is too long"));
+            return Err(bad(
+                "contains whitespace or control characters, or is too long",
+            ));
         }
         let (name, digest) = match input.split_once('@') {
             Some((n, d)) => {
@@ -137,13 +139,20 @@ mod tests {
             ("nginx:1.27", "docker.io/library/nginx:1.27"),
             ("user/app", "docker.io/user/app:latest"),
             ("index.docker.io/library/x:1", "docker.io/library/x:1"),
-            ("127.0.0.1:5000/acc/busybox:1", "127.0.0.1:5000/acc/busybox:1"),
+            (
+                "127.0.0.1:5000/acc/busybox:1",
+                "127.0.0.1:5000/acc/busybox:1",
+            ),
             ("localhost/x", "localhost/x:latest"),
             ("registry.k8s.io/pause:3.10", "registry.k8s.io/pause:3.10"),
             ("host:5000/repo", "host:5000/repo:latest"),
         ];
         for (input, want) in cases {
-            assert_eq!(Reference::parse(input).unwrap().to_string(), want, "{input}");
+            assert_eq!(
+                Reference::parse(input).unwrap().to_string(),
+                want,
+                "{input}"
+            );
         }
         let d = format!("sha256:{}", "a".repeat(64));
         let r = Reference::parse(&format!("busybox@{d}")).unwrap();
@@ -153,7 +162,15 @@ mod tests {
 
     #[test]
     fn rejects_bad_references() {
-        for bad in ["", "Busybox", "a b", "x@sha256:12", "x:", "host:5000/", "a//b"] {
+        for bad in [
+            "",
+            "Busybox",
+            "a b",
+            "x@sha256:12",
+            "x:",
+            "host:5000/",
+            "a//b",
+        ] {
             let err = Reference::parse(bad).unwrap_err().to_string();
             assert!(err.contains("invalid image reference"), "{bad}: {err}");
         }

@@ -69,9 +69,8 @@ impl RegistryOptions {
         };
         match std::fs::read_to_string(registries_toml) {
             Ok(text) => {
-                let t: RegistriesToml = toml::from_str(&text).map_err(|e| {
-                    Error::Other(format!("{}: {e}", registries_toml.display()))
-                })?;
+                let t: RegistriesToml = toml::from_str(&text)
+                    .map_err(|e| Error::Other(format!("{}: {e}", registries_toml.display())))?;
                 opts.mirrors = t.mirrors;
                 opts.hosts = t.hosts;
             }
@@ -88,9 +87,9 @@ impl RegistryOptions {
 
     /// Adds a `HOST=URL` mirror (the `--registry-mirror` flag); flag mirrors go first.
     pub fn add_mirror_flag(&mut self, spec: &str) -> Result<()> {
-        let (host, url) = spec.split_once('=').ok_or_else(|| {
-            Error::Other(format!("--registry-mirror {spec:?}: want HOST=URL"))
-        })?;
+        let (host, url) = spec
+            .split_once('=')
+            .ok_or_else(|| Error::Other(format!("--registry-mirror {spec:?}: want HOST=URL")))?;
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(Error::Other(format!(
                 "--registry-mirror {spec:?}: URL must start with http:// or https://"
@@ -193,7 +192,9 @@ fn base_url(url_or_host: &str, opts: &HostOptions) -> String {
         let u = url_or_host.trim_end_matches('/');
         return u.strip_suffix("/v2").unwrap_or(u).to_string();
     }
-    let plain = opts.plain_http.unwrap_or_else(|| is_loopback_host(url_or_host));
+    let plain = opts
+        .plain_http
+        .unwrap_or_else(|| is_loopback_host(url_or_host));
     let host = if url_or_host == "docker.io" {
         "registry-1.docker.io"
     } else {
@@ -469,7 +470,8 @@ mod tests {
     #[test]
     fn mirror_flags_parse_and_reject_garbage() {
         let mut o = RegistryOptions::default();
-        o.add_mirror_flag("docker.io=http://127.0.0.1:5000").unwrap();
+        o.add_mirror_flag("docker.io=http://127.0.0.1:5000")
+            .unwrap();
         assert_eq!(o.flag_mirrors["docker.io"], vec!["http://127.0.0.1:5000"]);
         assert!(o.add_mirror_flag("docker.io").is_err());
         assert!(o.add_mirror_flag("docker.io=ftp://x").is_err());

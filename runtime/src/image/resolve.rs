@@ -165,14 +165,16 @@ impl Layers {
         };
         let parent = join(parent);
         for (i, dir) in self.dirs.iter().enumerate() {
-            let pfd = match open_beneath(
-                dir.as_raw_fd(),
-                &parent,
-                libc::O_PATH | libc::O_DIRECTORY,
-            ) {
+            let pfd = match open_beneath(dir.as_raw_fd(), &parent, libc::O_PATH | libc::O_DIRECTORY)
+            {
                 Ok(fd) => fd,
                 // Missing here, or not a dir (a higher layer's dir hides this one's file).
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV)) => {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV)
+                    ) =>
+                {
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -256,7 +258,11 @@ impl Layers {
         let upper = self.upper();
         let mut fd = open_beneath(upper, Path::new("."), libc::O_PATH | libc::O_DIRECTORY)?;
         for (i, name) in dir.iter().enumerate() {
-            match open_beneath(fd.as_raw_fd(), Path::new(name), libc::O_PATH | libc::O_DIRECTORY) {
+            match open_beneath(
+                fd.as_raw_fd(),
+                Path::new(name),
+                libc::O_PATH | libc::O_DIRECTORY,
+            ) {
                 Ok(next) => fd = next,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                     let (mode, uid, gid) = match self.lookup(&dir[..=i])? {
@@ -272,11 +278,15 @@ impl Layers {
                             return Err(io::Error::last_os_error());
                         }
                     }
-                    let next = open_beneath(fd.as_raw_fd(), Path::new(name), libc::O_RDONLY | libc::O_DIRECTORY)?;
+                    let next = open_beneath(
+                        fd.as_raw_fd(),
+                        Path::new(name),
+                        libc::O_RDONLY | libc::O_DIRECTORY,
+                    )?;
                     // SAFETY: valid fd.
                     unsafe {
                         if libc::fchown(next.as_raw_fd(), uid, gid) < 0
-                            || libc::fchmod(next.as_raw_fd(), mode)< 0
+                            || libc::fchmod(next.as_raw_fd(), mode) < 0
                         {
                             return Err(io::Error::last_os_error());
                         }
@@ -298,7 +308,10 @@ mod tests {
     fn clean_never_climbs_above_root() {
         let c = clean(Path::new("../../a/./b/../c"));
         assert_eq!(c, vec![OsString::from("a"), OsString::from("c")]);
-        assert_eq!(clean(Path::new("/etc/x")), vec![OsString::from("etc"), OsString::from("x")]);
+        assert_eq!(
+            clean(Path::new("/etc/x")),
+            vec![OsString::from("etc"), OsString::from("x")]
+        );
         assert!(clean(Path::new("/..")).is_empty());
     }
 }

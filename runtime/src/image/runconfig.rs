@@ -27,7 +27,11 @@ pub struct ProcessDefaults {
 }
 
 /// `cmd` replaces the image's Cmd; `env` (`K=V`) overrides the image's Env.
-pub fn process_defaults(cfg: &ImageConfig, cmd: &[String], env: &[String]) -> Result<ProcessDefaults> {
+pub fn process_defaults(
+    cfg: &ImageConfig,
+    cmd: &[String],
+    env: &[String],
+) -> Result<ProcessDefaults> {
     let c = cfg.config.clone().unwrap_or_default();
     let mut args = c.entrypoint.clone().unwrap_or_default();
     if cmd.is_empty() {
@@ -57,11 +61,20 @@ pub fn process_defaults(cfg: &ImageConfig, cmd: &[String], env: &[String]) -> Re
     Ok(ProcessDefaults {
         args,
         env: merged,
-        cwd: c.working_dir.filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into()),
+        cwd: c
+            .working_dir
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into()),
         user: c.user.filter(|u| !u.is_empty()),
         stop_signal: c.stop_signal,
-        exposed_ports: c.exposed_ports.map(|m| m.into_keys().collect()).unwrap_or_default(),
-        volumes: c.volumes.map(|m| m.into_keys().collect()).unwrap_or_default(),
+        exposed_ports: c
+            .exposed_ports
+            .map(|m| m.into_keys().collect())
+            .unwrap_or_default(),
+        volumes: c
+            .volumes
+            .map(|m| m.into_keys().collect())
+            .unwrap_or_default(),
         labels: c.labels.unwrap_or_default(),
     })
 }
@@ -112,12 +125,20 @@ pub fn resolve_user(rootfs: &Path, user: Option<&str>) -> Result<(u32, u32, Vec<
         .collect();
     let (uid, name, mut gid) = if let Ok(n) = u.parse::<u32>() {
         let entry = pw.iter().find(|f| f[2].parse::<u32>().ok() == Some(n));
-        (n, entry.map(|f| f[0].to_string()), entry.and_then(|f| f[3].parse().ok()).unwrap_or(0))
+        (
+            n,
+            entry.map(|f| f[0].to_string()),
+            entry.and_then(|f| f[3].parse().ok()).unwrap_or(0),
+        )
     } else {
         let f = pw.iter().find(|f| f[0] == u).ok_or_else(|| {
-            Error::Other(format!("user {u:?} (image config User {user:?}) is not in the image's /etc/passwd"))
+            Error::Other(format!(
+                "user {u:?} (image config User {user:?}) is not in the image's /etc/passwd"
+            ))
         })?;
-        let uid = f[2].parse().map_err(|_| Error::Other(format!("/etc/passwd: bad uid for {u}")))?;
+        let uid = f[2]
+            .parse()
+            .map_err(|_| Error::Other(format!("/etc/passwd: bad uid for {u}")))?;
         (uid, Some(u.to_string()), f[3].parse().unwrap_or(0))
     };
     let groups: Vec<Vec<&str>> = group
@@ -132,7 +153,11 @@ pub fn resolve_user(rootfs: &Path, user: Option<&str>) -> Result<(u32, u32, Vec<
                 .iter()
                 .find(|f| f[0] == g)
                 .and_then(|f| f[2].parse().ok())
-                .ok_or_else(|| Error::Other(format!("group {g:?} (image config User {user:?}) is not in the image's /etc/group")))?,
+                .ok_or_else(|| {
+                    Error::Other(format!(
+                        "group {g:?} (image config User {user:?}) is not in the image's /etc/group"
+                    ))
+                })?,
         };
     }
     let extra = match &name {
@@ -177,13 +202,35 @@ mod tests {
     fn users_resolve_through_the_rootfs() {
         let root = std::env::temp_dir().join(format!("hull-user-test-{}", std::process::id()));
         std::fs::create_dir_all(root.join("etc")).unwrap();
-        std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nwww:x:33:34::/:/bin/false\n").unwrap();
-        std::fs::write(root.join("etc/group"), "root:x:0:\nweb:x:34:\nextra:x:50:www\n").unwrap();
-        assert_eq!(resolve_user(&root, Some("www")).unwrap(), (33, 34, vec![50]));
-        assert_eq!(resolve_user(&root, Some("33:0")).unwrap(), (33, 0, vec![50]));
-        assert_eq!(resolve_user(&root, Some("1000")).unwrap(), (1000, 0, vec![]));
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nwww:x:33:34::/:/bin/false\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("etc/group"),
+            "root:x:0:\nweb:x:34:\nextra:x:50:www\n",
+        )
+        .unwrap();
+        assert_eq!(
+            resolve_user(&root, Some("www")).unwrap(),
+            (33, 34, vec![50])
+        );
+        assert_eq!(
+            resolve_user(&root, Some("33:0")).unwrap(),
+            (33, 0, vec![50])
+        );
+        assert_eq!(
+            resolve_user(&root, Some("1000")).unwrap(),
+            (1000, 0, vec![])
+        );
         assert_eq!(resolve_user(&root, Some("www:web")).unwrap().1, 34);
-        assert!(resolve_user(&root, Some("nobody")).unwrap_err().to_string().contains("nobody"));
+        assert!(
+            resolve_user(&root, Some("nobody"))
+                .unwrap_err()
+                .to_string()
+                .contains("nobody")
+        );
         assert_eq!(resolve_user(&root, None).unwrap(), (0, 0, vec![]));
         std::fs::remove_dir_all(&root).unwrap();
     }

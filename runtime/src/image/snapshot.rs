@@ -69,9 +69,7 @@ impl SnapshotStore {
 
     pub fn prepare(&self) -> Result<TempSnapshot> {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let dir = self
-            .dir
-            .join(format!(".tmp-{}-{seq}", std::process::id()));
+        let dir = self.dir.join(format!(".tmp-{}-{seq}", std::process::id()));
         let fs_dir = dir.join("fs");
         fs::create_dir_all(&fs_dir).at(&fs_dir)?;
         // The snapshot root is the container's `/`: world-readable like any root.

@@ -99,7 +99,11 @@ impl ImageStore {
             .write(true)
             .open(&p)
             .at(&p)?;
-        let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
         // SAFETY: valid fd.
         if unsafe { libc::flock(f.as_raw_fd(), op) } < 0 {
             return Err(std::io::Error::last_os_error()).at(p);
@@ -161,7 +165,10 @@ impl ImageStore {
             if let Some(d) = &r.digest
                 && let Some(rec) = all
                     .iter()
-                    .find(|i| i.name.starts_with(&format!("{}:", r.name())) || i.name.starts_with(&format!("{}@", r.name())))
+                    .find(|i| {
+                        i.name.starts_with(&format!("{}:", r.name()))
+                            || i.name.starts_with(&format!("{}@", r.name()))
+                    })
                     .filter(|i| i.manifest_digest == *d || i.index_digest.as_deref() == Some(d))
             {
                 return Ok(rec.clone());
@@ -183,7 +190,10 @@ impl ImageStore {
     }
 
     pub fn config(&self, rec: &ImageRecord) -> Result<ImageConfig> {
-        manifest::parse_config(&self.content.read(&rec.config_digest)?, &format!("{}: config", rec.name))
+        manifest::parse_config(
+            &self.content.read(&rec.config_digest)?,
+            &format!("{}: config", rec.name),
+        )
     }
 
     /// The image's snapshot dirs, top-most first (overlay `lowerdir` order).
@@ -332,7 +342,9 @@ pub fn valid_container_id(id: &str) -> Result<()> {
     if id.is_empty()
         || id.len() > 128
         || id.starts_with('.')
-        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
     {
         return Err(Error::Other(format!(
             "invalid container id {id:?}: use 1-128 of [A-Za-z0-9_.-], not starting with '.'"

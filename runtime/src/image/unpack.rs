@@ -223,7 +223,10 @@ pub fn apply_layer<R: Read>(
         let kind = hdr.entry_type();
         if matches!(
             kind,
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink
+            tar::EntryType::XGlobalHeader
+                | tar::EntryType::XHeader
+                | tar::EntryType::GNULongName
+                | tar::EntryType::GNULongLink
         ) {
             continue;
         }
@@ -236,9 +239,14 @@ pub fn apply_layer<R: Read>(
         let Some((name, dir_parts)) = parts.split_last() else {
             // The root itself ("./"): only its metadata can change.
             if kind.is_dir() {
-                let fd = open_beneath(layers.upper(), Path::new("."), libc::O_RDONLY | libc::O_DIRECTORY)
-                    .map_err(|e| os_err(layer, &raw_path, "open root", e))?;
-                set_meta(fd.as_raw_fd(), &meta, &[]).map_err(|e| os_err(layer, &raw_path, "metadata", e))?;
+                let fd = open_beneath(
+                    layers.upper(),
+                    Path::new("."),
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                )
+                .map_err(|e| os_err(layer, &raw_path, "open root", e))?;
+                set_meta(fd.as_raw_fd(), &meta, &[])
+                    .map_err(|e| os_err(layer, &raw_path, "metadata", e))?;
                 dir_times.push((Vec::new(), meta.mtime));
             }
             continue;
@@ -248,7 +256,8 @@ pub fn apply_layer<R: Read>(
 
         let (pfd, resolved_dir) = match &cache {
             Some((raw, fd, res)) if *raw == dir_parts => (
-                fd.try_clone().map_err(|e| os_err(layer, &raw_path, "dup", e))?,
+                fd.try_clone()
+                    .map_err(|e| os_err(layer, &raw_path, "dup", e))?,
                 res.clone(),
             ),
             _ => {
@@ -260,7 +269,8 @@ pub fn apply_layer<R: Read>(
                     .map_err(|e| os_err(layer, &raw_path, "creating parent", e))?;
                 cache = Some((
                     dir_parts.clone(),
-                    fd.try_clone().map_err(|e| os_err(layer, &raw_path, "dup", e))?,
+                    fd.try_clone()
+                        .map_err(|e| os_err(layer, &raw_path, "dup", e))?,
                     res.clone(),
                 ));
                 (fd, res)
@@ -323,10 +333,12 @@ pub fn apply_layer<R: Read>(
 
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                let mut f = create_file(pfd_raw, &name).map_err(|e| os_err(layer, &raw_path, "create", e))?;
+                let mut f = create_file(pfd_raw, &name)
+                    .map_err(|e| os_err(layer, &raw_path, "create", e))?;
                 stats.bytes += copy_data(&mut entry, &mut f, &mut buf)
                     .map_err(|e| os_err(layer, &raw_path, "write", e))?;
-                set_meta(f.as_raw_fd(), &meta, &xattrs).map_err(|e| os_err(layer, &raw_path, "metadata", e))?;
+                set_meta(f.as_raw_fd(), &meta, &xattrs)
+                    .map_err(|e| os_err(layer, &raw_path, "metadata", e))?;
             }
             tar::EntryType::Directory => {
                 if !existing_is_dir {
@@ -334,9 +346,14 @@ pub fn apply_layer<R: Read>(
                     check(unsafe { libc::mkdirat(pfd_raw, cname.as_ptr(), 0o700) })
                         .map_err(|e| os_err(layer, &raw_path, "mkdir", e))?;
                 }
-                let dfd = open_beneath(pfd_raw, Path::new(&name), libc::O_RDONLY | libc::O_DIRECTORY)
-                    .map_err(|e| os_err(layer, &raw_path, "open dir", e))?;
-                set_meta(dfd.as_raw_fd(), &meta, &xattrs).map_err(|e| os_err(layer, &raw_path, "metadata", e))?;
+                let dfd = open_beneath(
+                    pfd_raw,
+                    Path::new(&name),
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                )
+                .map_err(|e| os_err(layer, &raw_path, "open dir", e))?;
+                set_meta(dfd.as_raw_fd(), &meta, &xattrs)
+                    .map_err(|e| os_err(layer, &raw_path, "metadata", e))?;
                 let mut p = resolved_dir.clone();
                 p.push(name.clone());
                 dir_times.push((p, meta.mtime));
@@ -347,16 +364,24 @@ pub fn apply_layer<R: Read>(
                     .map_err(|e| bad(&raw_path, &format!("bad link name: {e}")))?
                     .ok_or_else(|| bad(&raw_path, "symlink without target"))?;
                 // The target is stored as is; it is only ever resolved inside the root.
-                let ct = cstr(target.as_os_str()).map_err(|e| os_err(layer, &raw_path, "target", e))?;
+                let ct =
+                    cstr(target.as_os_str()).map_err(|e| os_err(layer, &raw_path, "target", e))?;
                 // SAFETY: valid fd and C strings.
                 check(unsafe { libc::symlinkat(ct.as_ptr(), pfd_raw, cname.as_ptr()) })
                     .map_err(|e| os_err(layer, &raw_path, "symlink", e))?;
                 // SAFETY: valid fd and C string; never follows the link.
                 check(unsafe {
-                    libc::fchownat(pfd_raw, cname.as_ptr(), meta.uid, meta.gid, libc::AT_SYMLINK_NOFOLLOW)
+                    libc::fchownat(
+                        pfd_raw,
+                        cname.as_ptr(),
+                        meta.uid,
+                        meta.gid,
+                        libc::AT_SYMLINK_NOFOLLOW,
+                    )
                 })
                 .map_err(|e| os_err(layer, &raw_path, "lchown", e))?;
-                set_times(pfd_raw, &name, meta.mtime, true).map_err(|e| os_err(layer, &raw_path, "times", e))?;
+                set_times(pfd_raw, &name, meta.mtime, true)
+                    .map_err(|e| os_err(layer, &raw_path, "times", e))?;
             }
             tar::EntryType::Link => {
                 let target = entry
@@ -364,8 +389,14 @@ pub fn apply_layer<R: Read>(
                     .map_err(|e| bad(&raw_path, &format!("bad link name: {e}")))?
                     .ok_or_else(|| bad(&raw_path, "hard link without target"))?
                     .into_owned();
-                hard_link(&layers, &target, pfd_raw, &name, &mut buf)
-                    .map_err(|e| os_err(layer, &raw_path, &format!("hard link to {}", target.display()), e))?;
+                hard_link(&layers, &target, pfd_raw, &name, &mut buf).map_err(|e| {
+                    os_err(
+                        layer,
+                        &raw_path,
+                        &format!("hard link to {}", target.display()),
+                        e,
+                    )
+                })?;
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 let fmt = match kind {
@@ -377,8 +408,10 @@ pub fn apply_layer<R: Read>(
                 let minor = hdr.device_minor().ok().flatten().unwrap_or(0);
                 let dev = libc::makedev(major, minor);
                 // SAFETY: valid fd and C string.
-                check(unsafe { libc::mknodat(pfd_raw, cname.as_ptr(), fmt | (meta.mode & 0o7777), dev) })
-                    .map_err(|e| os_err(layer, &raw_path, "mknod", e))?;
+                check(unsafe {
+                    libc::mknodat(pfd_raw, cname.as_ptr(), fmt | (meta.mode & 0o7777), dev)
+                })
+                .map_err(|e| os_err(layer, &raw_path, "mknod", e))?;
                 let fd = open_beneath(pfd_raw, Path::new(&name), libc::O_PATH)
                     .map_err(|e| os_err(layer, &raw_path, "open node", e))?;
                 // O_PATH fds take chown/chmod through /proc (fchown rejects them).
@@ -388,17 +421,25 @@ pub fn apply_layer<R: Read>(
                 check(unsafe { libc::chown(cp.as_ptr(), meta.uid, meta.gid) })
                     .and_then(|_| check(unsafe { libc::chmod(cp.as_ptr(), meta.mode & 0o7777) }))
                     .map_err(|e| os_err(layer, &raw_path, "metadata", e))?;
-                set_times(pfd_raw, &name, meta.mtime, true).map_err(|e| os_err(layer, &raw_path, "times", e))?;
+                set_times(pfd_raw, &name, meta.mtime, true)
+                    .map_err(|e| os_err(layer, &raw_path, "times", e))?;
             }
             other => {
-                return Err(bad(&raw_path, &format!("unsupported tar entry type {other:?}")));
+                return Err(bad(
+                    &raw_path,
+                    &format!("unsupported tar entry type {other:?}"),
+                ));
             }
         }
     }
     // Dir mtimes last, deepest first: creating entries inside them changed them.
     dir_times.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
     for (p, mtime) in dir_times {
-        let path: PathBuf = if p.is_empty() { PathBuf::from(".") } else { p.iter().collect() };
+        let path: PathBuf = if p.is_empty() {
+            PathBuf::from(".")
+        } else {
+            p.iter().collect()
+        };
         if let Ok(fd) = open_beneath(layers.upper(), &path, libc::O_RDONLY | libc::O_DIRECTORY) {
             let _ = futimes(fd.as_raw_fd(), mtime);
         }
@@ -408,8 +449,14 @@ pub fn apply_layer<R: Read>(
 
 fn futimes(fd: RawFd, mtime: i64) -> io::Result<()> {
     let ts = [
-        libc::timespec { tv_sec: mtime, tv_nsec: 0 },
-        libc::timespec { tv_sec: mtime, tv_nsec: 0 },
+        libc::timespec {
+            tv_sec: mtime,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: mtime,
+            tv_nsec: 0,
+        },
     ];
     // SAFETY: valid fd and timespecs.
     check(unsafe { libc::futimens(fd, ts.as_ptr()) })
@@ -418,7 +465,13 @@ fn futimes(fd: RawFd, mtime: i64) -> io::Result<()> {
 /// A hard link inside the snapshot: to an entry of this layer by `linkat`, to one of a
 /// lower snapshot by copying it up (linking across snapshots would let a container's
 /// write reach another image's files). The target never resolves outside the root.
-fn hard_link(layers: &Layers, target: &Path, pfd: RawFd, name: &OsStr, buf: &mut [u8]) -> io::Result<()> {
+fn hard_link(
+    layers: &Layers,
+    target: &Path,
+    pfd: RawFd,
+    name: &OsStr,
+    buf: &mut [u8],
+) -> io::Result<()> {
     let parts = resolve::clean(target);
     let Some((tname, tdir)) = parts.split_last() else {
         return Err(io::Error::from_raw_os_error(libc::EPERM));
@@ -426,17 +479,29 @@ fn hard_link(layers: &Layers, target: &Path, pfd: RawFd, name: &OsStr, buf: &mut
     let tdir = layers.resolve_dir(tdir)?;
     let mut full = tdir.clone();
     full.push(tname.clone());
-    let found = layers.lookup(&full)?.ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+    let found = layers
+        .lookup(&full)?
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
     if found.stat.st_mode & libc::S_IFMT == libc::S_IFDIR {
         return Err(io::Error::from_raw_os_error(libc::EPERM));
     }
-    let tdir_path: PathBuf = if tdir.is_empty() { PathBuf::from(".") } else { tdir.iter().collect() };
-    let src_dir = open_beneath(layers.dirs[found.layer].as_raw_fd(), &tdir_path, libc::O_PATH | libc::O_DIRECTORY)?;
+    let tdir_path: PathBuf = if tdir.is_empty() {
+        PathBuf::from(".")
+    } else {
+        tdir.iter().collect()
+    };
+    let src_dir = open_beneath(
+        layers.dirs[found.layer].as_raw_fd(),
+        &tdir_path,
+        libc::O_PATH | libc::O_DIRECTORY,
+    )?;
     let ctn = cstr(tname)?;
     let cn = cstr(name)?;
     if found.layer == 0 {
         // SAFETY: valid fds and C strings; flags 0 never follows a symlink target.
-        return check(unsafe { libc::linkat(src_dir.as_raw_fd(), ctn.as_ptr(), pfd, cn.as_ptr(), 0) });
+        return check(unsafe {
+            libc::linkat(src_dir.as_raw_fd(), ctn.as_ptr(), pfd, cn.as_ptr(), 0)
+        });
     }
     if found.stat.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(io::Error::from_raw_os_error(libc::EPERM));
