@@ -56,7 +56,8 @@ pub fn run(data_dir: &Path, args: CriArgs) -> anyhow::Result<ExitCode> {
         return Ok(code(cri::exec::main(s)));
     }
     std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
-    let data_dir = std::fs::canonicalize(data_dir).with_context(|| format!("resolve {}", data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(data_dir)
+        .with_context(|| format!("resolve {}", data_dir.display()))?;
     let mut cfg = cri::Config::new(&data_dir, &args.socket);
     if let Some(d) = args.cni_conf_dir {
         cfg.cni_conf_dir = d;

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use hull_runtime::image::ImageStore;
 use hull_runtime::image::bundle::{Bundle, ContainerOptions, runtime_dir};
 use hull_runtime::state::Status;
-use k8s_cri::v1::{Container, ContainerConfig, ContainerFilter, ContainerStatus, ImageSpec, LinuxContainerResources};
+use k8s_cri::v1::{
+    Container, ContainerConfig, ContainerFilter, ContainerStatus, ImageSpec,
+    LinuxContainerResources,
+};
 
 use super::config::Config;
 use super::error::{CriError, Result};
@@ -40,7 +43,10 @@ pub fn load(cfg: &Config, id: &str) -> Result<ContainerRecord> {
 pub fn in_sandbox(cfg: &Config, sandbox_id: &str) -> Vec<String> {
     ids(cfg)
         .into_iter()
-        .filter(|id| load_json::<ContainerRecord>(&dir(cfg, id).join("container.json")).is_ok_and(|r| r.sandbox_id == sandbox_id))
+        .filter(|id| {
+            load_json::<ContainerRecord>(&dir(cfg, id).join("container.json"))
+                .is_ok_and(|r| r.sandbox_id == sandbox_id)
+        })
         .collect()
 }
 
@@ -50,7 +56,12 @@ pub fn exit_record(cfg: &Config, id: &str) -> Option<ExitRecord> {
 
 fn bundle_of(cfg: &Config, id: &str) -> Bundle {
     let d = runtime_dir(&cfg.data_dir).join("bundles").join(id);
-    Bundle { id: id.to_string(), rootfs: d.join("rootfs"), dir: d, state: cfg.data_dir.join("containers").join(id) }
+    Bundle {
+        id: id.to_string(),
+        rootfs: d.join("rootfs"),
+        dir: d,
+        state: cfg.data_dir.join("containers").join(id),
+    }
 }
 
 fn signal_number(s: &str) -> Option<i32> {
@@ -59,36 +70,70 @@ fn signal_number(s: &str) -> Option<i32> {
     }
     let name = s.to_ascii_uppercase();
     let name = name.strip_prefix("SIG").unwrap_or(&name);
-    nix::sys::signal::Signal::iterator().find(|sig| sig.as_str().strip_prefix("SIG") == Some(name)).map(|s| s as i32)
+    nix::sys::signal::Signal::iterator()
+        .find(|sig| sig.as_str().strip_prefix("SIG") == Some(name))
+        .map(|s| s as i32)
 }
 
 /// CreateContainer.
-pub fn create(cfg: &Config, store: &ImageStore, sandbox_id: &str, c: ContainerConfig) -> Result<String> {
+pub fn create(
+    cfg: &Config,
+    store: &ImageStore,
+    sandbox_id: &str,
+    c: ContainerConfig,
+) -> Result<String> {
     let sb = sandbox::load(cfg, sandbox_id)?;
     if !sandbox::pause_alive(&sb) || sb.stopped {
-        return Err(CriError::FailedPrecondition(format!("pod sandbox {} is not ready", sb.id)));
+        return Err(CriError::FailedPrecondition(format!(
+            "pod sandbox {} is not ready",
+            sb.id
+        )));
     }
-    let md = c.metadata.clone().ok_or_else(|| CriError::InvalidArgument("config.metadata: required".into()))?;
+    let md = c
+        .metadata
+        .clone()
+        .ok_or_else(|| CriError::InvalidArgument("config.metadata: required".into()))?;
     if md.name.is_empty() {
-        return Err(CriError::InvalidArgument("config.metadata.name: must not be empty".into()));
+        return Err(CriError::InvalidArgument(
+            "config.metadata.name: must not be empty".into(),
+        ));
     }
-    let image = c.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+    let image = c
+        .image
+        .as_ref()
+        .map(|i| i.image.clone())
+        .unwrap_or_default();
     if image.is_empty() {
-        return Err(CriError::InvalidArgument("config.image.image: must not be empty".into()));
+        return Err(CriError::InvalidArgument(
+            "config.image.image: must not be empty".into(),
+        ));
     }
     for k in ids(cfg) {
         if let Ok(r) = load_json::<ContainerRecord>(&dir(cfg, &k).join("container.json"))
             && r.sandbox_id == sb.id
-            && r.config.metadata.as_ref().is_some_and(|m| m.name == md.name && m.attempt == md.attempt)
+            && r.config
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.name == md.name && m.attempt == md.attempt)
         {
-            return Err(CriError::AlreadyExists(format!("container {:?} attempt {} already exists in pod sandbox {} ({k})", md.name, md.attempt, sb.id)));
+            return Err(CriError::AlreadyExists(format!(
+                "container {:?} attempt {} already exists in pod sandbox {} ({k})",
+                md.name, md.attempt, sb.id
+            )));
         }
     }
-    let rec_img = store.get(&image).map_err(|_| CriError::NotFound(format!("config.image.image: image {image:?} not found (pull it first)")))?;
+    let rec_img = store.get(&image).map_err(|_| {
+        CriError::NotFound(format!(
+            "config.image.image: image {image:?} not found (pull it first)"
+        ))
+    })?;
     let img_cfg = store.config(&rec_img)?;
     for (i, e) in c.envs.iter().enumerate() {
         if e.key.is_empty() || e.key.contains('=') {
-            return Err(CriError::InvalidArgument(format!("config.envs[{i}].key: {:?} is not a valid name", e.key)));
+            return Err(CriError::InvalidArgument(format!(
+                "config.envs[{i}].key: {:?} is not a valid name",
+                e.key
+            )));
         }
     }
     let id = records::new_id()?;
@@ -100,7 +145,12 @@ pub fn create(cfg: &Config, store: &ImageStore, sandbox_id: &str, c: ContainerCo
     } else {
         Path::new(&log_dir).join(&c.log_path).display().to_string()
     };
-    let stop_signal = img_cfg.config.as_ref().and_then(|x| x.stop_signal.as_deref()).and_then(signal_number).unwrap_or(libc::SIGTERM);
+    let stop_signal = img_cfg
+        .config
+        .as_ref()
+        .and_then(|x| x.stop_signal.as_deref())
+        .and_then(signal_number)
+        .unwrap_or(libc::SIGTERM);
     let rec = ContainerRecord {
         id: id.clone(),
         sandbox_id: sb.id.clone(),
@@ -109,7 +159,15 @@ pub fn create(cfg: &Config, store: &ImageStore, sandbox_id: &str, c: ContainerCo
         started_at: 0,
         image_name: image.clone(),
         image_id: rec_img.config_digest.clone(),
-        image_ref: format!("{}@{}", rec_img.name.split([':', '@']).next().unwrap_or(&rec_img.name), rec_img.manifest_digest),
+        image_ref: format!(
+            "{}@{}",
+            rec_img
+                .name
+                .split([':', '@'])
+                .next()
+                .unwrap_or(&rec_img.name),
+            rec_img.manifest_digest
+        ),
         log_path,
         stop_signal,
         pod_labels: sb.config.labels.clone(),
@@ -125,32 +183,65 @@ pub fn create(cfg: &Config, store: &ImageStore, sandbox_id: &str, c: ContainerCo
     Ok(id)
 }
 
-fn build(cfg: &Config, store: &ImageStore, rec: &ContainerRecord, sb: &records::SandboxRecord, img: &hull_runtime::image::ImageRecord) -> Result<()> {
+fn build(
+    cfg: &Config,
+    store: &ImageStore,
+    rec: &ContainerRecord,
+    sb: &records::SandboxRecord,
+    img: &hull_runtime::image::ImageRecord,
+) -> Result<()> {
     let c = &rec.config;
-    let env: Vec<String> = c.envs.iter().map(|kv| format!("{}={}", kv.key, kv.value)).collect();
-    let cmd = if c.command.is_empty() { c.args.clone() } else { [c.command.clone(), c.args.clone()].concat() };
-    let opts = ContainerOptions { cmd, env, memory: None, hostname: None, unconfined: false };
+    let env: Vec<String> = c
+        .envs
+        .iter()
+        .map(|kv| format!("{}={}", kv.key, kv.value))
+        .collect();
+    let cmd = if c.command.is_empty() {
+        c.args.clone()
+    } else {
+        [c.command.clone(), c.args.clone()].concat()
+    };
+    let opts = ContainerOptions {
+        cmd,
+        env,
+        memory: None,
+        hostname: None,
+        unconfined: false,
+    };
     let bundle = Bundle::prepare(store, &rec.id, img, &opts).map_err(|e| match e {
-        hull_runtime::image::Error::Other(m) if m.contains("environment") => CriError::InvalidArgument(format!("config.envs: {m}")),
+        hull_runtime::image::Error::Other(m) if m.contains("environment") => {
+            CriError::InvalidArgument(format!("config.envs: {m}"))
+        }
         e => CriError::Image(e),
     })?;
-    let sc = c.linux.as_ref().and_then(|l| l.security_context.clone()).unwrap_or_default();
+    let sc = c
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.clone())
+        .unwrap_or_default();
     let resolve = |u: &str| {
-        hull_runtime::image::runconfig::resolve_user(&bundle.rootfs, Some(u))
-            .map_err(|e| CriError::InvalidArgument(format!("config.linux.security_context.run_as_user: {e}")))
+        hull_runtime::image::runconfig::resolve_user(&bundle.rootfs, Some(u)).map_err(|e| {
+            CriError::InvalidArgument(format!("config.linux.security_context.run_as_user: {e}"))
+        })
     };
     let mut user = None;
     if !sc.run_as_username.is_empty() {
         user = Some(resolve(&sc.run_as_username)?);
     } else if let Some(u) = &sc.run_as_user {
         if u.value < 0 {
-            return Err(CriError::InvalidArgument(format!("config.linux.security_context.run_as_user: {} must not be negative", u.value)));
+            return Err(CriError::InvalidArgument(format!(
+                "config.linux.security_context.run_as_user: {} must not be negative",
+                u.value
+            )));
         }
         user = Some(resolve(&u.value.to_string())?);
     }
     if let Some(g) = &sc.run_as_group {
         if g.value < 0 {
-            return Err(CriError::InvalidArgument(format!("config.linux.security_context.run_as_group: {} must not be negative", g.value)));
+            return Err(CriError::InvalidArgument(format!(
+                "config.linux.security_context.run_as_group: {} must not be negative",
+                g.value
+            )));
         }
         let (uid, _, extra) = match user.take() {
             Some(u) => u,
@@ -163,8 +254,20 @@ fn build(cfg: &Config, store: &ImageStore, rec: &ContainerRecord, sb: &records::
     let pod = PodView {
         netns: sb.netns.clone(),
         pause_pid: sb.pause_pid,
-        host_pid: sb.config.linux.as_ref().and_then(|l| l.security_context.as_ref()).and_then(|s| s.namespace_options.as_ref()).is_some_and(|n| n.pid == spec::NS_NODE),
-        host_ipc: sb.config.linux.as_ref().and_then(|l| l.security_context.as_ref()).and_then(|s| s.namespace_options.as_ref()).is_some_and(|n| n.ipc == spec::NS_NODE),
+        host_pid: sb
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+            .is_some_and(|n| n.pid == spec::NS_NODE),
+        host_ipc: sb
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+            .is_some_and(|n| n.ipc == spec::NS_NODE),
         sandbox_dir: sandbox::dir(cfg, &sb.id),
         cgroup_parent: sb.cgroup_parent.clone(),
     };
@@ -197,7 +300,14 @@ pub fn state(cfg: &Config, rec: &ContainerRecord) -> (i32, Option<ExitRecord>) {
             Status::Created | Status::Creating => (CREATED, None),
             Status::Running | Status::Paused => (RUNNING, None),
             // The monitor died before recording the exit: the code is unknown.
-            Status::Stopped => (EXITED, Some(ExitRecord { exit_code: 255, finished_at: 0, oom_killed: false })),
+            Status::Stopped => (
+                EXITED,
+                Some(ExitRecord {
+                    exit_code: 255,
+                    finished_at: 0,
+                    oom_killed: false,
+                }),
+            ),
         },
         Err(_) => (UNKNOWN, None),
     }
@@ -207,7 +317,10 @@ pub fn start(cfg: &Config, id: &str) -> Result<()> {
     let mut rec = load(cfg, id)?;
     let (st, _) = state(cfg, &rec);
     if st != CREATED {
-        return Err(CriError::FailedPrecondition(format!("container {} is not in the created state", rec.id)));
+        return Err(CriError::FailedPrecondition(format!(
+            "container {} is not in the created state",
+            rec.id
+        )));
     }
     hull_runtime::container::start(&cfg.oci_root(), &rec.id)?;
     rec.started_at = now_ns();
@@ -241,8 +354,13 @@ pub fn stop(cfg: &Config, id: &str, timeout: i64) -> Result<()> {
         }
     }
     let _ = hull_runtime::container::kill(&root, &rec.id, libc::SIGKILL, true);
-    if !wait_exit(cfg, &rec.id, Duration::from_secs(10)) && matches!(state(cfg, &rec).0, CREATED | RUNNING) {
-        return Err(CriError::Internal(format!("container {} did not exit after SIGKILL", rec.id)));
+    if !wait_exit(cfg, &rec.id, Duration::from_secs(10))
+        && matches!(state(cfg, &rec).0, CREATED | RUNNING)
+    {
+        return Err(CriError::Internal(format!(
+            "container {} did not exit after SIGKILL",
+            rec.id
+        )));
     }
     Ok(())
 }
@@ -274,7 +392,10 @@ pub fn status(cfg: &Config, id: &str) -> Result<ContainerStatus> {
         state: st,
         created_at: rec.created_at,
         started_at: rec.started_at,
-        image: Some(ImageSpec { image: rec.image_name.clone(), ..Default::default() }),
+        image: Some(ImageSpec {
+            image: rec.image_name.clone(),
+            ..Default::default()
+        }),
         image_ref: rec.image_ref.clone(),
         image_id: rec.image_id.clone(),
         labels: rec.config.labels.clone(),
@@ -305,19 +426,26 @@ pub fn list(cfg: &Config, f: Option<ContainerFilter>) -> Vec<Container> {
         if !f.id.is_empty() && !id.starts_with(&f.id) {
             continue;
         }
-        let Ok(rec) = load_json::<ContainerRecord>(&dir(cfg, &id).join("container.json")) else { continue };
+        let Ok(rec) = load_json::<ContainerRecord>(&dir(cfg, &id).join("container.json")) else {
+            continue;
+        };
         if !f.pod_sandbox_id.is_empty() && !rec.sandbox_id.starts_with(&f.pod_sandbox_id) {
             continue;
         }
         let (st, _) = state(cfg, &rec);
-        if f.state.as_ref().is_some_and(|s| s.state != st) || !labels_match(&rec.config.labels, &f.label_selector) {
+        if f.state.as_ref().is_some_and(|s| s.state != st)
+            || !labels_match(&rec.config.labels, &f.label_selector)
+        {
             continue;
         }
         out.push(Container {
             id: rec.id,
             pod_sandbox_id: rec.sandbox_id,
             metadata: rec.config.metadata.clone(),
-            image: Some(ImageSpec { image: rec.image_name.clone(), ..Default::default() }),
+            image: Some(ImageSpec {
+                image: rec.image_name.clone(),
+                ..Default::default()
+            }),
             image_ref: rec.image_ref,
             image_id: rec.image_id,
             state: st,
@@ -337,7 +465,8 @@ fn labels_match(labels: &HashMap<String, String>, sel: &HashMap<String, String>)
 pub fn update_resources(cfg: &Config, id: &str, r: &LinuxContainerResources) -> Result<()> {
     let rec = load(cfg, id)?;
     let v = spec::resources(r, "linux")?;
-    let res: oci_spec::runtime::LinuxResources = serde_json::from_value(v).map_err(|e| CriError::InvalidArgument(format!("linux: {e}")))?;
+    let res: oci_spec::runtime::LinuxResources =
+        serde_json::from_value(v).map_err(|e| CriError::InvalidArgument(format!("linux: {e}")))?;
     hull_runtime::container::update(&cfg.oci_root(), &rec.id, &res)?;
     Ok(())
 }
@@ -346,9 +475,14 @@ pub fn update_resources(cfg: &Config, id: &str, r: &LinuxContainerResources) -> 
 pub fn reopen_log(cfg: &Config, id: &str) -> Result<()> {
     let rec = load(cfg, id)?;
     if state(cfg, &rec).0 != RUNNING {
-        return Err(CriError::FailedPrecondition(format!("container {} is not running", rec.id)));
+        return Err(CriError::FailedPrecondition(format!(
+            "container {} is not running",
+            rec.id
+        )));
     }
-    let pid = monitor_pid(cfg, &rec.id).ok_or_else(|| CriError::FailedPrecondition(format!("monitor of container {} is gone", rec.id)))?;
+    let pid = monitor_pid(cfg, &rec.id).ok_or_else(|| {
+        CriError::FailedPrecondition(format!("monitor of container {} is gone", rec.id))
+    })?;
     // SAFETY: signalling the monitor (found as the parent of the container's init).
     unsafe { libc::kill(pid, libc::SIGUSR1) };
     Ok(())

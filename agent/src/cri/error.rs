@@ -14,7 +14,10 @@ pub enum CriError {
     #[error("{0}")]
     AlreadyExists(String),
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("runtime: {0}")]
     Runtime(#[from] hull_runtime::error::Error),
     #[error("image: {0}")]
@@ -42,7 +45,9 @@ impl From<CriError> for tonic::Status {
             CriError::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
             CriError::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
             CriError::AlreadyExists(_) => tonic::Status::already_exists(msg),
-            CriError::Image(hull_runtime::image::Error::NotFound(_)) => tonic::Status::not_found(msg),
+            CriError::Image(hull_runtime::image::Error::NotFound(_)) => {
+                tonic::Status::not_found(msg)
+            }
             _ => tonic::Status::internal(msg),
         }
     }

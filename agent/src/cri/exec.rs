@@ -32,26 +32,50 @@ pub fn main(spec_json: &str) -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("exec in {}: {e}", spec.id);
-            if e.contains("No such file") || e.contains("ENOENT") { 127 } else { 126 }
+            if e.contains("No such file") || e.contains("ENOENT") {
+                127
+            } else {
+                126
+            }
         }
     }
 }
 
 fn run(spec: &ExecSpec) -> std::result::Result<i32, String> {
-    let saved = hull_runtime::container::saved_spec(&spec.oci_root, &spec.id).map_err(|e| e.to_string())?;
-    let mut process = saved.process().clone().ok_or("container spec has no process")?;
+    let saved =
+        hull_runtime::container::saved_spec(&spec.oci_root, &spec.id).map_err(|e| e.to_string())?;
+    let mut process = saved
+        .process()
+        .clone()
+        .ok_or("container spec has no process")?;
     process.set_args(Some(spec.cmd.clone()));
     process.set_terminal(Some(false));
-    let opts = hull_runtime::exec::ExecOptions { process, detach: false, console_socket: None, pid_file: None, preserve_fds: 0 };
+    let opts = hull_runtime::exec::ExecOptions {
+        process,
+        detach: false,
+        console_socket: None,
+        pid_file: None,
+        preserve_fds: 0,
+    };
     hull_runtime::exec::exec(&spec.oci_root, &spec.id, &opts).map_err(|e| e.to_string())
 }
 
 /// Starts the helper with piped stdio.
-pub fn spawn(cfg: &Config, oci_root: &Path, id: &str, cmd: &[String], stdin: bool) -> Result<tokio::process::Child> {
+pub fn spawn(
+    cfg: &Config,
+    oci_root: &Path,
+    id: &str,
+    cmd: &[String],
+    stdin: bool,
+) -> Result<tokio::process::Child> {
     if cmd.is_empty() {
         return Err(CriError::InvalidArgument("cmd: must not be empty".into()));
     }
-    let spec = ExecSpec { oci_root: oci_root.to_path_buf(), id: id.to_string(), cmd: cmd.to_vec() };
+    let spec = ExecSpec {
+        oci_root: oci_root.to_path_buf(),
+        id: id.to_string(),
+        cmd: cmd.to_vec(),
+    };
     let json = serde_json::to_string(&spec).map_err(|e| CriError::Internal(e.to_string()))?;
     tokio::process::Command::new(&cfg.hull_exe)
         .args(["cri", "--internal-exec", &json])
@@ -64,7 +88,13 @@ pub fn spawn(cfg: &Config, oci_root: &Path, id: &str, cmd: &[String], stdin: boo
 }
 
 /// ExecSync: runs to completion (or the timeout, then SIGKILL); (stdout, stderr, code).
-pub async fn run_sync(cfg: &Config, oci_root: &Path, id: &str, cmd: &[String], timeout: Option<Duration>) -> Result<(Vec<u8>, Vec<u8>, i32)> {
+pub async fn run_sync(
+    cfg: &Config,
+    oci_root: &Path,
+    id: &str,
+    cmd: &[String],
+    timeout: Option<Duration>,
+) -> Result<(Vec<u8>, Vec<u8>, i32)> {
     let mut child = spawn(cfg, oci_root, id, cmd, false)?;
     let (mut so, mut se) = (child.stdout.take(), child.stderr.take());
     let work = async {

@@ -22,62 +22,97 @@ fn to_image(r: &ImageRecord) -> Image {
     };
     Image {
         id: r.config_digest.clone(),
-        repo_tags: if r.name.contains('@') { vec![] } else { vec![r.name.clone()] },
+        repo_tags: if r.name.contains('@') {
+            vec![]
+        } else {
+            vec![r.name.clone()]
+        },
         repo_digests: vec![format!("{base}@{}", r.manifest_digest)],
         size: r.size,
-        spec: Some(ImageSpec { image: r.config_digest.clone(), ..Default::default() }),
+        spec: Some(ImageSpec {
+            image: r.config_digest.clone(),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
 
 fn credentials(a: &AuthConfig) -> Result<Option<Credentials>, CriError> {
     if !a.username.is_empty() {
-        return Ok(Some(Credentials { username: a.username.clone(), password: a.password.clone() }));
+        return Ok(Some(Credentials {
+            username: a.username.clone(),
+            password: a.password.clone(),
+        }));
     }
     if !a.auth.is_empty() {
         let raw = base64::engine::general_purpose::STANDARD
             .decode(a.auth.trim())
             .map_err(|e| CriError::InvalidArgument(format!("auth.auth: not base64: {e}")))?;
-        let s = String::from_utf8(raw).map_err(|_| CriError::InvalidArgument("auth.auth: not UTF-8".into()))?;
-        let (u, p) = s.split_once(':').ok_or_else(|| CriError::InvalidArgument("auth.auth: want base64(USER:PASSWORD)".into()))?;
-        return Ok(Some(Credentials { username: u.into(), password: p.into() }));
+        let s = String::from_utf8(raw)
+            .map_err(|_| CriError::InvalidArgument("auth.auth: not UTF-8".into()))?;
+        let (u, p) = s.split_once(':').ok_or_else(|| {
+            CriError::InvalidArgument("auth.auth: want base64(USER:PASSWORD)".into())
+        })?;
+        return Ok(Some(Credentials {
+            username: u.into(),
+            password: p.into(),
+        }));
     }
     Ok(None)
 }
 
 #[tonic::async_trait]
 impl ImageService for Cri {
-    async fn list_images(&self, _r: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
+    async fn list_images(
+        &self,
+        _r: Request<ListImagesRequest>,
+    ) -> Result<Response<ListImagesResponse>, Status> {
         let images = self
             .read(|s| {
-                let st = s.images.read().map_err(|_| CriError::Internal("image store lock poisoned".into()))?;
+                let st = s
+                    .images
+                    .read()
+                    .map_err(|_| CriError::Internal("image store lock poisoned".into()))?;
                 Ok(st.list()?.iter().map(to_image).collect())
             })
             .await?;
         Ok(Response::new(ListImagesResponse { images }))
     }
 
-    async fn image_status(&self, r: Request<ImageStatusRequest>) -> Result<Response<ImageStatusResponse>, Status> {
+    async fn image_status(
+        &self,
+        r: Request<ImageStatusRequest>,
+    ) -> Result<Response<ImageStatusResponse>, Status> {
         let name = r.into_inner().image.map(|i| i.image).unwrap_or_default();
         if name.is_empty() {
             return Err(Status::invalid_argument("image.image: must not be empty"));
         }
         let image = self
             .read(move |s| {
-                let st = s.images.read().map_err(|_| CriError::Internal("image store lock poisoned".into()))?;
+                let st = s
+                    .images
+                    .read()
+                    .map_err(|_| CriError::Internal("image store lock poisoned".into()))?;
                 Ok(st.get(&name).ok().map(|r| to_image(&r)))
             })
             .await?;
-        Ok(Response::new(ImageStatusResponse { image, ..Default::default() }))
+        Ok(Response::new(ImageStatusResponse {
+            image,
+            ..Default::default()
+        }))
     }
 
-    async fn pull_image(&self, r: Request<PullImageRequest>) -> Result<Response<PullImageResponse>, Status> {
+    async fn pull_image(
+        &self,
+        r: Request<PullImageRequest>,
+    ) -> Result<Response<PullImageResponse>, Status> {
         let r = r.into_inner();
         let name = r.image.map(|i| i.image).unwrap_or_default();
         if name.is_empty() {
             return Err(Status::invalid_argument("image.image: must not be empty"));
         }
-        let reference = Reference::parse(&name).map_err(|e| Status::invalid_argument(format!("image.image: {e}")))?;
+        let reference = Reference::parse(&name)
+            .map_err(|e| Status::invalid_argument(format!("image.image: {e}")))?;
         let creds = match &r.auth {
             Some(a) => credentials(a).map_err(Status::from)?,
             None => None,
@@ -85,50 +120,80 @@ impl ImageService for Cri {
         let id = self
             .read(move |s| {
                 if let Some(c) = creds {
-                    let mut st = s.images.write().map_err(|_| CriError::Internal("image store lock poisoned".into()))?;
-                    st.registry.credentials.insert(reference.registry.clone(), c.clone());
-                    for url in st.registry.flag_mirrors.get(&reference.registry).cloned().unwrap_or_default() {
+                    let mut st = s
+                        .images
+                        .write()
+                        .map_err(|_| CriError::Internal("image store lock poisoned".into()))?;
+                    st.registry
+                        .credentials
+                        .insert(reference.registry.clone(), c.clone());
+                    for url in st
+                        .registry
+                        .flag_mirrors
+                        .get(&reference.registry)
+                        .cloned()
+                        .unwrap_or_default()
+                    {
                         let host = url.split_once("://").map_or(&url[..], |(_, h)| h);
                         let host = host.split('/').next().unwrap_or(host).to_string();
                         st.registry.credentials.insert(host, c.clone());
                     }
                 }
-                let st = s.images.read().map_err(|_| CriError::Internal("image store lock poisoned".into()))?;
+                let st = s
+                    .images
+                    .read()
+                    .map_err(|_| CriError::Internal("image store lock poisoned".into()))?;
                 Ok(st.pull(&name, &Quiet)?.config_digest)
             })
             .await?;
         Ok(Response::new(PullImageResponse { image_ref: id }))
     }
 
-    async fn remove_image(&self, r: Request<RemoveImageRequest>) -> Result<Response<RemoveImageResponse>, Status> {
+    async fn remove_image(
+        &self,
+        r: Request<RemoveImageRequest>,
+    ) -> Result<Response<RemoveImageResponse>, Status> {
         let name = r.into_inner().image.map(|i| i.image).unwrap_or_default();
         if name.is_empty() {
             return Err(Status::invalid_argument("image.image: must not be empty"));
         }
         self.locked(move |s| {
-            let st = s.images.read().map_err(|_| CriError::Internal("image store lock poisoned".into()))?;
+            let st = s
+                .images
+                .read()
+                .map_err(|_| CriError::Internal("image store lock poisoned".into()))?;
             match st.remove(&name, false) {
                 Ok(_) | Err(hull_runtime::image::Error::NotFound(_)) => Ok(()),
-                Err(e) => Err(CriError::FailedPrecondition(format!("remove image {name}: {e}"))),
+                Err(e) => Err(CriError::FailedPrecondition(format!(
+                    "remove image {name}: {e}"
+                ))),
             }
         })
         .await?;
         Ok(Response::new(RemoveImageResponse {}))
     }
 
-    async fn image_fs_info(&self, _r: Request<ImageFsInfoRequest>) -> Result<Response<ImageFsInfoResponse>, Status> {
+    async fn image_fs_info(
+        &self,
+        _r: Request<ImageFsInfoRequest>,
+    ) -> Result<Response<ImageFsInfoResponse>, Status> {
         let fs = self
             .read(|s| {
                 let d = s.cfg.data_dir.join("snapshots");
                 let (b, n) = dir_usage(&d);
                 Ok(FilesystemUsage {
                     timestamp: now_ns(),
-                    fs_id: Some(FilesystemIdentifier { mountpoint: d.display().to_string() }),
+                    fs_id: Some(FilesystemIdentifier {
+                        mountpoint: d.display().to_string(),
+                    }),
                     used_bytes: Some(UInt64Value { value: b }),
                     inodes_used: Some(UInt64Value { value: n }),
                 })
             })
             .await?;
-        Ok(Response::new(ImageFsInfoResponse { image_filesystems: vec![fs], container_filesystems: vec![] }))
+        Ok(Response::new(ImageFsInfoResponse {
+            image_filesystems: vec![fs],
+            container_filesystems: vec![],
+        }))
     }
 }

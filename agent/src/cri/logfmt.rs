@@ -56,6 +56,9 @@ mod tests {
         assert_eq!(rfc3339_nano(t), "2026-01-01T00:00:00.000000005Z");
         let t = UNIX_EPOCH + Duration::new(951_825_599, 0);
         assert_eq!(rfc3339_nano(t), "2000-02-29T11:59:59.000000000Z");
-        assert_eq!(entry(UNIX_EPOCH, "stdout", false, b"hi"), b"1970-01-01T00:00:00.000000000Z stdout F hi\n");
+        assert_eq!(
+            entry(UNIX_EPOCH, "stdout", false, b"hi"),
+            b"1970-01-01T00:00:00.000000000Z stdout F hi\n"
+        );
     }
 }

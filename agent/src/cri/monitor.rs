@@ -123,7 +123,8 @@ pub fn main(spec_json: &str) -> i32 {
 }
 
 fn run(spec_json: &str, report: &mut File) -> Result<(), String> {
-    let spec: MonitorSpec = serde_json::from_str(spec_json).map_err(|e| format!("monitor spec: {e}"))?;
+    let spec: MonitorSpec =
+        serde_json::from_str(spec_json).map_err(|e| format!("monitor spec: {e}"))?;
     // SAFETY: prctl/signal with plain arguments.
     unsafe {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
@@ -134,19 +135,30 @@ fn run(spec_json: &str, report: &mut File) -> Result<(), String> {
     let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let null = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
-    dup_onto(&null, 0).and_then(|_| dup_onto(&out_w, 1)).and_then(|_| dup_onto(&err_w, 2)).map_err(|e| format!("dup2: {e}"))?;
+    dup_onto(&null, 0)
+        .and_then(|_| dup_onto(&out_w, 1))
+        .and_then(|_| dup_onto(&err_w, 2))
+        .map_err(|e| format!("dup2: {e}"))?;
     drop((out_w, err_w));
     if let Some(p) = &spec.log_path
         && let Some(d) = p.parent()
     {
         let _ = std::fs::create_dir_all(d);
     }
-    let created = hull_runtime::container::create(&spec.oci_root, &spec.id, &spec.bundle, &Default::default());
+    let created = hull_runtime::container::create(
+        &spec.oci_root,
+        &spec.id,
+        &spec.bundle,
+        &Default::default(),
+    );
     // Our copies of the write ends go, so the readers see EOF when the container's do.
     let _ = dup_onto(&null, 1);
     let _ = dup_onto(&null, 2);
     let st = created.map_err(|e| e.to_string())?;
-    let log = Arc::new(Log { file: Mutex::new(spec.log_path.as_deref().and_then(Log::open)), path: spec.log_path.clone() });
+    let log = Arc::new(Log {
+        file: Mutex::new(spec.log_path.as_deref().and_then(Log::open)),
+        path: spec.log_path.clone(),
+    });
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     for (src, name) in [(out_r, "stdout"), (err_r, "stderr")] {
         let (log, tx) = (log.clone(), done_tx.clone());
@@ -164,11 +176,20 @@ fn run(spec_json: &str, report: &mut File) -> Result<(), String> {
     for _ in 0..2 {
         let _ = done_rx.recv_timeout(Duration::from_secs(2));
     }
-    let oom_killed = hull_runtime::cgroups::CgroupManager::new(spec.cgroups_path.as_deref(), &spec.id)
-        .ok()
-        .and_then(|cg| cg.oom_kill_count().ok())
-        .is_some_and(|n| n > 0);
-    save_json(&spec.exit_path, &ExitRecord { exit_code: code, finished_at: now_ns(), oom_killed }).map_err(|e| e.to_string())
+    let oom_killed =
+        hull_runtime::cgroups::CgroupManager::new(spec.cgroups_path.as_deref(), &spec.id)
+            .ok()
+            .and_then(|cg| cg.oom_kill_count().ok())
+            .is_some_and(|n| n > 0);
+    save_json(
+        &spec.exit_path,
+        &ExitRecord {
+            exit_code: code,
+            finished_at: now_ns(),
+            oom_killed,
+        },
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Reaps children (we are their subreaper) until the init is gone; its runc-style status.

@@ -19,9 +19,16 @@ pub fn create(path: &Path) -> Result<()> {
     fs::File::create(path).map_err(CriError::io(format!("create {}", path.display())))?;
     let p = path.to_path_buf();
     let r = std::thread::spawn(move || -> Result<()> {
-        unshare(CloneFlags::CLONE_NEWNET).map_err(|e| CriError::Internal(format!("unshare(CLONE_NEWNET): {e}")))?;
-        mount(Some("/proc/thread-self/ns/net"), &p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| CriError::Internal(format!("bind netns onto {}: {e}", p.display())))?;
+        unshare(CloneFlags::CLONE_NEWNET)
+            .map_err(|e| CriError::Internal(format!("unshare(CLONE_NEWNET): {e}")))?;
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &p,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| CriError::Internal(format!("bind netns onto {}: {e}", p.display())))?;
         loopback_up()
     })
     .join()
@@ -36,18 +43,28 @@ pub fn create(path: &Path) -> Result<()> {
 pub fn remove(path: &Path) -> Result<()> {
     match umount2(path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => return Err(CriError::Internal(format!("umount {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(CriError::Internal(format!(
+                "umount {}: {e}",
+                path.display()
+            )));
+        }
     }
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(CriError::Io { what: format!("remove {}", path.display()), source: e }),
+        Err(e) => Err(CriError::Io {
+            what: format!("remove {}", path.display()),
+            source: e,
+        }),
     }
 }
 
 /// Whether `path` is a mounted netns (not just a leftover file).
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let p = path.to_string_lossy();
     info.lines().any(|l| l.split(' ').nth(4) == Some(&p))
 }
@@ -59,7 +76,10 @@ fn loopback_up() -> Result<()> {
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
-            return Err(CriError::Internal(format!("socket: {}", std::io::Error::last_os_error())));
+            return Err(CriError::Internal(format!(
+                "socket: {}",
+                std::io::Error::last_os_error()
+            )));
         }
         let mut req: libc::ifreq = std::mem::zeroed();
         for (i, b) in b"lo\0".iter().enumerate() {

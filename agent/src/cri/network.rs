@@ -44,7 +44,8 @@ pub fn invoker(cfg: &Config) -> Invoker {
 }
 
 pub fn load(cfg: &Config) -> Result<NetworkConfigList> {
-    find_default(&cfg.cni_conf_dir).map_err(|e| CriError::Network(format!("{}: {e}", cfg.cni_conf_dir.display())))
+    find_default(&cfg.cni_conf_dir)
+        .map_err(|e| CriError::Network(format!("{}: {e}", cfg.cni_conf_dir.display())))
 }
 
 /// NetworkReady: a conflist loads and its plugins are on the plugin path.
@@ -53,7 +54,10 @@ pub fn ready(cfg: &Config) -> std::result::Result<(), String> {
     for p in &list.plugins {
         let kind = p.get("type").and_then(|t| t.as_str()).unwrap_or("");
         if !cfg.cni_bin_dirs.iter().any(|d| d.join(kind).is_file()) {
-            return Err(format!("CNI plugin {kind:?} of network {:?} not found in {:?}", list.name, cfg.cni_bin_dirs));
+            return Err(format!(
+                "CNI plugin {kind:?} of network {:?} not found in {:?}",
+                list.name, cfg.cni_bin_dirs
+            ));
         }
     }
     Ok(())
@@ -98,11 +102,22 @@ fn runtime_conf(id: &str, netns: &Path, pod: &PodSandboxConfig) -> RuntimeConf {
 }
 
 /// CNI ADD; returns (network name, pod IPs).
-pub fn add(cfg: &Config, id: &str, netns: &Path, pod: &PodSandboxConfig) -> Result<(String, Vec<String>)> {
+pub fn add(
+    cfg: &Config,
+    id: &str,
+    netns: &Path,
+    pod: &PodSandboxConfig,
+) -> Result<(String, Vec<String>)> {
     let list = load(cfg)?;
     let rt = runtime_conf(id, netns, pod);
-    let res = invoker(cfg).add(&list, &rt).map_err(|e| CriError::Network(format!("CNI ADD on network {:?}: {e}", list.name)))?;
-    let ips = res.ips.iter().map(|ip| ip.address.addr().to_string()).collect();
+    let res = invoker(cfg)
+        .add(&list, &rt)
+        .map_err(|e| CriError::Network(format!("CNI ADD on network {:?}: {e}", list.name)))?;
+    let ips = res
+        .ips
+        .iter()
+        .map(|ip| ip.address.addr().to_string())
+        .collect();
     Ok((list.name.clone(), ips))
 }
 
@@ -110,5 +125,7 @@ pub fn add(cfg: &Config, id: &str, netns: &Path, pod: &PodSandboxConfig) -> Resu
 pub fn del(cfg: &Config, id: &str, netns: &Path, pod: &PodSandboxConfig) -> Result<()> {
     let list = load(cfg)?;
     let rt = runtime_conf(id, netns, pod);
-    invoker(cfg).del(&list, &rt).map_err(|e| CriError::Network(format!("CNI DEL on network {:?}: {e}", list.name)))
+    invoker(cfg)
+        .del(&list, &rt)
+        .map_err(|e| CriError::Network(format!("CNI DEL on network {:?}: {e}", list.name)))
 }

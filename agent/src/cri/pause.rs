@@ -33,7 +33,8 @@ fn setup(spec: &PauseSpec) -> Result<(), String> {
     }
     unshare(flags).map_err(|e| format!("unshare({flags:?}): {e}"))?;
     if spec.new_uts && !spec.hostname.is_empty() {
-        nix::unistd::sethostname(&spec.hostname).map_err(|e| format!("hostname {:?}: {e}", spec.hostname))?;
+        nix::unistd::sethostname(&spec.hostname)
+            .map_err(|e| format!("hostname {:?}: {e}", spec.hostname))?;
     }
     for (k, v) in &spec.sysctls {
         let p = format!("/proc/sys/{}", k.replace('.', "/"));
@@ -63,7 +64,11 @@ pub fn main(spec_json: &str) -> i32 {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "ok");
     let _ = out.flush();
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
         // SAFETY: dup2 onto our own stdio fds.
         unsafe {
             libc::dup2(null.as_raw_fd(), 0);

@@ -11,8 +11,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::error::{CriError, Result};
 
@@ -76,7 +76,8 @@ pub fn now_ns() -> i64 {
 /// Writes `value` as JSON to `path` via a temp file and rename, so a crash never
 /// leaves a half-written record.
 pub fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let data = serde_json::to_vec_pretty(value).map_err(|e| CriError::Internal(format!("encode {}: {e}", path.display())))?;
+    let data = serde_json::to_vec_pretty(value)
+        .map_err(|e| CriError::Internal(format!("encode {}: {e}", path.display())))?;
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, data).map_err(CriError::io(format!("write {}", tmp.display())))?;
     fs::rename(&tmp, path).map_err(CriError::io(format!("rename {}", path.display())))
@@ -84,12 +85,15 @@ pub fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 
 pub fn load_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let data = fs::read(path).map_err(CriError::io(format!("read {}", path.display())))?;
-    serde_json::from_slice(&data).map_err(|e| CriError::Internal(format!("{}: {e}", path.display())))
+    serde_json::from_slice(&data)
+        .map_err(|e| CriError::Internal(format!("{}: {e}", path.display())))
 }
 
 /// Ids of the record dirs under `dir` (ignoring anything that is not one).
 pub fn list_ids(dir: &Path) -> Vec<String> {
-    let Ok(rd) = fs::read_dir(dir) else { return Vec::new() };
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
     rd.filter_map(|e| e.ok())
         .filter(|e| e.path().is_dir())
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -112,12 +116,16 @@ pub fn new_id() -> Result<String> {
 /// Resolves a full id or a unique prefix among `ids` (crictl passes truncated ids).
 pub fn resolve_id(ids: &[String], prefix: &str, what: &str) -> Result<String> {
     if prefix.is_empty() {
-        return Err(CriError::InvalidArgument(format!("{what} id: must not be empty")));
+        return Err(CriError::InvalidArgument(format!(
+            "{what} id: must not be empty"
+        )));
     }
     let hits: Vec<&String> = ids.iter().filter(|i| i.starts_with(prefix)).collect();
     match hits[..] {
         [one] => Ok(one.clone()),
         [] => Err(CriError::NotFound(format!("{what} {prefix:?} not found"))),
-        _ => Err(CriError::InvalidArgument(format!("{what} id {prefix:?} is ambiguous"))),
+        _ => Err(CriError::InvalidArgument(format!(
+            "{what} id {prefix:?} is ambiguous"
+        ))),
     }
 }

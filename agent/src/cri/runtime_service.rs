@@ -28,7 +28,10 @@ pub struct Cri {
 
 impl Cri {
     /// Runs `f` on the blocking pool holding the mutation lock.
-    pub async fn locked<T: Send + 'static>(&self, f: impl FnOnce(&Cri) -> Result<T> + Send + 'static) -> Result<T, Status> {
+    pub async fn locked<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Cri) -> Result<T> + Send + 'static,
+    ) -> Result<T, Status> {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             let _g = me.lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -40,9 +43,15 @@ impl Cri {
     }
 
     /// Runs `f` on the blocking pool without the lock (reads).
-    pub async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Cri) -> Result<T> + Send + 'static) -> Result<T, Status> {
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Cri) -> Result<T> + Send + 'static,
+    ) -> Result<T, Status> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || f(&me)).await.map_err(|e| Status::internal(format!("task: {e}")))?.map_err(Status::from)
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(|e| Status::internal(format!("task: {e}")))?
+            .map_err(Status::from)
     }
 }
 
@@ -66,7 +75,11 @@ fn container_stats(cfg: &Config, rec: &records::ContainerRecord) -> ContainerSta
         ..Default::default()
     };
     if let Ok(st) = hull_runtime::container::stats(&cfg.oci_root(), &rec.id) {
-        s.cpu = Some(CpuUsage { timestamp: now, usage_core_nano_seconds: u64v(st.cpu.usage.total), usage_nano_cores: None });
+        s.cpu = Some(CpuUsage {
+            timestamp: now,
+            usage_core_nano_seconds: u64v(st.cpu.usage.total),
+            usage_nano_cores: None,
+        });
         s.memory = Some(MemoryUsage {
             timestamp: now,
             working_set_bytes: u64v(st.memory.working_set),
@@ -79,7 +92,9 @@ fn container_stats(cfg: &Config, rec: &records::ContainerRecord) -> ContainerSta
     let (bytes, inodes) = dir_usage(&upper);
     s.writable_layer = Some(FilesystemUsage {
         timestamp: now,
-        fs_id: Some(FilesystemIdentifier { mountpoint: upper.display().to_string() }),
+        fs_id: Some(FilesystemIdentifier {
+            mountpoint: upper.display().to_string(),
+        }),
         used_bytes: u64v(bytes),
         inodes_used: u64v(inodes),
     });
@@ -92,7 +107,9 @@ pub fn dir_usage(dir: &std::path::Path) -> (u64, u64) {
     let (mut b, mut n) = (0, 0);
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let Ok(m) = e.metadata() else { continue };
             n += 1;
@@ -113,8 +130,26 @@ fn sandbox_stats(cfg: &Config, id: &str) -> Result<PodSandboxStats> {
         .map(|r| container_stats(cfg, &r))
         .collect();
     let now = records::now_ns();
-    let cpu: u64 = containers.iter().filter_map(|c| c.cpu.as_ref()?.usage_core_nano_seconds.as_ref().map(|v| v.value)).sum();
-    let ws: u64 = containers.iter().filter_map(|c| c.memory.as_ref()?.working_set_bytes.as_ref().map(|v| v.value)).sum();
+    let cpu: u64 = containers
+        .iter()
+        .filter_map(|c| {
+            c.cpu
+                .as_ref()?
+                .usage_core_nano_seconds
+                .as_ref()
+                .map(|v| v.value)
+        })
+        .sum();
+    let ws: u64 = containers
+        .iter()
+        .filter_map(|c| {
+            c.memory
+                .as_ref()?
+                .working_set_bytes
+                .as_ref()
+                .map(|v| v.value)
+        })
+        .sum();
     Ok(PodSandboxStats {
         attributes: Some(PodSandboxAttributes {
             id: rec.id.clone(),
@@ -123,8 +158,16 @@ fn sandbox_stats(cfg: &Config, id: &str) -> Result<PodSandboxStats> {
             annotations: rec.config.annotations.clone(),
         }),
         linux: Some(LinuxPodSandboxStats {
-            cpu: Some(CpuUsage { timestamp: now, usage_core_nano_seconds: u64v(cpu), usage_nano_cores: None }),
-            memory: Some(MemoryUsage { timestamp: now, working_set_bytes: u64v(ws), ..Default::default() }),
+            cpu: Some(CpuUsage {
+                timestamp: now,
+                usage_core_nano_seconds: u64v(cpu),
+                usage_nano_cores: None,
+            }),
+            memory: Some(MemoryUsage {
+                timestamp: now,
+                working_set_bytes: u64v(ws),
+                ..Default::default()
+            }),
             network: None,
             process: None,
             containers,
@@ -133,11 +176,15 @@ fn sandbox_stats(cfg: &Config, id: &str) -> Result<PodSandboxStats> {
     })
 }
 
-type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
+type EventStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RuntimeService for Cri {
-    async fn version(&self, _r: Request<VersionRequest>) -> Result<Response<VersionResponse>, Status> {
+    async fn version(
+        &self,
+        _r: Request<VersionRequest>,
+    ) -> Result<Response<VersionResponse>, Status> {
         ok(VersionResponse {
             version: "0.1.0".into(),
             runtime_name: RUNTIME_NAME.into(),
@@ -146,100 +193,167 @@ impl RuntimeService for Cri {
         })
     }
 
-    async fn run_pod_sandbox(&self, r: Request<RunPodSandboxRequest>) -> Result<Response<RunPodSandboxResponse>, Status> {
-        let c = r.into_inner().config.ok_or_else(|| Status::invalid_argument("config: required"))?;
+    async fn run_pod_sandbox(
+        &self,
+        r: Request<RunPodSandboxRequest>,
+    ) -> Result<Response<RunPodSandboxResponse>, Status> {
+        let c = r
+            .into_inner()
+            .config
+            .ok_or_else(|| Status::invalid_argument("config: required"))?;
         let id = self.locked(move |s| sandbox::run(&s.cfg, c)).await?;
         ok(RunPodSandboxResponse { pod_sandbox_id: id })
     }
 
-    async fn stop_pod_sandbox(&self, r: Request<StopPodSandboxRequest>) -> Result<Response<StopPodSandboxResponse>, Status> {
+    async fn stop_pod_sandbox(
+        &self,
+        r: Request<StopPodSandboxRequest>,
+    ) -> Result<Response<StopPodSandboxResponse>, Status> {
         let id = r.into_inner().pod_sandbox_id;
         self.locked(move |s| sandbox::stop(&s.cfg, &id)).await?;
         ok(StopPodSandboxResponse {})
     }
 
-    async fn remove_pod_sandbox(&self, r: Request<RemovePodSandboxRequest>) -> Result<Response<RemovePodSandboxResponse>, Status> {
+    async fn remove_pod_sandbox(
+        &self,
+        r: Request<RemovePodSandboxRequest>,
+    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
         let id = r.into_inner().pod_sandbox_id;
         self.locked(move |s| sandbox::remove(&s.cfg, &id)).await?;
         ok(RemovePodSandboxResponse {})
     }
 
-    async fn pod_sandbox_status(&self, r: Request<PodSandboxStatusRequest>) -> Result<Response<PodSandboxStatusResponse>, Status> {
+    async fn pod_sandbox_status(
+        &self,
+        r: Request<PodSandboxStatusRequest>,
+    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
         let id = r.into_inner().pod_sandbox_id;
         let st = self.read(move |s| sandbox::status(&s.cfg, &id)).await?;
-        ok(PodSandboxStatusResponse { status: Some(st), timestamp: records::now_ns(), ..Default::default() })
+        ok(PodSandboxStatusResponse {
+            status: Some(st),
+            timestamp: records::now_ns(),
+            ..Default::default()
+        })
     }
 
-    async fn list_pod_sandbox(&self, r: Request<ListPodSandboxRequest>) -> Result<Response<ListPodSandboxResponse>, Status> {
+    async fn list_pod_sandbox(
+        &self,
+        r: Request<ListPodSandboxRequest>,
+    ) -> Result<Response<ListPodSandboxResponse>, Status> {
         let f = r.into_inner().filter;
         let items = self.read(move |s| Ok(sandbox::list(&s.cfg, f))).await?;
         ok(ListPodSandboxResponse { items })
     }
 
-    async fn create_container(&self, r: Request<CreateContainerRequest>) -> Result<Response<CreateContainerResponse>, Status> {
+    async fn create_container(
+        &self,
+        r: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
         let r = r.into_inner();
-        let c = r.config.ok_or_else(|| Status::invalid_argument("config: required"))?;
+        let c = r
+            .config
+            .ok_or_else(|| Status::invalid_argument("config: required"))?;
         let sid = r.pod_sandbox_id;
         let id = self
             .locked(move |s| {
-                let store = s.images.read().map_err(|_| CriError::Internal("image store lock poisoned".into()))?;
+                let store = s
+                    .images
+                    .read()
+                    .map_err(|_| CriError::Internal("image store lock poisoned".into()))?;
                 container::create(&s.cfg, &store, &sid, c)
             })
             .await?;
         ok(CreateContainerResponse { container_id: id })
     }
 
-    async fn start_container(&self, r: Request<StartContainerRequest>) -> Result<Response<StartContainerResponse>, Status> {
+    async fn start_container(
+        &self,
+        r: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
         let id = r.into_inner().container_id;
         self.locked(move |s| container::start(&s.cfg, &id)).await?;
         ok(StartContainerResponse {})
     }
 
-    async fn stop_container(&self, r: Request<StopContainerRequest>) -> Result<Response<StopContainerResponse>, Status> {
+    async fn stop_container(
+        &self,
+        r: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
         let r = r.into_inner();
         // Not under the lock: a long grace period must not block other pods.
-        self.read(move |s| container::stop(&s.cfg, &r.container_id, r.timeout)).await?;
+        self.read(move |s| container::stop(&s.cfg, &r.container_id, r.timeout))
+            .await?;
         ok(StopContainerResponse {})
     }
 
-    async fn remove_container(&self, r: Request<RemoveContainerRequest>) -> Result<Response<RemoveContainerResponse>, Status> {
+    async fn remove_container(
+        &self,
+        r: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
         let id = r.into_inner().container_id;
         self.locked(move |s| container::remove(&s.cfg, &id)).await?;
         ok(RemoveContainerResponse {})
     }
 
-    async fn list_containers(&self, r: Request<ListContainersRequest>) -> Result<Response<ListContainersResponse>, Status> {
+    async fn list_containers(
+        &self,
+        r: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
         let f = r.into_inner().filter;
         let containers = self.read(move |s| Ok(container::list(&s.cfg, f))).await?;
         ok(ListContainersResponse { containers })
     }
 
-    async fn container_status(&self, r: Request<ContainerStatusRequest>) -> Result<Response<ContainerStatusResponse>, Status> {
+    async fn container_status(
+        &self,
+        r: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
         let id = r.into_inner().container_id;
         let st = self.read(move |s| container::status(&s.cfg, &id)).await?;
-        ok(ContainerStatusResponse { status: Some(st), ..Default::default() })
+        ok(ContainerStatusResponse {
+            status: Some(st),
+            ..Default::default()
+        })
     }
 
-    async fn update_container_resources(&self, r: Request<UpdateContainerResourcesRequest>) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+    async fn update_container_resources(
+        &self,
+        r: Request<UpdateContainerResourcesRequest>,
+    ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
         let r = r.into_inner();
         let res = r.linux.unwrap_or_default();
-        self.locked(move |s| container::update_resources(&s.cfg, &r.container_id, &res)).await?;
+        self.locked(move |s| container::update_resources(&s.cfg, &r.container_id, &res))
+            .await?;
         ok(UpdateContainerResourcesResponse {})
     }
 
-    async fn reopen_container_log(&self, r: Request<ReopenContainerLogRequest>) -> Result<Response<ReopenContainerLogResponse>, Status> {
+    async fn reopen_container_log(
+        &self,
+        r: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
         let id = r.into_inner().container_id;
-        self.read(move |s| container::reopen_log(&s.cfg, &id)).await?;
+        self.read(move |s| container::reopen_log(&s.cfg, &id))
+            .await?;
         ok(ReopenContainerLogResponse {})
     }
 
-    async fn exec_sync(&self, r: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
+    async fn exec_sync(
+        &self,
+        r: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
         let r = r.into_inner();
         let cid = r.container_id.clone();
         let rec = self.read(move |s| container::load(&s.cfg, &cid)).await?;
         let timeout = (r.timeout > 0).then(|| Duration::from_secs(r.timeout as u64));
-        let (stdout, stderr, exit_code) = exec::run_sync(&self.cfg, &self.cfg.oci_root(), &rec.id, &r.cmd, timeout).await.map_err(Status::from)?;
-        ok(ExecSyncResponse { stdout, stderr, exit_code })
+        let (stdout, stderr, exit_code) =
+            exec::run_sync(&self.cfg, &self.cfg.oci_root(), &rec.id, &r.cmd, timeout)
+                .await
+                .map_err(Status::from)?;
+        ok(ExecSyncResponse {
+            stdout,
+            stderr,
+            exit_code,
+        })
     }
 
     async fn exec(&self, r: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
@@ -250,9 +364,18 @@ impl RuntimeService for Cri {
             return Err(Status::invalid_argument("cmd: must not be empty"));
         }
         if !(r.stdin || r.stdout || r.stderr) {
-            return Err(Status::invalid_argument("one of stdin, stdout, or stderr must be set"));
+            return Err(Status::invalid_argument(
+                "one of stdin, stdout, or stderr must be set",
+            ));
         }
-        let url = self.streaming.register(streaming::Pending::Exec { container_id: rec.id, cmd: r.cmd, tty: r.tty, stdin: r.stdin, stdout: r.stdout, stderr: r.stderr && !r.tty });
+        let url = self.streaming.register(streaming::Pending::Exec {
+            container_id: rec.id,
+            cmd: r.cmd,
+            tty: r.tty,
+            stdin: r.stdin,
+            stdout: r.stdout,
+            stderr: r.stderr && !r.tty,
+        });
         ok(ExecResponse { url })
     }
 
@@ -260,21 +383,39 @@ impl RuntimeService for Cri {
         Err(Status::unimplemented("attach is not built yet in hull"))
     }
 
-    async fn port_forward(&self, _r: Request<PortForwardRequest>) -> Result<Response<PortForwardResponse>, Status> {
-        Err(Status::unimplemented("port-forward is not built yet in hull"))
+    async fn port_forward(
+        &self,
+        _r: Request<PortForwardRequest>,
+    ) -> Result<Response<PortForwardResponse>, Status> {
+        Err(Status::unimplemented(
+            "port-forward is not built yet in hull",
+        ))
     }
 
-    async fn container_stats(&self, r: Request<ContainerStatsRequest>) -> Result<Response<ContainerStatsResponse>, Status> {
+    async fn container_stats(
+        &self,
+        r: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
         let id = r.into_inner().container_id;
-        let stats = self.read(move |s| Ok(container_stats(&s.cfg, &container::load(&s.cfg, &id)?))).await?;
+        let stats = self
+            .read(move |s| Ok(container_stats(&s.cfg, &container::load(&s.cfg, &id)?)))
+            .await?;
         ok(ContainerStatsResponse { stats: Some(stats) })
     }
 
-    async fn list_container_stats(&self, r: Request<ListContainerStatsRequest>) -> Result<Response<ListContainerStatsResponse>, Status> {
+    async fn list_container_stats(
+        &self,
+        r: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
         let f = r.into_inner().filter.unwrap_or_default();
         let stats = self
             .read(move |s| {
-                let cf = ContainerFilter { id: f.id, pod_sandbox_id: f.pod_sandbox_id, label_selector: f.label_selector, state: None };
+                let cf = ContainerFilter {
+                    id: f.id,
+                    pod_sandbox_id: f.pod_sandbox_id,
+                    label_selector: f.label_selector,
+                    state: None,
+                };
                 Ok(container::list(&s.cfg, Some(cf))
                     .into_iter()
                     .filter(|c| c.state == container::RUNNING)
@@ -286,25 +427,48 @@ impl RuntimeService for Cri {
         ok(ListContainerStatsResponse { stats })
     }
 
-    async fn pod_sandbox_stats(&self, r: Request<PodSandboxStatsRequest>) -> Result<Response<PodSandboxStatsResponse>, Status> {
+    async fn pod_sandbox_stats(
+        &self,
+        r: Request<PodSandboxStatsRequest>,
+    ) -> Result<Response<PodSandboxStatsResponse>, Status> {
         let id = r.into_inner().pod_sandbox_id;
         let stats = self.read(move |s| sandbox_stats(&s.cfg, &id)).await?;
         ok(PodSandboxStatsResponse { stats: Some(stats) })
     }
 
-    async fn list_pod_sandbox_stats(&self, r: Request<ListPodSandboxStatsRequest>) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+    async fn list_pod_sandbox_stats(
+        &self,
+        r: Request<ListPodSandboxStatsRequest>,
+    ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
         let f = r.into_inner().filter.unwrap_or_default();
         let stats = self
             .read(move |s| {
-                let pf = PodSandboxFilter { id: f.id, label_selector: f.label_selector, state: Some(PodSandboxStateValue { state: sandbox::READY }) };
-                Ok(sandbox::list(&s.cfg, Some(pf)).iter().filter_map(|p| sandbox_stats(&s.cfg, &p.id).ok()).collect())
+                let pf = PodSandboxFilter {
+                    id: f.id,
+                    label_selector: f.label_selector,
+                    state: Some(PodSandboxStateValue {
+                        state: sandbox::READY,
+                    }),
+                };
+                Ok(sandbox::list(&s.cfg, Some(pf))
+                    .iter()
+                    .filter_map(|p| sandbox_stats(&s.cfg, &p.id).ok())
+                    .collect())
             })
             .await?;
         ok(ListPodSandboxStatsResponse { stats })
     }
 
-    async fn update_runtime_config(&self, r: Request<UpdateRuntimeConfigRequest>) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
-        let cidr = r.into_inner().runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr).unwrap_or_default();
+    async fn update_runtime_config(
+        &self,
+        r: Request<UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+        let cidr = r
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
         if !cidr.is_empty() {
             tracing::info!(pod_cidr = %cidr, "UpdateRuntimeConfig (the default conflist keeps the subnet it was written with)");
         }
@@ -313,34 +477,75 @@ impl RuntimeService for Cri {
 
     async fn status(&self, _r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let cfg = self.cfg.clone();
-        let net = tokio::task::spawn_blocking(move || network::ready(&cfg)).await.map_err(|e| Status::internal(e.to_string()))?;
-        let mut conds = vec![RuntimeCondition { r#type: "RuntimeReady".into(), status: true, reason: String::new(), message: String::new() }];
+        let net = tokio::task::spawn_blocking(move || network::ready(&cfg))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut conds = vec![RuntimeCondition {
+            r#type: "RuntimeReady".into(),
+            status: true,
+            reason: String::new(),
+            message: String::new(),
+        }];
         conds.push(match net {
-            Ok(()) => RuntimeCondition { r#type: "NetworkReady".into(), status: true, reason: String::new(), message: String::new() },
-            Err(m) => RuntimeCondition { r#type: "NetworkReady".into(), status: false, reason: "NetworkPluginNotReady".into(), message: m },
+            Ok(()) => RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            Err(m) => RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: false,
+                reason: "NetworkPluginNotReady".into(),
+                message: m,
+            },
         });
-        ok(StatusResponse { status: Some(RuntimeStatus { conditions: conds }), ..Default::default() })
+        ok(StatusResponse {
+            status: Some(RuntimeStatus { conditions: conds }),
+            ..Default::default()
+        })
     }
 
-    async fn checkpoint_container(&self, _r: Request<CheckpointContainerRequest>) -> Result<Response<CheckpointContainerResponse>, Status> {
-        Err(Status::unimplemented("checkpointing is not supported by hull"))
+    async fn checkpoint_container(
+        &self,
+        _r: Request<CheckpointContainerRequest>,
+    ) -> Result<Response<CheckpointContainerResponse>, Status> {
+        Err(Status::unimplemented(
+            "checkpointing is not supported by hull",
+        ))
     }
 
     type GetContainerEventsStream = EventStream;
 
-    async fn get_container_events(&self, _r: Request<GetEventsRequest>) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(Status::unimplemented("container events are not built yet in hull"))
+    async fn get_container_events(
+        &self,
+        _r: Request<GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        Err(Status::unimplemented(
+            "container events are not built yet in hull",
+        ))
     }
 
-    async fn list_metric_descriptors(&self, _r: Request<ListMetricDescriptorsRequest>) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
+    async fn list_metric_descriptors(
+        &self,
+        _r: Request<ListMetricDescriptorsRequest>,
+    ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
         ok(ListMetricDescriptorsResponse::default())
     }
 
-    async fn list_pod_sandbox_metrics(&self, _r: Request<ListPodSandboxMetricsRequest>) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _r: Request<ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
         ok(ListPodSandboxMetricsResponse::default())
     }
 
-    async fn runtime_config(&self, _r: Request<RuntimeConfigRequest>) -> Result<Response<RuntimeConfigResponse>, Status> {
-        ok(RuntimeConfigResponse { linux: Some(LinuxRuntimeConfiguration { cgroup_driver: 0 }) })
+    async fn runtime_config(
+        &self,
+        _r: Request<RuntimeConfigRequest>,
+    ) -> Result<Response<RuntimeConfigResponse>, Status> {
+        ok(RuntimeConfigResponse {
+            linux: Some(LinuxRuntimeConfiguration { cgroup_driver: 0 }),
+        })
     }
 }

@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::{
-    LinuxPodSandboxStatus, Namespace, NamespaceOption, PodIp, PodSandbox, PodSandboxConfig, PodSandboxFilter,
-    PodSandboxNetworkStatus, PodSandboxStatus,
+    LinuxPodSandboxStatus, Namespace, NamespaceOption, PodIp, PodSandbox, PodSandboxConfig,
+    PodSandboxFilter, PodSandboxNetworkStatus, PodSandboxStatus,
 };
 
 use super::config::Config;
@@ -55,7 +55,11 @@ pub fn host_network(c: &PodSandboxConfig) -> bool {
 
 /// systemd slice names (`kubepods-besteffort-pod1.slice`) → their cgroupfs path.
 fn cgroup_parent(c: &PodSandboxConfig) -> String {
-    let p = c.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default();
+    let p = c
+        .linux
+        .as_ref()
+        .map(|l| l.cgroup_parent.clone())
+        .unwrap_or_default();
     if p.is_empty() {
         return DEFAULT_CGROUP_PARENT.into();
     }
@@ -65,7 +69,11 @@ fn cgroup_parent(c: &PodSandboxConfig) -> String {
         let mut path = String::new();
         let mut prefix = String::new();
         for part in name.split('-') {
-            prefix = if prefix.is_empty() { part.to_string() } else { format!("{prefix}-{part}") };
+            prefix = if prefix.is_empty() {
+                part.to_string()
+            } else {
+                format!("{prefix}-{part}")
+            };
             path.push_str(&format!("/{prefix}.slice"));
         }
         return path;
@@ -99,7 +107,10 @@ pub fn kill_wait(pid: i32, start: u64) {
 /// a thread reaps it when it exits (while we are still its parent).
 pub fn spawn_helper(cfg: &Config, mode: &str, json: &str) -> Result<(i32, String)> {
     let mut cmd = Command::new(&cfg.hull_exe);
-    cmd.args(["cri", mode, json]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    cmd.args(["cri", mode, json])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     // SAFETY: setsid is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -107,7 +118,10 @@ pub fn spawn_helper(cfg: &Config, mode: &str, json: &str) -> Result<(i32, String
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(CriError::io(format!("spawn {} cri {mode}", cfg.hull_exe.display())))?;
+    let mut child = cmd.spawn().map_err(CriError::io(format!(
+        "spawn {} cri {mode}",
+        cfg.hull_exe.display()
+    )))?;
     let pid = child.id() as i32;
     let mut line = String::new();
     if let Some(out) = child.stdout.take() {
@@ -120,9 +134,17 @@ pub fn spawn_helper(cfg: &Config, mode: &str, json: &str) -> Result<(i32, String
 }
 
 fn write_etc_files(d: &Path, c: &PodSandboxConfig, hostname: &str) -> Result<()> {
-    let w = |name: &str, data: String| fs::write(d.join(name), data).map_err(CriError::io(format!("write {}", d.join(name).display())));
+    let w = |name: &str, data: String| {
+        fs::write(d.join(name), data)
+            .map_err(CriError::io(format!("write {}", d.join(name).display())))
+    };
     w("hostname", format!("{hostname}\n"))?;
-    w("hosts", format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"))?;
+    w(
+        "hosts",
+        format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+        ),
+    )?;
     let resolv = match &c.dns_config {
         Some(dns) => {
             let mut s = String::new();
@@ -144,9 +166,14 @@ fn write_etc_files(d: &Path, c: &PodSandboxConfig, hostname: &str) -> Result<()>
 
 /// RunPodSandbox.
 pub fn run(cfg: &Config, c: PodSandboxConfig) -> Result<String> {
-    let md = c.metadata.clone().ok_or_else(|| CriError::InvalidArgument("config.metadata: required".into()))?;
+    let md = c
+        .metadata
+        .clone()
+        .ok_or_else(|| CriError::InvalidArgument("config.metadata: required".into()))?;
     if md.name.is_empty() {
-        return Err(CriError::InvalidArgument("config.metadata.name: must not be empty".into()));
+        return Err(CriError::InvalidArgument(
+            "config.metadata.name: must not be empty".into(),
+        ));
     }
     let id = records::new_id()?;
     let d = dir(cfg, &id);
@@ -181,9 +208,14 @@ fn build(cfg: &Config, rec: &mut SandboxRecord, d: &Path) -> Result<()> {
     let nso = ns_options(&c);
     save_json(&d.join("sandbox.json"), rec)?;
     let hostname = if host_network(&c) {
-        nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default()
     } else if c.hostname.is_empty() {
-        c.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default()
+        c.metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default()
     } else {
         c.hostname.clone()
     };
@@ -191,11 +223,17 @@ fn build(cfg: &Config, rec: &mut SandboxRecord, d: &Path) -> Result<()> {
     if let Some(ns) = &rec.netns {
         netns::create(ns)?;
     }
-    let mut sysctls: Vec<(String, String)> = c.linux.as_ref().map(|l| l.sysctls.clone().into_iter().collect()).unwrap_or_default();
+    let mut sysctls: Vec<(String, String)> = c
+        .linux
+        .as_ref()
+        .map(|l| l.sysctls.clone().into_iter().collect())
+        .unwrap_or_default();
     sysctls.sort();
     for (k, _) in &sysctls {
         if k.is_empty() || k.contains("..") || k.starts_with('/') {
-            return Err(CriError::InvalidArgument(format!("config.linux.sysctls: bad name {k:?}")));
+            return Err(CriError::InvalidArgument(format!(
+                "config.linux.sysctls: bad name {k:?}"
+            )));
         }
     }
     let spec = PauseSpec {
@@ -208,10 +246,15 @@ fn build(cfg: &Config, rec: &mut SandboxRecord, d: &Path) -> Result<()> {
     let json = serde_json::to_string(&spec).map_err(|e| CriError::Internal(e.to_string()))?;
     let (pid, report) = spawn_helper(cfg, "--internal-pause", &json)?;
     rec.pause_pid = pid;
-    rec.pause_start = hull_runtime::state::proc_stat(pid).map(|(_, t)| t).unwrap_or(0);
+    rec.pause_start = hull_runtime::state::proc_stat(pid)
+        .map(|(_, t)| t)
+        .unwrap_or(0);
     save_json(&d.join("sandbox.json"), rec)?;
     if report != "ok" {
-        let msg = report.strip_prefix("error: ").unwrap_or(&report).to_string();
+        let msg = report
+            .strip_prefix("error: ")
+            .unwrap_or(&report)
+            .to_string();
         if msg.starts_with("sysctls[") {
             return Err(CriError::InvalidArgument(format!("config.linux.{msg}")));
         }
@@ -269,7 +312,11 @@ pub fn remove(cfg: &Config, id: &str) -> Result<()> {
 }
 
 fn state_of(rec: &SandboxRecord) -> i32 {
-    if !rec.stopped && pause_alive(rec) { READY } else { NOTREADY }
+    if !rec.stopped && pause_alive(rec) {
+        READY
+    } else {
+        NOTREADY
+    }
 }
 
 pub fn status(cfg: &Config, id: &str) -> Result<PodSandboxStatus> {
@@ -282,9 +329,18 @@ pub fn status(cfg: &Config, id: &str) -> Result<PodSandboxStatus> {
         created_at: rec.created_at,
         network: Some(PodSandboxNetworkStatus {
             ip: rec.ip.clone(),
-            additional_ips: rec.additional_ips.iter().map(|ip| PodIp { ip: ip.clone() }).collect(),
+            additional_ips: rec
+                .additional_ips
+                .iter()
+                .map(|ip| PodIp { ip: ip.clone() })
+                .collect(),
         }),
-        linux: Some(LinuxPodSandboxStatus { namespaces: Some(Namespace { options: Some(nso), ..Default::default() }) }),
+        linux: Some(LinuxPodSandboxStatus {
+            namespaces: Some(Namespace {
+                options: Some(nso),
+                ..Default::default()
+            }),
+        }),
         labels: rec.config.labels.clone(),
         annotations: rec.config.annotations.clone(),
         runtime_handler: String::new(),
@@ -306,9 +362,13 @@ pub fn list(cfg: &Config, f: Option<PodSandboxFilter>) -> Vec<PodSandbox> {
         if dir(cfg, &id).join(CREATING).exists() {
             continue;
         }
-        let Ok(rec) = load_json::<SandboxRecord>(&dir(cfg, &id).join("sandbox.json")) else { continue };
+        let Ok(rec) = load_json::<SandboxRecord>(&dir(cfg, &id).join("sandbox.json")) else {
+            continue;
+        };
         let state = state_of(&rec);
-        if f.state.as_ref().is_some_and(|s| s.state != state) || !labels_match(&rec.config.labels, &f.label_selector) {
+        if f.state.as_ref().is_some_and(|s| s.state != state)
+            || !labels_match(&rec.config.labels, &f.label_selector)
+        {
             continue;
         }
         out.push(PodSandbox {

@@ -18,7 +18,12 @@ use super::{network, sandbox, streaming};
 
 /// Brings the instance's dirs into being and undoes what a crash left half-made.
 pub fn prepare(cfg: &Config) -> Result<ImageStore> {
-    for d in [cfg.sandboxes_dir(), cfg.containers_dir(), cfg.oci_root(), cfg.netns_dir()] {
+    for d in [
+        cfg.sandboxes_dir(),
+        cfg.containers_dir(),
+        cfg.oci_root(),
+        cfg.netns_dir(),
+    ] {
         std::fs::create_dir_all(&d).map_err(CriError::io(format!("create {}", d.display())))?;
     }
     let mut store = ImageStore::open(&cfg.data_dir)?;
@@ -35,8 +40,16 @@ pub fn prepare(cfg: &Config) -> Result<ImageStore> {
 pub async fn serve(cfg: Config) -> Result<()> {
     let cfg = Arc::new(cfg);
     let c2 = cfg.clone();
-    let store = tokio::task::spawn_blocking(move || prepare(&c2)).await.map_err(|e| CriError::Internal(e.to_string()))??;
-    let (streaming, listener) = streaming::Streaming::bind(cfg.clone()).await.map_err(CriError::io(format!("bind streaming server on {}", cfg.streaming_addr)))?;
+    let store = tokio::task::spawn_blocking(move || prepare(&c2))
+        .await
+        .map_err(|e| CriError::Internal(e.to_string()))??;
+    let (streaming, listener) =
+        streaming::Streaming::bind(cfg.clone())
+            .await
+            .map_err(CriError::io(format!(
+                "bind streaming server on {}",
+                cfg.streaming_addr
+            )))?;
     tokio::spawn(streaming.clone().serve(listener));
     if let Some(d) = cfg.socket.parent() {
         std::fs::create_dir_all(d).map_err(CriError::io(format!("create {}", d.display())))?;
@@ -44,13 +57,25 @@ pub async fn serve(cfg: Config) -> Result<()> {
     match std::fs::remove_file(&cfg.socket) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(CriError::Io { what: format!("remove stale {}", cfg.socket.display()), source: e }),
+        Err(e) => {
+            return Err(CriError::Io {
+                what: format!("remove stale {}", cfg.socket.display()),
+                source: e,
+            });
+        }
     }
-    let uds = UnixListener::bind(&cfg.socket).map_err(CriError::io(format!("bind {}", cfg.socket.display())))?;
-    let cri = Cri { cfg: cfg.clone(), lock: Arc::new(Mutex::new(())), images: Arc::new(RwLock::new(store)), streaming };
+    let uds = UnixListener::bind(&cfg.socket)
+        .map_err(CriError::io(format!("bind {}", cfg.socket.display())))?;
+    let cri = Cri {
+        cfg: cfg.clone(),
+        lock: Arc::new(Mutex::new(())),
+        images: Arc::new(RwLock::new(store)),
+        streaming,
+    };
     tracing::info!(socket = %cfg.socket.display(), streaming = %cri.streaming.addr, "CRI server ready");
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
@@ -68,6 +93,9 @@ pub async fn serve(cfg: Config) -> Result<()> {
 
 /// `serve` on a fresh multi-threaded runtime (for the `hull` binary's sync main).
 pub fn run(cfg: Config) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(CriError::io("start tokio runtime"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CriError::io("start tokio runtime"))?;
     rt.block_on(serve(cfg))
 }

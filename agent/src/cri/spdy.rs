@@ -18,8 +18,16 @@ pub const DICTIONARY: &[u8] = include_bytes!("spdy3-dictionary.bin");
 
 #[derive(Debug)]
 pub enum Frame {
-    Control { kind: u16, flags: u8, data: Vec<u8> },
-    Data { stream: u32, flags: u8, data: Vec<u8> },
+    Control {
+        kind: u16,
+        flags: u8,
+        data: Vec<u8>,
+    },
+    Data {
+        stream: u32,
+        flags: u8,
+        data: Vec<u8>,
+    },
 }
 
 /// The next frame, or `None` at a clean end of the connection.
@@ -36,9 +44,17 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Opti
     r.read_exact(&mut data).await?;
     let first = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
     Ok(Some(if first & 0x8000_0000 != 0 {
-        Frame::Control { kind: (first & 0xffff) as u16, flags, data }
+        Frame::Control {
+            kind: (first & 0xffff) as u16,
+            flags,
+            data,
+        }
     } else {
-        Frame::Data { stream: first, flags, data }
+        Frame::Data {
+            stream: first,
+            flags,
+            data,
+        }
     }))
 }
 
@@ -87,7 +103,10 @@ impl HeaderCodec {
         let mut deflate = Compress::new(Compression::default(), true);
         // Priming our side too, as every SPDY peer does; the peer verifies the id.
         let _ = deflate.set_dictionary(DICTIONARY);
-        HeaderCodec { inflate: Decompress::new(true), deflate }
+        HeaderCodec {
+            inflate: Decompress::new(true),
+            deflate,
+        }
     }
 
     /// Decodes one header block into lower-case (name, value) pairs.
@@ -99,7 +118,9 @@ impl HeaderCodec {
                 out.reserve(4096);
             }
             let before = self.inflate.total_in();
-            let r = self.inflate.decompress_vec(input, &mut out, FlushDecompress::Sync);
+            let r = self
+                .inflate
+                .decompress_vec(input, &mut out, FlushDecompress::Sync);
             let used = (self.inflate.total_in() - before) as usize;
             input = &input[used..];
             match r {
@@ -107,7 +128,9 @@ impl HeaderCodec {
                 Ok(_) if input.is_empty() && out.capacity() > out.len() => break,
                 Ok(_) => {}
                 Err(e) if e.needs_dictionary().is_some() => {
-                    self.inflate.set_dictionary(DICTIONARY).map_err(|e| format!("header dictionary: {e}"))?;
+                    self.inflate
+                        .set_dictionary(DICTIONARY)
+                        .map_err(|e| format!("header dictionary: {e}"))?;
                 }
                 Err(e) => return Err(format!("header block: {e}")),
             }
@@ -128,7 +151,9 @@ impl HeaderCodec {
         loop {
             out.reserve(256);
             let before = self.deflate.total_in();
-            let _ = self.deflate.compress_vec(input, &mut out, FlushCompress::Sync);
+            let _ = self
+                .deflate
+                .compress_vec(input, &mut out, FlushCompress::Sync);
             input = &input[(self.deflate.total_in() - before) as usize..];
             if input.is_empty() && out.capacity() > out.len() {
                 break;
@@ -173,7 +198,10 @@ fn parse_block(b: &[u8]) -> Result<Vec<(String, String)>, String> {
 }
 
 /// (stream id, headers) of a SYN_STREAM body.
-pub fn parse_syn_stream(codec: &mut HeaderCodec, body: &[u8]) -> Result<(u32, Vec<(String, String)>), String> {
+pub fn parse_syn_stream(
+    codec: &mut HeaderCodec,
+    body: &[u8],
+) -> Result<(u32, Vec<(String, String)>), String> {
     if body.len() < 10 {
         return Err("SYN_STREAM too short".into());
     }
@@ -192,7 +220,13 @@ mod tests {
             let v = format!("stdout{i}");
             let blk = a.encode(&[("streamtype", &v), ("Port", "80")]);
             let h = b.decode(&blk).unwrap();
-            assert_eq!(h, vec![("streamtype".into(), v.clone()), ("port".into(), "80".into())]);
+            assert_eq!(
+                h,
+                vec![
+                    ("streamtype".into(), v.clone()),
+                    ("port".into(), "80".into())
+                ]
+            );
         }
     }
 }

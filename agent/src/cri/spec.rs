@@ -33,19 +33,28 @@ fn invalid(msg: String) -> CriError {
 fn clean_abs(p: &str, field: &str) -> Result<()> {
     let path = Path::new(p);
     if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
-        return Err(invalid(format!("{field}: {p:?} must be an absolute path without \"..\"")));
+        return Err(invalid(format!(
+            "{field}: {p:?} must be an absolute path without \"..\""
+        )));
     }
     Ok(())
 }
 
 fn cap_name(c: &str) -> String {
     let u = c.to_ascii_uppercase();
-    if u.starts_with("CAP_") { u } else { format!("CAP_{u}") }
+    if u.starts_with("CAP_") {
+        u
+    } else {
+        format!("CAP_{u}")
+    }
 }
 
 /// Every capability the running kernel knows (for `privileged` and `ALL`).
 fn all_caps() -> Vec<String> {
-    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40);
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
     caps::all()
         .into_iter()
         .filter(|c| c.index() as u32 <= last)
@@ -100,7 +109,12 @@ pub fn resources(r: &LinuxContainerResources, field: &str) -> Result<Value> {
         out["cpu"] = cpu;
     }
     if !r.hugepage_limits.is_empty() {
-        out["hugepageLimits"] = json!(r.hugepage_limits.iter().map(|h| json!({"pageSize": h.page_size, "limit": h.limit})).collect::<Vec<_>>());
+        out["hugepageLimits"] = json!(
+            r.hugepage_limits
+                .iter()
+                .map(|h| json!({"pageSize": h.page_size, "limit": h.limit}))
+                .collect::<Vec<_>>()
+        );
     }
     if !r.unified.is_empty() {
         out["unified"] = json!(r.unified);
@@ -119,7 +133,13 @@ pub fn oom_score_adj(v: i64) -> i64 {
 }
 
 /// Applies the container config to `spec` (the image-derived OCI spec as JSON).
-pub fn apply(spec: &mut Value, c: &ContainerConfig, pod: &PodView, id: &str, user: Option<(u32, u32, Vec<u32>)>) -> Result<()> {
+pub fn apply(
+    spec: &mut Value,
+    c: &ContainerConfig,
+    pod: &PodView,
+    id: &str,
+    user: Option<(u32, u32, Vec<u32>)>,
+) -> Result<()> {
     let linux_cfg = c.linux.clone().unwrap_or_default();
     let sc = linux_cfg.security_context.clone().unwrap_or_default();
     let ns = sc.namespace_options.clone().unwrap_or_default();
@@ -129,8 +149,13 @@ pub fn apply(spec: &mut Value, c: &ContainerConfig, pod: &PodView, id: &str, use
         args.extend(c.args.iter().cloned());
         spec["process"]["args"] = json!(args);
     }
-    if spec["process"]["args"].as_array().is_none_or(|a| a.is_empty()) {
-        return Err(invalid("command: the image has no Entrypoint/Cmd and none was given".into()));
+    if spec["process"]["args"]
+        .as_array()
+        .is_none_or(|a| a.is_empty())
+    {
+        return Err(invalid(
+            "command: the image has no Entrypoint/Cmd and none was given".into(),
+        ));
     }
     if !c.working_dir.is_empty() {
         clean_abs(&c.working_dir, "working_dir")?;
@@ -139,7 +164,11 @@ pub fn apply(spec: &mut Value, c: &ContainerConfig, pod: &PodView, id: &str, use
     if let Some((uid, gid, extra)) = user {
         let mut groups = extra;
         for (i, g) in sc.supplemental_groups.iter().enumerate() {
-            let g = u32::try_from(*g).map_err(|_| invalid(format!("linux.security_context.supplemental_groups[{i}]: {g} out of range")))?;
+            let g = u32::try_from(*g).map_err(|_| {
+                invalid(format!(
+                    "linux.security_context.supplemental_groups[{i}]: {g} out of range"
+                ))
+            })?;
             groups.push(g);
         }
         spec["process"]["user"] = json!({"uid": uid, "gid": gid, "additionalGids": groups});
@@ -168,7 +197,8 @@ pub fn apply(spec: &mut Value, c: &ContainerConfig, pod: &PodView, id: &str, use
         clean_abs(&m.container_path, &format!("mounts[{i}].container_path"))?;
         clean_abs(&m.host_path, &format!("mounts[{i}].host_path"))?;
         if !Path::new(&m.host_path).exists() {
-            std::fs::create_dir_all(&m.host_path).map_err(|e| invalid(format!("mounts[{i}].host_path: {}: {e}", m.host_path)))?;
+            std::fs::create_dir_all(&m.host_path)
+                .map_err(|e| invalid(format!("mounts[{i}].host_path: {}: {e}", m.host_path)))?;
         }
         let prop = match m.propagation {
             1 => "rslave",
@@ -191,7 +221,8 @@ pub fn apply(spec: &mut Value, c: &ContainerConfig, pod: &PodView, id: &str, use
             if sc.readonly_rootfs {
                 opts.push("ro");
             }
-            mounts.push(json!({"destination": dest, "type": "bind", "source": src, "options": opts}));
+            mounts
+                .push(json!({"destination": dest, "type": "bind", "source": src, "options": opts}));
         }
     }
     spec["mounts"] = json!(mounts);
@@ -204,12 +235,17 @@ pub fn apply(spec: &mut Value, c: &ContainerConfig, pod: &PodView, id: &str, use
             spec["process"]["oomScoreAdj"] = json!(oom_score_adj(r.oom_score_adj));
         }
     }
-    spec["linux"]["cgroupsPath"] = json!(format!("{}/{id}", pod.cgroup_parent.trim_end_matches('/')));
+    spec["linux"]["cgroupsPath"] =
+        json!(format!("{}/{id}", pod.cgroup_parent.trim_end_matches('/')));
     // Security context.
     spec["root"]["readonly"] = json!(sc.readonly_rootfs);
     let mut caps: Vec<String> = spec["process"]["capabilities"]["bounding"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     if sc.privileged {
         caps = all_caps();
@@ -235,7 +271,8 @@ pub fn apply(spec: &mut Value, c: &ContainerConfig, pod: &PodView, id: &str, use
             }
         }
     }
-    spec["process"]["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps});
+    spec["process"]["capabilities"] =
+        json!({"bounding": caps, "effective": caps, "permitted": caps});
     spec["process"]["noNewPrivileges"] = json!(!sc.privileged || sc.no_new_privs);
     if !sc.privileged {
         if !sc.masked_paths.is_empty() {
@@ -259,7 +296,10 @@ pub fn apply(spec: &mut Value, c: &ContainerConfig, pod: &PodView, id: &str, use
 /// The seccomp profile: RuntimeDefault (also when unset), Unconfined, or a Localhost
 /// file in OCI `linux.seccomp` form.
 #[allow(deprecated)] // seccomp_profile_path: older kubelets still send it
-fn seccomp(sc: &k8s_cri::v1::LinuxContainerSecurityContext, caps: &[String]) -> Result<Option<Value>> {
+fn seccomp(
+    sc: &k8s_cri::v1::LinuxContainerSecurityContext,
+    caps: &[String],
+) -> Result<Option<Value>> {
     let (kind, local) = match &sc.seccomp {
         Some(p) => (p.profile_type, p.localhost_ref.clone()),
         None => match sc.seccomp_profile_path.as_str() {
@@ -273,10 +313,17 @@ fn seccomp(sc: &k8s_cri::v1::LinuxContainerSecurityContext, caps: &[String]) -> 
         2 => {
             let field = "linux.security_context.seccomp.localhost_ref";
             clean_abs(&local, field)?;
-            let data = std::fs::read(&local).map_err(|e| invalid(format!("{field}: {local}: {e}")))?;
-            let v: oci_spec::runtime::LinuxSeccomp = serde_json::from_slice(&data).map_err(|e| invalid(format!("{field}: {local}: {e}")))?;
-            Ok(Some(serde_json::to_value(v).map_err(|e| CriError::Internal(e.to_string()))?))
+            let data =
+                std::fs::read(&local).map_err(|e| invalid(format!("{field}: {local}: {e}")))?;
+            let v: oci_spec::runtime::LinuxSeccomp = serde_json::from_slice(&data)
+                .map_err(|e| invalid(format!("{field}: {local}: {e}")))?;
+            Ok(Some(
+                serde_json::to_value(v).map_err(|e| CriError::Internal(e.to_string()))?,
+            ))
         }
-        _ => Ok(Some(serde_json::to_value(hull_runtime::seccomp::runtime_default_for(caps)).map_err(|e| CriError::Internal(e.to_string()))?)),
+        _ => Ok(Some(
+            serde_json::to_value(hull_runtime::seccomp::runtime_default_for(caps))
+                .map_err(|e| CriError::Internal(e.to_string()))?,
+        )),
     }
 }

@@ -17,11 +17,23 @@ use super::spdy::{self, Frame, HeaderCodec};
 use super::{exec, records};
 
 const TOKEN_TTL: Duration = Duration::from_secs(60);
-const PROTOCOLS: &[&str] = &["v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"];
+const PROTOCOLS: &[&str] = &[
+    "v4.channel.k8s.io",
+    "v3.channel.k8s.io",
+    "v2.channel.k8s.io",
+    "channel.k8s.io",
+];
 
 #[derive(Debug, Clone)]
 pub enum Pending {
-    Exec { container_id: String, cmd: Vec<String>, tty: bool, stdin: bool, stdout: bool, stderr: bool },
+    Exec {
+        container_id: String,
+        cmd: Vec<String>,
+        tty: bool,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    },
 }
 
 pub struct Streaming {
@@ -34,12 +46,21 @@ impl Streaming {
     pub async fn bind(cfg: Arc<Config>) -> std::io::Result<(Arc<Streaming>, TcpListener)> {
         let l = TcpListener::bind(cfg.streaming_addr).await?;
         let addr = l.local_addr()?;
-        Ok((Arc::new(Streaming { addr, cfg, pending: Mutex::new(HashMap::new()) }), l))
+        Ok((
+            Arc::new(Streaming {
+                addr,
+                cfg,
+                pending: Mutex::new(HashMap::new()),
+            }),
+            l,
+        ))
     }
 
     /// A single-use URL for `p`.
     pub fn register(&self, p: Pending) -> String {
-        let token = records::new_id().map(|t| t[..32].to_string()).unwrap_or_else(|_| format!("{:x}", records::now_ns()));
+        let token = records::new_id()
+            .map(|t| t[..32].to_string())
+            .unwrap_or_else(|_| format!("{:x}", records::now_ns()));
         let mut m = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         m.retain(|_, (_, t)| t.elapsed() < TOKEN_TTL);
         m.insert(token.clone(), (p, Instant::now()));
@@ -48,12 +69,16 @@ impl Streaming {
 
     fn take(&self, token: &str) -> Option<Pending> {
         let mut m = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        m.remove(token).filter(|(_, t)| t.elapsed() < TOKEN_TTL).map(|(p, _)| p)
+        m.remove(token)
+            .filter(|(_, t)| t.elapsed() < TOKEN_TTL)
+            .map(|(p, _)| p)
     }
 
     pub async fn serve(self: Arc<Self>, l: TcpListener) {
         loop {
-            let Ok((sock, _)) = l.accept().await else { continue };
+            let Ok((sock, _)) = l.accept().await else {
+                continue;
+            };
             let me = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = me.connection(sock).await {
@@ -84,13 +109,32 @@ impl Streaming {
         req.parse(&buf[..head_len]).map_err(|e| e.to_string())?;
         let path = req.path.unwrap_or("").to_string();
         let get = |name: &str| -> Vec<String> {
-            req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).flat_map(|h| String::from_utf8_lossy(h.value).split(',').map(|s| s.trim().to_string()).collect::<Vec<_>>()).collect()
+            req.headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .flat_map(|h| {
+                    String::from_utf8_lossy(h.value)
+                        .split(',')
+                        .map(|s| s.trim().to_string())
+                        .collect::<Vec<_>>()
+                })
+                .collect()
         };
         let upgrade = get("upgrade");
         let offered = get("x-stream-protocol-version");
-        let token = path.split('?').next().unwrap_or("").strip_prefix("/exec/").unwrap_or("").to_string();
+        let token = path
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .strip_prefix("/exec/")
+            .unwrap_or("")
+            .to_string();
         let Some(pending) = self.take(&token) else {
-            let _ = sock.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+            let _ = sock
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )
+                .await;
             return Err(format!("unknown or expired streaming URL {path}"));
         };
         if !upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1")) {
@@ -98,19 +142,48 @@ impl Streaming {
             let _ = sock.write_all(format!("HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}", msg.len()).as_bytes()).await;
             return Err(msg.into());
         }
-        let proto = PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)).copied().unwrap_or("channel.k8s.io");
-        let resp = format!("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {proto}\r\n\r\n");
-        sock.write_all(resp.as_bytes()).await.map_err(|e| e.to_string())?;
+        let proto = PROTOCOLS
+            .iter()
+            .find(|p| offered.iter().any(|o| o == *p))
+            .copied()
+            .unwrap_or("channel.k8s.io");
+        let resp = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {proto}\r\n\r\n"
+        );
+        sock.write_all(resp.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let leftover = buf[head_len..].to_vec();
         match pending {
-            Pending::Exec { container_id, cmd, stdin, stdout, stderr, tty } => {
-                let want = Want { stdin, stdout, stderr, resize: tty };
-                self.exec_session(sock, leftover, proto, &container_id, &cmd, want).await
+            Pending::Exec {
+                container_id,
+                cmd,
+                stdin,
+                stdout,
+                stderr,
+                tty,
+            } => {
+                let want = Want {
+                    stdin,
+                    stdout,
+                    stderr,
+                    resize: tty,
+                };
+                self.exec_session(sock, leftover, proto, &container_id, &cmd, want)
+                    .await
             }
         }
     }
 
-    async fn exec_session(&self, sock: TcpStream, leftover: Vec<u8>, proto: &str, id: &str, cmd: &[String], want: Want) -> Result<(), String> {
+    async fn exec_session(
+        &self,
+        sock: TcpStream,
+        leftover: Vec<u8>,
+        proto: &str,
+        id: &str,
+        cmd: &[String],
+        want: Want,
+    ) -> Result<(), String> {
         let (rd, mut wr) = sock.into_split();
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let writer = tokio::spawn(async move {
@@ -132,10 +205,18 @@ impl Streaming {
                     _ => break,
                 };
                 match f {
-                    Frame::Control { kind: spdy::SYN_STREAM, data, .. } => match spdy::parse_syn_stream(&mut codec, &data) {
+                    Frame::Control {
+                        kind: spdy::SYN_STREAM,
+                        data,
+                        ..
+                    } => match spdy::parse_syn_stream(&mut codec, &data) {
                         Ok((sid, h)) => {
                             let _ = reader_out.send(codec.syn_reply(sid, &[]));
-                            let kind = h.iter().find(|(k, _)| k == "streamtype").map(|(_, v)| v.clone()).unwrap_or_default();
+                            let kind = h
+                                .iter()
+                                .find(|(k, _)| k == "streamtype")
+                                .map(|(_, v)| v.clone())
+                                .unwrap_or_default();
                             let _ = ev_tx.send(Event::Stream(kind, sid));
                         }
                         Err(e) => {
@@ -143,12 +224,22 @@ impl Streaming {
                             break;
                         }
                     },
-                    Frame::Control { kind: spdy::PING, data, .. } => {
+                    Frame::Control {
+                        kind: spdy::PING,
+                        data,
+                        ..
+                    } => {
                         let _ = reader_out.send(spdy::ping(&data));
                     }
-                    Frame::Control { kind: spdy::GOAWAY, .. } => break,
+                    Frame::Control {
+                        kind: spdy::GOAWAY, ..
+                    } => break,
                     Frame::Control { .. } => {}
-                    Frame::Data { stream, flags, data } => {
+                    Frame::Data {
+                        stream,
+                        flags,
+                        data,
+                    } => {
                         let _ = ev_tx.send(Event::Data(stream, data, flags & spdy::FLAG_FIN != 0));
                     }
                 }
@@ -176,7 +267,11 @@ impl Streaming {
         let mut child = match result {
             Ok(c) => c,
             Err(e) => {
-                let _ = out_tx.send(spdy::data(err_sid, true, status_json(proto, Err(e.to_string())).as_bytes()));
+                let _ = out_tx.send(spdy::data(
+                    err_sid,
+                    true,
+                    status_json(proto, Err(e.to_string())).as_bytes(),
+                ));
                 drop(out_tx);
                 reader.abort();
                 let _ = writer.await;
@@ -185,10 +280,18 @@ impl Streaming {
         };
         let mut pumps = Vec::new();
         if let Some(src) = child.stdout.take() {
-            pumps.push(tokio::spawn(pump(src, streams.get("stdout").copied(), out_tx.clone())));
+            pumps.push(tokio::spawn(pump(
+                src,
+                streams.get("stdout").copied(),
+                out_tx.clone(),
+            )));
         }
         if let Some(src) = child.stderr.take() {
-            pumps.push(tokio::spawn(pump(src, streams.get("stderr").copied(), out_tx.clone())));
+            pumps.push(tokio::spawn(pump(
+                src,
+                streams.get("stderr").copied(),
+                out_tx.clone(),
+            )));
         }
         let mut child_stdin = child.stdin.take();
         let status = loop {
@@ -216,7 +319,16 @@ impl Streaming {
             let _ = p.await;
         }
         let code = status.map(exec::exit_code).map_err(|e| e.to_string());
-        let body = status_json(proto, code.and_then(|c| if c == 0 { Ok(()) } else { Err(format!("exit:{c}")) }));
+        let body = status_json(
+            proto,
+            code.and_then(|c| {
+                if c == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("exit:{c}"))
+                }
+            }),
+        );
         for name in ["stdout", "stderr"] {
             if let Some(sid) = streams.get(name) {
                 let _ = out_tx.send(spdy::data(*sid, true, b""));
@@ -240,7 +352,11 @@ impl Streaming {
 }
 
 /// Copies a process's output into DATA frames of stream `sid` (dropped without one).
-async fn pump(mut src: impl tokio::io::AsyncRead + Unpin, sid: Option<u32>, tx: mpsc::UnboundedSender<Vec<u8>>) {
+async fn pump(
+    mut src: impl tokio::io::AsyncRead + Unpin,
+    sid: Option<u32>,
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+) {
     let mut b = vec![0u8; 32 * 1024];
     loop {
         let n = match src.read(&mut b).await {
