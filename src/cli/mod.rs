@@ -9,10 +9,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod cri;
-pub mod proxy;
-pub mod server;
 pub mod image;
+pub mod proxy;
 pub mod run;
+pub mod server;
 
 #[derive(Debug, Parser)]
 #[command(name = "hull", version, about = "A Kubernetes-compatible container platform")]
