@@ -15,10 +15,19 @@ pub mod run;
 pub mod server;
 
 #[derive(Debug, Parser)]
-#[command(name = "hull", version, about = "A Kubernetes-compatible container platform")]
+#[command(
+    name = "hull",
+    version,
+    about = "A Kubernetes-compatible container platform"
+)]
 pub struct Cli {
     /// Where hull keeps its state (images, snapshots, store, kubeconfig).
-    #[arg(long, global = true, default_value = "/var/lib/hull", env = "HULL_DATA_DIR")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "/var/lib/hull",
+        env = "HULL_DATA_DIR"
+    )]
     pub data_dir: PathBuf,
 
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `hull=debug`.
