@@ -124,13 +124,19 @@ impl Server {
             .arg(&self.kubeconfig)
             .args(args)
             .env("HOME", &self.dir)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("run kubectl (tests/setup installs kubectl 1.35)");
+        let mut child = cmd
+            .spawn()
+            .expect("run kubectl (tests/setup installs kubectl 1.35)");
         if let Some(input) = stdin
             && let Some(mut s) = child.stdin.take()
         {
@@ -166,7 +172,8 @@ impl Server {
     pub fn curl(&self, args: &[&str], anonymous: bool) -> (u16, String) {
         let ca = self.dir.join("ca.crt");
         let mut cmd = Command::new("curl");
-        cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--cacert"]).arg(&ca);
+        cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+            .arg(&ca);
         if !anonymous {
             cmd.arg("--cert")
                 .arg(self.dir.join("admin.crt"))

@@ -51,7 +51,9 @@ async fn reflector_stays_in_sync_through_updates_and_a_restart() {
         .tempdir()
         .expect("temp dir");
     let dir = tmp.path().to_path_buf();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", api_support::free_port()).parse().expect("addr");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", api_support::free_port())
+        .parse()
+        .expect("addr");
     let d = dir.clone();
     let mut server = tokio::task::spawn_blocking(move || Server::start_at(&d, addr, None, None))
         .await
@@ -75,12 +77,18 @@ async fn reflector_stays_in_sync_through_updates_and_a_restart() {
     };
 
     for n in ["a", "b", "c"] {
-        api.create(&PostParams::default(), &cm(n, "1")).await.expect("create");
+        api.create(&PostParams::default(), &cm(n, "1"))
+            .await
+            .expect("create");
     }
     eventually("three configmaps reflected", || reader.state().len() == 3).await;
-    api.patch("a", &PatchParams::default(), &Patch::Merge(serde_json::json!({"data": {"v": "2"}})))
-        .await
-        .expect("patch");
+    api.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"data": {"v": "2"}})),
+    )
+    .await
+    .expect("patch");
     eventually("update reflected", || value("a").as_deref() == Some("2")).await;
 
     // Restart the server on the same address and state; changes made afterwards arrive.
@@ -94,18 +102,30 @@ async fn reflector_stays_in_sync_through_updates_and_a_restart() {
     let server = tokio::task::spawn_blocking(move || Server::start_at(&d, addr, None, None))
         .await
         .expect("restart");
-    api.patch("b", &PatchParams::default(), &Patch::Merge(serde_json::json!({"data": {"v": "3"}})))
+    api.patch(
+        "b",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"data": {"v": "3"}})),
+    )
+    .await
+    .expect("patch after restart");
+    api.delete("c", &DeleteParams::default())
         .await
-        .expect("patch after restart");
-    api.delete("c", &DeleteParams::default()).await.expect("delete");
-    api.create(&PostParams::default(), &cm("d", "4")).await.expect("create after restart");
+        .expect("delete");
+    api.create(&PostParams::default(), &cm("d", "4"))
+        .await
+        .expect("create after restart");
     eventually("changes after the restart reflected", || {
-        value("b").as_deref() == Some("3") && value("c").is_none() && value("d").as_deref() == Some("4")
+        value("b").as_deref() == Some("3")
+            && value("c").is_none()
+            && value("d").as_deref() == Some("4")
     })
     .await;
     assert_eq!(reader.state().len(), 3);
     task.abort();
-    tokio::task::spawn_blocking(move || drop(server)).await.expect("stop");
+    tokio::task::spawn_blocking(move || drop(server))
+        .await
+        .expect("stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +136,11 @@ async fn bearer_tokens_authenticate_and_unknown_ones_get_401() {
         .expect("temp dir");
     let dir = tmp.path().to_path_buf();
     let tokens = dir.join("tokens.csv");
-    std::fs::write(&tokens, "admintoken,alice,1,\"system:masters\"\nplaintoken,bob,2\n").expect("tokens");
+    std::fs::write(
+        &tokens,
+        "admintoken,alice,1,\"system:masters\"\nplaintoken,bob,2\n",
+    )
+    .expect("tokens");
     let d = dir.clone();
     let server = tokio::task::spawn_blocking(move || Server::start_in(&d, None, Some(tokens)))
         .await
@@ -135,5 +159,7 @@ async fn bearer_tokens_authenticate_and_unknown_ones_get_401() {
     assert_eq!(run("admintoken"), "200");
     assert_eq!(run("plaintoken"), "403");
     assert_eq!(run("wrong"), "401");
-    tokio::task::spawn_blocking(move || drop(server)).await.expect("stop");
+    tokio::task::spawn_blocking(move || drop(server))
+        .await
+        .expect("stop");
 }
