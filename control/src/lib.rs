@@ -9,8 +9,12 @@
 //!   managedFields.
 //! - [`apiserver`]: the HTTPS API server — TLS/CA, kubeconfig, authentication,
 //!   discovery, OpenAPI, REST handlers (CRUD, watch, Table printing, subresources).
+//! - [`manager`]: the controller manager — leader election and the loops it runs.
+//! - [`controllers`]: one module per controller (and the list the manager starts).
 
 pub mod admission;
 pub mod apiserver;
+pub mod controllers;
+pub mod manager;
 pub mod patch;
 pub mod store;

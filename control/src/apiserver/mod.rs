@@ -37,6 +37,9 @@ pub struct Options {
     pub token_file: Option<PathBuf>,
     pub service_cluster_ip_range: String,
     pub advertise_address: Option<IpAddr>,
+    /// Run the scheduler and controllers (the controller manager) in this process.
+    pub controllers: bool,
+    pub manager: crate::manager::ManagerOptions,
 }
 
 impl Options {
@@ -48,6 +51,8 @@ impl Options {
             token_file: None,
             service_cluster_ip_range: "10.96.0.0/12".into(),
             advertise_address: None,
+            controllers: true,
+            manager: crate::manager::ManagerOptions::default(),
         }
     }
 }

@@ -193,6 +193,20 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
     });
     let app = router(state.clone());
     tracing::info!(%server_url, store = %url, "hull API server listening");
+    let manager = if opts.controllers {
+        let client = internal_client(&opts.data_dir, &server_url, &pki.ca_cert_pem).await?;
+        let mut stopped = state.shutdown.clone();
+        let options = opts.manager.clone();
+        Some(tokio::spawn(crate::manager::run(
+            client,
+            options,
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        )))
+    } else {
+        None
+    };
 
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -236,10 +250,44 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
     // Stop accepting, end watches, then give in-flight requests a moment to finish.
     drop(listener);
     let _ = stop_tx.send(true);
+    if let Some(m) = manager {
+        // The manager releases its Lease on the way out; give it a moment to do so.
+        let _ = tokio::time::timeout(Duration::from_secs(3), m).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
     compactor.abort();
     tracing::info!("hull API server stopped");
     Ok(())
+}
+
+/// A kube-rs client for the control loops in this process: they speak HTTPS to this very
+/// server, like an external controller manager, with a client certificate of their own.
+async fn internal_client(
+    data_dir: &std::path::Path,
+    server_url: &str,
+    ca_pem: &str,
+) -> Result<kube::Client, ServerError> {
+    let (cert, key) = tls::issue_client_cert_from_dir(
+        data_dir,
+        "system:kube-controller-manager",
+        &["system:masters"],
+    )?;
+    let text = kubeconfig::render(
+        server_url,
+        ca_pem,
+        &cert,
+        &key,
+        "system:kube-controller-manager",
+    );
+    let config = async {
+        let kc = kube::config::Kubeconfig::from_yaml(&text).map_err(|e| e.to_string())?;
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await
+    .map_err(ServerError::Config)?;
+    kube::Client::try_from(config).map_err(|e| ServerError::Config(e.to_string()))
 }
 
 /// The routes: health and version (open), everything else behind authentication.

@@ -1,0 +1,114 @@
+//! The controller manager: the scheduler and every controller, run inside `hull server`
+//! (and `hull up`) as ordinary API clients.
+//!
+//! They reach the API only through a kube-rs [`kube::Client`], exactly as an external
+//! kube-scheduler or kube-controller-manager would, so nothing here reads the store.
+//! Several servers may run against one etcd: [`leader`] elects one of them on a
+//! `coordination.k8s.io` Lease, and only the leader runs the loops.
+
+pub mod leader;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Tunables of the control loops. Every one is a `hull server` flag.
+#[derive(Debug, Clone)]
+pub struct ManagerOptions {
+    /// This server's identity in the leader Lease (hostname + a random suffix by default).
+    pub identity: String,
+    /// The pod network; each node gets a `/node_cidr_mask_size` of it as `spec.podCIDR`.
+    pub cluster_cidr: String,
+    pub node_cidr_mask_size: u8,
+    /// A node whose Lease is older than this becomes NotReady/Unknown.
+    pub node_monitor_grace_period: Duration,
+    /// Default `tolerationSeconds` for the not-ready/unreachable NoExecute taints.
+    pub default_eviction_timeout: Duration,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+impl Default for ManagerOptions {
+    fn default() -> Self {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "hull".into());
+        ManagerOptions {
+            identity: format!("{host}_{}", uuid::Uuid::new_v4()),
+            cluster_cidr: "10.244.0.0/16".into(),
+            node_cidr_mask_size: 24,
+            node_monitor_grace_period: Duration::from_secs(40),
+            default_eviction_timeout: Duration::from_secs(300),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What every loop is handed.
+pub struct Context {
+    pub client: kube::Client,
+    pub options: ManagerOptions,
+}
+
+/// A control loop: runs until the future is dropped (when leadership is lost or on shutdown).
+pub type LoopFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub type Loop = fn(Arc<Context>) -> LoopFuture;
+
+/// Every loop the manager runs while it leads, by name (names appear in logs).
+pub fn loops() -> Vec<(&'static str, Loop)> {
+    crate::controllers::all()
+}
+
+/// Runs the manager until `shutdown` resolves: campaigns for the Lease, runs every loop
+/// while leading, and stops them the moment leadership is lost.
+pub async fn run(
+    client: kube::Client,
+    options: ManagerOptions,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        options: options.clone(),
+    });
+    let elector = leader::LeaderElector::new(
+        client,
+        "kube-system",
+        "hull-controller-manager",
+        &options.identity,
+        options.lease_duration,
+        options.renew_deadline,
+        options.retry_period,
+    );
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            () = elector.acquire() => {}
+        }
+        tracing::info!(identity = %options.identity, "leading: starting the control loops");
+        let mut tasks = tokio::task::JoinSet::new();
+        for (name, start) in loops() {
+            let ctx = ctx.clone();
+            tasks.spawn(async move {
+                start(ctx).await;
+                tracing::warn!(loop_name = name, "control loop returned");
+            });
+        }
+        tokio::select! {
+            _ = &mut shutdown => {
+                tasks.shutdown().await;
+                elector.release().await;
+                return;
+            }
+            () = elector.hold() => {
+                tracing::warn!("lost the leader Lease: stopping the control loops");
+                tasks.shutdown().await;
+            }
+        }
+    }
+}
