@@ -5,5 +5,8 @@
 //!   hull's own pause process, containers run through `hull_runtime` under a small
 //!   per-container monitor, images from `hull_runtime::image`, networking through the
 //!   `hull_cni` invoker, and a streaming server for exec.
+//! - `node`: the node agent (kubelet role): Node registration, Lease, pod workers that
+//!   converge pods bound to this node onto the CRI server, probes, volumes.
 
 pub mod cri;
+pub mod node;
