@@ -271,8 +271,8 @@ async fn tcp_conn(mut s: TcpStream, state: &DnsState) -> std::io::Result<()> {
     }
 }
 
-/// Bind UDP and TCP on `addr` and serve both in the background.
-pub async fn spawn(addr: SocketAddr, state: DnsState) -> Result<SocketAddr, DnsError> {
+/// Bind UDP and TCP on the same `addr` (port 0: one free port for both).
+pub async fn bind(addr: SocketAddr) -> Result<(UdpSocket, TcpListener, SocketAddr), DnsError> {
     let udp = UdpSocket::bind(addr)
         .await
         .map_err(|source| DnsError::Bind { addr, source })?;
@@ -285,6 +285,12 @@ pub async fn spawn(addr: SocketAddr, state: DnsState) -> Result<SocketAddr, DnsE
             addr: bound,
             source,
         })?;
+    Ok((udp, tcp, bound))
+}
+
+/// Bind UDP and TCP on `addr` and serve both in the background (detached tasks).
+pub async fn spawn(addr: SocketAddr, state: DnsState) -> Result<SocketAddr, DnsError> {
+    let (udp, tcp, bound) = bind(addr).await?;
     tokio::spawn(serve_udp(udp, state.clone()));
     tokio::spawn(serve_tcp(tcp, state));
     Ok(bound)

@@ -5,16 +5,19 @@
 //! - `nft`: a rule set rendered as one atomic `nft -f` transaction.
 //! - `apply`: runs `nft`, cleanup, route_localnet.
 //! - `dns_model`: Services/EndpointSlices/Pods → cluster DNS answers (pure).
+//! - `dns_service`: publishes `kube-system/kube-dns` with this node's DNS listener.
 //! - `dns_server`: UDP+TCP DNS server on hickory-proto, forwarding non-cluster names.
 //! - `conntrack`: flushes stale UDP flows when endpoints go away.
 //! - `runner`: kube-rs reflectors → coalescing sync loop, `/healthz` and `/metrics`.
-//! - `daemon`: the `hull proxy` entry point (kubeconfig, DNS listeners, signals).
+//! - `daemon`: entry points: `run` (embedded, with a client and a shutdown future)
+//!   and `run_blocking` (`hull proxy`).
 
 pub mod apply;
 pub mod conntrack;
 pub mod daemon;
 pub mod dns_model;
 pub mod dns_server;
+pub mod dns_service;
 pub mod model;
 pub mod nft;
 pub mod runner;

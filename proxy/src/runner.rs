@@ -35,6 +35,9 @@ pub struct ProxyConfig {
     pub node: model::NodeInfo,
     /// Syncs closer together than this are coalesced into one.
     pub min_sync_interval: Duration,
+    /// A full resync (the whole table rewritten) at least this often, repairing
+    /// drift; between them only what changed is written.
+    pub full_sync_interval: Duration,
     /// Print each transaction to stdout before applying it.
     pub explain: bool,
     pub healthz: Option<SocketAddr>,
@@ -104,45 +107,59 @@ impl Metrics {
     }
 }
 
-/// Serve `/healthz` (200 once the last sync succeeded) and `/metrics`.
-pub async fn serve_health(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr, RunError> {
+/// Bind the `/healthz` + `/metrics` listener.
+pub async fn bind_health(
+    addr: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), RunError> {
     let l = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| RunError::Healthz { addr, source })?;
     let bound = l
         .local_addr()
         .map_err(|source| RunError::Healthz { addr, source })?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut c, _)) = l.accept().await else {
-                continue;
-            };
-            let m = metrics.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let n = c.read(&mut buf).await.unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]);
-                let path = req.split_whitespace().nth(1).unwrap_or("/");
-                let (code, body) = match path {
-                    "/healthz" if m.healthy.load(Ordering::Relaxed) => {
-                        ("200 OK", "ok\n".to_string())
-                    }
-                    "/healthz" => (
-                        "503 Service Unavailable",
-                        "no successful sync yet\n".to_string(),
-                    ),
-                    "/metrics" => ("200 OK", m.render()),
-                    _ => ("404 Not Found", "not found\n".to_string()),
-                };
-                let resp = format!(
-                    "HTTP/1.1 {code}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = c.write_all(resp.as_bytes()).await;
-            });
-        }
-    });
+    Ok((l, bound))
+}
+
+/// Serve `/healthz` (200 once the last sync succeeded) and `/metrics` in the
+/// background (a detached task).
+pub async fn serve_health(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr, RunError> {
+    let (l, bound) = bind_health(addr).await?;
+    tokio::spawn(health_loop(l, metrics));
     Ok(bound)
+}
+
+/// Answer health and metrics requests on `l` until dropped.
+pub async fn health_loop(l: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((mut c, _)) = l.accept().await else {
+            continue;
+        };
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("/");
+            let (code, body) = match path {
+                "/healthz" if m.healthy.load(Ordering::Relaxed) => ("200 OK", "ok\n".to_string()),
+                "/healthz" => (
+                    "503 Service Unavailable",
+                    "no successful sync yet\n".to_string(),
+                ),
+                "/metrics" => ("200 OK", m.render()),
+                _ => ("404 Not Found", "not found\n".to_string()),
+            };
+            let resp = format!(
+                "HTTP/1.1 {code}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = c.write_all(resp.as_bytes()).await;
+        });
+    }
 }
 
 fn watch<K>(api: Api<K>, notify: Arc<Notify>) -> (Store<K>, impl Stream<Item = ()>)
@@ -186,10 +203,12 @@ pub async fn run(
         .is_some()
         .then(|| watch(Api::<Pod>::all(client.clone()), notify.clone()));
     let pods = pods_watch.as_ref().map(|(s, _)| s.clone());
-    tokio::spawn(s1.for_each(|_| async {}));
-    tokio::spawn(s2.for_each(|_| async {}));
+    // Held by this future: dropping it (shutdown) stops the watches too.
+    let mut watches = tokio::task::JoinSet::new();
+    watches.spawn(s1.for_each(|_| async {}));
+    watches.spawn(s2.for_each(|_| async {}));
     if let Some((_, s3)) = pods_watch {
-        tokio::spawn(s3.for_each(|_| async {}));
+        watches.spawn(s3.for_each(|_| async {}));
     }
     let _ = svcs.wait_until_ready().await;
     let _ = slices.wait_until_ready().await;

@@ -64,6 +64,26 @@ pub struct ProxyArgs {
     #[arg(long)]
     pub no_rules: bool,
 
+    /// Publish `kube-system/kube-dns` at this ClusterIP (e.g. 10.96.0.10), with
+    /// `--dns-endpoint` as this node's endpoint.
+    #[arg(long)]
+    pub cluster_dns: Option<IpAddr>,
+
+    /// This node's DNS listener published for `--cluster-dns` (a node address,
+    /// e.g. 192.168.1.10:53); also listened on.
+    #[arg(long)]
+    pub dns_endpoint: Option<SocketAddr>,
+
+    /// A full resync (whole table rewritten) at least every this many seconds;
+    /// between them only changes are written.
+    #[arg(long, default_value_t = 3600)]
+    pub full_sync_period_s: u64,
+
+    /// Leave the rules in place on exit (traffic keeps flowing while the proxy
+    /// restarts, as kube-proxy does); default: remove them.
+    #[arg(long)]
+    pub keep_rules: bool,
+
     /// Do not set status.loadBalancer of LoadBalancer Services.
     #[arg(long)]
     pub no_lb_status: bool,
@@ -111,8 +131,15 @@ pub fn run(_data_dir: &Path, args: ProxyArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|c| parse_cidr(c))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let cluster_dns = match (args.cluster_dns, args.dns_endpoint) {
+        (Some(service_ip), Some(endpoint)) => Some(daemon::ClusterDns {
+            service_ip,
+            endpoint,
+        }),
+        (None, None) => None,
+        _ => anyhow::bail!("--cluster-dns and --dns-endpoint go together"),
+    };
     let opts = daemon::Options {
-        kubeconfig: args.kubeconfig,
         proxy: ProxyConfig {
             node: NodeInfo {
                 name: node_name,
@@ -121,6 +148,7 @@ pub fn run(_data_dir: &Path, args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 localhost_nodeports: !args.no_localhost_nodeports,
             },
             min_sync_interval: Duration::from_millis(args.min_sync_ms),
+            full_sync_interval: Duration::from_secs(args.full_sync_period_s),
             explain: args.explain,
             healthz,
             program_rules: !args.no_rules,
@@ -129,7 +157,9 @@ pub fn run(_data_dir: &Path, args: ProxyArgs) -> anyhow::Result<ExitCode> {
         },
         dns_listen: args.dns_listen,
         resolv_conf: args.resolv_conf,
+        cluster_dns,
+        cleanup_on_exit: !args.keep_rules,
     };
-    daemon::run_blocking(opts).context("hull proxy")?;
+    daemon::run_blocking(args.kubeconfig, opts).context("hull proxy")?;
     Ok(ExitCode::SUCCESS)
 }
