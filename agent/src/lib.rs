@@ -7,6 +7,10 @@
 //!   `hull_cni` invoker, and a streaming server for exec.
 //! - `node`: the node agent (kubelet role): Node registration, Lease, pod workers that
 //!   converge pods bound to this node onto the CRI server, probes, volumes.
+//! - `kubelet_api`: the kubelet's HTTPS API (:10250) — containerLogs, exec/attach/
+//!   portForward (spliced to the CRI streaming server), stats/summary, metrics — found
+//!   through the CRI only.
 
 pub mod cri;
+pub mod kubelet_api;
 pub mod node;
