@@ -196,7 +196,10 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
     let manager = if opts.controllers {
         let client = internal_client(&opts.data_dir, &server_url, &pki.ca_cert_pem).await?;
         let mut stopped = state.shutdown.clone();
-        let options = opts.manager.clone();
+        let mut options = opts.manager.clone();
+        if options.root_ca_pem.is_none() {
+            options.root_ca_pem = Some(pki.ca_cert_pem.clone());
+        }
         Some(tokio::spawn(crate::manager::run(
             client,
             options,

@@ -1,9 +1,18 @@
 //! The controllers the manager runs, each a kube-rs reconciler of desired vs observed
 //! state. One module per controller; [`all`] is the list the manager starts.
 
+pub mod node_ipam;
+pub mod root_ca;
+pub mod serviceaccount;
+pub mod util;
+
 use crate::manager::Loop;
 
 /// Every controller loop (and the scheduler), by name.
 pub fn all() -> Vec<(&'static str, Loop)> {
-    vec![]
+    vec![
+        ("nodeipam", node_ipam::start),
+        ("root-ca-cert-publisher", root_ca::start),
+        ("serviceaccount", serviceaccount::start),
+    ]
 }

@@ -28,6 +28,9 @@ pub struct ManagerOptions {
     pub lease_duration: Duration,
     pub renew_deadline: Duration,
     pub retry_period: Duration,
+    /// The cluster CA (PEM) the root-ca publisher puts in every namespace's
+    /// `kube-root-ca.crt` ConfigMap; `apiserver::run` fills it from the PKI when unset.
+    pub root_ca_pem: Option<String>,
 }
 
 impl Default for ManagerOptions {
@@ -45,6 +48,7 @@ impl Default for ManagerOptions {
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
+            root_ca_pem: None,
         }
     }
 }
