@@ -1,0 +1,47 @@
+//! Pod cgroups: the runtime creates `<pod cgroup>/<container>` under every hierarchy;
+//! after a pod is gone the agent removes the pod level (empty by then) everywhere.
+
+use std::path::{Path, PathBuf};
+
+/// Mount points of every cgroup hierarchy (v1 controllers and the v2 unified one).
+fn roots() -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let fstype = post.split(' ').next()?;
+            let mnt = pre.split(' ').nth(4)?;
+            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(mnt))
+        })
+        .collect()
+}
+
+fn rmdir_tree(p: &Path) {
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                rmdir_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(p);
+}
+
+/// Removes cgroup `rel` (absolute cgroup path such as `/hull-kubepods/pod<uid>`) and
+/// its empty children from every hierarchy; busy ones stay (and are retried later).
+pub fn remove(rel: &str) {
+    let rel = rel.trim_start_matches('/');
+    for r in roots() {
+        let p = r.join(rel);
+        if p.is_dir() {
+            rmdir_tree(&p);
+        }
+    }
+}
+
+/// Whether cgroup `rel` still exists in any hierarchy (for leak checks).
+pub fn exists(rel: &str) -> bool {
+    let rel = rel.trim_start_matches('/');
+    roots().iter().any(|r| r.join(rel).is_dir())
+}

@@ -1,0 +1,293 @@
+//! Probes (liveness, readiness, startup) and lifecycle hook actions: exec through CRI
+//! ExecSync, httpGet and tcpSocket against the pod's IP, with Kubernetes' timing fields.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Probe, TCPSocketAction};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::cri_client::Cri;
+
+/// One action: what a probe or a hook runs.
+pub enum Action<'a> {
+    Exec(&'a [String]),
+    Http(&'a HTTPGetAction),
+    Tcp(&'a TCPSocketAction),
+    Sleep(i64),
+}
+
+fn port_of(c: &Container, p: &IntOrString) -> Result<u16, String> {
+    match p {
+        IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("port {n} is out of range")),
+        IntOrString::String(name) => {
+            if let Ok(n) = name.parse::<u16>() {
+                return Ok(n);
+            }
+            c.ports
+                .iter()
+                .flatten()
+                .find(|cp| cp.name.as_deref() == Some(name))
+                .and_then(|cp| u16::try_from(cp.container_port).ok())
+                .ok_or_else(|| format!("named port {name:?} not found in container {}", c.name))
+        }
+    }
+}
+
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+}
+
+async fn http(c: &Container, pod_ip: &str, h: &HTTPGetAction, timeout: Duration) -> Result<(), String> {
+    if h.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS")) {
+        return Err("httpGet with scheme HTTPS is not supported by hull's agent".into());
+    }
+    let port = port_of(c, &h.port)?;
+    let host = h.host.as_deref().filter(|h| !h.is_empty()).unwrap_or(pod_ip);
+    let path = h.path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/");
+    let addr = host_port(host, port);
+    let work = async {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.map_err(|e| format!("dial {addr}: {e}"))?;
+        let mut req = format!("GET {path} HTTP/1.1\r\n");
+        let mut has_host = false;
+        for hd in h.http_headers.iter().flatten() {
+            has_host |= hd.name.eq_ignore_ascii_case("host");
+            req.push_str(&format!("{}: {}\r\n", hd.name, hd.value));
+        }
+        if !has_host {
+            req.push_str(&format!("Host: {addr}\r\n"));
+        }
+        req.push_str("User-Agent: kube-probe/1.35\r\nAccept: */*\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.map_err(|e| format!("write {addr}: {e}"))?;
+        let mut buf = vec![0u8; 1024];
+        let mut n = 0;
+        while n < 12 {
+            let r = s.read(&mut buf[n..]).await.map_err(|e| format!("read {addr}: {e}"))?;
+            if r == 0 {
+                break;
+            }
+            n += r;
+        }
+        let line = String::from_utf8_lossy(&buf[..n]);
+        let code: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("{addr}: not an HTTP answer"))?;
+        if (200..400).contains(&code) {
+            Ok(())
+        } else {
+            Err(format!("HTTP probe failed with statuscode: {code}"))
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| format!("Get http://{addr}{path}: timeout after {timeout:?}"))?
+}
+
+pub async fn run(
+    cri: &Cri,
+    c: &Container,
+    container_id: &str,
+    pod_ip: &str,
+    action: Action<'_>,
+    timeout: Duration,
+) -> Result<(), String> {
+    match action {
+        Action::Exec(cmd) => {
+            let mut rt = cri.rt.clone();
+            let r = rt
+                .exec_sync(k8s_cri::v1::ExecSyncRequest {
+                    container_id: container_id.to_string(),
+                    cmd: cmd.to_vec(),
+                    timeout: timeout.as_secs().max(1) as i64,
+                })
+                .await
+                .map_err(|e| format!("exec {cmd:?}: {}", e.message()))?
+                .into_inner();
+            if r.exit_code == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "command {cmd:?} exited with {}: {}",
+                    r.exit_code,
+                    String::from_utf8_lossy(&r.stdout).trim()
+                ))
+            }
+        }
+        Action::Http(h) => http(c, pod_ip, h, timeout).await,
+        Action::Tcp(t) => {
+            let port = port_of(c, &t.port)?;
+            let host = t.host.as_deref().filter(|h| !h.is_empty()).unwrap_or(pod_ip);
+            let addr = host_port(host, port);
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("dial tcp {addr}: {e}")),
+                Err(_) => Err(format!("dial tcp {addr}: timeout")),
+            }
+        }
+        Action::Sleep(s) => {
+            tokio::time::sleep(Duration::from_secs(s.max(0) as u64)).await;
+            Ok(())
+        }
+    }
+}
+
+fn probe_action(p: &Probe) -> Option<Action<'_>> {
+    if let Some(e) = &p.exec {
+        return Some(Action::Exec(e.command.as_deref().unwrap_or_default()));
+    }
+    if let Some(h) = &p.http_get {
+        return Some(Action::Http(h));
+    }
+    if let Some(t) = &p.tcp_socket {
+        return Some(Action::Tcp(t));
+    }
+    None
+}
+
+/// What the probes of one container concluded so far.
+#[derive(Debug, Clone)]
+pub struct Results {
+    pub ready: bool,
+    pub started: bool,
+    /// Set when liveness (or startup) failed failureThreshold times: restart it.
+    pub kill: Option<String>,
+}
+
+/// The probe tasks of one running container; dropping it stops them.
+pub struct Probes {
+    pub results: Arc<Mutex<Results>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Startup,
+    Liveness,
+    Readiness,
+}
+
+impl Probes {
+    /// Starts the probes of `c` (container `id`); `ready_hint` seeds readiness when the
+    /// agent re-adopts a container it had already reported ready.
+    pub fn start(cri: &Cri, c: &Container, id: &str, pod_ip: &str, ready_hint: bool, wake: Arc<Notify>) -> Probes {
+        let has_startup = c.startup_probe.as_ref().and_then(probe_action).is_some();
+        let has_ready = c.readiness_probe.as_ref().and_then(probe_action).is_some();
+        let results = Arc::new(Mutex::new(Results {
+            ready: !has_ready || ready_hint,
+            started: !has_startup || ready_hint,
+            kill: None,
+        }));
+        let mut tasks = Vec::new();
+        for (kind, p) in [
+            (Kind::Startup, &c.startup_probe),
+            (Kind::Liveness, &c.liveness_probe),
+            (Kind::Readiness, &c.readiness_probe),
+        ] {
+            let Some(p) = p.clone() else { continue };
+            if probe_action(&p).is_none() {
+                continue;
+            }
+            let (cri, c, id, ip, res, wake) =
+                (cri.clone(), c.clone(), id.to_string(), pod_ip.to_string(), results.clone(), wake.clone());
+            tasks.push(tokio::spawn(async move {
+                probe_loop(kind, &p, &cri, &c, &id, &ip, &res, &wake).await;
+            }));
+        }
+        Probes { results, tasks }
+    }
+
+    pub fn get(&self) -> Results {
+        self.results.lock().map(|r| r.clone()).unwrap_or(Results { ready: false, started: false, kill: None })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn probe_loop(
+    kind: Kind,
+    p: &Probe,
+    cri: &Cri,
+    c: &Container,
+    id: &str,
+    ip: &str,
+    res: &Mutex<Results>,
+    wake: &Notify,
+) {
+    let Some(action_of) = Some(p) else { return };
+    let period = Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
+    let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
+    let success_th = p.success_threshold.unwrap_or(1).max(1);
+    let failure_th = p.failure_threshold.unwrap_or(3).max(1);
+    tokio::time::sleep(Duration::from_secs(p.initial_delay_seconds.unwrap_or(0).max(0) as u64)).await;
+    let (mut ok_run, mut fail_run) = (0, 0);
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let started = res.lock().map(|r| r.started).unwrap_or(false);
+        match kind {
+            Kind::Startup if started => return,
+            Kind::Liveness | Kind::Readiness if !started => continue,
+            _ => {}
+        }
+        let Some(action) = probe_action(action_of) else { return };
+        let outcome = run(cri, c, id, ip, action, timeout).await;
+        let mut changed = false;
+        match &outcome {
+            Ok(()) => {
+                ok_run += 1;
+                fail_run = 0;
+            }
+            Err(_) => {
+                fail_run += 1;
+                ok_run = 0;
+            }
+        }
+        if let Ok(mut r) = res.lock() {
+            match kind {
+                Kind::Readiness => {
+                    if ok_run >= success_th && !r.ready {
+                        r.ready = true;
+                        changed = true;
+                    } else if fail_run >= failure_th && r.ready {
+                        r.ready = false;
+                        changed = true;
+                    }
+                }
+                Kind::Startup => {
+                    if ok_run >= 1 {
+                        r.started = true;
+                        changed = true;
+                    } else if fail_run >= failure_th && r.kill.is_none() {
+                        r.kill = Some(format!("Startup probe failed: {}", outcome.as_ref().err().cloned().unwrap_or_default()));
+                        changed = true;
+                    }
+                }
+                Kind::Liveness => {
+                    if fail_run >= failure_th && r.kill.is_none() {
+                        r.kill = Some(format!("Liveness probe failed: {}", outcome.as_ref().err().cloned().unwrap_or_default()));
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if changed {
+            wake.notify_one();
+            if kind != Kind::Readiness && res.lock().map(|r| r.kill.is_some()).unwrap_or(false) {
+                return;
+            }
+        }
+    }
+}
