@@ -13,6 +13,7 @@ pub mod image;
 pub mod proxy;
 pub mod run;
 pub mod server;
+pub mod up;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,6 +53,9 @@ pub enum Command {
     Server(server::ServerArgs),
     /// The service proxy (nftables) and cluster DNS against any API server.
     Proxy(proxy::ProxyArgs),
+    /// A single-node cluster in one process tree: API server, scheduler and controllers,
+    /// CRI server, node agent, service proxy and DNS; writes DATA/admin.kubeconfig.
+    Up(up::UpArgs),
 }
 
 pub fn init_logging(filter: Option<&str>) {
@@ -75,5 +79,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cri(args) => cri::run(&cli.data_dir, args),
         Command::Server(args) => server::run(&cli.data_dir, args),
         Command::Proxy(args) => proxy::run(&cli.data_dir, args),
+        Command::Up(args) => up::run(&cli.data_dir, args),
     }
 }

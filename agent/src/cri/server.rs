@@ -38,6 +38,20 @@ pub fn prepare(cfg: &Config) -> Result<ImageStore> {
 
 /// Serves until SIGINT or SIGTERM.
 pub async fn serve(cfg: Config) -> Result<()> {
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+    };
+    serve_until(cfg, shutdown).await
+}
+
+/// Serves until `shutdown` resolves (what `hull up` embeds). Containers keep running
+/// under their monitors; stopping them is the caller's decision.
+pub async fn serve_until(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     let cfg = Arc::new(cfg);
     let c2 = cfg.clone();
     let store = tokio::task::spawn_blocking(move || prepare(&c2))
@@ -73,14 +87,6 @@ pub async fn serve(cfg: Config) -> Result<()> {
         streaming,
     };
     tracing::info!(socket = %cfg.socket.display(), streaming = %cri.streaming.addr, "CRI server ready");
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-        }
-    };
     tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(cri.clone()))
         .add_service(ImageServiceServer::new(cri))

@@ -1,0 +1,45 @@
+//! The node agent and its kubelet API inside `hull up`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use hull_agent::{kubelet_api, node};
+use tokio::sync::watch;
+
+use super::UpArgs;
+
+pub fn spawn(
+    client: kube::Client,
+    node_name: &str,
+    node_ip: IpAddr,
+    data_dir: &Path,
+    socket: &Path,
+    args: &UpArgs,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let mut opts = node::Options::new(node_name, socket.to_path_buf(), data_dir.join("agent"));
+    opts.cluster_dns = vec![args.cluster_dns];
+    opts.cluster_domain = args.cluster_domain.clone();
+    opts.node_ip = Some(node_ip);
+    opts.kubelet_port = args.kubelet_port;
+    let mut api = kubelet_api::Options::new(
+        node_name,
+        data_dir.join("ca.crt"),
+        data_dir.join("ca.key"),
+        socket.to_path_buf(),
+    );
+    api.listen = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), args.kubelet_port);
+    api.node_ips = vec![node_ip];
+    let api_stop = stop.clone();
+    tokio::spawn(async move {
+        let kubelet = tokio::spawn(async move {
+            if let Err(e) = kubelet_api::serve(api, super::wait_stop(api_stop)).await {
+                eprintln!("hull up: kubelet API: {e}");
+            }
+        });
+        if let Err(e) = node::run(client, opts, super::wait_stop(stop)).await {
+            eprintln!("hull up: node agent: {e}");
+        }
+        let _ = kubelet.await;
+    })
+}
