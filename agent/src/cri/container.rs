@@ -280,6 +280,7 @@ fn build(
         log_path: (!rec.log_path.is_empty()).then(|| PathBuf::from(&rec.log_path)),
         exit_path: dir(cfg, &rec.id).join("exit.json"),
         cgroups_path: v["linux"]["cgroupsPath"].as_str().map(String::from),
+        stdin_fifo: c.stdin.then(|| dir(cfg, &rec.id).join("stdin")),
     };
     let json = serde_json::to_string(&mspec).map_err(|e| CriError::Internal(e.to_string()))?;
     let (_pid, report) = sandbox::spawn_helper(cfg, "--internal-monitor", &json)?;

@@ -17,6 +17,10 @@ pub struct ExecSpec {
     pub oci_root: PathBuf,
     pub id: String,
     pub cmd: Vec<String>,
+    /// With a terminal: the runtime makes a pty in the container and sends its master
+    /// over this socket (runc's console-socket protocol).
+    #[serde(default)]
+    pub console_socket: Option<PathBuf>,
 }
 
 /// The helper's main: exit status of the command (126 if it could not be started).
@@ -49,11 +53,11 @@ fn run(spec: &ExecSpec) -> std::result::Result<i32, String> {
         .clone()
         .ok_or("container spec has no process")?;
     process.set_args(Some(spec.cmd.clone()));
-    process.set_terminal(Some(false));
+    process.set_terminal(Some(spec.console_socket.is_some()));
     let opts = hull_runtime::exec::ExecOptions {
         process,
         detach: false,
-        console_socket: None,
+        console_socket: spec.console_socket.clone(),
         pid_file: None,
         preserve_fds: 0,
     };
@@ -75,6 +79,7 @@ pub fn spawn(
         oci_root: oci_root.to_path_buf(),
         id: id.to_string(),
         cmd: cmd.to_vec(),
+        console_socket: None,
     };
     let json = serde_json::to_string(&spec).map_err(|e| CriError::Internal(e.to_string()))?;
     tokio::process::Command::new(&cfg.hull_exe)
@@ -85,6 +90,84 @@ pub fn spawn(
         .kill_on_drop(true)
         .spawn()
         .map_err(CriError::io(format!("spawn {}", cfg.hull_exe.display())))
+}
+
+/// Starts the helper with a terminal: (helper, the pty master). The helper's own stderr
+/// is piped for its errors; the command's stdio is the pty.
+pub async fn spawn_tty(
+    cfg: &Config,
+    oci_root: &Path,
+    id: &str,
+    cmd: &[String],
+) -> Result<(tokio::process::Child, std::os::fd::OwnedFd)> {
+    if cmd.is_empty() {
+        return Err(CriError::InvalidArgument("cmd: must not be empty".into()));
+    }
+    let dir = cfg.run_dir().join("consoles");
+    std::fs::create_dir_all(&dir).map_err(CriError::io(format!("create {}", dir.display())))?;
+    let sock = dir.join(format!(
+        "{}.sock",
+        super::records::new_id()?.get(..16).unwrap_or("x")
+    ));
+    let listener = tokio::net::UnixListener::bind(&sock)
+        .map_err(CriError::io(format!("bind {}", sock.display())))?;
+    struct Unlink(PathBuf);
+    impl Drop for Unlink {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _unlink = Unlink(sock.clone());
+    let spec = ExecSpec {
+        oci_root: oci_root.to_path_buf(),
+        id: id.to_string(),
+        cmd: cmd.to_vec(),
+        console_socket: Some(sock.clone()),
+    };
+    let json = serde_json::to_string(&spec).map_err(|e| CriError::Internal(e.to_string()))?;
+    let mut child = tokio::process::Command::new(&cfg.hull_exe)
+        .args(["cri", "--internal-exec", &json])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(CriError::io(format!("spawn {}", cfg.hull_exe.display())))?;
+    let conn = tokio::select! {
+        c = listener.accept() => c.map_err(CriError::io("accept on the console socket"))?.0,
+        st = child.wait() => {
+            let mut msg = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut msg).await;
+            }
+            let code = st.map(exit_code).unwrap_or(-1);
+            return Err(CriError::Internal(format!("exec {cmd:?} with a terminal failed (exit {code}): {}", msg.trim())));
+        }
+    };
+    let std_conn = conn.into_std().map_err(CriError::io("console socket"))?;
+    std_conn
+        .set_nonblocking(false)
+        .map_err(CriError::io("console socket"))?;
+    let master = tokio::task::spawn_blocking(move || {
+        use std::os::fd::AsFd;
+        hull_runtime::sync::recv_fd(std_conn.as_fd())
+    })
+    .await
+    .map_err(|e| CriError::Internal(e.to_string()))?
+    .map_err(|e| CriError::Internal(format!("receive the terminal: {e}")))?;
+    Ok((child, master))
+}
+
+/// Sets a terminal's size (the resize stream's messages).
+pub fn resize(master: &impl std::os::fd::AsRawFd, width: u16, height: u16) {
+    let ws = libc::winsize {
+        ws_row: height,
+        ws_col: width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ with a valid winsize on an fd we hold.
+    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
 }
 
 /// ExecSync: runs to completion (or the timeout, then SIGKILL); (stdout, stderr, code).

@@ -45,6 +45,15 @@ pub fn entry(t: SystemTime, stream: &str, partial: bool, msg: &[u8]) -> Vec<u8> 
     out
 }
 
+/// (stream, partial, message) of one entry, its newline already removed.
+pub fn parse(line: &[u8]) -> Option<(&str, bool, &[u8])> {
+    let mut parts = line.splitn(4, |b| *b == b' ');
+    let _time = parts.next()?;
+    let stream = std::str::from_utf8(parts.next()?).ok()?;
+    let tag = parts.next()?;
+    Some((stream, tag == b"P", parts.next().unwrap_or(b"")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

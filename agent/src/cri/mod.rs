@@ -17,6 +17,8 @@
 //! - `runtime_service` / `image_service`: the tonic service impls.
 //! - `spdy`: SPDY/3.1 framing (what `crictl exec` and kubelet streaming speak).
 //! - `streaming`: the HTTP streaming server that Exec/Attach/PortForward URLs point at.
+//! - `remotecommand`: exec/attach sessions (stdio, tty with resize, exit status).
+//! - `portforward`: port-forward sessions (TCP inside the pod's netns).
 //! - `server`: start-up (reconcile from disk and kernel), serving, shutdown.
 
 pub mod config;
@@ -29,7 +31,9 @@ pub mod monitor;
 pub mod netns;
 pub mod network;
 pub mod pause;
+pub mod portforward;
 pub mod records;
+pub mod remotecommand;
 pub mod runtime_service;
 pub mod sandbox;
 pub mod server;

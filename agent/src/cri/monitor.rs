@@ -27,6 +27,10 @@ pub struct MonitorSpec {
     pub log_path: Option<PathBuf>,
     pub exit_path: PathBuf,
     pub cgroups_path: Option<String>,
+    /// For containers with `stdin`: a FIFO that becomes the init's stdin, which Attach
+    /// writes to.
+    #[serde(default)]
+    pub stdin_fifo: Option<PathBuf>,
 }
 
 static REOPEN: AtomicBool = AtomicBool::new(false);
@@ -135,7 +139,11 @@ fn run(spec_json: &str, report: &mut File) -> Result<(), String> {
     let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let null = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
-    dup_onto(&null, 0)
+    let stdin = match &spec.stdin_fifo {
+        Some(p) => open_fifo(p)?,
+        None => null.try_clone().map_err(|e| format!("/dev/null: {e}"))?,
+    };
+    dup_onto(&stdin, 0)
         .and_then(|_| dup_onto(&out_w, 1))
         .and_then(|_| dup_onto(&err_w, 2))
         .map_err(|e| format!("dup2: {e}"))?;
@@ -152,6 +160,8 @@ fn run(spec_json: &str, report: &mut File) -> Result<(), String> {
         &Default::default(),
     );
     // Our copies of the write ends go, so the readers see EOF when the container's do.
+    let _ = dup_onto(&null, 0);
+    drop(stdin);
     let _ = dup_onto(&null, 1);
     let _ = dup_onto(&null, 2);
     let st = created.map_err(|e| e.to_string())?;
@@ -190,6 +200,19 @@ fn run(spec_json: &str, report: &mut File) -> Result<(), String> {
         },
     )
     .map_err(|e| e.to_string())
+}
+
+/// The stdin FIFO, opened read-write so neither side blocks on open and the init
+/// does not see EOF between two attaches.
+fn open_fifo(p: &Path) -> Result<File, String> {
+    let _ = std::fs::remove_file(p);
+    nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| format!("mkfifo {}: {e}", p.display()))?;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .map_err(|e| format!("open {}: {e}", p.display()))
 }
 
 /// Reaps children (we are their subreaper) until the init is gone; its runc-style status.

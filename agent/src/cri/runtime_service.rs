@@ -379,17 +379,48 @@ impl RuntimeService for Cri {
         ok(ExecResponse { url })
     }
 
-    async fn attach(&self, _r: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
-        Err(Status::unimplemented("attach is not built yet in hull"))
+    async fn attach(&self, r: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
+        let r = r.into_inner();
+        let cid = r.container_id.clone();
+        let rec = self.read(move |s| container::load(&s.cfg, &cid)).await?;
+        if !(r.stdin || r.stdout || r.stderr) {
+            return Err(Status::invalid_argument(
+                "one of stdin, stdout, or stderr must be set",
+            ));
+        }
+        if r.stdin && !rec.config.stdin {
+            return Err(Status::invalid_argument(format!(
+                "stdin: container {} was not created with stdin",
+                rec.id
+            )));
+        }
+        let url = self.streaming.register(streaming::Pending::Attach {
+            container_id: rec.id,
+            tty: r.tty,
+            stdin: r.stdin,
+            stdout: r.stdout,
+            stderr: r.stderr && !r.tty,
+        });
+        ok(AttachResponse { url })
     }
 
     async fn port_forward(
         &self,
-        _r: Request<PortForwardRequest>,
+        r: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
-        Err(Status::unimplemented(
-            "port-forward is not built yet in hull",
-        ))
+        let r = r.into_inner();
+        let sid = r.pod_sandbox_id.clone();
+        let sb = self.read(move |s| sandbox::load(&s.cfg, &sid)).await?;
+        if let Some(p) = r.port.iter().find(|p| !(1..=65535).contains(*p)) {
+            return Err(Status::invalid_argument(format!(
+                "port: {p} is not a valid port"
+            )));
+        }
+        let url = self.streaming.register(streaming::Pending::PortForward {
+            sandbox_id: sb.id,
+            ports: r.port,
+        });
+        ok(PortForwardResponse { url })
     }
 
     async fn container_stats(

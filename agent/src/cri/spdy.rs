@@ -209,6 +209,117 @@ pub fn parse_syn_stream(
     Ok((id, codec.decode(&body[10..])?))
 }
 
+/// What the reader of a SPDY connection reports.
+#[derive(Debug)]
+pub enum Event {
+    /// A stream the client opened: (id, lower-case headers).
+    Stream(u32, Vec<(String, String)>),
+    Data(u32, Vec<u8>, bool),
+    Reset(u32),
+    Closed,
+}
+
+/// A server-side SPDY/3.1 connection: a reader task turning frames into [`Event`]s
+/// (answering SYN_STREAM with SYN_REPLY and PING with PING) and a writer task sending
+/// whatever goes into `out`.
+pub struct Conn {
+    pub out: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    pub events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    reader: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Conn {
+    /// Starts on an upgraded socket; `leftover` is what was read past the HTTP head.
+    pub fn start(sock: tokio::net::TcpStream, leftover: Vec<u8>) -> Conn {
+        use tokio::io::AsyncWriteExt;
+        let (rd, mut wr) = sock.into_split();
+        let (out, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let writer = tokio::spawn(async move {
+            while let Some(f) = out_rx.recv().await {
+                if wr.write_all(&f).await.is_err() {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        let (ev_tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let reader_out = out.clone();
+        let reader = tokio::spawn(async move {
+            let mut r = AsyncReadExt::chain(std::io::Cursor::new(leftover), rd);
+            let mut codec = HeaderCodec::new();
+            while let Ok(Some(f)) = read_frame(&mut r).await {
+                let ev = match f {
+                    Frame::Control {
+                        kind: SYN_STREAM,
+                        data,
+                        ..
+                    } => match parse_syn_stream(&mut codec, &data) {
+                        Ok((sid, h)) => {
+                            let _ = reader_out.send(codec.syn_reply(sid, &[]));
+                            Event::Stream(sid, h)
+                        }
+                        Err(e) => {
+                            tracing::debug!("SYN_STREAM: {e}");
+                            break;
+                        }
+                    },
+                    Frame::Control {
+                        kind: PING, data, ..
+                    } => {
+                        let _ = reader_out.send(ping(&data));
+                        continue;
+                    }
+                    Frame::Control { kind: GOAWAY, .. } => break,
+                    Frame::Control {
+                        kind: RST_STREAM,
+                        data,
+                        ..
+                    } if data.len() >= 4 => Event::Reset(
+                        u32::from_be_bytes([data[0], data[1], data[2], data[3]]) & 0x7fff_ffff,
+                    ),
+                    Frame::Control { .. } => continue,
+                    Frame::Data {
+                        stream,
+                        flags,
+                        data,
+                    } => Event::Data(stream, data, flags & FLAG_FIN != 0),
+                };
+                if ev_tx.send(ev).is_err() {
+                    break;
+                }
+            }
+            let _ = ev_tx.send(Event::Closed);
+        });
+        Conn {
+            out,
+            events,
+            reader,
+            writer,
+        }
+    }
+
+    pub fn send(&self, stream: u32, fin: bool, body: &[u8]) {
+        // Frames carry at most 16 MiB; keep them small so a slow reader sees progress.
+        let mut chunks = body.chunks(32 * 1024).peekable();
+        if chunks.peek().is_none() {
+            let _ = self.out.send(data(stream, fin, b""));
+        }
+        while let Some(c) = chunks.next() {
+            let last = chunks.peek().is_none();
+            let _ = self.out.send(data(stream, fin && last, c));
+        }
+    }
+
+    /// Sends GOAWAY and waits for what was queued to be written.
+    pub async fn finish(self) {
+        let _ = self.out.send(goaway(0));
+        drop(self.out);
+        self.reader.abort();
+        let _ = self.writer.await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
