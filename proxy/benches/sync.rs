@@ -2,6 +2,12 @@
 //! set of kube-proxy's iptables-mode shape (Debian `iptables-legacy-restore`), both
 //! loaded in throwaway network namespaces in the same run.
 //!
+//! Two tables: the full sync (the first one, and hull's periodic repair), and one
+//! change at that scale (an endpoint gone, a Service added, a Service deleted),
+//! timed as the daemon does it (model from all objects + incremental transaction)
+//! beside kube-proxy's iptables partial sync (`iptables-restore --noflush` of the
+//! changed chains plus the whole KUBE-SERVICES chain, which it always rewrites).
+//!
 //! `cargo bench -p hull-proxy --bench sync` (root). Sizes: HULL_BENCH_SIZES=1000,10000,30000.
 
 #[path = "../tests/common/mod.rs"]
@@ -14,6 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Netns, service, slice};
+use hull_proxy::syncer::{Outcome, Syncer};
 use hull_proxy::{apply, model, nft};
 use serde_json::json;
 
@@ -89,6 +96,74 @@ fn iptables_text(n: usize) -> String {
     }
     s.push_str("COMMIT\n");
     s
+}
+
+/// kube-proxy's iptables partial sync: changed service chains, deleted ones, and
+/// KUBE-SERVICES rewritten whole over the `present` Services.
+fn iptables_partial(present: &[usize], changed: &[(usize, usize)], deleted: &[usize]) -> String {
+    let mut s = String::from("*nat\n:KUBE-SERVICES - [0:0]\n");
+    for (i, eps) in changed {
+        let _ = writeln!(s, ":KUBE-SVC-{i} - [0:0]");
+        for k in 0..*eps {
+            let _ = writeln!(s, ":KUBE-SEP-{i}-{k} - [0:0]");
+        }
+    }
+    for i in present {
+        let _ = writeln!(
+            s,
+            "-A KUBE-SERVICES -d {}/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-{i}",
+            cip(*i)
+        );
+    }
+    for (i, eps) in changed {
+        for k in 0..*eps {
+            let rest = eps - k;
+            if rest > 1 {
+                let _ = writeln!(
+                    s,
+                    "-A KUBE-SVC-{i} -m statistic --mode random --probability {:.10} -j KUBE-SEP-{i}-{k}",
+                    1.0 / rest as f64
+                );
+            } else {
+                let _ = writeln!(s, "-A KUBE-SVC-{i} -j KUBE-SEP-{i}-{k}");
+            }
+            let _ = writeln!(s, "-A KUBE-SEP-{i}-{k} -s {POD}/32 -j KUBE-MARK-MASQ");
+            let _ = writeln!(
+                s,
+                "-A KUBE-SEP-{i}-{k} -p tcp -m tcp -j DNAT --to-destination {POD}:{}",
+                8000 + k
+            );
+        }
+    }
+    for i in deleted {
+        let _ = writeln!(s, "-F KUBE-SVC-{i}\n-X KUBE-SVC-{i}");
+        for k in 0..EPS {
+            let _ = writeln!(s, "-F KUBE-SEP-{i}-{k}\n-X KUBE-SEP-{i}-{k}");
+        }
+    }
+    s.push_str("COMMIT\n");
+    s
+}
+
+/// One change as the daemon syncs it: the model from every object, then the
+/// syncer's (incremental) transaction inside `ns`.
+fn hull_change(
+    ns: &Netns,
+    sy: &mut Syncer,
+    svcs: &[k8s_openapi::api::core::v1::Service],
+    slices: &[k8s_openapi::api::discovery::v1::EndpointSlice],
+) -> Duration {
+    let t = Instant::now();
+    let node = sy.node().clone();
+    let rs = model::build(svcs, slices, &node);
+    let mut s = std::mem::replace(sy, Syncer::new(node, Duration::MAX));
+    let (s, outcome) = ns.run(move || {
+        let o = s.sync(&rs).expect("sync");
+        (s, o)
+    });
+    *sy = s;
+    assert_eq!(outcome, Outcome::Partial);
+    t.elapsed()
 }
 
 fn pipe(ns: &Netns, args: &'static [&'static str], text: String) -> Duration {
@@ -174,8 +249,9 @@ fn main() {
         "ipt 1st pkt",
         "ipt last"
     );
+    let mut changes = Vec::new();
     for n in sizes {
-        let (svcs, slices) = objects(n);
+        let (mut svcs, mut slices) = objects(n);
         let t = Instant::now();
         let rs = model::build(&svcs, &slices, &node_info);
         let text = nft::render(&rs, &node_info);
@@ -189,10 +265,10 @@ fn main() {
         let h_first = connect_median(&node, format!("{}:80", cip(0)));
         let h_last = connect_median(&node, format!("{}:80", cip(n - 1)));
         drop(node);
-        let (node, _pod2) = lab(&format!("i{n}"));
-        let ipt = pipe(&node, &["iptables-legacy-restore"], iptables_text(n));
-        let i_first = connect_median(&node, format!("{}:80", cip(0)));
-        let i_last = connect_median(&node, format!("{}:80", cip(n - 1)));
+        let (inode, _pod2) = lab(&format!("i{n}"));
+        let ipt = pipe(&inode, &["iptables-legacy-restore"], iptables_text(n));
+        let i_first = connect_median(&inode, format!("{}:80", cip(0)));
+        let i_last = connect_median(&inode, format!("{}:80", cip(n - 1)));
         let hull_total = render + hull_apply;
         println!(
             "{n:>7} {:>10.1}ms {:>10.1}ms {:>12.1}ms {:>7.2}x | {:>11.1}us {:>11.1}us {:>11.1}us {:>11.1}us",
@@ -205,8 +281,95 @@ fn main() {
             i_first.as_secs_f64() * 1e6,
             i_last.as_secs_f64() * 1e6,
         );
+
+        // One change at a time at this scale, through the daemon's syncer.
+        let (node, _pod3) = lab(&format!("c{n}"));
+        let mut sy = Syncer::new(node_info.clone(), Duration::MAX);
+        {
+            let rs = model::build(&svcs, &slices, &node_info);
+            let mut s = std::mem::replace(&mut sy, Syncer::new(node_info.clone(), Duration::MAX));
+            sy = node.run(move || {
+                assert_eq!(s.sync(&rs).expect("full sync"), Outcome::Full);
+                s
+            });
+        }
+        let mut present: Vec<usize> = (0..n).collect();
+        // 1. The last Service loses one of its 10 endpoints.
+        let gone = slices
+            .iter()
+            .position(|s| s.metadata.name.as_deref() == Some(&format!("s{}-{}", n - 1, EPS - 1)))
+            .expect("slice");
+        slices.remove(gone);
+        let h_ep = hull_change(&node, &mut sy, &svcs, &slices);
+        let i_ep = pipe(
+            &inode,
+            &["iptables-legacy-restore", "--noflush"],
+            iptables_partial(&present, &[(n - 1, EPS - 1)], &[]),
+        );
+        // 2. A Service is added.
+        let (mut new_s, mut new_sl) = objects(n + 1);
+        svcs.push(new_s.remove(n));
+        slices.extend(new_sl.drain(n * EPS..));
+        present.push(n);
+        let h_add = hull_change(&node, &mut sy, &svcs, &slices);
+        let i_add = pipe(
+            &inode,
+            &["iptables-legacy-restore", "--noflush"],
+            iptables_partial(&present, &[(n, EPS)], &[]),
+        );
+        // 3. The first Service is deleted.
+        svcs.remove(0);
+        slices.retain(|s| {
+            !s.metadata
+                .name
+                .as_deref()
+                .is_some_and(|m| m.starts_with("s0-"))
+        });
+        present.remove(0);
+        let h_del = hull_change(&node, &mut sy, &svcs, &slices);
+        let i_del = pipe(
+            &inode,
+            &["iptables-legacy-restore", "--noflush"],
+            iptables_partial(&present, &[], &[0]),
+        );
+        let c_first = connect_median(&node, format!("{}:80", cip(1)));
+        let c_last = connect_median(&node, format!("{}:80", cip(n)));
+        changes.push(format!(
+            "{n:>7} {:>9.1}ms {:>9.1}ms {:>9.1}ms | {:>9.1}ms {:>9.1}ms {:>9.1}ms | {:>6.1}x | {:>9.1}us {:>9.1}us",
+            h_ep.as_secs_f64() * 1e3,
+            h_add.as_secs_f64() * 1e3,
+            h_del.as_secs_f64() * 1e3,
+            i_ep.as_secs_f64() * 1e3,
+            i_add.as_secs_f64() * 1e3,
+            i_del.as_secs_f64() * 1e3,
+            (i_ep + i_add + i_del).as_secs_f64() / (h_ep + h_add + h_del).as_secs_f64(),
+            c_first.as_secs_f64() * 1e6,
+            c_last.as_secs_f64() * 1e6,
+        ));
     }
     println!(
         "ratio = iptables-legacy-restore time / hull (render + nft apply); 1st/last pkt = median TCP connect to the first/last Service"
+    );
+    println!(
+        "\none change, synced as the daemon does (model from all objects + incremental nft -f) vs kube-proxy's iptables partial sync (iptables-legacy-restore --noflush)"
+    );
+    println!(
+        "{:>7} {:>11} {:>11} {:>11} | {:>11} {:>11} {:>11} | {:>7} | {:>11} {:>11}",
+        "svcs",
+        "hull -1 ep",
+        "hull +svc",
+        "hull -svc",
+        "ipt -1 ep",
+        "ipt +svc",
+        "ipt -svc",
+        "ratio",
+        "1st pkt",
+        "last"
+    );
+    for c in changes {
+        println!("{c}");
+    }
+    println!(
+        "ratio = iptables total / hull total over the three changes; 1st/last pkt = median TCP connect after the changes"
     );
 }

@@ -184,9 +184,9 @@ pub async fn serve(client: kube::Client, mut opts: Options) -> Result<(), Daemon
             .collect();
         let model = Arc::new(RwLock::new(DnsModel::build(
             &opts.proxy.cluster_domain,
-            &[],
-            &[],
-            &[],
+            [],
+            [],
+            [],
         )));
         for addr in &opts.dns_listen {
             let state = DnsState {

@@ -74,7 +74,12 @@ fn dashed(ip: &IpAddr) -> String {
 }
 
 impl DnsModel {
-    pub fn build(zone: &str, services: &[Service], slices: &[EndpointSlice], pods: &[Pod]) -> Self {
+    pub fn build<'a>(
+        zone: &str,
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        pods: impl IntoIterator<Item = &'a Pod>,
+    ) -> Self {
         let zone = zone.trim_end_matches('.').to_ascii_lowercase();
         let mut m = DnsModel {
             zone,

@@ -3,6 +3,7 @@
 //! Module map:
 //! - `model`: Services + EndpointSlices + node facts → desired service ports (pure).
 //! - `nft`: a rule set rendered as one atomic `nft -f` transaction.
+//! - `syncer`: one sync step: full or incremental transaction, conntrack cleanup.
 //! - `apply`: runs `nft`, cleanup, route_localnet.
 //! - `dns_model`: Services/EndpointSlices/Pods → cluster DNS answers (pure).
 //! - `dns_service`: publishes `kube-system/kube-dns` with this node's DNS listener.
@@ -21,3 +22,4 @@ pub mod dns_service;
 pub mod model;
 pub mod nft;
 pub mod runner;
+pub mod syncer;

@@ -148,7 +148,11 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
 
 /// Build the desired rule set. Output order is sorted so the same input always
 /// renders the same text (the syncer skips identical transactions).
-pub fn build(services: &[Service], slices: &[EndpointSlice], node: &NodeInfo) -> RuleSet {
+pub fn build<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node: &NodeInfo,
+) -> RuleSet {
     // (namespace, service) → slices
     let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
     for s in slices {

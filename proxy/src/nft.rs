@@ -1,8 +1,16 @@
-//! Render a [`RuleSet`] as one `nft -f` transaction.
+//! Render a [`RuleSet`] as `nft -f` transactions.
 //!
-//! The transaction first creates-then-deletes hull's tables (so it works whether or
-//! not they exist) and then defines them whole. `nft -f` applies a file atomically:
-//! if any line is wrong, nothing changes and the previous rules stay in force.
+//! [`State::build`] turns a rule set into what hull's tables should hold (chains
+//! with their rules, affinity sets, verdict-map elements). From it come two kinds
+//! of transaction, each applied atomically by `nft -f` (if any line is wrong,
+//! nothing changes and the previous rules stay in force):
+//! - [`State::render_full`]: create-then-delete hull's tables (so it works whether
+//!   or not they exist) and define them whole; on start, after a failure, and
+//!   periodically, so drift is repaired;
+//! - [`State::render_diff`]: only what changed since the last applied state
+//!   (chains added, replaced or deleted, map elements added or deleted, sets
+//!   added or deleted), so a sync costs what changed, not the table's size, and
+//!   affinity sets of untouched endpoints keep their clients.
 //!
 //! Shape (after kube-proxy's nftables mode): lookups go through verdict maps keyed
 //! by `daddr . l4proto . dport` (ClusterIPs, externalIPs) and `l4proto . dport`
@@ -11,6 +19,7 @@
 //! cascade of `numgen` rules and DNATs; with session affinity, a `numgen … vmap`
 //! to one chain per endpoint (which records the client in a timeout set).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -66,11 +75,159 @@ pub fn render_cleanup() -> String {
 
 /// The full transaction for a rule set.
 pub fn render(rs: &RuleSet, node: &NodeInfo) -> String {
-    let mut s = String::with_capacity(256 + rs.ports.len() * 600);
-    for f in [Family::V4, Family::V6] {
-        render_family(&mut s, rs, node, f);
+    State::build(rs, node).render_full()
+}
+
+/// The verdict maps every table has, in declaration order.
+const MAPS: [&str; 4] = [
+    "service-ips",
+    "service-nodeports",
+    "no-endpoint-services",
+    "no-endpoint-nodeports",
+];
+
+/// What one family's table holds besides its fixed chains.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FamilyState {
+    /// Per-service chains: name → rules.
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// Affinity sets: name → declaration body. A set's name carries everything in
+    /// its declaration, so a set is only ever added or deleted, never changed.
+    pub sets: BTreeMap<String, String>,
+    /// Elements of each map in [`MAPS`]: key → verdict.
+    pub maps: [BTreeMap<String, String>; 4],
+}
+
+/// The desired content of both tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    /// The fixed chains depend on the node only (NodePorts on loopback or not).
+    localhost_nodeports: bool,
+    pod_cidrs: Vec<(IpAddr, u8)>,
+    pub v4: FamilyState,
+    pub v6: FamilyState,
+}
+
+impl State {
+    pub fn build(rs: &RuleSet, node: &NodeInfo) -> State {
+        State {
+            localhost_nodeports: node.localhost_nodeports,
+            pod_cidrs: node.pod_cidrs.clone(),
+            v4: family_state(rs, node, Family::V4),
+            v6: family_state(rs, node, Family::V6),
+        }
     }
-    s
+
+    fn families(&self) -> [(Family, &FamilyState); 2] {
+        [(Family::V4, &self.v4), (Family::V6, &self.v6)]
+    }
+
+    /// Both tables, defined whole.
+    pub fn render_full(&self) -> String {
+        let size: usize = self.families().iter().map(|(_, f)| f.chains.len()).sum();
+        let mut s = String::with_capacity(1024 + size * 600);
+        for (f, st) in self.families() {
+            render_table(&mut s, st, self.localhost_nodeports, f);
+        }
+        s
+    }
+
+    /// The transaction that turns `old` (what the kernel holds) into `self`, or
+    /// `None` when nothing changed. Only valid when [`State::same_base`] holds;
+    /// otherwise the fixed chains differ and only [`State::render_full`] will do.
+    pub fn render_diff(&self, old: &State) -> Option<String> {
+        let mut s = String::new();
+        for ((f, new), (_, old)) in self.families().into_iter().zip(old.families()) {
+            render_family_diff(&mut s, old, new, f);
+        }
+        (!s.is_empty()).then_some(s)
+    }
+
+    /// Whether the fixed part of the tables is the same (else only a full sync
+    /// can move from `old` to `self`).
+    pub fn same_base(&self, old: &State) -> bool {
+        self.localhost_nodeports == old.localhost_nodeports && self.pod_cidrs == old.pod_cidrs
+    }
+
+    /// Number of per-service chains in both tables.
+    pub fn chain_count(&self) -> usize {
+        self.v4.chains.len() + self.v6.chains.len()
+    }
+}
+
+fn render_family_diff(s: &mut String, old: &FamilyState, new: &FamilyState, f: Family) {
+    let t = format!("{} {TABLE}", f.table_family());
+    // Order matters inside the transaction: nothing may be deleted while a rule or
+    // an element still refers to it, and nothing referred to before it exists.
+    // 1. Map elements that go away or change their verdict.
+    let mut adds: Vec<(&str, Vec<String>)> = Vec::new();
+    for (i, name) in MAPS.iter().enumerate() {
+        let (o, n) = (&old.maps[i], &new.maps[i]);
+        let gone: Vec<&str> = o
+            .iter()
+            .filter(|(k, v)| n.get(*k) != Some(*v))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        if !gone.is_empty() {
+            let _ = writeln!(s, "delete element {t} {name} {{ {} }}", gone.join(", "));
+        }
+        let added: Vec<String> = n
+            .iter()
+            .filter(|(k, v)| o.get(*k) != Some(*v))
+            .map(|(k, v)| format!("{k} : {v}"))
+            .collect();
+        if !added.is_empty() {
+            adds.push((name, added));
+        }
+    }
+    // 2. New chains exist, changed and removed chains are emptied (which drops
+    //    their references to other chains and sets).
+    let mut refill: Vec<&str> = Vec::new();
+    for (name, rules) in &new.chains {
+        match old.chains.get(name) {
+            None => {
+                let _ = writeln!(s, "add chain {t} {name}");
+                refill.push(name);
+            }
+            Some(r) if r != rules => {
+                let _ = writeln!(s, "flush chain {t} {name}");
+                refill.push(name);
+            }
+            Some(_) => {}
+        }
+    }
+    let removed: Vec<&str> = old
+        .chains
+        .keys()
+        .filter(|k| !new.chains.contains_key(*k))
+        .map(String::as_str)
+        .collect();
+    for name in &removed {
+        let _ = writeln!(s, "flush chain {t} {name}");
+    }
+    // 3. New sets, before the rules that update them.
+    for (name, decl) in &new.sets {
+        if !old.sets.contains_key(name) {
+            let _ = writeln!(s, "add set {t} {name} {{ {decl} }}");
+        }
+    }
+    // 4. The rules of new and changed chains.
+    for name in refill {
+        for rule in &new.chains[name] {
+            let _ = writeln!(s, "add rule {t} {name} {rule}");
+        }
+    }
+    // 5. Chains and sets nothing refers to any more.
+    for name in &removed {
+        let _ = writeln!(s, "delete chain {t} {name}");
+    }
+    for name in old.sets.keys().filter(|k| !new.sets.contains_key(*k)) {
+        let _ = writeln!(s, "delete set {t} {name}");
+    }
+    // 6. New and changed map elements, now that their chains exist.
+    for (name, added) in adds {
+        let _ = writeln!(s, "add element {t} {name} {{ {} }}", added.join(", "));
+    }
 }
 
 fn ep_chain(r: &ServicePortRule, e: &Endpoint) -> String {
@@ -82,9 +239,11 @@ fn ep_chain(r: &ServicePortRule, e: &Endpoint) -> String {
     )
 }
 
-fn aff_set(r: &ServicePortRule, e: &Endpoint) -> String {
+/// The timeout is part of the name, so a changed timeout is a new set (sets are
+/// only ever added or deleted by an incremental sync).
+fn aff_set(r: &ServicePortRule, e: &Endpoint, timeout: u32) -> String {
     format!(
-        "aff-{}/{}/{}",
+        "aff-{}/{}/{}/{timeout}s",
         r.id(),
         e.ip.to_string().replace(':', "."),
         e.port
@@ -123,9 +282,18 @@ enum Target {
     Drop,
 }
 
-fn render_family(s: &mut String, rs: &RuleSet, node: &NodeInfo, f: Family) {
-    let t = f.table_family();
-    let a = t; // the address match keyword is the family name: `ip saddr` / `ip6 saddr`
+impl Target {
+    fn verdict(&self) -> String {
+        match self {
+            Target::Chain(c) => format!("goto {c}"),
+            Target::Reject => "goto reject-chain".to_string(),
+            Target::Drop => "drop".to_string(),
+        }
+    }
+}
+
+fn family_state(rs: &RuleSet, node: &NodeInfo, f: Family) -> FamilyState {
+    let a = f.table_family(); // the address match keyword: `ip saddr` / `ip6 saddr`
     let ty = f.addr_type();
     let pod_cidrs: Vec<String> = node
         .pod_cidrs
@@ -133,13 +301,10 @@ fn render_family(s: &mut String, rs: &RuleSet, node: &NodeInfo, f: Family) {
         .filter(|(ip, _)| f.has(ip))
         .map(|(ip, p)| format!("{ip}/{p}"))
         .collect();
-
-    let mut service_ips: Vec<String> = Vec::new();
-    let mut nodeports: Vec<String> = Vec::new();
-    let mut noep_ips: Vec<String> = Vec::new();
-    let mut noep_nodeports: Vec<String> = Vec::new();
-    let mut chains = String::new();
-    let mut sets = String::new();
+    let mut st = FamilyState::default();
+    let [service_ips, nodeports, noep_ips, noep_nodeports] = &mut st.maps;
+    let chains = &mut st.chains;
+    let sets = &mut st.sets;
 
     for r in &rs.ports {
         let cips: Vec<IpAddr> = r
@@ -160,107 +325,92 @@ fn render_family(s: &mut String, rs: &RuleSet, node: &NodeInfo, f: Family) {
         let local = fam_eps(r.usable(true));
         let need_local = r.internal_local || r.external_local;
 
-        let masq_rule = if pod_cidrs.is_empty() {
-            String::new()
-        } else {
+        let masq_rule = (!pod_cidrs.is_empty()).then(|| {
             format!(
-                "\t\t{a} daddr {} {a} saddr != {} jump mark-for-masquerade\n",
+                "{a} daddr {} {a} saddr != {} jump mark-for-masquerade",
                 one_or_set(&cips),
                 one_or_set(&pod_cidrs)
             )
-        };
-        let lb_chain = |name: &str, eps: &[Endpoint], chains: &mut String| {
-            let _ = writeln!(chains, "\tchain {name} {{");
-            chains.push_str(&masq_rule);
-            if r.affinity_timeout.is_some() {
+        });
+        let lb_chain = |eps: &[Endpoint]| -> Vec<String> {
+            let mut rules: Vec<String> = masq_rule.iter().cloned().collect();
+            if let Some(timeout) = r.affinity_timeout {
                 for e in eps {
-                    let _ = writeln!(
-                        chains,
-                        "\t\t{a} saddr @{} goto {}",
-                        aff_set(r, e),
+                    rules.push(format!(
+                        "{a} saddr @{} goto {}",
+                        aff_set(r, e, timeout),
                         ep_chain(r, e)
-                    );
+                    ));
                 }
+                let arms: Vec<String> = eps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| format!("{i} : goto {}", ep_chain(r, e)))
+                    .collect();
+                rules.push(format!(
+                    "numgen random mod {} vmap {{ {} }}",
+                    eps.len(),
+                    arms.join(", ")
+                ));
+                return rules;
             }
-            if r.affinity_timeout.is_none() {
-                // No per-endpoint state is needed, so no per-endpoint chains: a
-                // cascade like kube-proxy's iptables `statistic` rules, where rule k
-                // matches with probability 1/(N-k), picks uniformly. Plain rules load
-                // in linear time; one map lookup per chain does not (the kernel's set
-                // binding checks make that quadratic in the number of chains).
-                // Hairpin traffic (a pod reaching itself) is masqueraded by matching
-                // any endpoint of this port as the source.
-                // One plain rule per endpoint, not an anonymous set: each anonymous
-                // set costs the kernel a scan of every set in the table.
-                for e in eps {
-                    let _ = writeln!(chains, "\t\t{a} saddr {} jump mark-for-masquerade", e.ip);
-                }
-                let n = eps.len();
-                for (k, e) in eps.iter().enumerate() {
-                    let pick = if k + 1 < n {
-                        format!("numgen random mod {} 0 ", n - k)
-                    } else {
-                        String::new()
-                    };
-                    let _ = writeln!(
-                        chains,
-                        "\t\t{pick}meta l4proto {proto} dnat to {}",
-                        dnat_target(e)
-                    );
-                }
-                chains.push_str("\t}\n");
-                return;
+            // No per-endpoint state is needed, so no per-endpoint chains: a cascade
+            // like kube-proxy's iptables `statistic` rules, where rule k matches
+            // with probability 1/(N-k), picks uniformly. Plain rules load in linear
+            // time; one map lookup per chain does not (the kernel's set binding
+            // checks make that quadratic in the number of chains). Hairpin traffic
+            // (a pod reaching itself) is masqueraded by matching any endpoint of
+            // this port as the source, one plain rule per endpoint: an anonymous
+            // set costs the kernel a scan of every set in the table.
+            for e in eps {
+                rules.push(format!("{a} saddr {} jump mark-for-masquerade", e.ip));
             }
-            let arms: Vec<String> = eps
-                .iter()
-                .enumerate()
-                .map(|(i, e)| format!("{i} : goto {}", ep_chain(r, e)))
-                .collect();
-            let _ = writeln!(
-                chains,
-                "\t\tnumgen random mod {} vmap {{ {} }}\n\t}}",
-                eps.len(),
-                arms.join(", ")
-            );
+            let n = eps.len();
+            for (k, e) in eps.iter().enumerate() {
+                let pick = if k + 1 < n {
+                    format!("numgen random mod {} 0 ", n - k)
+                } else {
+                    String::new()
+                };
+                rules.push(format!(
+                    "{pick}meta l4proto {proto} dnat to {}",
+                    dnat_target(e)
+                ));
+            }
+            rules
         };
         let svc = format!("svc-{id}");
         let loc = format!("local-{id}");
         if !all.is_empty() {
-            lb_chain(&svc, &all, &mut chains);
+            chains.insert(svc.clone(), lb_chain(&all));
         }
         if need_local && !local.is_empty() {
-            lb_chain(&loc, &local, &mut chains);
+            chains.insert(loc.clone(), lb_chain(&local));
         }
         // Endpoint chains (only with session affinity, which needs per-endpoint
         // state): every endpoint reachable from either view.
-        let mut eps: Vec<Endpoint> = if r.affinity_timeout.is_some() {
-            all.clone()
-        } else {
-            Vec::new()
-        };
-        for e in local.iter().filter(|_| r.affinity_timeout.is_some()) {
-            if !eps.contains(e) {
-                eps.push(e.clone());
-            }
-        }
-        for e in &eps {
-            let _ = writeln!(chains, "\tchain {} {{", ep_chain(r, e));
-            // Hairpin: a pod reaching itself through its Service must be
-            // masqueraded or it would answer itself directly.
-            let _ = writeln!(chains, "\t\t{a} saddr {} jump mark-for-masquerade", e.ip);
-            if let Some(timeout) = r.affinity_timeout {
-                let set = aff_set(r, e);
-                let _ = writeln!(
-                    sets,
-                    "\tset {set} {{ type {ty}; flags dynamic,timeout; timeout {timeout}s; }}"
+        if let Some(timeout) = r.affinity_timeout {
+            for e in all.iter().chain(local.iter()) {
+                let name = ep_chain(r, e);
+                if chains.contains_key(&name) {
+                    continue;
+                }
+                let set = aff_set(r, e, timeout);
+                sets.insert(
+                    set.clone(),
+                    format!("type {ty}; flags dynamic,timeout; timeout {timeout}s;"),
                 );
-                let _ = writeln!(chains, "\t\tupdate @{set} {{ {a} saddr }}");
+                chains.insert(
+                    name,
+                    vec![
+                        // Hairpin: a pod reaching itself through its Service must be
+                        // masqueraded or it would answer itself directly.
+                        format!("{a} saddr {} jump mark-for-masquerade", e.ip),
+                        format!("update @{set} {{ {a} saddr }}"),
+                        format!("meta l4proto {proto} dnat to {}", dnat_target(e)),
+                    ],
+                );
             }
-            let _ = writeln!(
-                chains,
-                "\t\tmeta l4proto {proto} dnat to {}\n\t}}",
-                dnat_target(e)
-            );
         }
 
         let cluster_target = match (r.internal_local, all.is_empty(), local.is_empty()) {
@@ -272,10 +422,9 @@ fn render_family(s: &mut String, rs: &RuleSet, node: &NodeInfo, f: Family) {
         for ip in &cips {
             let key = format!("{ip} . {proto} . {}", r.port);
             match &cluster_target {
-                Target::Chain(c) => service_ips.push(format!("{key} : goto {c}")),
-                Target::Reject => noep_ips.push(format!("{key} : goto reject-chain")),
-                Target::Drop => noep_ips.push(format!("{key} : drop")),
-            }
+                Target::Chain(_) => service_ips.insert(key, cluster_target.verdict()),
+                _ => noep_ips.insert(key, cluster_target.verdict()),
+            };
         }
 
         if !r.has_external() {
@@ -292,91 +441,77 @@ fn render_family(s: &mut String, rs: &RuleSet, node: &NodeInfo, f: Family) {
             Target::Drop
         } else {
             let ext = format!("ext-{id}");
-            let _ = writeln!(chains, "\tchain {ext} {{");
+            let mut rules = Vec::new();
             if r.external_local {
                 // Pods and the node itself may still use every endpoint (kube-proxy
                 // does the same); only traffic from outside is kept on this node,
                 // unmasqueraded, so the client address is preserved.
                 if !pod_cidrs.is_empty() {
-                    let _ = writeln!(
-                        chains,
-                        "\t\t{a} saddr {} goto {svc}",
-                        one_or_set(&pod_cidrs)
-                    );
+                    rules.push(format!("{a} saddr {} goto {svc}", one_or_set(&pod_cidrs)));
                 }
-                let _ = writeln!(chains, "\t\tfib saddr type local jump mark-for-masquerade");
-                let _ = writeln!(chains, "\t\tfib saddr type local goto {svc}");
-                let _ = writeln!(chains, "\t\tgoto {loc}\n\t}}");
+                rules.push("fib saddr type local jump mark-for-masquerade".into());
+                rules.push(format!("fib saddr type local goto {svc}"));
+                rules.push(format!("goto {loc}"));
             } else {
-                let _ = writeln!(chains, "\t\tjump mark-for-masquerade\n\t\tgoto {svc}\n\t}}");
+                rules.push("jump mark-for-masquerade".into());
+                rules.push(format!("goto {svc}"));
             }
+            chains.insert(ext.clone(), rules);
             Target::Chain(ext)
         };
-        let verdict = |t: &Target| match t {
-            Target::Chain(c) => format!("goto {c}"),
-            Target::Reject => "goto reject-chain".to_string(),
-            Target::Drop => "drop".to_string(),
-        };
         let (ips_map, np_map) = match ext_target {
-            Target::Chain(_) => (&mut service_ips, &mut nodeports),
-            _ => (&mut noep_ips, &mut noep_nodeports),
+            Target::Chain(_) => (&mut *service_ips, &mut *nodeports),
+            _ => (&mut *noep_ips, &mut *noep_nodeports),
         };
         for ip in r.external_ips.iter().filter(|ip| f.has(ip)) {
-            ips_map.push(format!(
-                "{ip} . {proto} . {} : {}",
-                r.port,
-                verdict(&ext_target)
-            ));
+            ips_map.insert(format!("{ip} . {proto} . {}", r.port), ext_target.verdict());
         }
         if let Some(np) = r.node_port {
-            np_map.push(format!("{proto} . {np} : {}", verdict(&ext_target)));
+            np_map.insert(format!("{proto} . {np}"), ext_target.verdict());
         }
     }
+    st
+}
 
+fn render_table(s: &mut String, st: &FamilyState, localhost_nodeports: bool, f: Family) {
+    let t = f.table_family();
+    let a = t;
+    let ty = f.addr_type();
     let _ = writeln!(
         s,
         "add table {t} {TABLE}\ndelete table {t} {TABLE}\ntable {t} {TABLE} {{"
     );
     let _ = writeln!(
         s,
-        "\tcomment \"hull service proxy; rewritten whole on every sync\""
+        "\tcomment \"hull service proxy; rewritten whole on a full sync, in parts in between\""
     );
-    let map = |s: &mut String, name: &str, key: &str, elems: &[String]| {
+    let keys = [
+        format!("{ty} . inet_proto . inet_service"),
+        "inet_proto . inet_service".to_string(),
+        format!("{ty} . inet_proto . inet_service"),
+        "inet_proto . inet_service".to_string(),
+    ];
+    for ((name, key), elems) in MAPS.iter().zip(&keys).zip(&st.maps) {
         let _ = write!(s, "\tmap {name} {{ type {key} : verdict;");
         if !elems.is_empty() {
-            let _ = write!(s, " elements = {{ {} }}", elems.join(",\n\t\t"));
+            s.push_str(" elements = { ");
+            for (i, (k, v)) in elems.iter().enumerate() {
+                if i > 0 {
+                    s.push_str(",\n\t\t");
+                }
+                let _ = write!(s, "{k} : {v}");
+            }
+            s.push_str(" }");
         }
         s.push_str(" }\n");
-    };
-    map(
-        s,
-        "service-ips",
-        &format!("{ty} . inet_proto . inet_service"),
-        &service_ips,
-    );
-    map(
-        s,
-        "service-nodeports",
-        "inet_proto . inet_service",
-        &nodeports,
-    );
-    map(
-        s,
-        "no-endpoint-services",
-        &format!("{ty} . inet_proto . inet_service"),
-        &noep_ips,
-    );
-    map(
-        s,
-        "no-endpoint-nodeports",
-        "inet_proto . inet_service",
-        &noep_nodeports,
-    );
-    s.push_str(&sets);
+    }
+    for (name, decl) in &st.sets {
+        let _ = writeln!(s, "\tset {name} {{ {decl} }}");
+    }
 
     // NodePorts answer on every local address; on 127.0.0.1 only when asked
     // (needs route_localnet), never on ::1 (IPv6 has no route_localnet).
-    let np_guard = if f == Family::V4 && node.localhost_nodeports {
+    let np_guard = if f == Family::V4 && localhost_nodeports {
         String::new()
     } else {
         format!("{a} daddr != {} ", f.loopback())
@@ -396,6 +531,12 @@ fn render_family(s: &mut String, rs: &RuleSet, node: &NodeInfo, f: Family) {
          \tchain filter-forward {{\n\t\ttype filter hook forward priority -110; policy accept;\n\t\tct state new jump endpoints-check\n\t}}\n\
          \tchain filter-output {{\n\t\ttype filter hook output priority -110; policy accept;\n\t\tct state new jump endpoints-check\n\t}}"
     );
-    s.push_str(&chains);
+    for (name, rules) in &st.chains {
+        let _ = writeln!(s, "\tchain {name} {{");
+        for r in rules {
+            let _ = writeln!(s, "\t\t{r}");
+        }
+        s.push_str("\t}\n");
+    }
     s.push_str("}\n");
 }

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
@@ -17,7 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::dns_model::DnsModel;
-use crate::{apply, conntrack, model, nft};
+use crate::syncer::{Outcome, Syncer};
+use crate::{apply, model};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -182,13 +183,6 @@ where
     (store, stream)
 }
 
-fn owned<K>(s: &Store<K>) -> Vec<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + 'static,
-{
-    s.state().iter().map(|a| (**a).clone()).collect()
-}
-
 /// Run the proxy (and feed `dns`, if given) until the watchers end.
 pub async fn run(
     client: kube::Client,
@@ -215,8 +209,8 @@ pub async fn run(
     if cfg.program_rules && cfg.node.localhost_nodeports {
         apply::enable_route_localnet()?;
     }
-    let last_text: Mutex<String> = Mutex::new(String::new());
-    let mut last_flows: std::collections::BTreeSet<conntrack::UdpFlow> = Default::default();
+    let mut syncer = Syncer::new(cfg.node.clone(), cfg.full_sync_interval);
+    syncer.explain = cfg.explain;
     let mut last_sync: Option<Instant> = None;
     loop {
         if let Some(t) = last_sync {
@@ -225,11 +219,16 @@ pub async fn run(
                 tokio::time::sleep(cfg.min_sync_interval - since).await;
             }
         }
-        let services = owned(&svcs);
-        let eps = owned(&slices);
+        let services = svcs.state();
+        let eps = slices.state();
         if let Some(dns) = &dns {
-            let pods = pods.as_ref().map(owned).unwrap_or_default();
-            let m = DnsModel::build(&cfg.cluster_domain, &services, &eps, &pods);
+            let pods = pods.as_ref().map(Store::state).unwrap_or_default();
+            let m = DnsModel::build(
+                &cfg.cluster_domain,
+                services.iter().map(|a| &**a),
+                eps.iter().map(|a| &**a),
+                pods.iter().map(|a| &**a),
+            );
             if let Ok(mut g) = dns.write() {
                 *g = m;
             }
@@ -237,51 +236,54 @@ pub async fn run(
         if cfg.update_lb_status {
             update_lb_status(&client, &services, &cfg.node).await;
         }
+        let mut retry = false;
         if cfg.program_rules {
             let started = Instant::now();
-            let rs = model::build(&services, &eps, &cfg.node);
+            let rs = model::build(
+                services.iter().map(|a| &**a),
+                eps.iter().map(|a| &**a),
+                &cfg.node,
+            );
             for s in &rs.skipped {
                 tracing::warn!("skipping {}: {}", s.object, s.reason);
             }
-            let text = nft::render(&rs, &cfg.node);
-            let changed = last_text.lock().map(|l| *l != text).unwrap_or(true);
-            if changed {
-                if cfg.explain {
-                    println!(
-                        "# hull proxy: nft -f transaction ({} service ports)\n{text}",
-                        rs.ports.len()
-                    );
+            let res = tokio::task::block_in_place(|| syncer.sync(&rs));
+            match res {
+                Ok(Outcome::Unchanged) => {}
+                Ok(outcome) => {
+                    metrics.observe(started.elapsed(), true);
+                    tracing::debug!("{outcome:?} sync in {:?}", started.elapsed());
                 }
-                let res = tokio::task::block_in_place(|| apply::nft_apply(&text));
-                metrics.observe(started.elapsed(), res.is_ok());
-                match res {
-                    Ok(()) => {
-                        let flows = conntrack::udp_flows(&rs);
-                        let gone = last_flows.difference(&flows).cloned().collect();
-                        if conntrack::delete_flows(&gone) > 0 {
-                            tracing::warn!("conntrack tool missing: stale UDP flows not flushed");
-                        }
-                        last_flows = flows;
-                        if let Ok(mut l) = last_text.lock() {
-                            *l = text;
-                        }
-                    }
-                    // The previous rules stay in force; retry on the next change or tick.
-                    Err(e) => tracing::error!("sync failed: {e}"),
+                // The previous rules stay in force; the next sync is a full one.
+                Err(e) => {
+                    metrics.observe(started.elapsed(), false);
+                    tracing::error!("sync failed: {e}");
+                    retry = true;
                 }
             }
         } else {
             metrics.healthy.store(true, Ordering::Relaxed);
         }
+        drop((services, eps));
         last_sync = Some(Instant::now());
-        // Wake on any change, and at least every 30 s so a failed sync is retried.
-        let _ = tokio::time::timeout(Duration::from_secs(30), notify.notified()).await;
+        // Wake on any change; a failed sync is retried soon; every 30 s the state
+        // is checked anyway (the full-sync period may have passed).
+        let wait = if retry {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(30)
+        };
+        let _ = tokio::time::timeout(wait, notify.notified()).await;
     }
 }
 
 /// k3s servicelb's idea without pods: a LoadBalancer Service is reachable on the
 /// nodes' addresses, so those are its ingress. Addresses other nodes added stay.
-async fn update_lb_status(client: &kube::Client, services: &[Service], node: &model::NodeInfo) {
+async fn update_lb_status(
+    client: &kube::Client,
+    services: &[Arc<Service>],
+    node: &model::NodeInfo,
+) {
     for svc in services
         .iter()
         .filter(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"))

@@ -277,9 +277,9 @@ fn affinity_sets_and_masquerade_rules() {
         "kube's default timeout"
     );
     let text = nft::render(&rs, &node());
-    assert!(text.contains("set aff-ns/a/udp/_/10.244.0.2/5353 { type ipv4_addr; flags dynamic,timeout; timeout 10800s; }"), "{text}");
+    assert!(text.contains("set aff-ns/a/udp/_/10.244.0.2/5353/10800s { type ipv4_addr; flags dynamic,timeout; timeout 10800s; }"), "{text}");
     assert!(
-        text.contains("update @aff-ns/a/udp/_/10.244.0.2/5353 { ip saddr }"),
+        text.contains("update @aff-ns/a/udp/_/10.244.0.2/5353/10800s { ip saddr }"),
         "{text}"
     );
     assert!(

@@ -9,6 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use common::{Netns, service, slice};
+use hull_proxy::syncer::{Outcome, Syncer};
 use hull_proxy::{apply, model, nft};
 use serde_json::json;
 
@@ -100,18 +101,29 @@ fn node_info() -> model::NodeInfo {
     }
 }
 
+/// Sync as the daemon does: the first time the whole table, then only changes.
 fn sync(
     ns: &Netns,
+    syncer: &mut Syncer,
     services: Vec<k8s_openapi::api::core::v1::Service>,
     slices: Vec<k8s_openapi::api::discovery::v1::EndpointSlice>,
 ) {
     let rs = model::build(&services, &slices, &node_info());
     assert!(rs.skipped.is_empty(), "{:?}", rs.skipped);
-    let text = nft::render(&rs, &node_info());
-    ns.run(move || {
+    let first = !syncer.has_applied();
+    let mut s = std::mem::replace(syncer, Syncer::new(node_info(), Duration::MAX));
+    let (s, outcome) = ns.run(move || {
         apply::enable_route_localnet().expect("route_localnet");
-        apply::nft_apply(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+        let r = s.sync(&rs).unwrap_or_else(|e| panic!("{e}"));
+        (s, r)
     });
+    *syncer = s;
+    let want = if first {
+        Outcome::Full
+    } else {
+        Outcome::Partial
+    };
+    assert_eq!(outcome, want);
 }
 
 /// One request; Ok(body) or the connect error kind.
@@ -162,6 +174,7 @@ fn web_slice(ready: [bool; 3]) -> k8s_openapi::api::discovery::v1::EndpointSlice
 #[test]
 fn clusterip_nodeport_readiness_affinity_reject_and_cleanup() {
     let lab = lab("a");
+    let mut sy = Syncer::new(node_info(), Duration::MAX);
     let empty = service(
         "default",
         "empty",
@@ -169,6 +182,7 @@ fn clusterip_nodeport_readiness_affinity_reject_and_cleanup() {
     );
     sync(
         &lab.node,
+        &mut sy,
         vec![web(json!({})), empty.clone()],
         vec![web_slice([true; 3])],
     );
@@ -197,6 +211,7 @@ fn clusterip_nodeport_readiness_affinity_reject_and_cleanup() {
     // A not-ready endpoint leaves the rotation, and comes back.
     sync(
         &lab.node,
+        &mut sy,
         vec![web(json!({})), empty.clone()],
         vec![web_slice([true, true, false])],
     );
@@ -207,6 +222,7 @@ fn clusterip_nodeport_readiness_affinity_reject_and_cleanup() {
     );
     sync(
         &lab.node,
+        &mut sy,
         vec![web(json!({})), empty.clone()],
         vec![web_slice([true; 3])],
     );
@@ -222,7 +238,7 @@ fn clusterip_nodeport_readiness_affinity_reject_and_cleanup() {
             terminating: Some(true),
         });
     }
-    sync(&lab.node, vec![web(json!({}))], vec![s]);
+    sync(&lab.node, &mut sy, vec![web(json!({}))], vec![s]);
     assert!(
         get(&lab.client, "10.96.0.10:80").is_ok(),
         "terminating fallback"
@@ -231,6 +247,7 @@ fn clusterip_nodeport_readiness_affinity_reject_and_cleanup() {
     // sessionAffinity ClientIP pins the client to one pod.
     sync(
         &lab.node,
+        &mut sy,
         vec![web(
             json!({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}),
         )],
@@ -240,7 +257,7 @@ fn clusterip_nodeport_readiness_affinity_reject_and_cleanup() {
     assert_eq!(hits.len(), 1, "affinity: {hits:?}");
 
     // Delete the Service: its rules are gone and traffic no longer reaches pods.
-    sync(&lab.node, vec![], vec![]);
+    sync(&lab.node, &mut sy, vec![], vec![]);
     let table = lab
         .node
         .run(|| apply::list_table(nft::Family::V4).expect("list"))
@@ -268,7 +285,13 @@ fn clusterip_nodeport_readiness_affinity_reject_and_cleanup() {
 #[test]
 fn bad_transaction_keeps_previous_rules() {
     let lab = lab("b");
-    sync(&lab.node, vec![web(json!({}))], vec![web_slice([true; 3])]);
+    let mut sy = Syncer::new(node_info(), Duration::MAX);
+    sync(
+        &lab.node,
+        &mut sy,
+        vec![web(json!({}))],
+        vec![web_slice([true; 3])],
+    );
     let before = lab
         .node
         .run(|| apply::list_table(nft::Family::V4).expect("list"));

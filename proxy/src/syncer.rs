@@ -1,0 +1,108 @@
+//! One sync step: a rule set → the kernel, by the cheapest transaction that is
+//! safe.
+//!
+//! The syncer remembers the [`State`] the kernel last accepted. With it, a sync
+//! writes only the difference (one atomic transaction: changed chains replaced,
+//! map elements added/deleted). Without it — the first sync, after any failed
+//! transaction (the kernel may hold something else than we think), when the node
+//! facts changed, or when the full-sync period has passed — it rewrites the
+//! tables whole, which repairs any drift (someone deleting a chain by hand).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use crate::apply::{self, ApplyError};
+use crate::conntrack::{self, UdpFlow};
+use crate::model::{NodeInfo, RuleSet};
+use crate::nft::State;
+
+/// What a sync did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The kernel already holds this rule set.
+    Unchanged,
+    /// The tables were rewritten whole.
+    Full,
+    /// Only the difference was written.
+    Partial,
+}
+
+#[derive(Debug)]
+pub struct Syncer {
+    node: NodeInfo,
+    full_interval: Duration,
+    /// Print every transaction to stdout before applying it.
+    pub explain: bool,
+    applied: Option<State>,
+    last_full: Option<Instant>,
+    udp_flows: BTreeSet<UdpFlow>,
+}
+
+impl Syncer {
+    pub fn new(node: NodeInfo, full_interval: Duration) -> Syncer {
+        Syncer {
+            node,
+            full_interval,
+            explain: false,
+            applied: None,
+            last_full: None,
+            udp_flows: BTreeSet::new(),
+        }
+    }
+
+    pub fn node(&self) -> &NodeInfo {
+        &self.node
+    }
+
+    /// Whether the kernel holds a state this syncer wrote (else the next sync is full).
+    pub fn has_applied(&self) -> bool {
+        self.applied.is_some()
+    }
+
+    /// Make the next sync a full one.
+    pub fn force_full(&mut self) {
+        self.applied = None;
+    }
+
+    /// Bring the kernel to `rs`. On error the previous rules stay in force and the
+    /// next sync is a full one.
+    pub fn sync(&mut self, rs: &RuleSet) -> Result<Outcome, ApplyError> {
+        let state = State::build(rs, &self.node);
+        let due = self
+            .last_full
+            .is_none_or(|t| t.elapsed() >= self.full_interval);
+        let (text, outcome) = match &self.applied {
+            Some(old) if !due && state.same_base(old) => match state.render_diff(old) {
+                None => return Ok(Outcome::Unchanged),
+                Some(t) => (t, Outcome::Partial),
+            },
+            _ => (state.render_full(), Outcome::Full),
+        };
+        if self.explain {
+            println!(
+                "# hull proxy: {} nft -f transaction ({} service ports)\n{text}",
+                if outcome == Outcome::Full {
+                    "full"
+                } else {
+                    "incremental"
+                },
+                rs.ports.len()
+            );
+        }
+        if let Err(e) = apply::nft_apply(&text) {
+            self.applied = None;
+            return Err(e);
+        }
+        self.applied = Some(state);
+        if outcome == Outcome::Full {
+            self.last_full = Some(Instant::now());
+        }
+        let flows = conntrack::udp_flows(rs);
+        let gone = self.udp_flows.difference(&flows).cloned().collect();
+        if conntrack::delete_flows(&gone) > 0 {
+            tracing::warn!("conntrack tool missing: stale UDP flows not flushed");
+        }
+        self.udp_flows = flows;
+        Ok(outcome)
+    }
+}
