@@ -212,8 +212,12 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> anyhow::Result<ExitCode> {
         args.listen.ip()
     });
     opts.manager.cluster_cidr = args.cluster_cidr.clone();
+    // The stop comes in three phases: the agent and proxy first (so nothing restarts
+    // pods), then — after the drain — the CRI server, then the API server.
+    let (cri_stop_tx, cri_stop_rx) = watch::channel(false);
+    let (api_stop_tx, api_stop_rx) = watch::channel(false);
     let server = {
-        let stop = stop_rx.clone();
+        let stop = api_stop_rx;
         tokio::spawn(async move {
             if let Err(e) = apiserver::run(opts, wait_stop(stop)).await {
                 eprintln!("hull up: API server: {e:#}");
@@ -242,7 +246,7 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut cri_cfg = hull_agent::cri::Config::new(&data_dir, &socket);
     cri_cfg.registry_mirrors = args.registry_mirror.clone();
     let cri = {
-        let stop = stop_rx.clone();
+        let stop = cri_stop_rx;
         tokio::spawn(async move {
             if let Err(e) = hull_agent::cri::server::serve_until(cri_cfg, wait_stop(stop)).await {
                 eprintln!("hull up: CRI server: {e:#}");
@@ -315,7 +319,9 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> anyhow::Result<ExitCode> {
         // It withdraws this node's DNS endpoint and removes its nftables tables itself.
         let _ = tokio::time::timeout(Duration::from_secs(10), p).await;
     }
+    let _ = cri_stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), cri).await;
+    let _ = api_stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
     let _ = stop_tx;
     Ok(ExitCode::SUCCESS)

@@ -37,8 +37,17 @@ pub fn spawn(
                 eprintln!("hull up: kubelet API: {e}");
             }
         });
-        if let Err(e) = node::run(client, opts, super::wait_stop(stop)).await {
-            eprintln!("hull up: node agent: {e}");
+        // An agent that fails (the API not yet answering, say) is started again, as a
+        // service manager would restart kubelet; pods keep running meanwhile.
+        loop {
+            match node::run(client.clone(), opts.clone(), super::wait_stop(stop.clone())).await {
+                Ok(()) => break,
+                Err(e) => eprintln!("hull up: node agent: {e}; restarting it in 2 s"),
+            }
+            tokio::select! {
+                () = super::wait_stop(stop.clone()) => break,
+                () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            }
         }
         let _ = kubelet.await;
     })
