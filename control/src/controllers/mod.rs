@@ -5,12 +5,18 @@ pub mod node_ipam;
 pub mod root_ca;
 pub mod serviceaccount;
 pub mod util;
+pub mod endpoints;
+pub mod endpointslice;
+pub mod namespace;
 
 use crate::manager::Loop;
 
 /// Every controller loop (and the scheduler), by name.
 pub fn all() -> Vec<(&'static str, Loop)> {
     vec![
+        ("namespace", namespace::start),
+        ("endpointslice", endpointslice::start),
+        ("endpoint", endpoints::start),
         ("nodeipam", node_ipam::start),
         ("root-ca-cert-publisher", root_ca::start),
         ("serviceaccount", serviceaccount::start),

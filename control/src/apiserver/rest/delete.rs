@@ -126,7 +126,14 @@ async fn delete_one(
         let already = obj.pointer("/metadata/deletionTimestamp").is_some();
         let grace = graceful_seconds(&obj, r.kind, opts.grace);
         let is_namespace = r.kind == "Namespace";
-        let mark = is_namespace || !finalizers.is_empty() || grace > 0;
+        // A namespace with spec.finalizers waits for them (the namespace controller empties
+        // it, then removes `kubernetes` through namespaces/NAME/finalize).
+        let ns_finalizers = is_namespace
+            && obj
+                .pointer("/spec/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty());
+        let mark = ns_finalizers || !finalizers.is_empty() || grace > 0;
         if !mark || (already && finalizers.is_empty() && opts.grace == Some(0)) {
             if rq.dry_run() {
                 return Ok((StatusCode::OK, obj));
@@ -174,9 +181,6 @@ async fn delete_one(
         {
             Ok(rev) => {
                 meta_mut(&mut obj).insert("resourceVersion".into(), json!(rev.to_string()));
-                if is_namespace {
-                    spawn_namespace_cleanup(state, name.to_string());
-                }
                 return Ok((StatusCode::ACCEPTED, obj));
             }
             Err(StoreError::Conflict { .. }) => continue,
@@ -210,30 +214,6 @@ fn graceful_seconds(obj: &Value, kind: &str, asked: Option<i64>) -> i64 {
         })
         .unwrap_or(30)
         .max(0)
-}
-
-/// The namespace lifecycle's last step: delete everything in a terminating namespace,
-/// then the namespace itself (what kube-controller-manager's namespace controller does).
-fn spawn_namespace_cleanup(state: &ApiState, ns: String) {
-    let store = state.store.clone();
-    tokio::spawn(async move {
-        for r in crate::apiserver::registry::all()
-            .iter()
-            .filter(|r| r.namespaced)
-        {
-            let prefix = r.list_prefix(Some(&ns));
-            let Ok(page) = store.list(&prefix, None, 0, 0).await else {
-                return;
-            };
-            for kv in page.items {
-                let _ = store.delete(&kv.key, None).await;
-            }
-        }
-        let key = format!("/registry/namespaces/{ns}");
-        if let Ok(Some(kv)) = store.get(&key).await {
-            let _ = store.delete(&key, Some(kv.mod_revision)).await;
-        }
-    });
 }
 
 pub async fn delete_collection(

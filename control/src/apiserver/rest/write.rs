@@ -235,6 +235,15 @@ pub async fn finish_update(
     manager: Option<&str>,
 ) -> Result<Response, ApiError> {
     let r = rq.r;
+    if rq.sub.as_deref() == Some("finalize") {
+        // namespaces/NAME/finalize changes spec.finalizers and nothing else.
+        let mut next = old.clone();
+        next["spec"]["finalizers"] = obj
+            .pointer("/spec/finalizers")
+            .cloned()
+            .unwrap_or(Value::Array(Vec::new()));
+        obj = next;
+    }
     let status_only = rq.sub.as_deref() == Some("status");
     if status_only {
         // The status subresource changes status only (and nothing else in the object).
@@ -308,11 +317,13 @@ pub async fn finish_update(
         );
     }
     let key = rq.key();
+    // A namespace also waits for its spec.finalizers (the namespace controller's `kubernetes`).
     let finalized = obj.pointer("/metadata/deletionTimestamp").is_some()
-        && obj
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_none_or(|f| f.is_empty());
+        && ["/metadata/finalizers", "/spec/finalizers"].iter().all(|p| {
+            obj.pointer(p)
+                .and_then(Value::as_array)
+                .is_none_or(|f| f.is_empty())
+        });
     let written = match object::to_stored(&obj) {
         Ok(bytes) => state.store.update(&key, bytes, rev).await,
         Err(e) => {
