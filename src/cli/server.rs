@@ -1,4 +1,5 @@
-//! `hull server`: the control plane's API server alone (no scheduler or controllers yet).
+//! `hull server`: the control plane — the API server and, unless `--controllers=false`,
+//! the controller manager (scheduler and controllers, leader-elected).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,25 @@ pub struct ServerArgs {
     /// The address advertised to clients (added to the serving certificate).
     #[arg(long)]
     pub advertise_address: Option<IpAddr>,
+
+    /// Run the scheduler and controllers in this process (leader-elected on a Lease).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub controllers: bool,
+
+    /// The pod network; each node gets a /--node-cidr-mask-size of it as spec.podCIDR.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: String,
+
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
+
+    /// Seconds without a Lease renewal before a node is marked NotReady/Unknown.
+    #[arg(long, default_value_t = 40)]
+    pub node_monitor_grace_period: u64,
+
+    /// Seconds pods tolerate an unreachable/not-ready node before eviction (default tolerations).
+    #[arg(long, default_value_t = 300)]
+    pub default_eviction_timeout: u64,
 }
 
 pub fn run(data_dir: &Path, args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -36,6 +56,13 @@ pub fn run(data_dir: &Path, args: ServerArgs) -> anyhow::Result<ExitCode> {
     opts.token_file = args.token_file;
     opts.service_cluster_ip_range = args.service_cluster_ip_range;
     opts.advertise_address = args.advertise_address;
+    opts.controllers = args.controllers;
+    opts.manager.cluster_cidr = args.cluster_cidr;
+    opts.manager.node_cidr_mask_size = args.node_cidr_mask_size;
+    opts.manager.node_monitor_grace_period =
+        std::time::Duration::from_secs(args.node_monitor_grace_period);
+    opts.manager.default_eviction_timeout =
+        std::time::Duration::from_secs(args.default_eviction_timeout);
     hull_control::apiserver::run_until_signal(opts).context("hull server")?;
     Ok(ExitCode::SUCCESS)
 }
