@@ -19,6 +19,7 @@
 //! - `streaming`: the HTTP streaming server that Exec/Attach/PortForward URLs point at.
 //! - `remotecommand`: exec/attach sessions (stdio, tty with resize, exit status).
 //! - `portforward`: port-forward sessions (TCP inside the pod's netns).
+//! - `websocket`: exec/attach over WebSocket (`v5`/`v4.channel.k8s.io`).
 //! - `server`: start-up (reconcile from disk and kernel), serving, shutdown.
 
 pub mod config;
@@ -40,6 +41,7 @@ pub mod server;
 pub mod spdy;
 pub mod spec;
 pub mod streaming;
+pub mod websocket;
 
 pub use config::Config;
 pub use error::{CriError, Result};

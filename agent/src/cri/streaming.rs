@@ -5,7 +5,9 @@
 //! kubectl. Each URL is single-use and expires after a minute.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,8 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::config::Config;
+use super::remotecommand::Io;
 use super::remotecommand::{self, Want};
-use super::{container, portforward, records, sandbox, spdy};
+use super::{container, portforward, records, sandbox, spdy, websocket};
 
 const TOKEN_TTL: Duration = Duration::from_secs(60);
 const PROTOCOLS: &[&str] = &[
@@ -49,6 +52,36 @@ pub enum Pending {
 }
 
 impl Pending {
+    fn want(&self) -> Want {
+        match *self {
+            Pending::Exec {
+                tty,
+                stdin,
+                stdout,
+                stderr,
+                ..
+            }
+            | Pending::Attach {
+                tty,
+                stdin,
+                stdout,
+                stderr,
+                ..
+            } => Want {
+                stdin,
+                stdout,
+                stderr,
+                tty,
+            },
+            Pending::PortForward { .. } => Want {
+                stdin: false,
+                stdout: false,
+                stderr: false,
+                tty: false,
+            },
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Pending::Exec { .. } => "exec",
@@ -158,6 +191,36 @@ impl Streaming {
                 .await;
             return Err(format!("unknown or expired streaming URL {path}"));
         };
+        let ws_key = get("sec-websocket-key");
+        if upgrade.iter().any(|u| u.eq_ignore_ascii_case("websocket"))
+            && !matches!(pending, Pending::PortForward { .. })
+            && let Some(key) = ws_key.first()
+        {
+            let offered = get("sec-websocket-protocol");
+            let Some(proto) = websocket::PROTOCOLS
+                .iter()
+                .find(|p| offered.iter().any(|o| o == *p))
+                .copied()
+            else {
+                let msg = format!(
+                    "hull's streaming server speaks WebSocket {:?} (or SPDY/3.1); the client offered {offered:?}",
+                    websocket::PROTOCOLS
+                );
+                let _ = sock.write_all(format!("HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}", msg.len()).as_bytes()).await;
+                return Err(msg);
+            };
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {proto}\r\n\r\n",
+                websocket::accept_key(key)
+            );
+            sock.write_all(resp.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            let leftover = buf[head_len..].to_vec();
+            let start = self.start_io(pending);
+            websocket::serve(sock, leftover, proto, start).await;
+            return Ok(());
+        }
         if !upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1")) {
             let msg = "hull's streaming server speaks SPDY/3.1 (WebSocket is not built yet)";
             let _ = sock.write_all(format!("HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}", msg.len()).as_bytes()).await;
@@ -187,51 +250,6 @@ impl Streaming {
             .map_err(|e| e.to_string())?;
         let conn = spdy::Conn::start(sock, buf[head_len..].to_vec());
         match pending {
-            Pending::Exec {
-                container_id,
-                cmd,
-                stdin,
-                stdout,
-                stderr,
-                tty,
-            } => {
-                let want = Want {
-                    stdin,
-                    stdout,
-                    stderr,
-                    tty,
-                };
-                let start = remotecommand::start_exec(&self.cfg, &container_id, &cmd, want);
-                remotecommand::serve_spdy(conn, proto, want, start).await
-            }
-            Pending::Attach {
-                container_id,
-                tty,
-                stdin,
-                stdout,
-                stderr,
-            } => {
-                let want = Want {
-                    stdin,
-                    stdout,
-                    stderr,
-                    tty,
-                };
-                let cfg = self.cfg.clone();
-                let start = async move {
-                    let rec = container::load(&cfg, &container_id).map_err(|e| e.to_string())?;
-                    let dir = container::dir(&cfg, &rec.id);
-                    let fifo = dir.join("stdin");
-                    remotecommand::start_attach(
-                        rec.log_path.clone().into(),
-                        fifo.exists().then_some(fifo),
-                        dir.join("exit.json"),
-                        want,
-                    )
-                    .await
-                };
-                remotecommand::serve_spdy(conn, proto, want, start).await
-            }
             Pending::PortForward { sandbox_id, ports } => {
                 let sb = sandbox::load(&self.cfg, &sandbox_id).map_err(|e| e.to_string())?;
                 let pod = sb
@@ -243,6 +261,38 @@ impl Streaming {
                 portforward::serve_spdy(conn, sb.netns.clone(), ports, pod).await;
                 Ok(())
             }
+            p => {
+                let want = p.want();
+                remotecommand::serve_spdy(conn, proto, want, self.start_io(p)).await
+            }
         }
+    }
+
+    /// Starts what an Exec or Attach URL stands for.
+    fn start_io(&self, p: Pending) -> Pin<Box<dyn Future<Output = Result<Io, String>> + Send>> {
+        let cfg = self.cfg.clone();
+        let want = p.want();
+        Box::pin(async move {
+            match p {
+                Pending::Exec {
+                    container_id, cmd, ..
+                } => remotecommand::start_exec(&cfg, &container_id, &cmd, want).await,
+                Pending::Attach { container_id, .. } => {
+                    let rec = container::load(&cfg, &container_id).map_err(|e| e.to_string())?;
+                    let dir = container::dir(&cfg, &rec.id);
+                    let fifo = dir.join("stdin");
+                    remotecommand::start_attach(
+                        rec.log_path.clone().into(),
+                        fifo.exists().then_some(fifo),
+                        dir.join("exit.json"),
+                        want,
+                    )
+                    .await
+                }
+                Pending::PortForward { .. } => {
+                    Err("port forwarding is not a remotecommand session".into())
+                }
+            }
+        })
     }
 }
