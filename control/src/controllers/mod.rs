@@ -8,12 +8,14 @@ pub mod util;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod namespace;
+pub mod node_lifecycle;
 
 use crate::manager::Loop;
 
 /// Every controller loop (and the scheduler), by name.
 pub fn all() -> Vec<(&'static str, Loop)> {
     vec![
+        ("nodelifecycle", node_lifecycle::start),
         ("namespace", namespace::start),
         ("endpointslice", endpointslice::start),
         ("endpoint", endpoints::start),

@@ -91,7 +91,8 @@ impl Cluster {
                 let r = self.thread.take().map(|t| t.join());
                 panic!("API server exited during start: {r:?}");
             }
-            if self.kubeconfig.exists() && self.kubectl(&["get", "--raw", "/readyz"]).status.success()
+            if self.kubeconfig.exists()
+                && self.kubectl(&["get", "--raw", "/readyz"]).status.success()
             {
                 return;
             }
@@ -105,10 +106,12 @@ impl Cluster {
         let text = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
         self.rt.block_on(async {
             let kc = kube::config::Kubeconfig::from_yaml(&text).expect("kubeconfig parses");
-            let cfg =
-                kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                    .await
-                    .expect("kube config");
+            let cfg = kube::Config::from_custom_kubeconfig(
+                kc,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .expect("kube config");
             kube::Client::try_from(cfg).expect("client")
         })
     }
@@ -120,7 +123,11 @@ impl Cluster {
             .arg(&self.kubeconfig)
             .args(args)
             .env("HOME", &self.dir)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -220,6 +227,37 @@ impl Cluster {
         ));
     }
 
+    /// Renews a node's Lease every 500 ms until the returned guard is dropped.
+    pub fn renewer(&self, node: &str) -> Renewer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, kubeconfig, dir, node) = (stop.clone(), self.kubeconfig.clone(), self.dir.clone(), node.to_string());
+        let thread = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let lease = format!(
+                    "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: {node}, namespace: kube-node-lease}}\nspec: {{holderIdentity: {node}, leaseDurationSeconds: 40, renewTime: \"{}\"}}\n",
+                    now_micro()
+                );
+                let mut child = match Command::new("kubectl")
+                    .arg("--kubeconfig").arg(&kubeconfig)
+                    .args(["apply", "-f", "-"])
+                    .env("HOME", &dir)
+                    .stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null())
+                    .spawn()
+                {
+                    Ok(c) => c,
+                    Err(_) => return,
+                };
+                if let Some(mut s) = child.stdin.take() {
+                    use std::io::Write;
+                    let _ = s.write_all(lease.as_bytes());
+                }
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        Renewer { stop, thread: Some(thread) }
+    }
+
     pub fn stop(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
@@ -246,11 +284,28 @@ impl Drop for Cluster {
 }
 
 pub fn now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 pub fn now_micro() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
         .to_string()
+}
+
+/// Stops renewing a Lease when dropped.
+pub struct Renewer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Renewer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
