@@ -11,10 +11,12 @@
 //!   discovery, OpenAPI, REST handlers (CRUD, watch, Table printing, subresources).
 //! - [`manager`]: the controller manager — leader election and the loops it runs.
 //! - [`controllers`]: one module per controller (and the list the manager starts).
+//! - [`scheduler`]: the scheduler loop — cache, queue, filters, scores, bindings.
 
 pub mod admission;
 pub mod apiserver;
 pub mod controllers;
 pub mod manager;
 pub mod patch;
+pub mod scheduler;
 pub mod store;

@@ -22,5 +22,6 @@ pub fn all() -> Vec<(&'static str, Loop)> {
         ("nodeipam", node_ipam::start),
         ("root-ca-cert-publisher", root_ca::start),
         ("serviceaccount", serviceaccount::start),
+        ("scheduler", crate::scheduler::run),
     ]
 }

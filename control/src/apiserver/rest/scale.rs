@@ -137,45 +137,76 @@ pub async fn binding(state: &ApiState, rq: &Req, body: bytes::Bytes) -> Result<R
             )
         })?
         .to_string();
-    let (pod, rev) = load(state, rq).await?;
-    if pod
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .is_some_and(|n| !n.is_empty())
-    {
-        let mut e = ApiError::conflict("", "pods", rq.name());
-        e.message = format!(
-            "Operation cannot be fulfilled on pods/binding \"{}\": pod {} is already assigned to node {:?}",
-            rq.name(),
-            rq.name(),
-            pod.pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-        );
-        return Err(e);
-    }
-    if pod.pointer("/metadata/deletionTimestamp").is_some() {
-        return Err(ApiError::conflict("", "pods", rq.name()));
-    }
-    let mut next = pod.clone();
-    next["spec"]["nodeName"] = json!(node);
-    if !rq.dry_run() {
+    // A CAS on the pod as kube-apiserver's GuaranteedUpdate does: a status write racing
+    // the binding (the scheduler's own Unschedulable condition, say) is retried, not a 409.
+    for attempt in 0..5 {
+        let (pod, rev) = load(state, rq).await?;
+        if pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty())
+        {
+            let mut e = ApiError::conflict("", "pods", rq.name());
+            e.message = format!(
+                "Operation cannot be fulfilled on pods/binding \"{}\": pod {} is already assigned to node {:?}",
+                rq.name(),
+                rq.name(),
+                pod.pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+            );
+            return Err(e);
+        }
+        if pod.pointer("/metadata/deletionTimestamp").is_some() {
+            return Err(ApiError::conflict("", "pods", rq.name()));
+        }
+        let mut next = pod.clone();
+        next["spec"]["nodeName"] = json!(node);
+        set_scheduled(&mut next);
+        if rq.dry_run() {
+            break;
+        }
         meta_mut(&mut next).remove("resourceVersion");
-        state
+        match state
             .store
             .update(&rq.key(), object::to_stored(&next)?, rev)
             .await
-            .map_err(|e| match e {
-                crate::store::StoreError::Conflict { .. } => {
-                    ApiError::conflict("", "pods", rq.name())
-                }
-                other => other.into(),
-            })?;
+        {
+            Ok(_) => break,
+            Err(crate::store::StoreError::Conflict { .. }) if attempt < 4 => continue,
+            Err(crate::store::StoreError::Conflict { .. }) => {
+                return Err(ApiError::conflict("", "pods", rq.name()));
+            }
+            Err(other) => return Err(other.into()),
+        }
     }
     Ok(json_response(
         StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
     ))
+}
+
+/// `PodScheduled=True`, as kube-apiserver's binding sets it (replacing an `Unschedulable`).
+fn set_scheduled(pod: &mut Value) {
+    let cond = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
+        "lastTransitionTime": object::now_rfc3339()});
+    let Some(status) = pod
+        .as_object_mut()
+        .map(|o| o.entry("status").or_insert_with(|| json!({})))
+    else {
+        return;
+    };
+    if !status.is_object() {
+        *status = json!({});
+    }
+    let conds = &mut status["conditions"];
+    if !conds.is_array() {
+        *conds = json!([]);
+    }
+    if let Some(list) = conds.as_array_mut() {
+        list.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
+        list.push(cond);
+    }
 }
 
 /// `POST pods/<name>/eviction`: deletes the pod (PodDisruptionBudgets are not served, so

@@ -1,0 +1,583 @@
+//! The scheduler (kube-scheduler's role, `schedulerName: default-scheduler`): binds every
+//! pod without `spec.nodeName` to a node through the `pods/binding` subresource.
+//!
+//! One task owns the state and decides; watches feed it through a channel, bindings and
+//! Events are written by other tasks so a decision never waits on the API:
+//! - [`cache`]: nodes, Leases, pods and what bound (or assumed) pods use per node;
+//! - [`queue`]: active / backoff / unschedulable pods;
+//! - [`filter`] then [`score`] over a sample of the nodes (kube's
+//!   `percentageOfNodesToScore`), with [`labels`] (selectors, node affinity,
+//!   tolerations), [`affinity`] (inter-pod affinity, topology spread) and [`resources`]
+//!   (requests vs allocatable);
+//! - [`message`]: the `0/N nodes are available: ...` text;
+//! - [`events`]: `Scheduled` / `FailedScheduling` Events and the `PodScheduled` condition.
+
+pub mod affinity;
+pub mod cache;
+pub mod events;
+pub mod filter;
+pub mod labels;
+pub mod message;
+pub mod queue;
+pub mod resources;
+pub mod score;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::PostParams;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Resource};
+use rand::Rng;
+use serde_json::json;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::manager::{Context, LoopFuture};
+use cache::{Cache, NodeInfo, PodInfo};
+use filter::PodState;
+
+/// The `spec.schedulerName` this scheduler serves.
+pub const SCHEDULER_NAME: &str = "default-scheduler";
+/// Bindings in flight at once.
+const BIND_CONCURRENCY: usize = 16;
+/// Below this many nodes every node is evaluated (kube's `minFeasibleNodesToFind`).
+const MIN_FEASIBLE: usize = 100;
+
+/// The manager's entry point (loop name "scheduler").
+pub fn run(ctx: Arc<Context>) -> LoopFuture {
+    Box::pin(async move { Scheduler::new(&ctx).run().await })
+}
+
+/// How many feasible nodes to find before scoring: all below 100 nodes, else an
+/// adaptive share (50% minus 1% per 125 nodes, at least 5%), at least 100.
+pub fn feasible_to_find(nodes: usize) -> usize {
+    if nodes < MIN_FEASIBLE {
+        return nodes;
+    }
+    let pct = 50usize.saturating_sub(nodes / 125).max(5);
+    (nodes * pct / 100).max(MIN_FEASIBLE)
+}
+
+enum Input {
+    Node(Event<Node>),
+    Pod(Event<Pod>),
+    Lease(Event<Lease>),
+    Namespace(Event<Namespace>),
+    Bound {
+        key: String,
+        node: String,
+        result: Result<(), BindError>,
+    },
+}
+
+enum BindError {
+    /// Already bound, or gone: the watch brings the truth.
+    Settled(String),
+    Failed(String),
+}
+
+/// Which watches have delivered their first full list, and what a relist has seen.
+#[derive(Default)]
+struct Sync {
+    nodes: bool,
+    pods: bool,
+    leases: bool,
+    relist: HashMap<&'static str, HashSet<String>>,
+}
+
+struct Scheduler {
+    client: kube::Client,
+    grace: Duration,
+    cache: Cache,
+    queue: queue::Queue,
+    /// Pods whose binding is being written.
+    inflight: HashSet<String>,
+    /// The last unschedulable message written per pod (the condition is only rewritten
+    /// when it changes).
+    last_failure: HashMap<String, String>,
+    next_start: usize,
+    sync: Sync,
+    tx: mpsc::UnboundedSender<Input>,
+    rx: mpsc::UnboundedReceiver<Input>,
+    binds: Arc<Semaphore>,
+    tasks: tokio::task::JoinSet<()>,
+    writer: events::Writer,
+}
+
+impl Scheduler {
+    fn new(ctx: &Context) -> Scheduler {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Scheduler {
+            client: ctx.client.clone(),
+            grace: ctx.options.node_monitor_grace_period,
+            cache: Cache::default(),
+            queue: queue::Queue::default(),
+            inflight: HashSet::new(),
+            last_failure: HashMap::new(),
+            next_start: 0,
+            sync: Sync::default(),
+            tx,
+            rx,
+            binds: Arc::new(Semaphore::new(BIND_CONCURRENCY)),
+            tasks: tokio::task::JoinSet::new(),
+            writer: events::Writer::spawn(ctx.client.clone()),
+        }
+    }
+
+    fn watch<K>(&mut self, api: Api<K>, wrap: fn(Event<K>) -> Input)
+    where
+        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        let tx = self.tx.clone();
+        self.tasks.spawn(async move {
+            let mut events = watcher::watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            while let Some(ev) = events.next().await {
+                match ev {
+                    Ok(ev) => {
+                        if tx.send(wrap(ev)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!("scheduler watch: {e}"),
+                }
+            }
+        });
+    }
+
+    async fn run(mut self) {
+        let c = self.client.clone();
+        self.watch(Api::<Node>::all(c.clone()), Input::Node);
+        self.watch(Api::<Pod>::all(c.clone()), Input::Pod);
+        self.watch(
+            Api::<Lease>::namespaced(c.clone(), "kube-node-lease"),
+            Input::Lease,
+        );
+        self.watch(Api::<Namespace>::all(c), Input::Namespace);
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            while let Ok(input) = self.rx.try_recv() {
+                self.handle(input);
+            }
+            while self.tasks.try_join_next().is_some() {}
+            let ready = self.sync.nodes && self.sync.pods && self.sync.leases;
+            if ready && let Some(key) = self.queue.pop() {
+                self.schedule_one(&key);
+                tokio::task::yield_now().await;
+                continue;
+            }
+            tokio::select! {
+                input = self.rx.recv() => match input {
+                    Some(input) => self.handle(input),
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    let pods = &self.cache.pods;
+                    self.queue.tick(|k| pods.get(k).filter(|p| p.node_name.is_none()).map(|p| p.priority));
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Node(ev) => self.on_node(ev),
+            Input::Pod(ev) => self.on_pod(ev),
+            Input::Lease(ev) => self.on_lease(ev),
+            Input::Namespace(ev) => {
+                let sync = &mut self.sync;
+                let ns = &mut self.cache.namespaces;
+                let seen = relist(
+                    sync,
+                    "namespaces",
+                    ev,
+                    |n: &Namespace| n.metadata.name.clone(),
+                    |n, present| {
+                        let name = n.metadata.name.clone().unwrap_or_default();
+                        if present {
+                            ns.insert(name, n.metadata.labels.clone().unwrap_or_default());
+                        } else {
+                            ns.remove(&name);
+                        }
+                    },
+                );
+                if let Some(seen) = seen {
+                    ns.retain(|k, _| seen.contains(k));
+                }
+            }
+            Input::Bound { key, node, result } => self.on_bound(key, node, result),
+        }
+    }
+
+    fn on_node(&mut self, ev: Event<Node>) {
+        let mut retry = false;
+        let cache = &mut self.cache;
+        let seen = relist(
+            &mut self.sync,
+            "nodes",
+            ev,
+            |n: &Node| n.metadata.name.clone(),
+            |n, present| {
+                if present {
+                    retry |= cache.upsert_node(NodeInfo::from_node(&n));
+                } else if let Some(name) = n.metadata.name.as_deref() {
+                    cache.remove_node(name);
+                }
+            },
+        );
+        if let Some(seen) = seen {
+            let gone: Vec<String> = self
+                .cache
+                .nodes
+                .keys()
+                .filter(|k| !seen.contains(*k))
+                .cloned()
+                .collect();
+            for n in gone {
+                self.cache.remove_node(&n);
+            }
+            self.sync.nodes = true;
+        }
+        if retry {
+            self.queue.move_all();
+        }
+    }
+
+    fn on_lease(&mut self, ev: Event<Lease>) {
+        let now = jiff::Timestamp::now();
+        let mut revived = false;
+        let grace = jiff::SignedDuration::try_from(self.grace)
+            .unwrap_or(jiff::SignedDuration::from_secs(40));
+        let leases = &mut self.cache.lease_expiry;
+        let seen = relist(
+            &mut self.sync,
+            "leases",
+            ev,
+            |l: &Lease| l.metadata.name.clone(),
+            |l, present| {
+                let Some(name) = l.metadata.name.clone() else {
+                    return;
+                };
+                if !present {
+                    leases.remove(&name);
+                    return;
+                }
+                let spec = l.spec.as_ref();
+                let expiry = spec.and_then(|s| s.renew_time.as_ref()).and_then(|t| {
+                    let secs = spec.and_then(|s| s.lease_duration_seconds).unwrap_or(40);
+                    let valid = jiff::SignedDuration::from_secs(i64::from(secs)).max(grace);
+                    t.0.checked_add(valid).ok()
+                });
+                let Some(expiry) = expiry else { return };
+                let was_live = leases.get(&name).is_some_and(|e| *e > now);
+                revived |= !was_live && expiry > now;
+                leases.insert(name, expiry);
+            },
+        );
+        if let Some(seen) = seen {
+            self.cache.lease_expiry.retain(|k, _| seen.contains(k));
+            self.sync.leases = true;
+        }
+        if revived {
+            self.queue.move_all();
+        }
+    }
+
+    fn on_pod(&mut self, ev: Event<Pod>) {
+        let mut applied = Vec::new();
+        let mut deleted = Vec::new();
+        let seen = relist(&mut self.sync, "pods", ev, pod_key, |p, present| {
+            if present {
+                applied.push(p);
+            } else if let Some(k) = pod_key(&p) {
+                deleted.push(k);
+            }
+        });
+        for p in applied {
+            self.apply_pod(p);
+        }
+        for key in deleted {
+            self.delete_pod(&key);
+        }
+        if let Some(seen) = seen {
+            let gone: Vec<String> = self
+                .cache
+                .pods
+                .keys()
+                .filter(|k| !seen.contains(*k))
+                .cloned()
+                .collect();
+            for key in gone {
+                self.delete_pod(&key);
+            }
+            self.sync.pods = true;
+        }
+    }
+
+    fn apply_pod(&mut self, pod: Pod) {
+        let info = PodInfo::from_pod(pod);
+        let key = info.key.clone();
+        let old = self.cache.pods.get(&key).cloned();
+        let newly_bound = info.node_name.is_some()
+            && old
+                .as_ref()
+                .is_none_or(|o| o.node_name.is_none() || self.cache.assumed.contains_key(&key));
+        let freed = old
+            .as_ref()
+            .is_some_and(|o| o.node_name.is_some() && !o.terminal)
+            && info.terminal;
+        let spec_changed = old
+            .as_ref()
+            .is_none_or(|o| o.pod.spec != info.pod.spec || o.labels != info.labels);
+        let info = self.cache.upsert_pod(info);
+        if info.node_name.is_some() {
+            self.queue.remove(&key);
+            self.last_failure.remove(&key);
+            if freed {
+                self.queue.move_all();
+            } else if newly_bound {
+                self.retry_affinity_pods();
+            }
+            return;
+        }
+        if info.scheduler_name != SCHEDULER_NAME || info.deleting || info.terminal {
+            self.queue.remove(&key);
+            return;
+        }
+        if self.inflight.contains(&key) {
+            return;
+        }
+        if spec_changed || !self.queue.contains(&key) {
+            self.queue.add(&key, info.priority);
+        }
+    }
+
+    /// A newly bound pod may satisfy a waiting pod's affinity or change a spread.
+    fn retry_affinity_pods(&mut self) {
+        if self.queue.lens().2 == 0 {
+            return;
+        }
+        let waiting_on_pods = self.cache.pods.values().any(|p| {
+            p.node_name.is_none()
+                && p.pod.spec.as_ref().is_some_and(|s| {
+                    s.topology_spread_constraints
+                        .as_ref()
+                        .is_some_and(|c| !c.is_empty())
+                        || s.affinity
+                            .as_ref()
+                            .is_some_and(|a| a.pod_affinity.is_some())
+                })
+        });
+        if waiting_on_pods {
+            self.queue.move_all();
+        }
+    }
+
+    fn delete_pod(&mut self, key: &str) {
+        let held = self
+            .cache
+            .pods
+            .get(key)
+            .is_some_and(|p| p.node_name.is_some() && !p.terminal);
+        self.cache.remove_pod(key);
+        self.queue.remove(key);
+        self.last_failure.remove(key);
+        if held {
+            self.queue.move_all();
+        }
+    }
+
+    fn on_bound(&mut self, key: String, node: String, result: Result<(), BindError>) {
+        self.inflight.remove(&key);
+        match result {
+            Ok(()) => {
+                self.last_failure.remove(&key);
+            }
+            Err(BindError::Settled(why)) => {
+                tracing::debug!(pod = %key, %node, "binding not needed: {why}");
+                self.cache.forget(&key);
+            }
+            Err(BindError::Failed(why)) => {
+                tracing::warn!(pod = %key, %node, "binding failed: {why}");
+                self.cache.forget(&key);
+                if self
+                    .cache
+                    .pods
+                    .get(&key)
+                    .is_some_and(|p| p.node_name.is_none())
+                {
+                    self.queue.retry_later(&key);
+                }
+            }
+        }
+    }
+
+    fn schedule_one(&mut self, key: &str) {
+        let Some(pod) = self.cache.pods.get(key).cloned() else {
+            return;
+        };
+        if pod.node_name.is_some() || pod.deleting || pod.scheduler_name != SCHEDULER_NAME {
+            return;
+        }
+        let st = PodState::new(&self.cache, pod.clone());
+        let total = self.cache.order.len();
+        let want = feasible_to_find(total);
+        let start = if total == 0 {
+            0
+        } else {
+            self.next_start % total
+        };
+        let mut feasible: Vec<&NodeInfo> = Vec::new();
+        let mut failed = Vec::new();
+        let mut processed = 0;
+        for i in 0..total {
+            let name = &self.cache.order[(start + i) % total];
+            let Some(node) = self.cache.nodes.get(name) else {
+                continue;
+            };
+            processed += 1;
+            match st.filter(&self.cache, node) {
+                Ok(()) => {
+                    feasible.push(node);
+                    if feasible.len() >= want {
+                        break;
+                    }
+                }
+                Err(reasons) => failed.push(reasons),
+            }
+        }
+        self.next_start = if total == 0 {
+            0
+        } else {
+            (start + processed) % total
+        };
+        if feasible.is_empty() {
+            let never = pod
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.preemption_policy.as_deref())
+                == Some("Never");
+            let msg = message::unschedulable(total, &failed, never);
+            tracing::debug!(pod = %key, "unschedulable: {msg}");
+            let condition = self.last_failure.get(key) != Some(&msg);
+            self.last_failure.insert(key.to_string(), msg.clone());
+            self.queue.unschedulable(key);
+            self.writer.send(events::Write::FailedScheduling {
+                pod,
+                message: msg,
+                condition,
+            });
+            return;
+        }
+        let chosen = if feasible.len() == 1 {
+            feasible[0].name.clone()
+        } else {
+            let scorer = score::Scorer::new(&self.cache, &st);
+            let raws: Vec<score::Raw> = feasible.iter().map(|n| scorer.raw(n)).collect();
+            let totals = score::totals(&raws);
+            // The best score wins; ties are broken at random (reservoir sampling) so
+            // equal nodes share the load.
+            let mut rng = rand::rng();
+            let (mut best, mut best_score, mut ties) = (0, f64::MIN, 0u32);
+            for (i, s) in totals.iter().enumerate() {
+                if *s > best_score + 1e-9 {
+                    (best, best_score, ties) = (i, *s, 1);
+                } else if (*s - best_score).abs() <= 1e-9 {
+                    ties += 1;
+                    if rng.random_range(0..ties) == 0 {
+                        best = i;
+                    }
+                }
+            }
+            feasible[best].name.clone()
+        };
+        drop(st);
+        self.cache.assume(key, &chosen);
+        self.inflight.insert(key.to_string());
+        self.spawn_bind(pod, chosen);
+    }
+
+    fn spawn_bind(&mut self, pod: Arc<PodInfo>, node: String) {
+        let client = self.client.clone();
+        let tx = self.tx.clone();
+        let binds = self.binds.clone();
+        let writer = self.writer.clone();
+        self.tasks.spawn(async move {
+            let _permit = binds.acquire_owned().await;
+            let api: Api<Pod> = Api::namespaced(client, &pod.namespace);
+            let binding = json!({
+                "apiVersion": "v1", "kind": "Binding",
+                "metadata": {"name": pod.name, "namespace": pod.namespace, "uid": pod.uid},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+            });
+            let result = match api
+                .create_subresource::<_, serde_json::Value>(
+                    "binding",
+                    &pod.name,
+                    &PostParams::default(),
+                    &binding,
+                )
+                .await
+            {
+                Ok(_) => {
+                    writer.send(events::Write::Scheduled {
+                        pod: pod.clone(),
+                        node: node.clone(),
+                    });
+                    Ok(())
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
+                    Err(BindError::Settled(s.message))
+                }
+                Err(e) => Err(BindError::Failed(e.to_string())),
+            };
+            let _ = tx.send(Input::Bound {
+                key: pod.key.clone(),
+                node,
+                result,
+            });
+        });
+    }
+}
+
+fn pod_key(p: &Pod) -> Option<String> {
+    Some(format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or(""),
+        p.metadata.name.as_deref()?
+    ))
+}
+
+/// Applies one watch event of a kind, tracking relists. When a (re)list completes,
+/// returns the names it showed: anything else the caller holds is gone.
+fn relist<K>(
+    sync: &mut Sync,
+    kind: &'static str,
+    ev: Event<K>,
+    name: impl Fn(&K) -> Option<String>,
+    mut apply: impl FnMut(K, bool),
+) -> Option<HashSet<String>> {
+    match ev {
+        Event::Apply(o) => apply(o, true),
+        Event::Delete(o) => apply(o, false),
+        Event::Init => {
+            sync.relist.insert(kind, HashSet::new());
+        }
+        Event::InitApply(o) => {
+            if let Some(n) = name(&o) {
+                sync.relist.entry(kind).or_default().insert(n);
+            }
+            apply(o, true);
+        }
+        Event::InitDone => return Some(sync.relist.remove(kind).unwrap_or_default()),
+    }
+    None
+}
