@@ -254,7 +254,18 @@ fn from_pods(svc: &Service, stores: &Stores, ns: &str, sel: &BTreeMap<String, St
                 .push(endpoint);
         }
     }
-    chunk(groups, MANAGED_BY)
+    let mut out = chunk(groups, MANAGED_BY);
+    if out.is_empty() {
+        // A Service with no endpoints still gets one (empty) slice, as in Kubernetes:
+        // consumers tell "no endpoints" from "not synced yet".
+        out.push(Desired {
+            address_type: families[0].clone(),
+            ports: Vec::new(),
+            endpoints: Vec::new(),
+            managed_by: MANAGED_BY,
+        });
+    }
+    out
 }
 
 /// The slices mirroring a selector-less Service's user-written Endpoints.

@@ -9,12 +9,14 @@ pub mod endpoints;
 pub mod endpointslice;
 pub mod namespace;
 pub mod node_lifecycle;
+pub mod garbage_collector;
 
 use crate::manager::Loop;
 
 /// Every controller loop (and the scheduler), by name.
 pub fn all() -> Vec<(&'static str, Loop)> {
     vec![
+        ("garbagecollector", garbage_collector::start),
         ("nodelifecycle", node_lifecycle::start),
         ("namespace", namespace::start),
         ("endpointslice", endpointslice::start),
