@@ -82,3 +82,25 @@ fn background_foreground_and_orphan_deletion() {
     c.ok(&["delete", "svc", "s", "-n", &ns, "--cascade=foreground"]);
     c.wait_for("slice of s collected", &["get", "endpointslices", "-n", &ns, "-l", "kubernetes.io/service-name=s", "-o", "name"], |o| o.is_empty());
 }
+
+#[test]
+fn resourcequota_status_tracks_usage() {
+    let c = Cluster::start("quota", |_| {});
+    let ns = format!("rq-{}", std::process::id());
+    c.ok(&["create", "namespace", &ns]);
+    c.ok(&["create", "configmap", "a", "-n", &ns, "--from-literal=k=v"]);
+    c.ok(&["create", "quota", "q", "-n", &ns, "--hard=configmaps=5,count/deployments.apps=2,pods=3"]);
+    // kube-root-ca.crt + a: 2 configmaps.
+    c.wait_for("hard mirrored", &["get", "quota", "q", "-n", &ns, "-o", "jsonpath={.status.hard.configmaps}"], |o| o == "5");
+    c.wait_for("used counted", &["get", "quota", "q", "-n", &ns, "-o", "jsonpath={.status.used.configmaps}"], |o| o == "2");
+    c.ok(&["create", "configmap", "b", "-n", &ns, "--from-literal=k=v"]);
+    c.wait_for("used grows", &["get", "quota", "q", "-n", &ns, "-o", "jsonpath={.status.used.configmaps}"], |o| o == "3");
+    assert_eq!(c.get(&["get", "quota", "q", "-n", &ns, "-o", "jsonpath={.status.used.count/deployments\\.apps}"]), "0");
+    // A spec change is reflected at once.
+    c.ok(&["patch", "quota", "q", "-n", &ns, "--type=merge", "-p", r#"{"spec":{"hard":{"configmaps":"4","secrets":"1"}}}"#]);
+    c.wait_for("new hard", &["get", "quota", "q", "-n", &ns, "-o", "jsonpath={.status.hard.secrets}/{.status.used.secrets}"], |o| o == "1/0");
+    let out = c.kubectl(&["create", "configmap", "d", "-n", &ns]);
+    let out2 = c.kubectl(&["create", "configmap", "e", "-n", &ns]);
+    assert!(out.status.success() && !out2.status.success(), "the 5th configmap exceeds configmaps=4");
+    assert!(String::from_utf8_lossy(&out2.stderr).contains("exceeded quota"));
+}

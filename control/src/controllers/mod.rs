@@ -10,12 +10,14 @@ pub mod endpointslice;
 pub mod namespace;
 pub mod node_lifecycle;
 pub mod garbage_collector;
+pub mod resourcequota;
 
 use crate::manager::Loop;
 
 /// Every controller loop (and the scheduler), by name.
 pub fn all() -> Vec<(&'static str, Loop)> {
     vec![
+        ("resourcequota", resourcequota::start),
         ("garbagecollector", garbage_collector::start),
         ("nodelifecycle", node_lifecycle::start),
         ("namespace", namespace::start),
