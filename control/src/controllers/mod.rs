@@ -11,6 +11,16 @@ pub mod namespace;
 pub mod node_lifecycle;
 pub mod garbage_collector;
 pub mod resourcequota;
+pub mod cronjob;
+pub mod daemonset;
+pub mod deployment;
+mod deployment_rollout;
+mod deployment_status;
+pub mod job;
+pub mod replicaset;
+pub mod statefulset;
+pub mod workload_revision;
+pub mod workload_util;
 
 use crate::manager::Loop;
 
@@ -27,5 +37,12 @@ pub fn all() -> Vec<(&'static str, Loop)> {
         ("root-ca-cert-publisher", root_ca::start),
         ("serviceaccount", serviceaccount::start),
         ("scheduler", crate::scheduler::run),
+        ("deployment", deployment::deployments),
+        ("replicaset", replicaset::replicasets),
+        ("replicationcontroller", replicaset::replication_controllers),
+        ("daemonset", daemonset::daemonsets),
+        ("statefulset", statefulset::statefulsets),
+        ("job", job::jobs),
+        ("cronjob", cronjob::cronjobs),
     ]
 }
