@@ -24,42 +24,134 @@ fn silent_node_is_tainted_and_its_pods_evicted_per_toleration() {
     c.renew(&node);
     let ns = format!("nl-{}", std::process::id());
     c.ok(&["create", "namespace", &ns]);
-    let quick = format!("{{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}}");
-    c.ok_stdin(&["apply", "-n", &ns, "-f", "-"], Some(&bound_pod("quick", &node, &quick)));
+    let quick = "{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}";
+    c.ok_stdin(
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(&bound_pod("quick", &node, quick)),
+    );
     // The default tolerations admission adds: 300 s.
-    c.ok_stdin(&["apply", "-n", &ns, "-f", "-"], Some(&bound_pod("slow", &node, "")));
+    c.ok_stdin(
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(&bound_pod("slow", &node, "")),
+    );
     let forever = "{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute}";
-    c.ok_stdin(&["apply", "-n", &ns, "-f", "-"], Some(&bound_pod("forever", &node, forever)));
+    c.ok_stdin(
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(&bound_pod("forever", &node, forever)),
+    );
     for p in ["quick", "slow", "forever"] {
         c.ok(&["patch", "pod", p, "-n", &ns, "--subresource=status", "--type=merge", "-p",
             r#"{"status":{"phase":"Running","podIP":"10.244.1.5","conditions":[{"type":"Ready","status":"True"}]}}"#]);
     }
-    let taints = ["get", "node", &node, "-o", "jsonpath={range .spec.taints[*]}{.key}:{.effect} {end}"];
+    let taints = [
+        "get",
+        "node",
+        &node,
+        "-o",
+        "jsonpath={range .spec.taints[*]}{.key}:{.effect} {end}",
+    ];
     assert_eq!(c.get(&taints), "", "a live node has no lifecycle taints");
 
     // Silence: Unknown conditions, unreachable taints, an Event.
     let conds = c.wait_for(
         "node Unknown",
-        &["get", "node", &node, "-o", "jsonpath={range .status.conditions[*]}{.type}={.status}/{.reason} {end}"],
+        &[
+            "get",
+            "node",
+            &node,
+            "-o",
+            "jsonpath={range .status.conditions[*]}{.type}={.status}/{.reason} {end}",
+        ],
         |o| o.contains("Ready=Unknown"),
     );
     assert!(conds.contains("Ready=Unknown/NodeStatusUnknown"), "{conds}");
-    let t = c.wait_for("unreachable taints", &taints, |o| o.contains("unreachable:NoExecute"));
-    assert!(t.contains("node.kubernetes.io/unreachable:NoSchedule"), "{t}");
-    c.wait_for("NodeNotReady event", &["get", "events", "--field-selector", &format!("involvedObject.name={node}"), "-o", "jsonpath={.items[*].reason}"], |o| o.contains("NodeNotReady"));
-    assert_eq!(c.get(&["get", "nodes", &node, "--no-headers", "-o", "custom-columns=S:.status.conditions[?(@.type==\"Ready\")].status"]), "Unknown");
+    let t = c.wait_for("unreachable taints", &taints, |o| {
+        o.contains("unreachable:NoExecute")
+    });
+    assert!(
+        t.contains("node.kubernetes.io/unreachable:NoSchedule"),
+        "{t}"
+    );
+    c.wait_for(
+        "NodeNotReady event",
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={node}"),
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ],
+        |o| o.contains("NodeNotReady"),
+    );
+    assert_eq!(
+        c.get(&[
+            "get",
+            "nodes",
+            &node,
+            "--no-headers",
+            "-o",
+            "custom-columns=S:.status.conditions[?(@.type==\"Ready\")].status"
+        ]),
+        "Unknown"
+    );
 
     // quick tolerated 2 s; slow (300 s) and forever stay, not Ready.
-    c.wait_for("quick evicted", &["get", "pods", "-n", &ns, "-o", "name"], |o| !o.contains("pod/quick"));
-    c.wait_for("TaintManagerEviction event", &["get", "events", "-n", &ns, "--field-selector", "involvedObject.name=quick", "-o", "jsonpath={.items[*].reason}"], |o| o.contains("TaintManagerEviction"));
+    c.wait_for(
+        "quick evicted",
+        &["get", "pods", "-n", &ns, "-o", "name"],
+        |o| !o.contains("pod/quick"),
+    );
+    c.wait_for(
+        "TaintManagerEviction event",
+        &[
+            "get",
+            "events",
+            "-n",
+            &ns,
+            "--field-selector",
+            "involvedObject.name=quick",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ],
+        |o| o.contains("TaintManagerEviction"),
+    );
     for p in ["slow", "forever"] {
-        c.wait_for("pod not Ready", &["get", "pod", p, "-n", &ns, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"], |o| o == "False");
-        assert_eq!(c.get(&["get", "pod", p, "-n", &ns, "-o", "jsonpath={.metadata.deletionTimestamp}"]), "", "{p} is not evicted");
+        c.wait_for(
+            "pod not Ready",
+            &[
+                "get",
+                "pod",
+                p,
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+            |o| o == "False",
+        );
+        assert_eq!(
+            c.get(&[
+                "get",
+                "pod",
+                p,
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.metadata.deletionTimestamp}"
+            ]),
+            "",
+            "{p} is not evicted"
+        );
     }
 
     // An untolerated NoExecute taint evicts at once.
     c.ok(&["taint", "node", &node, "dedicated=x:NoExecute"]);
-    c.wait_for("all evicted", &["get", "pods", "-n", &ns, "-o", "name"], |o| o.is_empty());
+    c.wait_for(
+        "all evicted",
+        &["get", "pods", "-n", &ns, "-o", "name"],
+        |o| o.is_empty(),
+    );
     c.ok(&["taint", "node", &node, "dedicated=x:NoExecute-"]);
 
     // Back: the kubelet renews and posts Ready; the taints go.
@@ -70,8 +162,19 @@ fn silent_node_is_tainted_and_its_pods_evicted_per_toleration() {
 
     // Cordon and uncordon.
     c.ok(&["cordon", &node]);
-    c.wait_for("unschedulable taint", &taints, |o| o.trim() == "node.kubernetes.io/unschedulable:NoSchedule");
+    c.wait_for("unschedulable taint", &taints, |o| {
+        o.trim() == "node.kubernetes.io/unschedulable:NoSchedule"
+    });
     c.ok(&["uncordon", &node]);
     c.wait_for("unschedulable taint gone", &taints, |o| o.is_empty());
-    assert_eq!(c.get(&["get", "node", &node, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]), "True");
+    assert_eq!(
+        c.get(&[
+            "get",
+            "node",
+            &node,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"
+        ]),
+        "True"
+    );
 }

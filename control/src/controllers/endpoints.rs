@@ -37,7 +37,10 @@ pub fn selector(svc: &Service) -> Option<&BTreeMap<String, String>> {
     spec.selector.as_ref().filter(|s| !s.is_empty())
 }
 
-pub fn selects(selector: &BTreeMap<String, String>, labels: Option<&BTreeMap<String, String>>) -> bool {
+pub fn selects(
+    selector: &BTreeMap<String, String>,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
     let Some(labels) = labels else {
         return selector.is_empty();
     };
@@ -99,7 +102,12 @@ pub fn pod_ips(p: &Pod) -> Vec<String> {
     let mut ips: Vec<String> = st
         .pod_ips
         .as_ref()
-        .map(|v| v.iter().map(|i| i.ip.clone()).filter(|i| !i.is_empty()).collect())
+        .map(|v| {
+            v.iter()
+                .map(|i| i.ip.clone())
+                .filter(|i| !i.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     if ips.is_empty()
         && let Some(ip) = st.pod_ip.as_ref().filter(|i| !i.is_empty())
@@ -225,11 +233,19 @@ async fn run(ctx: Arc<Context>) {
         },
     );
     let sync = {
-        let (ctx, services, pods, endpoints) =
-            (ctx.clone(), services.clone(), pods.clone(), endpoints.clone());
+        let (ctx, services, pods, endpoints) = (
+            ctx.clone(),
+            services.clone(),
+            pods.clone(),
+            endpoints.clone(),
+        );
         move |key: String| {
-            let (ctx, services, pods, endpoints) =
-                (ctx.clone(), services.clone(), pods.clone(), endpoints.clone());
+            let (ctx, services, pods, endpoints) = (
+                ctx.clone(),
+                services.clone(),
+                pods.clone(),
+                endpoints.clone(),
+            );
             async move { sync(&ctx, &services, &pods, &endpoints, &key).await }
         }
     };
@@ -248,7 +264,11 @@ pub fn subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> {
     let publish = spec.publish_not_ready_addresses.unwrap_or(false);
     let svc_ports = spec.ports.unwrap_or_default();
     // ports (as a comparable key) → (ports, ready, not ready)
-    type Group = (Vec<EndpointPort>, Vec<EndpointAddress>, Vec<EndpointAddress>);
+    type Group = (
+        Vec<EndpointPort>,
+        Vec<EndpointAddress>,
+        Vec<EndpointAddress>,
+    );
     let mut groups: BTreeMap<Vec<(String, i32, String)>, Group> = BTreeMap::new();
     for pod in pods {
         if !is_candidate(pod) || pod.metadata.deletion_timestamp.is_some() {
@@ -275,7 +295,13 @@ pub fn subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> {
         ports.sort_by(|a, b| (&a.name, a.port).cmp(&(&b.name, b.port)));
         let key = ports
             .iter()
-            .map(|p| (p.name.clone().unwrap_or_default(), p.port, p.protocol.clone().unwrap_or_default()))
+            .map(|p| {
+                (
+                    p.name.clone().unwrap_or_default(),
+                    p.port,
+                    p.protocol.clone().unwrap_or_default(),
+                )
+            })
             .collect();
         let addr = EndpointAddress {
             ip,
@@ -283,7 +309,9 @@ pub fn subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> {
             node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
             target_ref: Some(pod_reference(pod)),
         };
-        let g = groups.entry(key).or_insert_with(|| (ports, Vec::new(), Vec::new()));
+        let g = groups
+            .entry(key)
+            .or_insert_with(|| (ports, Vec::new(), Vec::new()));
         if publish || is_ready(pod) {
             g.1.push(addr);
         } else {
@@ -349,7 +377,9 @@ async fn sync(
         .unwrap_or_default();
     annotations.insert(
         TRIGGER_TIME.into(),
-        jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string(),
     );
     let ep = Endpoints {
         metadata: ObjectMeta {

@@ -15,10 +15,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::ResourceExt;
 
 use super::endpoints::{self as ep, selected_pods};
 use super::util::{self, Queue, Recorder, SyncResult};
@@ -115,8 +115,12 @@ async fn run(ctx: Arc<Context>) {
     let sync = {
         let (ctx, stores, tracker, recorder) = (ctx.clone(), stores, tracker, recorder);
         move |key: String| {
-            let (ctx, stores, tracker, recorder) =
-                (ctx.clone(), stores.clone(), tracker.clone(), recorder.clone());
+            let (ctx, stores, tracker, recorder) = (
+                ctx.clone(),
+                stores.clone(),
+                tracker.clone(),
+                recorder.clone(),
+            );
             async move { sync(&ctx, &stores, &tracker, &recorder, &key).await }
         }
     };
@@ -173,11 +177,11 @@ fn ports_key(ports: &[EndpointPort]) -> Vec<(String, i32, String)> {
         .collect()
 }
 
+/// (address family, ports key) → (ports, endpoints).
+type Groups = BTreeMap<(String, Vec<(String, i32, String)>), (Vec<EndpointPort>, Vec<Endpoint>)>;
+
 /// Groups endpoints by (family, ports) and cuts each group into slices of 100.
-fn chunk(
-    groups: BTreeMap<(String, Vec<(String, i32, String)>), (Vec<EndpointPort>, Vec<Endpoint>)>,
-    managed_by: &'static str,
-) -> Vec<Desired> {
+fn chunk(groups: Groups, managed_by: &'static str) -> Vec<Desired> {
     let mut out = Vec::new();
     for ((family, _), (ports, endpoints)) in groups {
         for c in endpoints.chunks(MAX_ENDPOINTS) {
@@ -193,7 +197,12 @@ fn chunk(
 }
 
 /// The slices of a Service with a selector, from its pods.
-fn from_pods(svc: &Service, stores: &Stores, ns: &str, sel: &BTreeMap<String, String>) -> Vec<Desired> {
+fn from_pods(
+    svc: &Service,
+    stores: &Stores,
+    ns: &str,
+    sel: &BTreeMap<String, String>,
+) -> Vec<Desired> {
     let spec = svc.spec.clone().unwrap_or_default();
     let publish = spec.publish_not_ready_addresses.unwrap_or(false);
     let families = spec
@@ -284,7 +293,11 @@ fn from_endpoints(e: &Endpoints) -> Vec<Desired> {
             })
             .collect();
         ports.sort_by(|a, b| (&a.name, a.port).cmp(&(&b.name, b.port)));
-        let ready = subset.addresses.unwrap_or_default().into_iter().map(|a| (a, true));
+        let ready = subset
+            .addresses
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| (a, true));
         let not_ready = subset
             .not_ready_addresses
             .unwrap_or_default()
@@ -345,7 +358,9 @@ async fn sync(
         let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(expect) = t.get(key) {
             let caught_up = expect.iter().all(|(slice, want)| {
-                let have = existing.iter().find(|s| s.metadata.name.as_deref() == Some(slice));
+                let have = existing
+                    .iter()
+                    .find(|s| s.metadata.name.as_deref() == Some(slice));
                 match (want, have) {
                     (Some(want), Some(s)) => rv(s) >= *want,
                     (Some(_), None) => false,
@@ -365,8 +380,10 @@ async fn sync(
         Some(s) => match ep::selector(s) {
             Some(sel) => from_pods(s, stores, ns, sel),
             None => match stores.endpoints.get(&ObjectRef::new(name).within(ns)) {
-                Some(e) if !e.labels().contains_key(SKIP_MIRROR_LABEL)
-                    && s.spec.as_ref().and_then(|sp| sp.type_.as_deref()) != Some("ExternalName") =>
+                Some(e)
+                    if !e.labels().contains_key(SKIP_MIRROR_LABEL)
+                        && s.spec.as_ref().and_then(|sp| sp.type_.as_deref())
+                            != Some("ExternalName") =>
                 {
                     from_endpoints(&e)
                 }
@@ -374,7 +391,17 @@ async fn sync(
             },
         },
     };
-    let result = reconcile(ctx, svc.as_deref(), ns, name, desired, existing, tracker, key).await;
+    let result = reconcile(
+        ctx,
+        svc.as_deref(),
+        ns,
+        name,
+        desired,
+        existing,
+        tracker,
+        key,
+    )
+    .await;
     if let (Err(e), Some(s)) = (&result, &svc) {
         recorder
             .warning(
@@ -422,7 +449,9 @@ async fn reconcile(
                 && s.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(d.managed_by)
         };
         let exact = unused.iter().position(|s| {
-            same_shape(s) && s.endpoints == d.endpoints && s.metadata.labels.as_ref() == Some(&labels)
+            same_shape(s)
+                && s.endpoints == d.endpoints
+                && s.metadata.labels.as_ref() == Some(&labels)
         });
         if let Some(i) = exact {
             unused.remove(i);
@@ -452,7 +481,8 @@ async fn reconcile(
                 slice.metadata.name = old.metadata.name.clone();
                 slice.metadata.resource_version = old.metadata.resource_version.clone();
                 slice.metadata.annotations = old.metadata.annotations.clone();
-                api.replace(&old.name_any(), &PostParams::default(), &slice).await
+                api.replace(&old.name_any(), &PostParams::default(), &slice)
+                    .await
             }
             None => {
                 slice.metadata.generate_name = Some(format!("{name}-"));

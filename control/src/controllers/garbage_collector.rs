@@ -162,7 +162,9 @@ async fn watch_kind(
     synced: tokio::sync::mpsc::UnboundedSender<()>,
 ) {
     let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client, &kind.ar);
-    let mut events = watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
     let mut told = false;
     while let Some(ev) = events.next().await {
         match ev {
@@ -182,8 +184,15 @@ async fn watch_kind(
     }
 }
 
-fn apply(graph: &Mutex<Graph>, queue: &Queue<Work>, kind: &Arc<Kind>, m: &PartialObjectMeta<DynamicObject>) {
-    let Some(uid) = m.metadata.uid.clone() else { return };
+fn apply(
+    graph: &Mutex<Graph>,
+    queue: &Queue<Work>,
+    kind: &Arc<Kind>,
+    m: &PartialObjectMeta<DynamicObject>,
+) {
+    let Some(uid) = m.metadata.uid.clone() else {
+        return;
+    };
     let owners = m.metadata.owner_references.clone().unwrap_or_default();
     let finalizers = m.metadata.finalizers.clone().unwrap_or_default();
     let deleting = m.metadata.deletion_timestamp.is_some();
@@ -203,7 +212,10 @@ fn apply(graph: &Mutex<Graph>, queue: &Queue<Work>, kind: &Arc<Kind>, m: &Partia
         }
     }
     for owner in &new_owner_uids {
-        g.dependents.entry(owner.clone()).or_default().insert(uid.clone());
+        g.dependents
+            .entry(owner.clone())
+            .or_default()
+            .insert(uid.clone());
     }
     let owners_changed = old.as_ref().map(|o| &o.owners) != Some(&owners);
     g.objects.insert(
@@ -221,7 +233,11 @@ fn apply(graph: &Mutex<Graph>, queue: &Queue<Work>, kind: &Arc<Kind>, m: &Partia
     // An owner whose dependents changed (one dropped it) may be waiting on them.
     let waiting_owners: Vec<String> = old_owner_uids
         .difference(&new_owner_uids)
-        .filter(|o| g.objects.get(*o).is_some_and(|o| o.deleting && o.finalizers.iter().any(|f| f == FOREGROUND)))
+        .filter(|o| {
+            g.objects
+                .get(*o)
+                .is_some_and(|o| o.deleting && o.finalizers.iter().any(|f| f == FOREGROUND))
+        })
         .cloned()
         .collect();
     drop(g);
@@ -240,9 +256,13 @@ fn apply(graph: &Mutex<Graph>, queue: &Queue<Work>, kind: &Arc<Kind>, m: &Partia
 }
 
 fn remove(graph: &Mutex<Graph>, queue: &Queue<Work>, m: &PartialObjectMeta<DynamicObject>) {
-    let Some(uid) = m.metadata.uid.clone() else { return };
+    let Some(uid) = m.metadata.uid.clone() else {
+        return;
+    };
     let mut g = lock(graph);
-    let Some(obj) = g.objects.remove(&uid) else { return };
+    let Some(obj) = g.objects.remove(&uid) else {
+        return;
+    };
     for r in &obj.owners {
         if let Some(set) = g.dependents.get_mut(&r.uid) {
             set.remove(&uid);
@@ -251,11 +271,19 @@ fn remove(graph: &Mutex<Graph>, queue: &Queue<Work>, m: &PartialObjectMeta<Dynam
             }
         }
     }
-    let dependents: Vec<String> = g.dependents.get(&uid).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+    let dependents: Vec<String> = g
+        .dependents
+        .get(&uid)
+        .map(|s| s.iter().cloned().collect())
+        .unwrap_or_default();
     let waiting: Vec<String> = obj
         .owners
         .iter()
-        .filter(|r| g.objects.get(&r.uid).is_some_and(|o| o.deleting && o.finalizers.iter().any(|f| f == FOREGROUND)))
+        .filter(|r| {
+            g.objects
+                .get(&r.uid)
+                .is_some_and(|o| o.deleting && o.finalizers.iter().any(|f| f == FOREGROUND))
+        })
         .map(|r| r.uid.clone())
         .collect();
     drop(g);
@@ -285,12 +313,21 @@ enum OwnerState {
     Waiting,
 }
 
-async fn owner_state(ctx: &Context, graph: &Mutex<Graph>, dep: &Object, r: &OwnerReference) -> Result<OwnerState, String> {
+async fn owner_state(
+    ctx: &Context,
+    graph: &Mutex<Graph>,
+    dep: &Object,
+    r: &OwnerReference,
+) -> Result<OwnerState, String> {
     let (known, kind) = {
         let g = lock(graph);
         (
-            g.objects.get(&r.uid).map(|o| (o.deleting, o.finalizers.iter().any(|f| f == FOREGROUND))),
-            g.kinds.get(&(r.api_version.clone(), r.kind.clone())).cloned(),
+            g.objects
+                .get(&r.uid)
+                .map(|o| (o.deleting, o.finalizers.iter().any(|f| f == FOREGROUND))),
+            g.kinds
+                .get(&(r.api_version.clone(), r.kind.clone()))
+                .cloned(),
         )
     };
     match known {
@@ -300,12 +337,20 @@ async fn owner_state(ctx: &Context, graph: &Mutex<Graph>, dep: &Object, r: &Owne
     }
     let Some(kind) = kind else {
         // A kind the API does not serve (any more): leave the dependent alone.
-        return Err(format!("owner kind {}/{} is not served", r.api_version, r.kind));
+        return Err(format!(
+            "owner kind {}/{} is not served",
+            r.api_version, r.kind
+        ));
     };
     let api = api_for(&ctx.client, &kind, dep.namespace.as_deref());
     match api.get_metadata_opt(&r.name).await {
         Ok(Some(m)) if m.metadata.uid.as_deref() == Some(r.uid.as_str()) => {
-            let fg = m.metadata.finalizers.iter().flatten().any(|f| f == FOREGROUND);
+            let fg = m
+                .metadata
+                .finalizers
+                .iter()
+                .flatten()
+                .any(|f| f == FOREGROUND);
             Ok(if m.metadata.deletion_timestamp.is_some() && fg {
                 OwnerState::Waiting
             } else {
@@ -348,12 +393,22 @@ async fn check(ctx: &Context, graph: &Mutex<Graph>, uid: &str) -> SyncResult {
             return Ok(None);
         }
         // Keep the object, drop the references to owners that are gone or going.
-        let keep: Vec<&OwnerReference> = dep.owners.iter().filter(|r| solid.contains(&r.uid)).collect();
+        let keep: Vec<&OwnerReference> = dep
+            .owners
+            .iter()
+            .filter(|r| solid.contains(&r.uid))
+            .collect();
         let patch = json!({"metadata": {"ownerReferences": list_or_null(&keep), "resourceVersion": dep.resource_version}});
-        return match api.patch(&dep.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        return match api
+            .patch(&dep.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => Ok(None),
             Err(e) if util::is_not_found(&e) => Ok(None),
-            Err(e) => Err(format!("removing dangling owner references of {}: {e}", dep.name)),
+            Err(e) => Err(format!(
+                "removing dangling owner references of {}: {e}",
+                dep.name
+            )),
         };
     }
     if dep.deleting {
@@ -361,16 +416,24 @@ async fn check(ctx: &Context, graph: &Mutex<Graph>, uid: &str) -> SyncResult {
     }
     // Every owner is gone or going: so is this dependent. One waiting owner makes it go in
     // the foreground too (its own dependents first), as kube-controller-manager does.
-    let has_dependents = lock(graph).dependents.get(uid).is_some_and(|s| !s.is_empty());
+    let has_dependents = lock(graph)
+        .dependents
+        .get(uid)
+        .is_some_and(|s| !s.is_empty());
     let policy = if dep.finalizers.iter().any(|f| f == ORPHAN) {
         "Orphan"
-    } else if (!waiting.is_empty() && has_dependents) || dep.finalizers.iter().any(|f| f == FOREGROUND) {
+    } else if (!waiting.is_empty() && has_dependents)
+        || dep.finalizers.iter().any(|f| f == FOREGROUND)
+    {
         "Foreground"
     } else {
         "Background"
     };
     let dp = DeleteParams {
-        preconditions: Some(Preconditions { uid: Some(uid.to_string()), resource_version: None }),
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        }),
         propagation_policy: Some(match policy {
             "Orphan" => kube::api::PropagationPolicy::Orphan,
             "Foreground" => kube::api::PropagationPolicy::Foreground,
@@ -398,13 +461,23 @@ fn list_or_null<T: serde::Serialize>(items: &[T]) -> serde_json::Value {
 }
 
 async fn remove_finalizer(ctx: &Context, owner: &Object, finalizer: &str) -> Result<(), String> {
-    let rest: Vec<&String> = owner.finalizers.iter().filter(|f| *f != finalizer).collect();
+    let rest: Vec<&String> = owner
+        .finalizers
+        .iter()
+        .filter(|f| *f != finalizer)
+        .collect();
     let patch = json!({"metadata": {"finalizers": list_or_null(&rest), "resourceVersion": owner.resource_version}});
     let api = api_for(&ctx.client, &owner.kind, owner.namespace.as_deref());
-    match api.patch(&owner.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+    match api
+        .patch(&owner.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if util::is_not_found(&e) => Ok(()),
-        Err(e) => Err(format!("removing finalizer {finalizer} from {} {}: {e}", owner.kind.ar.kind, owner.name)),
+        Err(e) => Err(format!(
+            "removing finalizer {finalizer} from {} {}: {e}",
+            owner.kind.ar.kind, owner.name
+        )),
     }
 }
 
@@ -465,7 +538,10 @@ async fn orphan(ctx: &Context, graph: &Mutex<Graph>, uid: &str) -> SyncResult {
         let keep: Vec<&OwnerReference> = d.owners.iter().filter(|r| r.uid != uid).collect();
         let patch = json!({"metadata": {"ownerReferences": list_or_null(&keep), "resourceVersion": d.resource_version}});
         let api = api_for(&ctx.client, &d.kind, d.namespace.as_deref());
-        match api.patch(&d.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match api
+            .patch(&d.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => {}
             Err(e) if util::is_not_found(&e) => {}
             Err(e) => return Err(format!("orphaning {} {}: {e}", d.kind.ar.kind, d.name)),

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, NamespaceCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::discovery::{Discovery, Scope, verbs};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -71,7 +73,10 @@ async fn run(ctx: Arc<Context>) {
     tokio::join!(informer, workers);
 }
 
-async fn discover(client: &kube::Client, cache: &Mutex<Resources>) -> (Vec<(ApiResource, bool)>, Vec<String>) {
+async fn discover(
+    client: &kube::Client,
+    cache: &Mutex<Resources>,
+) -> (Vec<(ApiResource, bool)>, Vec<String>) {
     let mut c = cache.lock().await;
     if c.at.is_some_and(|t| t.elapsed() < DISCOVERY_TTL) {
         return (c.list.clone(), c.failed.clone());
@@ -216,7 +221,14 @@ async fn delete_each(api: &Api<DynamicObject>) -> Result<(), kube::Error> {
     Ok(())
 }
 
-fn cond(type_: &str, on: bool, reason_on: &str, reason_off: &str, msg_on: String, msg_off: &str) -> NamespaceCondition {
+fn cond(
+    type_: &str,
+    on: bool,
+    reason_on: &str,
+    reason_off: &str,
+    msg_on: String,
+    msg_off: &str,
+) -> NamespaceCondition {
     NamespaceCondition {
         type_: type_.into(),
         status: if on { "True" } else { "False" }.into(),
@@ -304,7 +316,11 @@ fn conditions(
 }
 
 /// Writes the conditions if any changed (keeping transition times of those that did not).
-async fn update_conditions(ctx: &Context, ns: &Namespace, mut next: Vec<NamespaceCondition>) -> Result<(), String> {
+async fn update_conditions(
+    ctx: &Context,
+    ns: &Namespace,
+    mut next: Vec<NamespaceCondition>,
+) -> Result<(), String> {
     let current = ns
         .status
         .as_ref()

@@ -169,16 +169,14 @@ pub fn start(ctx: Arc<Context>) -> LoopFuture {
 }
 
 async fn run(ctx: Arc<Context>) {
-    let ranges = match RangeAllocator::new(
-        &ctx.options.cluster_cidr,
-        ctx.options.node_cidr_mask_size,
-    ) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("{NAME} is off: {e}");
-            return;
-        }
-    };
+    let ranges =
+        match RangeAllocator::new(&ctx.options.cluster_cidr, ctx.options.node_cidr_mask_size) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("{NAME} is off: {e}");
+                return;
+            }
+        };
     let queue: Arc<Queue<String>> = Queue::new();
     let q = queue.clone();
     let (nodes, informer) = util::informer(
@@ -205,7 +203,8 @@ async fn run(ctx: Arc<Context>) {
                 if let Some(c) = pod_cidr(&n)
                     && s.ranges.occupy(&c)
                 {
-                    s.held.insert(n.metadata.name.clone().unwrap_or_default(), c);
+                    s.held
+                        .insert(n.metadata.name.clone().unwrap_or_default(), c);
                 }
             }
         }

@@ -36,6 +36,9 @@ pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
 pub const UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
 const LEASE_NAMESPACE: &str = "kube-node-lease";
 
+/// node name → (namespace, name) of the pods bound to it.
+type PodsByNode = HashMap<String, HashSet<(String, String)>>;
+
 struct Shared {
     nodes: Store<Node>,
     leases: Store<Lease>,
@@ -80,7 +83,7 @@ async fn run(ctx: Arc<Context>) {
         watcher::Config::default(),
         |_: Option<&Lease>, _: Option<&Lease>| {},
     );
-    let index: Arc<Mutex<HashMap<String, HashSet<(String, String)>>>> = Arc::default();
+    let index: Arc<Mutex<PodsByNode>> = Arc::default();
     let (idx, q) = (index.clone(), queue.clone());
     let (pods, pod_informer) = util::informer(
         Api::<Pod>::all(ctx.client.clone()),
@@ -151,7 +154,13 @@ async fn run(ctx: Arc<Context>) {
         let _ = pods.wait_until_ready().await;
         util::run_workers(queue, 4, NAME, sync).await;
     };
-    tokio::join!(node_informer, lease_informer, pod_informer, monitor, workers);
+    tokio::join!(
+        node_informer,
+        lease_informer,
+        pod_informer,
+        monitor,
+        workers
+    );
 }
 
 fn ready_condition(n: &Node) -> Option<&NodeCondition> {
@@ -178,10 +187,19 @@ fn last_heard(shared: &Shared, node: &Node, name: &str) -> Timestamp {
     let heartbeat = ready_condition(node)
         .and_then(|c| c.last_heartbeat_time.clone())
         .map(|t| t.0);
-    [Some(seen), lease, heartbeat].into_iter().flatten().max().unwrap_or(seen)
+    [Some(seen), lease, heartbeat]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(seen)
 }
 
-async fn sync(ctx: &Context, shared: &Shared, name: &str, on_node: Vec<(String, String)>) -> SyncResult {
+async fn sync(
+    ctx: &Context,
+    shared: &Shared,
+    name: &str,
+    on_node: Vec<(String, String)>,
+) -> SyncResult {
     let Some(node) = shared.nodes.get(&ObjectRef::new(name)) else {
         shared
             .first_seen
@@ -191,7 +209,8 @@ async fn sync(ctx: &Context, shared: &Shared, name: &str, on_node: Vec<(String, 
         return Ok(None);
     };
     let now = Timestamp::now();
-    let grace = SignedDuration::try_from(ctx.options.node_monitor_grace_period).unwrap_or(SignedDuration::from_secs(40));
+    let grace = SignedDuration::try_from(ctx.options.node_monitor_grace_period)
+        .unwrap_or(SignedDuration::from_secs(40));
     let silent = now.duration_since(last_heard(shared, &node, name)) > grace;
     let ready = ready_condition(&node).map(|c| c.status.clone());
     if silent && ready.as_deref() != Some("Unknown") {
@@ -207,7 +226,12 @@ async fn sync(ctx: &Context, shared: &Shared, name: &str, on_node: Vec<(String, 
 }
 
 /// Every condition Unknown, as kube-controller-manager writes it for a silent kubelet.
-async fn mark_unknown(ctx: &Context, shared: &Shared, node: &Node, name: &str) -> Result<(), String> {
+async fn mark_unknown(
+    ctx: &Context,
+    shared: &Shared,
+    node: &Node,
+    name: &str,
+) -> Result<(), String> {
     let now = Time(Timestamp::now());
     let mut conditions: Vec<NodeCondition> = node
         .status
@@ -217,7 +241,10 @@ async fn mark_unknown(ctx: &Context, shared: &Shared, node: &Node, name: &str) -
     let (reason, message) = if conditions.iter().any(|c| c.type_ == "Ready") {
         ("NodeStatusUnknown", "Kubelet stopped posting node status.")
     } else {
-        ("NodeStatusNeverUpdated", "Kubelet never posted node status.")
+        (
+            "NodeStatusNeverUpdated",
+            "Kubelet never posted node status.",
+        )
     };
     for t in ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"] {
         if !conditions.iter().any(|c| c.type_ == t) {
@@ -250,7 +277,10 @@ async fn mark_unknown(ctx: &Context, shared: &Shared, node: &Node, name: &str) -
         Err(e) if util::is_not_found(&e) => return Ok(()),
         Err(e) => return Err(format!("marking node {name} Unknown: {e}")),
     }
-    tracing::info!(node = name, "node stopped posting status: conditions Unknown");
+    tracing::info!(
+        node = name,
+        "node stopped posting status: conditions Unknown"
+    );
     shared
         .recorder
         .normal(
@@ -262,7 +292,12 @@ async fn mark_unknown(ctx: &Context, shared: &Shared, node: &Node, name: &str) -
     Ok(())
 }
 
-async fn mark_pods_not_ready(ctx: &Context, shared: &Shared, on_node: &[(String, String)], node: &str) {
+async fn mark_pods_not_ready(
+    ctx: &Context,
+    shared: &Shared,
+    on_node: &[(String, String)],
+    node: &str,
+) {
     for (ns, name) in on_node {
         let Some(pod) = shared.pods.get(&ObjectRef::new(name).within(ns)) else {
             continue;
@@ -270,7 +305,10 @@ async fn mark_pods_not_ready(ctx: &Context, shared: &Shared, on_node: &[(String,
         let Some(mut conditions) = pod.status.as_ref().and_then(|s| s.conditions.clone()) else {
             continue;
         };
-        let Some(c) = conditions.iter_mut().find(|c| c.type_ == "Ready" && c.status == "True") else {
+        let Some(c) = conditions
+            .iter_mut()
+            .find(|c| c.type_ == "Ready" && c.status == "True")
+        else {
             continue;
         };
         c.status = "False".into();
@@ -283,25 +321,44 @@ async fn mark_pods_not_ready(ctx: &Context, shared: &Shared, on_node: &[(String,
             Ok(_) => {
                 shared
                     .recorder
-                    .warning(&util::reference(pod.as_ref()), "NodeNotReady", "Node is not ready")
+                    .warning(
+                        &util::reference(pod.as_ref()),
+                        "NodeNotReady",
+                        "Node is not ready",
+                    )
                     .await;
             }
             // Changed meanwhile: the next pass looks again.
-            Err(e) => tracing::debug!(node, pod = %format!("{ns}/{name}"), "marking pod not ready: {e}"),
+            Err(e) => {
+                tracing::debug!(node, pod = %format!("{ns}/{name}"), "marking pod not ready: {e}")
+            }
         }
     }
 }
 
 /// Brings the node's lifecycle taints in line with its Ready condition and cordon;
 /// returns the taints the node has afterwards.
-async fn sync_taints(ctx: &Context, node: &Node, name: &str, ready: Option<&str>) -> Result<Vec<Taint>, String> {
-    let current: Vec<Taint> = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+async fn sync_taints(
+    ctx: &Context,
+    node: &Node,
+    name: &str,
+    ready: Option<&str>,
+) -> Result<Vec<Taint>, String> {
+    let current: Vec<Taint> = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
     let condition_key = match ready {
         Some("Unknown") => Some(UNREACHABLE),
         Some("False") => Some(NOT_READY),
         _ => None,
     };
-    let unschedulable = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+    let unschedulable = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false);
     let mut wanted: Vec<Taint> = current
         .iter()
         .filter(|t| match t.key.as_str() {
@@ -362,10 +419,15 @@ fn tolerates(t: &Toleration, taint: &Taint) -> bool {
 /// How long the pod may stay given the node's NoExecute taints: None = for ever,
 /// Some(ZERO) = not at all, otherwise the time left.
 fn time_left(pod: &Pod, taints: &[&Taint], now: Timestamp) -> Option<SignedDuration> {
-    let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default();
+    let tolerations = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.clone())
+        .unwrap_or_default();
     let mut left: Option<SignedDuration> = None;
     for taint in taints {
-        let matching: Vec<&Toleration> = tolerations.iter().filter(|t| tolerates(t, taint)).collect();
+        let matching: Vec<&Toleration> =
+            tolerations.iter().filter(|t| tolerates(t, taint)).collect();
         if matching.is_empty() {
             return Some(SignedDuration::ZERO);
         }
@@ -438,20 +500,50 @@ mod tests {
     use super::*;
 
     fn taint(key: &str, effect: &str) -> Taint {
-        Taint { key: key.into(), effect: effect.into(), ..Taint::default() }
+        Taint {
+            key: key.into(),
+            effect: effect.into(),
+            ..Taint::default()
+        }
     }
 
     #[test]
     fn toleration_matching() {
         let t = taint(UNREACHABLE, "NoExecute");
-        let exists = Toleration { key: Some(UNREACHABLE.into()), operator: Some("Exists".into()), ..Default::default() };
+        let exists = Toleration {
+            key: Some(UNREACHABLE.into()),
+            operator: Some("Exists".into()),
+            ..Default::default()
+        };
         assert!(tolerates(&exists, &t));
-        let other_effect = Toleration { effect: Some("NoSchedule".into()), ..exists.clone() };
+        let other_effect = Toleration {
+            effect: Some("NoSchedule".into()),
+            ..exists.clone()
+        };
         assert!(!tolerates(&other_effect, &t));
-        let all = Toleration { operator: Some("Exists".into()), ..Default::default() };
+        let all = Toleration {
+            operator: Some("Exists".into()),
+            ..Default::default()
+        };
         assert!(tolerates(&all, &t));
-        let equal = Toleration { key: Some("k".into()), value: Some("v".into()), ..Default::default() };
-        assert!(tolerates(&equal, &Taint { value: Some("v".into()), ..taint("k", "NoExecute") }));
-        assert!(!tolerates(&equal, &Taint { value: Some("w".into()), ..taint("k", "NoExecute") }));
+        let equal = Toleration {
+            key: Some("k".into()),
+            value: Some("v".into()),
+            ..Default::default()
+        };
+        assert!(tolerates(
+            &equal,
+            &Taint {
+                value: Some("v".into()),
+                ..taint("k", "NoExecute")
+            }
+        ));
+        assert!(!tolerates(
+            &equal,
+            &Taint {
+                value: Some("w".into()),
+                ..taint("k", "NoExecute")
+            }
+        ));
     }
 }

@@ -86,7 +86,11 @@ fn resource_of(key: &str) -> Option<(String, String)> {
     Some((r.to_string(), String::new()))
 }
 
-async fn api_resource(client: &kube::Client, plural: &str, group: &str) -> Result<Option<ApiResource>, String> {
+async fn api_resource(
+    client: &kube::Client,
+    plural: &str,
+    group: &str,
+) -> Result<Option<ApiResource>, String> {
     if group.is_empty() {
         return Ok(Some(ApiResource {
             group: String::new(),
@@ -120,14 +124,19 @@ async fn sync(ctx: &Context, key: &str) -> SyncResult {
         return Ok(None);
     };
     let rq_json = serde_json::to_value(&rq).map_err(|e| e.to_string())?;
-    let hard = rq.spec.as_ref().and_then(|s| s.hard.clone()).unwrap_or_default();
+    let hard = rq
+        .spec
+        .as_ref()
+        .and_then(|s| s.hard.clone())
+        .unwrap_or_default();
     let mut objects: BTreeMap<(String, String), Vec<Value>> = BTreeMap::new();
     let mut used = BTreeMap::new();
     for k in hard.keys() {
         let Some((plural, group)) = resource_of(k) else {
             continue;
         };
-        if !objects.contains_key(&(plural.clone(), group.clone())) {
+        let id = (plural.clone(), group.clone());
+        if let std::collections::btree_map::Entry::Vacant(slot) = objects.entry(id) {
             let list = match api_resource(&ctx.client, &plural, &group).await? {
                 Some(ar) => Api::<DynamicObject>::namespaced_with(ctx.client.clone(), ns, &ar)
                     .list(&ListParams::default())
@@ -139,10 +148,14 @@ async fn sync(ctx: &Context, key: &str) -> SyncResult {
                     .collect(),
                 None => Vec::new(),
             };
-            objects.insert((plural.clone(), group.clone()), list);
+            slot.insert(list);
         }
         let mut total = Quantity::zero();
-        for obj in objects.get(&(plural.clone(), group.clone())).into_iter().flatten() {
+        for obj in objects
+            .get(&(plural.clone(), group.clone()))
+            .into_iter()
+            .flatten()
+        {
             if !quota::in_scope(&rq_json, &plural, obj) {
                 continue;
             }
@@ -164,9 +177,13 @@ async fn sync(ctx: &Context, key: &str) -> SyncResult {
     if same_used && current.hard.as_ref() == Some(&hard) {
         return Ok(None);
     }
-    let used_json: BTreeMap<String, Value> = used.iter().map(|(k, q)| (k.clone(), json!(q.to_string()))).collect();
+    let used_json: BTreeMap<String, Value> = used
+        .iter()
+        .map(|(k, q)| (k.clone(), json!(q.to_string())))
+        .collect();
     rq.status = Some(
-        serde_json::from_value(json!({"hard": hard, "used": used_json})).map_err(|e| e.to_string())?,
+        serde_json::from_value(json!({"hard": hard, "used": used_json}))
+            .map_err(|e| e.to_string())?,
     );
     match api.replace_status(name, &PostParams::default(), &rq).await {
         Ok(_) => Ok(None),

@@ -15,9 +15,9 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::watcher::{self, watcher};
-use kube::runtime::WatchStreamExt;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
@@ -249,6 +249,11 @@ where
     futures::future::join_all(all).await;
 }
 
+/// (involved object uid, reason, message): what makes two Events the same.
+type EventId = (String, String, String);
+/// (namespace, name, count) of the Event written for an [`EventId`].
+type Recorded = (String, String, i32);
+
 /// Records core/v1 Events as a Kubernetes component does (`source.component` and
 /// `reportingComponent` = the controller's name), folding repeats into one Event whose
 /// `count` grows, as client-go's correlator does.
@@ -257,7 +262,7 @@ pub struct Recorder {
     client: kube::Client,
     component: &'static str,
     host: String,
-    seen: Arc<Mutex<HashMap<(String, String, String), (String, String, i32)>>>,
+    seen: Arc<Mutex<HashMap<EventId, Recorded>>>,
 }
 
 impl Recorder {
@@ -348,7 +353,7 @@ impl Recorder {
         }
     }
 
-    fn remember(&self, id: (String, String, String), ns: String, name: String, count: i32) {
+    fn remember(&self, id: EventId, ns: String, name: String, count: i32) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() > 4096 {
             seen.clear();

@@ -230,7 +230,12 @@ impl Cluster {
     /// Renews a node's Lease every 500 ms until the returned guard is dropped.
     pub fn renewer(&self, node: &str) -> Renewer {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (flag, kubeconfig, dir, node) = (stop.clone(), self.kubeconfig.clone(), self.dir.clone(), node.to_string());
+        let (flag, kubeconfig, dir, node) = (
+            stop.clone(),
+            self.kubeconfig.clone(),
+            self.dir.clone(),
+            node.to_string(),
+        );
         let thread = std::thread::spawn(move || {
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                 let lease = format!(
@@ -238,10 +243,13 @@ impl Cluster {
                     now_micro()
                 );
                 let mut child = match Command::new("kubectl")
-                    .arg("--kubeconfig").arg(&kubeconfig)
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig)
                     .args(["apply", "-f", "-"])
                     .env("HOME", &dir)
-                    .stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null())
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
                     .spawn()
                 {
                     Ok(c) => c,
@@ -255,7 +263,10 @@ impl Cluster {
                 std::thread::sleep(Duration::from_millis(500));
             }
         });
-        Renewer { stop, thread: Some(thread) }
+        Renewer {
+            stop,
+            thread: Some(thread),
+        }
     }
 
     pub fn stop(&mut self) {
