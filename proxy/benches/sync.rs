@@ -156,6 +156,7 @@ fn hull_change(
     let t = Instant::now();
     let node = sy.node().clone();
     let rs = model::build(svcs, slices, &node);
+    let modelled = t.elapsed();
     let mut s = std::mem::replace(sy, Syncer::new(node, Duration::MAX));
     let (s, outcome) = ns.run(move || {
         let o = s.sync(&rs).expect("sync");
@@ -163,6 +164,13 @@ fn hull_change(
     });
     *sy = s;
     assert_eq!(outcome, Outcome::Partial);
+    if std::env::var_os("HULL_BENCH_DETAIL").is_some() {
+        eprintln!(
+            "  model {modelled:?}, sync {:?}: {:?}",
+            t.elapsed() - modelled,
+            sy.last_timings()
+        );
+    }
     t.elapsed()
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Module map:
 //! - `model`: Services + EndpointSlices + node facts → desired service ports (pure).
-//! - `nft`: a rule set rendered as one atomic `nft -f` transaction.
+//! - `nft`: a service port's rules (a fragment) and the fixed chains, as nft text.
+//! - `state`: per-port fragments → full or incremental `nft -f` transactions.
 //! - `syncer`: one sync step: full or incremental transaction, conntrack cleanup.
 //! - `apply`: runs `nft`, cleanup, route_localnet.
 //! - `dns_model`: Services/EndpointSlices/Pods → cluster DNS answers (pure).
@@ -22,4 +23,5 @@ pub mod dns_service;
 pub mod model;
 pub mod nft;
 pub mod runner;
+pub mod state;
 pub mod syncer;

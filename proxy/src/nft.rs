@@ -1,16 +1,6 @@
-//! Render a [`RuleSet`] as `nft -f` transactions.
-//!
-//! [`State::build`] turns a rule set into what hull's tables should hold (chains
-//! with their rules, affinity sets, verdict-map elements). From it come two kinds
-//! of transaction, each applied atomically by `nft -f` (if any line is wrong,
-//! nothing changes and the previous rules stay in force):
-//! - [`State::render_full`]: create-then-delete hull's tables (so it works whether
-//!   or not they exist) and define them whole; on start, after a failure, and
-//!   periodically, so drift is repaired;
-//! - [`State::render_diff`]: only what changed since the last applied state
-//!   (chains added, replaced or deleted, map elements added or deleted, sets
-//!   added or deleted), so a sync costs what changed, not the table's size, and
-//!   affinity sets of untouched endpoints keep their clients.
+//! nftables text for hull's tables: the fixed chains, and each service port's
+//! [`Fragment`] (its chains, affinity sets and verdict-map elements). `state.rs`
+//! puts fragments together into full or incremental transactions.
 //!
 //! Shape (after kube-proxy's nftables mode): lookups go through verdict maps keyed
 //! by `daddr . l4proto . dport` (ClusterIPs, externalIPs) and `l4proto . dport`
@@ -24,6 +14,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use crate::model::{Endpoint, NodeInfo, RuleSet, ServicePortRule};
+pub use crate::state::State;
 
 /// hull's table name in both the `ip` and `ip6` families.
 pub const TABLE: &str = "hull-proxy";
@@ -75,159 +66,30 @@ pub fn render_cleanup() -> String {
 
 /// The full transaction for a rule set.
 pub fn render(rs: &RuleSet, node: &NodeInfo) -> String {
-    State::build(rs, node).render_full()
+    State::build(rs, node, None).render_full()
 }
 
 /// The verdict maps every table has, in declaration order.
-const MAPS: [&str; 4] = [
+pub const MAPS: [&str; 4] = [
     "service-ips",
     "service-nodeports",
     "no-endpoint-services",
     "no-endpoint-nodeports",
 ];
 
-/// What one family's table holds besides its fixed chains.
+/// One service port's share of one family's table: its chains, its affinity
+/// sets and its elements of the shared verdict maps. Chains and sets belong to
+/// exactly one fragment (their names carry the port's id) and refer only to
+/// each other and to the fixed chains, so fragments change independently.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FamilyState {
-    /// Per-service chains: name → rules.
-    pub chains: BTreeMap<String, Vec<String>>,
+pub struct Fragment {
+    /// Chains: name → rules.
+    pub chains: Vec<(String, Vec<String>)>,
     /// Affinity sets: name → declaration body. A set's name carries everything in
     /// its declaration, so a set is only ever added or deleted, never changed.
-    pub sets: BTreeMap<String, String>,
-    /// Elements of each map in [`MAPS`]: key → verdict.
-    pub maps: [BTreeMap<String, String>; 4],
-}
-
-/// The desired content of both tables.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct State {
-    /// The fixed chains depend on the node only (NodePorts on loopback or not).
-    localhost_nodeports: bool,
-    pod_cidrs: Vec<(IpAddr, u8)>,
-    pub v4: FamilyState,
-    pub v6: FamilyState,
-}
-
-impl State {
-    pub fn build(rs: &RuleSet, node: &NodeInfo) -> State {
-        State {
-            localhost_nodeports: node.localhost_nodeports,
-            pod_cidrs: node.pod_cidrs.clone(),
-            v4: family_state(rs, node, Family::V4),
-            v6: family_state(rs, node, Family::V6),
-        }
-    }
-
-    fn families(&self) -> [(Family, &FamilyState); 2] {
-        [(Family::V4, &self.v4), (Family::V6, &self.v6)]
-    }
-
-    /// Both tables, defined whole.
-    pub fn render_full(&self) -> String {
-        let size: usize = self.families().iter().map(|(_, f)| f.chains.len()).sum();
-        let mut s = String::with_capacity(1024 + size * 600);
-        for (f, st) in self.families() {
-            render_table(&mut s, st, self.localhost_nodeports, f);
-        }
-        s
-    }
-
-    /// The transaction that turns `old` (what the kernel holds) into `self`, or
-    /// `None` when nothing changed. Only valid when [`State::same_base`] holds;
-    /// otherwise the fixed chains differ and only [`State::render_full`] will do.
-    pub fn render_diff(&self, old: &State) -> Option<String> {
-        let mut s = String::new();
-        for ((f, new), (_, old)) in self.families().into_iter().zip(old.families()) {
-            render_family_diff(&mut s, old, new, f);
-        }
-        (!s.is_empty()).then_some(s)
-    }
-
-    /// Whether the fixed part of the tables is the same (else only a full sync
-    /// can move from `old` to `self`).
-    pub fn same_base(&self, old: &State) -> bool {
-        self.localhost_nodeports == old.localhost_nodeports && self.pod_cidrs == old.pod_cidrs
-    }
-
-    /// Number of per-service chains in both tables.
-    pub fn chain_count(&self) -> usize {
-        self.v4.chains.len() + self.v6.chains.len()
-    }
-}
-
-fn render_family_diff(s: &mut String, old: &FamilyState, new: &FamilyState, f: Family) {
-    let t = format!("{} {TABLE}", f.table_family());
-    // Order matters inside the transaction: nothing may be deleted while a rule or
-    // an element still refers to it, and nothing referred to before it exists.
-    // 1. Map elements that go away or change their verdict.
-    let mut adds: Vec<(&str, Vec<String>)> = Vec::new();
-    for (i, name) in MAPS.iter().enumerate() {
-        let (o, n) = (&old.maps[i], &new.maps[i]);
-        let gone: Vec<&str> = o
-            .iter()
-            .filter(|(k, v)| n.get(*k) != Some(*v))
-            .map(|(k, _)| k.as_str())
-            .collect();
-        if !gone.is_empty() {
-            let _ = writeln!(s, "delete element {t} {name} {{ {} }}", gone.join(", "));
-        }
-        let added: Vec<String> = n
-            .iter()
-            .filter(|(k, v)| o.get(*k) != Some(*v))
-            .map(|(k, v)| format!("{k} : {v}"))
-            .collect();
-        if !added.is_empty() {
-            adds.push((name, added));
-        }
-    }
-    // 2. New chains exist, changed and removed chains are emptied (which drops
-    //    their references to other chains and sets).
-    let mut refill: Vec<&str> = Vec::new();
-    for (name, rules) in &new.chains {
-        match old.chains.get(name) {
-            None => {
-                let _ = writeln!(s, "add chain {t} {name}");
-                refill.push(name);
-            }
-            Some(r) if r != rules => {
-                let _ = writeln!(s, "flush chain {t} {name}");
-                refill.push(name);
-            }
-            Some(_) => {}
-        }
-    }
-    let removed: Vec<&str> = old
-        .chains
-        .keys()
-        .filter(|k| !new.chains.contains_key(*k))
-        .map(String::as_str)
-        .collect();
-    for name in &removed {
-        let _ = writeln!(s, "flush chain {t} {name}");
-    }
-    // 3. New sets, before the rules that update them.
-    for (name, decl) in &new.sets {
-        if !old.sets.contains_key(name) {
-            let _ = writeln!(s, "add set {t} {name} {{ {decl} }}");
-        }
-    }
-    // 4. The rules of new and changed chains.
-    for name in refill {
-        for rule in &new.chains[name] {
-            let _ = writeln!(s, "add rule {t} {name} {rule}");
-        }
-    }
-    // 5. Chains and sets nothing refers to any more.
-    for name in &removed {
-        let _ = writeln!(s, "delete chain {t} {name}");
-    }
-    for name in old.sets.keys().filter(|k| !new.sets.contains_key(*k)) {
-        let _ = writeln!(s, "delete set {t} {name}");
-    }
-    // 6. New and changed map elements, now that their chains exist.
-    for (name, added) in adds {
-        let _ = writeln!(s, "add element {t} {name} {{ {} }}", added.join(", "));
-    }
+    pub sets: Vec<(String, String)>,
+    /// Elements of each map in [`MAPS`]: (key, verdict).
+    pub maps: [Vec<(String, String)>; 4],
 }
 
 fn ep_chain(r: &ServicePortRule, e: &Endpoint) -> String {
@@ -292,21 +154,25 @@ impl Target {
     }
 }
 
-fn family_state(rs: &RuleSet, node: &NodeInfo, f: Family) -> FamilyState {
-    let a = f.table_family(); // the address match keyword: `ip saddr` / `ip6 saddr`
-    let ty = f.addr_type();
-    let pod_cidrs: Vec<String> = node
-        .pod_cidrs
+/// The pod CIDRs of family `f`, as nft writes them.
+pub fn pod_cidrs(node: &NodeInfo, f: Family) -> Vec<String> {
+    node.pod_cidrs
         .iter()
         .filter(|(ip, _)| f.has(ip))
         .map(|(ip, p)| format!("{ip}/{p}"))
-        .collect();
-    let mut st = FamilyState::default();
+        .collect()
+}
+
+/// The fragment of one service port in family `f` (empty when the port has no
+/// ClusterIP of that family).
+pub fn fragment(r: &ServicePortRule, pod_cidrs: &[String], f: Family) -> Fragment {
+    let a = f.table_family(); // the address match keyword: `ip saddr` / `ip6 saddr`
+    let ty = f.addr_type();
+    let mut st = Fragment::default();
     let [service_ips, nodeports, noep_ips, noep_nodeports] = &mut st.maps;
     let chains = &mut st.chains;
     let sets = &mut st.sets;
-
-    for r in &rs.ports {
+    {
         let cips: Vec<IpAddr> = r
             .cluster_ips
             .iter()
@@ -314,7 +180,7 @@ fn family_state(rs: &RuleSet, node: &NodeInfo, f: Family) -> FamilyState {
             .filter(|ip| f.has(ip))
             .collect();
         if cips.is_empty() {
-            continue;
+            return st;
         }
         let id = r.id();
         let proto = r.protocol.nft();
@@ -329,7 +195,7 @@ fn family_state(rs: &RuleSet, node: &NodeInfo, f: Family) -> FamilyState {
             format!(
                 "{a} daddr {} {a} saddr != {} jump mark-for-masquerade",
                 one_or_set(&cips),
-                one_or_set(&pod_cidrs)
+                one_or_set(pod_cidrs)
             )
         });
         let lb_chain = |eps: &[Endpoint]| -> Vec<String> {
@@ -382,25 +248,25 @@ fn family_state(rs: &RuleSet, node: &NodeInfo, f: Family) -> FamilyState {
         let svc = format!("svc-{id}");
         let loc = format!("local-{id}");
         if !all.is_empty() {
-            chains.insert(svc.clone(), lb_chain(&all));
+            chains.push((svc.clone(), lb_chain(&all)));
         }
         if need_local && !local.is_empty() {
-            chains.insert(loc.clone(), lb_chain(&local));
+            chains.push((loc.clone(), lb_chain(&local)));
         }
         // Endpoint chains (only with session affinity, which needs per-endpoint
         // state): every endpoint reachable from either view.
         if let Some(timeout) = r.affinity_timeout {
             for e in all.iter().chain(local.iter()) {
                 let name = ep_chain(r, e);
-                if chains.contains_key(&name) {
+                if chains.iter().any(|(n, _)| *n == name) {
                     continue;
                 }
                 let set = aff_set(r, e, timeout);
-                sets.insert(
+                sets.push((
                     set.clone(),
                     format!("type {ty}; flags dynamic,timeout; timeout {timeout}s;"),
-                );
-                chains.insert(
+                ));
+                chains.push((
                     name,
                     vec![
                         // Hairpin: a pod reaching itself through its Service must be
@@ -409,7 +275,7 @@ fn family_state(rs: &RuleSet, node: &NodeInfo, f: Family) -> FamilyState {
                         format!("update @{set} {{ {a} saddr }}"),
                         format!("meta l4proto {proto} dnat to {}", dnat_target(e)),
                     ],
-                );
+                ));
             }
         }
 
@@ -422,13 +288,13 @@ fn family_state(rs: &RuleSet, node: &NodeInfo, f: Family) -> FamilyState {
         for ip in &cips {
             let key = format!("{ip} . {proto} . {}", r.port);
             match &cluster_target {
-                Target::Chain(_) => service_ips.insert(key, cluster_target.verdict()),
-                _ => noep_ips.insert(key, cluster_target.verdict()),
+                Target::Chain(_) => service_ips.push((key, cluster_target.verdict())),
+                _ => noep_ips.push((key, cluster_target.verdict())),
             };
         }
 
         if !r.has_external() {
-            continue;
+            return st;
         }
         let ext_ok = if r.external_local {
             !local.is_empty()
@@ -447,7 +313,7 @@ fn family_state(rs: &RuleSet, node: &NodeInfo, f: Family) -> FamilyState {
                 // does the same); only traffic from outside is kept on this node,
                 // unmasqueraded, so the client address is preserved.
                 if !pod_cidrs.is_empty() {
-                    rules.push(format!("{a} saddr {} goto {svc}", one_or_set(&pod_cidrs)));
+                    rules.push(format!("{a} saddr {} goto {svc}", one_or_set(pod_cidrs)));
                 }
                 rules.push("fib saddr type local jump mark-for-masquerade".into());
                 rules.push(format!("fib saddr type local goto {svc}"));
@@ -456,7 +322,7 @@ fn family_state(rs: &RuleSet, node: &NodeInfo, f: Family) -> FamilyState {
                 rules.push("jump mark-for-masquerade".into());
                 rules.push(format!("goto {svc}"));
             }
-            chains.insert(ext.clone(), rules);
+            chains.push((ext.clone(), rules));
             Target::Chain(ext)
         };
         let (ips_map, np_map) = match ext_target {
@@ -464,16 +330,24 @@ fn family_state(rs: &RuleSet, node: &NodeInfo, f: Family) -> FamilyState {
             _ => (&mut *noep_ips, &mut *noep_nodeports),
         };
         for ip in r.external_ips.iter().filter(|ip| f.has(ip)) {
-            ips_map.insert(format!("{ip} . {proto} . {}", r.port), ext_target.verdict());
+            ips_map.push((format!("{ip} . {proto} . {}", r.port), ext_target.verdict()));
         }
         if let Some(np) = r.node_port {
-            np_map.insert(format!("{proto} . {np}"), ext_target.verdict());
+            np_map.push((format!("{proto} . {np}"), ext_target.verdict()));
         }
     }
     st
 }
 
-fn render_table(s: &mut String, st: &FamilyState, localhost_nodeports: bool, f: Family) {
+/// One family's table, defined whole, from its fragments (in id order). Map
+/// elements are merged: should two ports claim the same key (two Services on one
+/// externalIP:port), the later one wins rather than the kernel refusing the set.
+pub fn render_table<'a>(
+    s: &mut String,
+    frags: impl Iterator<Item = &'a Fragment> + Clone,
+    localhost_nodeports: bool,
+    f: Family,
+) {
     let t = f.table_family();
     let a = t;
     let ty = f.addr_type();
@@ -491,7 +365,13 @@ fn render_table(s: &mut String, st: &FamilyState, localhost_nodeports: bool, f: 
         format!("{ty} . inet_proto . inet_service"),
         "inet_proto . inet_service".to_string(),
     ];
-    for ((name, key), elems) in MAPS.iter().zip(&keys).zip(&st.maps) {
+    let mut maps: [BTreeMap<&str, &str>; 4] = Default::default();
+    for fr in frags.clone() {
+        for (m, elems) in maps.iter_mut().zip(&fr.maps) {
+            m.extend(elems.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        }
+    }
+    for ((name, key), elems) in MAPS.iter().zip(&keys).zip(&maps) {
         let _ = write!(s, "\tmap {name} {{ type {key} : verdict;");
         if !elems.is_empty() {
             s.push_str(" elements = { ");
@@ -505,7 +385,7 @@ fn render_table(s: &mut String, st: &FamilyState, localhost_nodeports: bool, f: 
         }
         s.push_str(" }\n");
     }
-    for (name, decl) in &st.sets {
+    for (name, decl) in frags.clone().flat_map(|fr| &fr.sets) {
         let _ = writeln!(s, "\tset {name} {{ {decl} }}");
     }
 
@@ -531,7 +411,7 @@ fn render_table(s: &mut String, st: &FamilyState, localhost_nodeports: bool, f: 
          \tchain filter-forward {{\n\t\ttype filter hook forward priority -110; policy accept;\n\t\tct state new jump endpoints-check\n\t}}\n\
          \tchain filter-output {{\n\t\ttype filter hook output priority -110; policy accept;\n\t\tct state new jump endpoints-check\n\t}}"
     );
-    for (name, rules) in &st.chains {
+    for (name, rules) in frags.flat_map(|fr| &fr.chains) {
         let _ = writeln!(s, "\tchain {name} {{");
         for r in rules {
             let _ = writeln!(s, "\t\t{r}");

@@ -36,6 +36,18 @@ pub struct Syncer {
     applied: Option<State>,
     last_full: Option<Instant>,
     udp_flows: BTreeSet<UdpFlow>,
+    timings: Timings,
+}
+
+/// Where the last sync spent its time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    /// Rule set → desired table state.
+    pub state: Duration,
+    /// Desired state → transaction text (full or diff).
+    pub render: Duration,
+    /// `nft -f` running the transaction.
+    pub apply: Duration,
 }
 
 impl Syncer {
@@ -47,6 +59,7 @@ impl Syncer {
             applied: None,
             last_full: None,
             udp_flows: BTreeSet::new(),
+            timings: Timings::default(),
         }
     }
 
@@ -59,6 +72,10 @@ impl Syncer {
         self.applied.is_some()
     }
 
+    pub fn last_timings(&self) -> Timings {
+        self.timings
+    }
+
     /// Make the next sync a full one.
     pub fn force_full(&mut self) {
         self.applied = None;
@@ -67,7 +84,9 @@ impl Syncer {
     /// Bring the kernel to `rs`. On error the previous rules stay in force and the
     /// next sync is a full one.
     pub fn sync(&mut self, rs: &RuleSet) -> Result<Outcome, ApplyError> {
-        let state = State::build(rs, &self.node);
+        let t0 = Instant::now();
+        let state = State::build(rs, &self.node, self.applied.as_ref());
+        self.timings.state = t0.elapsed();
         let due = self
             .last_full
             .is_none_or(|t| t.elapsed() >= self.full_interval);
@@ -78,6 +97,8 @@ impl Syncer {
             },
             _ => (state.render_full(), Outcome::Full),
         };
+        self.timings.render = t0.elapsed() - self.timings.state;
+        let t1 = Instant::now();
         if self.explain {
             println!(
                 "# hull proxy: {} nft -f transaction ({} service ports)\n{text}",
@@ -89,7 +110,9 @@ impl Syncer {
                 rs.ports.len()
             );
         }
-        if let Err(e) = apply::nft_apply(&text) {
+        let applied = apply::nft_apply(&text);
+        self.timings.apply = t1.elapsed();
+        if let Err(e) = applied {
             self.applied = None;
             return Err(e);
         }

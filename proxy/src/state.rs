@@ -1,0 +1,238 @@
+//! What hull's tables should hold, per service port, and the transactions that
+//! get the kernel there.
+//!
+//! A [`State`] maps each service port id to its [`Fragment`] per family. Building
+//! the next state from the previous one reuses (shares) the fragment of every
+//! port whose rule did not change, so a sync at 10 000 Services costs a
+//! comparison per port plus the work for what changed; the diff skips shared
+//! fragments without looking inside.
+//!
+//! Two kinds of transaction, each applied atomically by `nft -f`:
+//! - [`State::render_full`]: create-then-delete hull's tables and define them whole
+//!   (start, after a failure, periodically: repairs drift);
+//! - [`State::render_diff`]: only what changed — chains added, replaced (flushed and
+//!   refilled) or deleted, sets added or deleted, map elements added or deleted —
+//!   so affinity sets of untouched endpoints keep their clients.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::model::{NodeInfo, RuleSet, ServicePortRule};
+use crate::nft::{self, Family, Fragment, MAPS, TABLE};
+
+/// One service port: its rule and its fragment in each family.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Port {
+    pub rule: ServicePortRule,
+    pub v4: Fragment,
+    pub v6: Fragment,
+}
+
+impl Port {
+    fn family(&self, f: Family) -> &Fragment {
+        match f {
+            Family::V4 => &self.v4,
+            Family::V6 => &self.v6,
+        }
+    }
+}
+
+/// The desired content of both tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    /// The fixed chains and every fragment depend on these node facts.
+    localhost_nodeports: bool,
+    pod_cidrs: Vec<(IpAddr, u8)>,
+    /// Service port id → its share of the tables.
+    pub ports: BTreeMap<String, Arc<Port>>,
+}
+
+impl State {
+    /// The state for `rs`, sharing the fragments of `prev` whose rule is unchanged
+    /// (when `prev` was built for the same node facts).
+    pub fn build(rs: &RuleSet, node: &NodeInfo, prev: Option<&State>) -> State {
+        let mut st = State {
+            localhost_nodeports: node.localhost_nodeports,
+            pod_cidrs: node.pod_cidrs.clone(),
+            ports: BTreeMap::new(),
+        };
+        let prev = prev.filter(|p| p.same_base(&st));
+        let cidrs4 = nft::pod_cidrs(node, Family::V4);
+        let cidrs6 = nft::pod_cidrs(node, Family::V6);
+        for r in &rs.ports {
+            let id = r.id();
+            let reused = prev
+                .and_then(|p| p.ports.get(&id))
+                .filter(|p| p.rule == *r)
+                .cloned();
+            let port = reused.unwrap_or_else(|| {
+                Arc::new(Port {
+                    v4: nft::fragment(r, &cidrs4, Family::V4),
+                    v6: nft::fragment(r, &cidrs6, Family::V6),
+                    rule: r.clone(),
+                })
+            });
+            st.ports.insert(id, port);
+        }
+        st
+    }
+
+    /// Both tables, defined whole.
+    pub fn render_full(&self) -> String {
+        let mut s = String::with_capacity(1024 + self.ports.len() * 700);
+        for f in [Family::V4, Family::V6] {
+            nft::render_table(
+                &mut s,
+                self.ports.values().map(|p| p.family(f)),
+                self.localhost_nodeports,
+                f,
+            );
+        }
+        s
+    }
+
+    /// The transaction that turns `old` (what the kernel holds) into `self`, or
+    /// `None` when nothing changed. Only valid when [`State::same_base`] holds;
+    /// otherwise the fixed chains differ and only [`State::render_full`] will do.
+    pub fn render_diff(&self, old: &State) -> Option<String> {
+        let mut changed: Vec<(Option<&Port>, Option<&Port>)> = Vec::new();
+        for (id, o) in &old.ports {
+            match self.ports.get(id) {
+                Some(n) if Arc::ptr_eq(o, n) => {}
+                n => changed.push((Some(&**o), n.map(|n| &**n))),
+            }
+        }
+        for (id, n) in &self.ports {
+            if !old.ports.contains_key(id) {
+                changed.push((None, Some(&**n)));
+            }
+        }
+        let mut s = String::new();
+        for f in [Family::V4, Family::V6] {
+            let empty = Fragment::default();
+            let mut d = Diff::default();
+            for (o, n) in &changed {
+                let o = o.map_or(&empty, |p| p.family(f));
+                let n = n.map_or(&empty, |p| p.family(f));
+                if o != n {
+                    d.fragment(o, n);
+                }
+            }
+            d.render(&mut s, f);
+        }
+        (!s.is_empty()).then_some(s)
+    }
+
+    /// Whether the fixed part of the tables is the same (else only a full sync
+    /// can move from `old` to `self`).
+    pub fn same_base(&self, old: &State) -> bool {
+        self.localhost_nodeports == old.localhost_nodeports && self.pod_cidrs == old.pod_cidrs
+    }
+}
+
+/// The commands of one family's incremental transaction, by stage.
+#[derive(Default)]
+struct Diff<'a> {
+    delete_elems: [Vec<&'a str>; 4],
+    add_chains: Vec<&'a str>,
+    flush_chains: Vec<&'a str>,
+    add_sets: Vec<(&'a str, &'a str)>,
+    fill: Vec<(&'a str, &'a [String])>,
+    delete_chains: Vec<&'a str>,
+    delete_sets: Vec<&'a str>,
+    add_elems: [Vec<(&'a str, &'a str)>; 4],
+}
+
+impl<'a> Diff<'a> {
+    fn fragment(&mut self, old: &'a Fragment, new: &'a Fragment) {
+        for i in 0..MAPS.len() {
+            let (o, n) = (&old.maps[i], &new.maps[i]);
+            for (k, v) in o {
+                if !n.iter().any(|(nk, nv)| nk == k && nv == v) {
+                    self.delete_elems[i].push(k.as_str());
+                }
+            }
+            for (k, v) in n {
+                if !o.iter().any(|(ok, ov)| ok == k && ov == v) {
+                    self.add_elems[i].push((k.as_str(), v.as_str()));
+                }
+            }
+        }
+        for (name, rules) in &new.chains {
+            match old.chains.iter().find(|(n, _)| n == name) {
+                None => {
+                    self.add_chains.push(name.as_str());
+                    self.fill.push((name.as_str(), rules.as_slice()));
+                }
+                Some((_, r)) if r != rules => {
+                    self.flush_chains.push(name.as_str());
+                    self.fill.push((name.as_str(), rules.as_slice()));
+                }
+                Some(_) => {}
+            }
+        }
+        for (name, _) in &old.chains {
+            if !new.chains.iter().any(|(n, _)| n == name) {
+                self.flush_chains.push(name.as_str());
+                self.delete_chains.push(name.as_str());
+            }
+        }
+        for (name, decl) in &new.sets {
+            if !old.sets.iter().any(|(n, _)| n == name) {
+                self.add_sets.push((name.as_str(), decl.as_str()));
+            }
+        }
+        for (name, _) in &old.sets {
+            if !new.sets.iter().any(|(n, _)| n == name) {
+                self.delete_sets.push(name.as_str());
+            }
+        }
+    }
+
+    /// Order matters inside the transaction: nothing may be deleted while a rule
+    /// or an element still refers to it, and nothing may be referred to before it
+    /// exists.
+    fn render(&self, s: &mut String, f: Family) {
+        let t = format!("{} {TABLE}", f.table_family());
+        // 1. Map elements that go away or change their verdict.
+        for (name, keys) in MAPS.iter().zip(&self.delete_elems) {
+            if !keys.is_empty() {
+                let _ = writeln!(s, "delete element {t} {name} {{ {} }}", keys.join(", "));
+            }
+        }
+        // 2. New chains exist; changed and removed chains are emptied (which drops
+        //    their references to other chains and sets).
+        for name in &self.add_chains {
+            let _ = writeln!(s, "add chain {t} {name}");
+        }
+        for name in &self.flush_chains {
+            let _ = writeln!(s, "flush chain {t} {name}");
+        }
+        // 3. New sets, before the rules that update them.
+        for (name, decl) in &self.add_sets {
+            let _ = writeln!(s, "add set {t} {name} {{ {decl} }}");
+        }
+        // 4. The rules of new and changed chains.
+        for (name, rules) in &self.fill {
+            for rule in *rules {
+                let _ = writeln!(s, "add rule {t} {name} {rule}");
+            }
+        }
+        // 5. Chains and sets nothing refers to any more.
+        for name in &self.delete_chains {
+            let _ = writeln!(s, "delete chain {t} {name}");
+        }
+        for name in &self.delete_sets {
+            let _ = writeln!(s, "delete set {t} {name}");
+        }
+        // 6. New and changed map elements, now that their chains exist.
+        for (name, elems) in MAPS.iter().zip(&self.add_elems) {
+            if !elems.is_empty() {
+                let v: Vec<String> = elems.iter().map(|(k, v)| format!("{k} : {v}")).collect();
+                let _ = writeln!(s, "add element {t} {name} {{ {} }}", v.join(", "));
+            }
+        }
+    }
+}
