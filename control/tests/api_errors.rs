@@ -13,7 +13,17 @@ fn status(body: &str) -> Value {
 
 #[test]
 fn errors_are_status_objects_with_the_right_codes() {
-    let s = Server::start("errors", None);
+    // Compaction every 100 ms, keeping only the newest revision: the 410 step below needs
+    // history to go away while the server runs (it owns the store; nobody else may open it).
+    // No controller manager either: it would add objects (kube-root-ca.crt) to the counts.
+    let s = Server::start_tuned("errors", None, |o| {
+        o.controllers = false;
+        o.compactor = hull_control::store::CompactorConfig {
+            interval: std::time::Duration::from_millis(100),
+            keep_for: std::time::Duration::ZERO,
+            keep_revisions: 1,
+        };
+    });
     let cms = format!("{}/api/v1/namespaces/default/configmaps", s.url());
     let json_ct = "Content-Type: application/json";
 
@@ -99,17 +109,20 @@ fn errors_are_status_objects_with_the_right_codes() {
     assert_eq!(page["metadata"]["remainingItemCount"], 2);
     let (code, body) = s.curl(&["-X", "DELETE", &format!("{cms}/c2")], false);
     assert_eq!(code, 200, "{body}");
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt")
-        .block_on(async {
-            let url = format!("sqlite:{}", s.dir.join("state.db").display());
-            let st = hull_control::store::open(&url).await.expect("open");
-            let rev = st.current_revision().await.expect("rev");
-            st.compact(rev).await.expect("compact");
-        });
-    let (code, body) = s.curl(&[&format!("{cms}?limit=1&continue={token}")], false);
+    // One more write, so the token's revision is no longer the newest; the compactor then
+    // removes it (bounded wait: compaction runs in the background).
+    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c4"}}"#;
+    let (code, body) = s.curl(&["-X", "POST", "-H", json_ct, "--data", cm, &cms], false);
+    assert_eq!(code, 201, "{body}");
+    let mut last = (0, String::new());
+    for _ in 0..300 {
+        last = s.curl(&[&format!("{cms}?limit=1&continue={token}")], false);
+        if last.0 == 410 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (code, body) = last;
     assert_eq!(code, 410, "{body}");
     assert_eq!(status(&body)["reason"], "Expired");
 }

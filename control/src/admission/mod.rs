@@ -21,7 +21,8 @@
 //! Modules: [`chain`] the order above; [`field`] field paths and causes; [`defaults`];
 //! [`validation`]; [`namespace`] lifecycle; [`quantity`] resource quantities; [`quota`]
 //! ResourceQuota; [`limitrange`] LimitRange; [`allocator`] ClusterIP and NodePort
-//! allocation; [`stored`] JSON get/list helpers over the store.
+//! allocation; [`stored`] JSON get/list helpers over the store; [`serviceaccount`] the
+//! ServiceAccount plugin (token volume; called by the API server, which knows the pod is new).
 
 pub mod allocator;
 pub mod chain;
@@ -31,6 +32,7 @@ pub mod limitrange;
 pub mod namespace;
 pub mod quantity;
 pub mod quota;
+pub mod serviceaccount;
 pub mod stored;
 pub mod validation;
 

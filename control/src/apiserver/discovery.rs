@@ -23,7 +23,7 @@ pub fn wants_aggregated(accept: &str) -> bool {
 
 fn sub_verbs(sub: &str) -> &'static [&'static str] {
     match sub {
-        "binding" | "eviction" => &["create"],
+        "binding" | "eviction" | "token" => &["create"],
         "finalize" => &["update"],
         _ => &["get", "patch", "update"],
     }
@@ -34,6 +34,7 @@ fn sub_kind(r: &ResourceInfo, sub: &str) -> (&'static str, &'static str, &'stati
         "scale" => ("autoscaling", "v1", "Scale"),
         "binding" => ("", "v1", "Binding"),
         "eviction" => ("policy", "v1", "Eviction"),
+        "token" => ("authentication.k8s.io", "v1", "TokenRequest"),
         _ => (r.group, r.version, r.kind),
     }
 }
@@ -47,9 +48,28 @@ pub fn api_versions(server_address: &str) -> Value {
     })
 }
 
+/// The create-only review resources of a group/version (not stored, so not in the registry).
+fn reviews(group: &str, version: &str) -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str, bool)> {
+    let v1 = version == "v1";
+    super::reviews::RESOURCES
+        .iter()
+        .filter(move |(g, ..)| v1 && *g == group)
+}
+
 fn non_core_groups() -> Vec<(&'static str, Vec<&'static str>)> {
     let mut groups: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
-    for (g, v) in registry::group_versions() {
+    let review_groups = super::reviews::RESOURCES.iter().map(|(g, ..)| (*g, "v1"));
+    let mut seen = Vec::new();
+    let all: Vec<(&'static str, &'static str)> = registry::group_versions()
+        .into_iter()
+        .chain(review_groups)
+        .filter(|gv| {
+            let new = !seen.contains(gv);
+            seen.push(*gv);
+            new
+        })
+        .collect();
+    for (g, v) in all {
         if g.is_empty() {
             continue;
         }
@@ -76,6 +96,7 @@ pub fn api_group_list() -> Value {
                 "preferredVersion": versions[0].clone(),
             })
         })
+        .chain(std::iter::once(super::rest::proxy::metrics_group_entry()))
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
@@ -133,6 +154,12 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
             resources.push(s);
         }
     }
+    for (_, plural, kind, namespaced) in reviews(group, version) {
+        resources.push(json!({
+            "name": plural, "singularName": kind.to_lowercase(), "namespaced": namespaced,
+            "kind": kind, "verbs": ["create"],
+        }));
+    }
     if resources.is_empty() {
         return None;
     }
@@ -150,6 +177,15 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
 }
 
 fn aggregated_version(group: &str, version: &str) -> Value {
+    let review_resources = reviews(group, version).map(|(g, plural, kind, namespaced)| {
+        json!({
+            "resource": plural,
+            "responseKind": {"group": g, "version": "v1", "kind": kind},
+            "scope": if *namespaced { "Namespaced" } else { "Cluster" },
+            "singularResource": kind.to_lowercase(),
+            "verbs": ["create"],
+        })
+    });
     let resources: Vec<Value> = registry::all()
         .iter()
         .filter(|r| r.group == group && r.version == version)
@@ -184,6 +220,7 @@ fn aggregated_version(group: &str, version: &str) -> Value {
             }
             res
         })
+        .chain(review_resources)
         .collect();
     json!({"version": version, "resources": resources, "freshness": "Current"})
 }
@@ -199,6 +236,7 @@ pub fn aggregated(core: bool) -> Value {
                 let versions: Vec<Value> = vs.iter().map(|v| aggregated_version(g, v)).collect();
                 json!({"metadata": {"name": g}, "versions": versions})
             })
+            .chain(std::iter::once(super::rest::proxy::metrics_aggregated()))
             .collect()
     };
     json!({

@@ -3,18 +3,29 @@
 //! [`Store`].
 //!
 //! Modules: [`tls`] CA and certificates; [`kubeconfig`] kubeconfig files; [`auth`]
-//! authentication and the authorizer trait; [`registry`] the served resources;
+//! authentication and the authorizer trait; [`authn`] request authentication (certificates,
+//! tokens, impersonation); [`sa_token`] ServiceAccount tokens (TokenRequest, JWKS);
+//! [`bootstrap_token`] node join tokens; [`csr`] CertificateSigningRequest rules;
+//! [`reviews`] access/rules/token reviews; [`master_endpoints`] the `kubernetes` Service; [`rbac`] authorization (Node + RBAC, the
+//! default roles); [`registry`] the served resources;
 //! [`discovery`] discovery documents; [`openapi`] OpenAPI v2/v3; [`protobuf`] protobuf request
 //! bodies; [`status`] Status errors;
 //! [`rest`] the resource handlers; [`serve`] the listener, routing and shutdown.
 
 pub mod auth;
+pub mod authn;
+pub mod bootstrap_token;
+pub mod csr;
 pub mod discovery;
 pub mod kubeconfig;
+pub mod master_endpoints;
 pub mod openapi;
 pub mod protobuf;
+pub mod rbac;
 pub mod registry;
 pub mod rest;
+pub mod reviews;
+pub mod sa_token;
 pub mod serve;
 pub mod status;
 pub mod tls;
@@ -40,6 +51,10 @@ pub struct Options {
     /// Run the scheduler and controllers (the controller manager) in this process.
     pub controllers: bool,
     pub manager: crate::manager::ManagerOptions,
+    /// How often old revisions are compacted away (tests shorten it to see 410 Gone).
+    pub compactor: crate::store::CompactorConfig,
+    /// The ServiceAccount admission plugin's token volume on new pods (default on).
+    pub service_account_token_volumes: bool,
 }
 
 impl Options {
@@ -53,6 +68,8 @@ impl Options {
             advertise_address: None,
             controllers: true,
             manager: crate::manager::ManagerOptions::default(),
+            compactor: crate::store::CompactorConfig::default(),
+            service_account_token_volumes: true,
         }
     }
 }
@@ -61,7 +78,11 @@ impl Options {
 pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub tokens: auth::TokenFile,
-    pub authorizer: Arc<dyn auth::Authorizer>,
+    pub authorizer: Arc<rbac::ClusterAuthorizer>,
+    /// Signs and verifies ServiceAccount tokens.
+    pub service_accounts: Option<Arc<sa_token::Signer>>,
+    /// Whether new pods get the `kube-api-access-*` volume.
+    pub service_account_token_volumes: bool,
     pub admission: crate::admission::Admission,
     /// The URL clients reach this server at (for `/api`'s serverAddressByClientCIDRs).
     pub server_address: String,

@@ -4,7 +4,7 @@
 
 use k8s_openapi::Resource;
 use k8s_openapi::api::{
-    apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
+    apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch, certificates::v1 as certificates,
     coordination::v1 as coord, core::v1 as core, discovery::v1 as discovery, events::v1 as events,
     networking::v1 as networking, rbac::v1 as rbac, storage::v1 as storage,
 };
@@ -149,7 +149,7 @@ fn build() -> Vec<ResourceInfo> {
         info::<core::Secret>(e!(NONE, NONE, NONE)),
         info::<core::Node>(e!(&["no"], NONE, STATUS)),
         info::<core::Event>(e!(&["ev"], NONE, NONE)),
-        info::<core::ServiceAccount>(e!(&["sa"], NONE, NONE)),
+        info::<core::ServiceAccount>(e!(&["sa"], NONE, &["token"])),
         info::<core::PersistentVolume>(e!(&["pv"], NONE, STATUS)),
         info::<core::PersistentVolumeClaim>(e!(&["pvc"], NONE, STATUS)),
         info::<core::ResourceQuota>(e!(&["quota"], NONE, STATUS)),
@@ -173,6 +173,7 @@ fn build() -> Vec<ResourceInfo> {
         info::<rbac::ClusterRole>(e!(NONE, NONE, NONE)),
         info::<rbac::ClusterRoleBinding>(e!(NONE, NONE, NONE)),
         info::<events::Event>(e!(&["ev"], NONE, NONE)),
+        info::<certificates::CertificateSigningRequest>(e!(&["csr"], NONE, &["status", "approval"])),
     ]
 }
 

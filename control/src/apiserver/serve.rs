@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-use super::auth::{self, AdminOnly, PeerIdentity, TokenFile, UserInfo};
+use super::auth::{self, Attributes, Authorizer, PeerIdentity, TokenFile, UserInfo};
 use super::rest::{self, json_response};
 use super::status::ApiError;
 use super::{ApiState, Options, discovery, kubeconfig, openapi, tls};
@@ -45,6 +45,8 @@ pub enum ServerError {
     },
     #[error("configuration: {0}")]
     Config(String),
+    #[error("writing the default RBAC roles: {0}")]
+    Rbac(StoreError),
     #[error("bootstrapping namespace {name}: {source}")]
     Bootstrap { name: String, source: StoreError },
 }
@@ -94,6 +96,21 @@ async fn bootstrap(store: &Arc<dyn Store>) -> Result<(), ServerError> {
         }
     }
     Ok(())
+}
+
+/// The address other machines (and pods) reach this server at: `--advertise-address`, else
+/// the listen address, else the first non-loopback IPv4 address of this host.
+fn advertise_address(opts: &Options, bound: IpAddr) -> IpAddr {
+    if let Some(a) = opts.advertise_address {
+        return a;
+    }
+    if !bound.is_unspecified() {
+        return bound;
+    }
+    local_addresses()
+        .into_iter()
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
 }
 
 /// Starts the API server and runs it until `shutdown` resolves.
@@ -180,18 +197,32 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         source,
     })?;
 
-    let compactor = store::spawn_compactor(store.clone(), store::CompactorConfig::default());
+    let compactor = store::spawn_compactor(store.clone(), opts.compactor.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    super::rbac::policy::reconcile(store.as_ref())
+        .await
+        .map_err(ServerError::Rbac)?;
+    let rbac = super::rbac::cache::RbacCache::start(store.clone(), stop_rx.clone())
+        .await
+        .map_err(ServerError::Rbac)?;
+    let signer = super::sa_token::Signer::load_or_create(&opts.data_dir)?;
     let state = Arc::new(ApiState {
         store,
         tokens,
-        authorizer: Arc::new(AdminOnly),
+        service_accounts: Some(Arc::new(signer)),
+        service_account_token_volumes: opts.service_account_token_volumes,
+        authorizer: Arc::new(super::rbac::ClusterAuthorizer { rbac }),
         admission: crate::admission::Admission::new(allocators),
         server_address: format!("{}:{}", bound.ip(), bound.port()),
         service_cluster_ip_range: opts.service_cluster_ip_range.clone(),
         shutdown: stop_rx,
     });
     let app = router(state.clone());
+    let master = super::master_endpoints::spawn(
+        state.clone(),
+        advertise_address(&opts, bound.ip()),
+        bound.port(),
+    );
     tracing::info!(%server_url, store = %url, "hull API server listening");
     let manager = if opts.controllers {
         let client = internal_client(&opts.data_dir, &server_url, &pki.ca_cert_pem).await?;
@@ -199,6 +230,9 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         let mut options = opts.manager.clone();
         if options.root_ca_pem.is_none() {
             options.root_ca_pem = Some(pki.ca_cert_pem.clone());
+        }
+        if options.cluster_signing_dir.is_none() {
+            options.cluster_signing_dir = Some(opts.data_dir.clone());
         }
         Some(tokio::spawn(crate::manager::run(
             client,
@@ -259,6 +293,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
     compactor.abort();
+    master.abort();
     tracing::info!("hull API server stopped");
     Ok(())
 }
@@ -312,6 +347,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(openapi_v3_index))
         .route("/openapi/v3/{*path}", get(openapi_v3_doc))
+        .merge(super::reviews::routes())
+        .route("/.well-known/openid-configuration", get(openid_configuration))
+        .route("/openid/v1/jwks", get(jwks))
         .fallback(rest::handle)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     open.merge(authed).with_state(state)
@@ -327,16 +365,52 @@ async fn authenticate(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    match auth::authenticate(
+    let user = super::authn::authenticate(
+        &state,
         req.extensions().get::<PeerIdentity>(),
         authz.as_deref(),
-        &state.tokens,
-    ) {
+    )
+    .await;
+    let user = match user.map(|u| super::authn::impersonate(&state, u, req.headers())) {
+        Some(Ok(u)) => Some(u),
+        Some(Err(e)) => return e.into_response(),
+        None => None,
+    };
+    match user {
         Some(user) => {
+            let path = req.uri().path().to_string();
+            if !rest::is_resource_path(&path) {
+                let verb = req.method().as_str().to_ascii_lowercase();
+                let attrs = Attributes::non_resource(&verb, &path);
+                if let Err(reason) = state.authorizer.authorize(&user, &attrs) {
+                    return super::rbac::forbidden(&user, &attrs, &reason).into_response();
+                }
+            }
             req.extensions_mut().insert(user);
             next.run(req).await
         }
         None => ApiError::unauthorized().into_response(),
+    }
+}
+
+async fn openid_configuration(State(state): State<Arc<ApiState>>) -> Response {
+    match &state.service_accounts {
+        Some(s) => json_response(StatusCode::OK, &s.openid_configuration()),
+        None => not_found(),
+    }
+}
+
+async fn jwks(State(state): State<Arc<ApiState>>) -> Response {
+    match &state.service_accounts {
+        Some(s) => {
+            let mut r = json_response(StatusCode::OK, &s.jwks());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/jwk-set+json"),
+            );
+            r
+        }
+        None => not_found(),
     }
 }
 

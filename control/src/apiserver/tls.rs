@@ -41,7 +41,7 @@ pub struct Pki {
     pub admin_key_pem: String,
 }
 
-fn read(path: &Path) -> Result<Option<String>, TlsError> {
+pub(crate) fn read(path: &Path) -> Result<Option<String>, TlsError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -53,7 +53,7 @@ fn read(path: &Path) -> Result<Option<String>, TlsError> {
 }
 
 /// Writes atomically (temp + rename) with the given mode, so a crash never leaves half a key.
-fn write(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError> {
+pub(crate) fn write(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let io = |source| TlsError::Io {
@@ -272,8 +272,11 @@ pub fn server_config(pki: &Pki) -> Result<rustls::ServerConfig, TlsError> {
     .allow_unauthenticated()
     .build()
     .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+    // The CA rides along after the serving certificate: a node joining with only a
+    // `sha256:` pin of the CA's key finds the CA here, checks the pin, then verifies.
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(pki.server_cert_pem.as_bytes())
+            .chain(CertificateDer::pem_slice_iter(pki.ca_cert_pem.as_bytes()))
             .collect::<Result<_, _>>()
             .map_err(|e| pem_err("apiserver.crt", e))?;
     let key = PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes())
@@ -300,4 +303,55 @@ pub fn identity_from_cert(der: &[u8]) -> Option<(String, Vec<String>)> {
         .filter_map(|o| o.as_str().ok().map(str::to_string))
         .collect();
     Some((user, groups))
+}
+
+/// Signs a PEM certificate request as a client certificate (CN and O from the request,
+/// nothing else it asks for) with the CA in `dir`, valid for `seconds`.
+pub fn sign_client_csr(dir: &Path, csr_pem: &str, seconds: u64) -> Result<String, TlsError> {
+    let ca_crt = dir.join("ca.crt");
+    let ca_key = dir.join("ca.key");
+    let missing = |p: &Path| TlsError::Pem {
+        path: p.to_path_buf(),
+        reason: "missing".into(),
+    };
+    let c = read(&ca_crt)?.ok_or_else(|| missing(&ca_crt))?;
+    let k = read(&ca_key)?.ok_or_else(|| missing(&ca_key))?;
+    let key = KeyPair::from_pem(&k).map_err(|e| TlsError::Pem {
+        path: ca_key.clone(),
+        reason: e.to_string(),
+    })?;
+    let issuer = Issuer::from_ca_cert_pem(&c, key).map_err(|e| TlsError::Pem {
+        path: ca_crt.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+        TlsError::Pem {
+            path: PathBuf::from("spec.request"),
+            reason: e.to_string(),
+        }
+    })?;
+    let requested = csr.params.distinguished_name.clone();
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    for (ty, value) in requested.iter() {
+        if matches!(ty, DnType::CommonName | DnType::OrganizationName) {
+            dn.push(ty.clone(), value.clone());
+        }
+    }
+    p.distinguished_name = dn;
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    let now = jiff::Timestamp::now();
+    let to_offset = |t: jiff::Timestamp| {
+        time::OffsetDateTime::from_unix_timestamp(t.as_second())
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    };
+    p.not_before = to_offset(now - jiff::SignedDuration::from_secs(300));
+    p.not_after = to_offset(now + jiff::SignedDuration::from_secs(seconds as i64));
+    csr.params = p;
+    let cert = csr.signed_by(&issuer).map_err(gen_err("client certificate from CSR"))?;
+    Ok(cert.pem())
 }

@@ -31,6 +31,8 @@ pub struct ManagerOptions {
     /// The cluster CA (PEM) the root-ca publisher puts in every namespace's
     /// `kube-root-ca.crt` ConfigMap; `apiserver::run` fills it from the PKI when unset.
     pub root_ca_pem: Option<String>,
+    /// Where the CSR signer finds the cluster CA (`ca.crt`, `ca.key`); `None`: no signing.
+    pub cluster_signing_dir: Option<std::path::PathBuf>,
     /// The workload controllers' clock (CronJob schedules, deadlines, minReadySeconds);
     /// tests advance it instead of sleeping.
     pub clock: crate::controllers::workload_util::Clock,
@@ -52,6 +54,7 @@ impl Default for ManagerOptions {
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
             root_ca_pem: None,
+            cluster_signing_dir: None,
             clock: Default::default(),
         }
     }

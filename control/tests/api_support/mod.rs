@@ -58,9 +58,37 @@ impl Server {
         store_url: Option<String>,
         token_file: Option<PathBuf>,
     ) -> Server {
+        Server::start_configured(dir, addr, store_url, token_file, |_| {})
+    }
+
+    /// Starts a server (own temp dir) with options changed by `tune`.
+    pub fn start_tuned(
+        test: &str,
+        store_url: Option<String>,
+        tune: impl FnOnce(&mut Options),
+    ) -> Server {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("hull-api-{test}-{}-", std::process::id()))
+            .tempdir()
+            .expect("temp dir");
+        let dir = tmp.path().to_path_buf();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut s = Server::start_configured(&dir, addr, store_url, None, tune);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    fn start_configured(
+        dir: &Path,
+        addr: SocketAddr,
+        store_url: Option<String>,
+        token_file: Option<PathBuf>,
+        tune: impl FnOnce(&mut Options),
+    ) -> Server {
         let mut opts = Options::new(dir.to_path_buf(), addr);
         opts.store_url = store_url;
         opts.token_file = token_file;
+        tune(&mut opts);
         let kubeconfig = dir.join("admin.kubeconfig");
         let _ = std::fs::remove_file(&kubeconfig);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -184,6 +212,29 @@ impl Server {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
         (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// Writes a kubeconfig for `user` in `groups` (a client certificate from the server's CA).
+    pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> PathBuf {
+        let (cert, key) = apiserver::tls::issue_client_cert_from_dir(&self.dir, user, groups)
+            .expect("issue client cert");
+        let ca = std::fs::read_to_string(self.dir.join("ca.crt")).expect("ca.crt");
+        let text = apiserver::kubeconfig::render(&self.url(), &ca, &cert, &key, user);
+        let safe: String = user
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let path = self.dir.join(format!("{safe}.kubeconfig"));
+        apiserver::kubeconfig::write(&path, &text).expect("write kubeconfig");
+        path
+    }
+
+    /// Runs kubectl with another kubeconfig.
+    pub fn kubectl_kc(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut full = vec!["--kubeconfig", kubeconfig.to_str().unwrap_or_default()];
+        full.extend_from_slice(args);
+        // The later --kubeconfig wins in kubectl's flag parsing.
+        self.kubectl_stdin(&full, stdin)
     }
 
     /// Stops the server and waits for it.

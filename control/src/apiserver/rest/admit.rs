@@ -42,11 +42,44 @@ pub async fn admit(
     } else {
         Operation::Create
     };
+    identity_aware(state, rq, obj, old).await?;
     state
         .admission
         .admit(state.store.as_ref(), &request(rq, op, name), obj, old)
         .await
         .map_err(to_api)
+}
+
+/// The admission steps that need to know who is writing (admission proper works on the
+/// object alone): RBAC escalation checks, CSR requester fields and approval rules, and the
+/// ServiceAccount plugin on new pods.
+async fn identity_aware(
+    state: &ApiState,
+    rq: &Req,
+    obj: &mut Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
+    let r = rq.r;
+    if r.group == "rbac.authorization.k8s.io" && rq.sub.is_none() {
+        crate::apiserver::rbac::escalation::check(&state.authorizer, &rq.user, r.plural, rq.ns(), obj)?;
+    }
+    if r.group == "certificates.k8s.io" && r.plural == "certificatesigningrequests" {
+        match old {
+            None => crate::apiserver::csr::prepare_create(obj, &rq.user)?,
+            Some(old) => crate::apiserver::csr::prepare_update(
+                &state.authorizer,
+                &rq.user,
+                rq.sub.as_deref(),
+                obj,
+                old,
+            )?,
+        }
+    }
+    if r.group.is_empty() && r.plural == "pods" && old.is_none() && rq.sub.is_none() && state.service_account_token_volumes {
+        let ns = rq.ns().unwrap_or("default");
+        admission::serviceaccount::admit_pod(state.store.as_ref(), ns, obj).await?;
+    }
+    Ok(())
 }
 
 /// Whether the object may be deleted (system namespaces may not).

@@ -28,7 +28,7 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 
 use super::ApiState;
-use super::auth::{Attributes, UserInfo};
+use super::auth::{Attributes, Authorizer, UserInfo};
 use super::registry::{self, ResourceInfo};
 use super::status::ApiError;
 
@@ -199,6 +199,29 @@ fn verb_of(method: &Method, has_name: bool, watch: bool) -> Option<&'static str>
     })
 }
 
+/// Whether a path names a resource (`/api/v1/pods`, `/apis/apps/v1/...`) rather than a
+/// discovery or other non-resource URL; non-resource requests are authorized by path.
+pub fn is_resource_path(path: &str) -> bool {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["api", _, _, ..] => true,
+        ["apis", _, _, _, ..] => true,
+        _ => false,
+    }
+}
+
+/// A list or watch narrowed by `fieldSelector=metadata.name=X` is authorized with that
+/// name, as kube-apiserver does (so a rule with resourceNames can allow watching one object).
+fn field_selector_name(query: &HashMap<String, String>) -> Option<&str> {
+    let fs = query.get("fieldSelector")?;
+    let v = fs.split(',').find_map(|t| {
+        let t = t.trim();
+        t.strip_prefix("metadata.name==")
+            .or_else(|| t.strip_prefix("metadata.name="))
+    })?;
+    (!v.is_empty()).then_some(v)
+}
+
 /// The entry point for every `/api/...` and `/apis/...` resource request.
 pub async fn handle(State(state): State<Arc<ApiState>>, req: Request) -> Response {
     match dispatch(state, req).await {
@@ -246,20 +269,18 @@ async fn dispatch(state: Arc<ApiState>, req: Request) -> Result<Response, ApiErr
     {
         return Err(not_found_path(parts.uri.path()));
     }
-    state
-        .authorizer
-        .authorize(
-            &user,
-            &Attributes {
-                verb,
-                group: r.group,
-                resource: r.plural,
-                subresource: sub.as_deref(),
-                namespace: namespace.as_deref(),
-                name: name.as_deref(),
-            },
-        )
-        .map_err(ApiError::forbidden)?;
+    let attrs = Attributes {
+        verb,
+        group: r.group,
+        resource: r.plural,
+        subresource: sub.as_deref(),
+        namespace: namespace.as_deref(),
+        name: name.as_deref().or_else(|| field_selector_name(&query)),
+        path: None,
+    };
+    if let Err(reason) = state.authorizer.authorize(&user, &attrs) {
+        return Err(super::rbac::forbidden(&user, &attrs, &reason));
+    }
     let rq = Req {
         r,
         namespace,
@@ -277,6 +298,18 @@ async fn dispatch(state: Arc<ApiState>, req: Request) -> Result<Response, ApiErr
         ("get", _) => get(&state, &rq).await,
         ("create", Some("binding")) => scale::binding(&state, &rq, read_body(body).await?).await,
         ("create", Some("eviction")) => scale::eviction(&state, &rq, read_body(body).await?).await,
+        ("create", Some("token")) => match &state.service_accounts {
+            Some(signer) => {
+                crate::apiserver::sa_token::token_request(
+                    signer,
+                    state.store.as_ref(),
+                    &rq,
+                    read_body(body).await?,
+                )
+                .await
+            }
+            None => Err(ApiError::method_not_allowed("service account tokens are not configured")),
+        },
         ("create", None) => write::create(&state, &rq, read_body(body).await?).await,
         ("update" | "patch", Some("scale")) => {
             scale::write_scale(&state, &rq, read_body(body).await?).await

@@ -244,7 +244,9 @@ pub async fn finish_update(
             .unwrap_or(Value::Array(Vec::new()));
         obj = next;
     }
-    let status_only = rq.sub.as_deref() == Some("status");
+    // certificatesigningrequests/approval is a status path too (only conditions change;
+    // see apiserver::csr).
+    let status_only = matches!(rq.sub.as_deref(), Some("status" | "approval"));
     if status_only {
         // The status subresource changes status only (and nothing else in the object).
         let mut next = old.clone();
