@@ -80,7 +80,7 @@ fn default_roles_nodes_and_kube_proxy() {
         "-o",
         "name",
     ]);
-    assert_eq!(out.lines().count(), 13, "{out}");
+    assert_eq!(out.lines().count(), 11, "{out}");
     let b = s.ok(&[
         "get",
         "clusterrolebinding",
@@ -225,7 +225,7 @@ fn roles_bindings_and_aggregation_are_enforced() {
     ]);
     eventually_allowed(&s, &alice, &["get", "pods", "-n", &ns]);
     denied(&s, &alice, &["get", "pods", "-n", "default"]);
-    denied(&s, &alice, &["delete", "pods", "--all", "-n", &ns]);
+    denied(&s, &alice, &["delete", "pod", "any", "-n", &ns]);
     // Deleting the binding takes the permission away again.
     s.ok(&["delete", "rolebinding", "alice-reads", "-n", &ns]);
     eventually_denied(&s, &alice, &["get", "pods", "-n", &ns]);

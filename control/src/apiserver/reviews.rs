@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -55,10 +54,16 @@ fn may_create(state: &ApiState, user: &UserInfo, group: &str, plural: &str, ns: 
         .map_err(|reason| super::rbac::forbidden(user, &attrs, &reason))
 }
 
-async fn body_json(body: Body, kind: &str, group: &str) -> Result<Value, ApiError> {
-    let bytes = read_body(body).await?;
-    let mut v: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("error decoding JSON request body: {e}")))?;
+/// Decodes the body by its Content-Type (kubectl's typed clients send protobuf).
+async fn body_json(req: Request, kind: &str, group: &str) -> Result<Value, ApiError> {
+    let ct = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let bytes = read_body(req.into_body()).await?;
+    let mut v = super::rest::object::decode_body(&ct, &bytes)?;
     if !v.is_object() {
         return Err(ApiError::bad_request(format!("the request body must be a {kind}")));
     }
@@ -132,7 +137,7 @@ pub async fn self_subject_access_review(State(state): State<Arc<ApiState>>, req:
     run(async {
         let user = user_of(&req)?;
         may_create(&state, &user, AUTHZ, "selfsubjectaccessreviews", None)?;
-        let obj = body_json(req.into_body(), "SelfSubjectAccessReview", AUTHZ).await?;
+        let obj = body_json(req, "SelfSubjectAccessReview", AUTHZ).await?;
         let status = access_status(&state, &user, &obj["spec"], None)?;
         Ok(created(obj, status))
     })
@@ -161,7 +166,7 @@ pub async fn subject_access_review(State(state): State<Arc<ApiState>>, req: Requ
     run(async {
         let user = user_of(&req)?;
         may_create(&state, &user, AUTHZ, "subjectaccessreviews", None)?;
-        let obj = body_json(req.into_body(), "SubjectAccessReview", AUTHZ).await?;
+        let obj = body_json(req, "SubjectAccessReview", AUTHZ).await?;
         let subject = subject_from_spec(&obj["spec"])?;
         let status = access_status(&state, &subject, &obj["spec"], None)?;
         Ok(created(obj, status))
@@ -178,7 +183,7 @@ pub async fn local_subject_access_review(
     run(async {
         let user = user_of(&req)?;
         may_create(&state, &user, AUTHZ, "localsubjectaccessreviews", Some(&ns))?;
-        let mut obj = body_json(req.into_body(), "LocalSubjectAccessReview", AUTHZ).await?;
+        let mut obj = body_json(req, "LocalSubjectAccessReview", AUTHZ).await?;
         let spec_ns = obj["spec"]["resourceAttributes"]["namespace"].as_str().unwrap_or("");
         if !spec_ns.is_empty() && spec_ns != ns {
             return Err(invalid_spec(&format!(
@@ -213,7 +218,7 @@ pub async fn self_subject_rules_review(State(state): State<Arc<ApiState>>, req: 
     run(async {
         let user = user_of(&req)?;
         may_create(&state, &user, AUTHZ, "selfsubjectrulesreviews", None)?;
-        let obj = body_json(req.into_body(), "SelfSubjectRulesReview", AUTHZ).await?;
+        let obj = body_json(req, "SelfSubjectRulesReview", AUTHZ).await?;
         let ns = obj["spec"]["namespace"].as_str().unwrap_or("").to_string();
         let rules = state
             .authorizer
@@ -247,7 +252,7 @@ pub async fn self_subject_review(State(state): State<Arc<ApiState>>, req: Reques
     run(async {
         let user = user_of(&req)?;
         may_create(&state, &user, AUTHN, "selfsubjectreviews", None)?;
-        let obj = body_json(req.into_body(), "SelfSubjectReview", AUTHN).await?;
+        let obj = body_json(req, "SelfSubjectReview", AUTHN).await?;
         Ok(created(obj, json!({"userInfo": user_json(&user)})))
     })
     .await
@@ -258,7 +263,7 @@ pub async fn token_review(State(state): State<Arc<ApiState>>, req: Request) -> R
     run(async {
         let user = user_of(&req)?;
         may_create(&state, &user, AUTHN, "tokenreviews", None)?;
-        let obj = body_json(req.into_body(), "TokenReview", AUTHN).await?;
+        let obj = body_json(req, "TokenReview", AUTHN).await?;
         let token = obj["spec"]["token"].as_str().unwrap_or("").to_string();
         if token.is_empty() {
             return Err(invalid_spec("spec.token: Required value"));
