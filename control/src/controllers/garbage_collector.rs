@@ -179,7 +179,15 @@ async fn watch_kind(
                 }
             }
             Ok(watcher::Event::Init) => {}
-            Err(e) => tracing::debug!("{NAME}: watch of {}: {e}", kind.ar.plural),
+            Err(e) => {
+                tracing::debug!("{NAME}: watch of {}: {e}", kind.ar.plural);
+                // A resource that cannot be watched must not hold the whole collector back;
+                // its objects are missing from the graph, and owners are looked up live.
+                if !told {
+                    told = true;
+                    let _ = synced.send(());
+                }
+            }
         }
     }
 }
