@@ -400,7 +400,7 @@ fn pod_affinity_anti_affinity_and_topology_spread() {
     // alternate between zones; nozone (no zone label) never gets one.
     let spread = json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
         "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "spread"}}}]});
-    let mut per_zone = std::collections::HashMap::new();
+    let mut per_zone: std::collections::HashMap<&str, i32> = std::collections::HashMap::new();
     for i in 0..6 {
         let name = format!("spread-{i}");
         pod(&s, "aff", &name, json!({"app": "spread"}), spread.clone());
@@ -411,10 +411,7 @@ fn pod_affinity_anti_affinity_and_topology_spread() {
             per_zone.get("a").copied().unwrap_or(0),
             per_zone.get("b").copied().unwrap_or(0),
         );
-        assert!(
-            (a as i32 - b as i32).abs() <= 1,
-            "skew after {name}: a={a} b={b}"
-        );
+        assert!((a - b).abs() <= 1, "skew after {name}: a={a} b={b}");
     }
     assert_eq!(per_zone.get("a"), Some(&3));
     assert_eq!(per_zone.get("b"), Some(&3));

@@ -244,7 +244,7 @@ impl Cache {
         for img in info.images.keys() {
             *self.image_nodes.entry(img.clone()).or_insert(0) += 1;
         }
-        let retry = match self.nodes.insert(name.clone(), info) {
+        match self.nodes.insert(name.clone(), info) {
             Some(old) => {
                 self.drop_images(&old);
                 self.nodes
@@ -256,8 +256,7 @@ impl Cache {
                 self.order.push(name);
                 true
             }
-        };
-        retry
+        }
     }
 
     pub fn remove_node(&mut self, name: &str) {

@@ -20,7 +20,9 @@ use super::cache::PodInfo;
 pub const REPORTER: &str = "default-scheduler";
 /// Writes queued beyond this are dropped (with a log line) rather than slowing binding.
 const BACKLOG: usize = 20_000;
-const CONCURRENCY: usize = 4;
+const CONCURRENCY: usize = 2;
+/// How long an Event may be held back while bindings are being written.
+const MAX_DEFER: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub enum Write {
     Scheduled {
@@ -40,10 +42,13 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer task; it ends when every `Writer` is dropped.
-    pub fn spawn(client: kube::Client) -> Writer {
+    /// Starts the writer task; it ends when every `Writer` is dropped. While `busy`
+    /// says bindings are in flight, writes wait (up to [`MAX_DEFER`]): every write is a
+    /// commit in the API server's store, and a binding matters more than its Event.
+    pub fn spawn(client: kube::Client, busy: impl Fn() -> bool + Send + Sync + 'static) -> Writer {
+        let busy = Arc::new(busy);
         let (tx, rx) = mpsc::channel(BACKLOG);
-        let seen: Arc<Mutex<HashMap<(String, String), (String, i32)>>> = Arc::default();
+        let seen: Arc<Seen> = Arc::default();
         let instance = format!(
             "{REPORTER}-{}",
             nix::unistd::gethostname()
@@ -56,7 +61,14 @@ impl Writer {
                 let client = client.clone();
                 let seen = seen.clone();
                 let instance = instance.clone();
-                async move { write(&client, &seen, &instance, w).await }
+                let busy = busy.clone();
+                async move {
+                    let until = tokio::time::Instant::now() + MAX_DEFER;
+                    while busy() && tokio::time::Instant::now() < until {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    write(&client, &seen, &instance, w).await
+                }
             }),
         );
         Writer { tx }

@@ -10,7 +10,8 @@
 //!   tolerations), [`affinity`] (inter-pod affinity, topology spread) and [`resources`]
 //!   (requests vs allocatable);
 //! - [`message`]: the `0/N nodes are available: ...` text;
-//! - [`events`]: `Scheduled` / `FailedScheduling` Events and the `PodScheduled` condition.
+//! - [`events`]: `Scheduled` / `FailedScheduling` Events and the `PodScheduled` condition;
+//! - [`metrics`]: process-wide counters (attempts, decision and binding time).
 
 pub mod affinity;
 pub mod cache;
@@ -18,6 +19,7 @@ pub mod events;
 pub mod filter;
 pub mod labels;
 pub mod message;
+pub mod metrics;
 pub mod queue;
 pub mod resources;
 pub mod score;
@@ -64,8 +66,8 @@ pub fn feasible_to_find(nodes: usize) -> usize {
 }
 
 enum Input {
-    Node(Event<Node>),
-    Pod(Event<Pod>),
+    Node(Box<Event<Node>>),
+    Pod(Box<Event<Pod>>),
     Lease(Event<Lease>),
     Namespace(Event<Namespace>),
     Bound {
@@ -112,6 +114,9 @@ struct Scheduler {
 impl Scheduler {
     fn new(ctx: &Context) -> Scheduler {
         let (tx, rx) = mpsc::unbounded_channel();
+        let binds = Arc::new(Semaphore::new(BIND_CONCURRENCY));
+        let in_flight = binds.clone();
+        let busy = move || in_flight.available_permits() < BIND_CONCURRENCY;
         Scheduler {
             client: ctx.client.clone(),
             grace: ctx.options.node_monitor_grace_period,
@@ -123,9 +128,9 @@ impl Scheduler {
             sync: Sync::default(),
             tx,
             rx,
-            binds: Arc::new(Semaphore::new(BIND_CONCURRENCY)),
+            binds,
             tasks: tokio::task::JoinSet::new(),
-            writer: events::Writer::spawn(ctx.client.clone()),
+            writer: events::Writer::spawn(ctx.client.clone(), busy),
         }
     }
 
@@ -153,8 +158,8 @@ impl Scheduler {
 
     async fn run(mut self) {
         let c = self.client.clone();
-        self.watch(Api::<Node>::all(c.clone()), Input::Node);
-        self.watch(Api::<Pod>::all(c.clone()), Input::Pod);
+        self.watch(Api::<Node>::all(c.clone()), |e| Input::Node(Box::new(e)));
+        self.watch(Api::<Pod>::all(c.clone()), |e| Input::Pod(Box::new(e)));
         self.watch(
             Api::<Lease>::namespaced(c.clone(), "kube-node-lease"),
             Input::Lease,
@@ -188,8 +193,8 @@ impl Scheduler {
 
     fn handle(&mut self, input: Input) {
         match input {
-            Input::Node(ev) => self.on_node(ev),
-            Input::Pod(ev) => self.on_pod(ev),
+            Input::Node(ev) => self.on_node(*ev),
+            Input::Pod(ev) => self.on_pod(*ev),
             Input::Lease(ev) => self.on_lease(ev),
             Input::Namespace(ev) => {
                 let sync = &mut self.sync;
@@ -347,7 +352,14 @@ impl Scheduler {
             }
             return;
         }
-        if info.scheduler_name != SCHEDULER_NAME || info.deleting || info.terminal {
+        // Scheduling gates hold a pod back until they are all removed (a spec update).
+        let gated = info
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.scheduling_gates.as_ref())
+            .is_some_and(|g| !g.is_empty());
+        if info.scheduler_name != SCHEDULER_NAME || info.deleting || info.terminal || gated {
             self.queue.remove(&key);
             return;
         }
@@ -426,6 +438,7 @@ impl Scheduler {
         if pod.node_name.is_some() || pod.deleting || pod.scheduler_name != SCHEDULER_NAME {
             return;
         }
+        let started = std::time::Instant::now();
         let st = PodState::new(&self.cache, pod.clone());
         let total = self.cache.order.len();
         let want = feasible_to_find(total);
@@ -470,6 +483,7 @@ impl Scheduler {
             let condition = self.last_failure.get(key) != Some(&msg);
             self.last_failure.insert(key.to_string(), msg.clone());
             self.queue.unschedulable(key);
+            metrics::METRICS.attempt(started.elapsed(), false);
             self.writer.send(events::Write::FailedScheduling {
                 pod,
                 message: msg,
@@ -500,6 +514,7 @@ impl Scheduler {
             feasible[best].name.clone()
         };
         drop(st);
+        metrics::METRICS.attempt(started.elapsed(), true);
         self.cache.assume(key, &chosen);
         self.inflight.insert(key.to_string());
         self.spawn_bind(pod, chosen);
@@ -512,6 +527,7 @@ impl Scheduler {
         let writer = self.writer.clone();
         self.tasks.spawn(async move {
             let _permit = binds.acquire_owned().await;
+            let started = std::time::Instant::now();
             let api: Api<Pod> = Api::namespaced(client, &pod.namespace);
             let binding = json!({
                 "apiVersion": "v1", "kind": "Binding",
@@ -539,6 +555,7 @@ impl Scheduler {
                 }
                 Err(e) => Err(BindError::Failed(e.to_string())),
             };
+            metrics::METRICS.bind(started.elapsed(), result.is_ok());
             let _ = tx.send(Input::Bound {
                 key: pod.key.clone(),
                 node,

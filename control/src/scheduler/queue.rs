@@ -90,7 +90,7 @@ impl Queue {
     /// A pod whose binding failed for another reason: retried after its backoff.
     pub fn retry_later(&mut self, key: &str) {
         *self.attempts.entry(key.to_string()).or_insert(0) += 1;
-        self.to_backoff(key);
+        self.push_backoff(key);
     }
 
     fn backoff_of(&self, key: &str) -> Duration {
@@ -98,7 +98,7 @@ impl Queue {
         (INITIAL_BACKOFF * 2u32.pow(n - 1)).min(MAX_BACKOFF)
     }
 
-    fn to_backoff(&mut self, key: &str) {
+    fn push_backoff(&mut self, key: &str) {
         let until = Instant::now() + self.backoff_of(key);
         if let Some(old) = self.backoff_until.insert(key.to_string(), until) {
             self.backoff.remove(&(old, key.to_string()));
@@ -111,7 +111,7 @@ impl Queue {
     pub fn move_all(&mut self) {
         let keys: Vec<String> = self.unschedulable.drain().map(|(k, _)| k).collect();
         for k in keys {
-            self.to_backoff(&k);
+            self.push_backoff(&k);
         }
     }
 
@@ -127,7 +127,7 @@ impl Queue {
             .collect();
         for k in stale {
             self.unschedulable.remove(&k);
-            self.to_backoff(&k);
+            self.push_backoff(&k);
         }
         while let Some((t, _)) = self.backoff.first() {
             if *t > now {
