@@ -113,6 +113,8 @@ pub struct PodEnv {
     pub pod: PodSandboxConfig,
     pub sandbox: String,
     pub logs: PathBuf,
+    /// The test network's bridge (CNI DEL leaves bridges; the test removes its own).
+    pub bridge: String,
 }
 
 impl PodEnv {
@@ -192,6 +194,7 @@ impl PodEnv {
             pod,
             sandbox,
             logs,
+            bridge,
         }
     }
 
@@ -292,6 +295,10 @@ impl Drop for PodEnv {
             })
             .join();
         }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
