@@ -228,8 +228,9 @@ pub async fn collect(ctx: &Ctx) -> Result<(Vec<Figures>, (i64, u64, u64)), ApiEr
 pub async fn summary(State(ctx): State<Arc<Ctx>>) -> Result<Response, ApiError> {
     let (figs, (nt, ncpu, nrate)) = collect(&ctx).await?;
     let (total, avail) = node_memory();
-    let mut pods: HashMap<(String, String), (String, i64, Vec<Value>, u64, u64, u64)> =
-        HashMap::new();
+    // (namespace, name) → (uid, start, containers, nano-cores, cpu ns, working set).
+    type PodSum = (String, i64, Vec<Value>, u64, u64, u64);
+    let mut pods: HashMap<(String, String), PodSum> = HashMap::new();
     for f in &figs {
         let e = pods
             .entry((f.namespace.clone(), f.pod.clone()))
