@@ -151,6 +151,8 @@ pub fn routes() -> Router<Arc<ApiState>> {
         )
 }
 
+// ApiError is the crate's Status error, returned as the REST handlers return it.
+#[allow(clippy::result_large_err)]
 fn user(req: &Request) -> Result<UserInfo, ApiError> {
     req.extensions()
         .get::<UserInfo>()
@@ -158,7 +160,7 @@ fn user(req: &Request) -> Result<UserInfo, ApiError> {
         .ok_or_else(ApiError::unauthorized)
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::result_large_err)]
 fn authorize(
     state: &ApiState,
     user: &UserInfo,
@@ -690,7 +692,7 @@ fn cpu_quantity(nano_cores: u64) -> String {
 }
 
 fn mem_quantity(bytes: u64) -> String {
-    if bytes % 1024 == 0 {
+    if bytes.is_multiple_of(1024) {
         format!("{}Ki", bytes / 1024)
     } else {
         bytes.to_string()
