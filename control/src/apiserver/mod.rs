@@ -87,6 +87,8 @@ pub struct ApiState {
     /// The URL clients reach this server at (for `/api`'s serverAddressByClientCIDRs).
     pub server_address: String,
     pub service_cluster_ip_range: String,
+    /// TLS towards kubelets (pods/log, exec, attach, portforward, nodes/proxy, metrics).
+    pub kubelet_client: Option<Arc<rustls::ClientConfig>>,
     /// Flips to true on shutdown so long-running watches end.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

@@ -215,6 +215,15 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         admission: crate::admission::Admission::new(allocators),
         server_address: format!("{}:{}", bound.ip(), bound.port()),
         service_cluster_ip_range: opts.service_cluster_ip_range.clone(),
+        kubelet_client: match rest::proxy::kubelet_client_config(&opts.data_dir) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                tracing::warn!(
+                    "no kubelet client certificate (logs/exec/port-forward will fail): {e}"
+                );
+                None
+            }
+        },
         shutdown: stop_rx,
     });
     let app = router(state.clone());
@@ -347,6 +356,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(openapi_v3_index))
         .route("/openapi/v3/{*path}", get(openapi_v3_doc))
+        .merge(rest::proxy::routes())
         .merge(super::reviews::routes())
         .route("/.well-known/openid-configuration", get(openid_configuration))
         .route("/openid/v1/jwks", get(jwks))

@@ -11,6 +11,7 @@ pub mod admit;
 pub mod delete;
 pub mod list;
 pub mod object;
+pub mod proxy;
 pub mod scale;
 pub mod selector;
 pub mod table;
