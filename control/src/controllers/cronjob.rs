@@ -16,10 +16,10 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::ResourceExt;
 use serde_json::json;
 
 use super::workload_util::{self as util, Error, Recorder, Result};
@@ -39,9 +39,12 @@ pub fn cronjobs(ctx: Arc<Context>) -> crate::manager::LoopFuture {
     Box::pin(async move {
         let client = ctx.client.clone();
         let clock = ctx.options.clock.clone();
-        let controller = Controller::new(Api::<CronJob>::all(client.clone()), watcher::Config::default())
-            .owns(Api::<Job>::all(client.clone()), watcher::Config::default())
-            .reconcile_all_on(clock.advances());
+        let controller = Controller::new(
+            Api::<CronJob>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(Api::<Job>::all(client.clone()), watcher::Config::default())
+        .reconcile_all_on(clock.advances());
         let c = Arc::new(Ctx {
             client: client.clone(),
             recorder: Recorder::new(client, COMPONENT),
@@ -85,7 +88,10 @@ impl Schedule {
     /// The first scheduled time strictly after `t`.
     pub fn next_after(&self, t: Timestamp) -> Option<Timestamp> {
         let z = t.to_zoned(self.tz.clone());
-        self.cron.find_next_occurrence(&z, false).ok().map(|z| z.timestamp())
+        self.cron
+            .find_next_occurrence(&z, false)
+            .ok()
+            .map(|z| z.timestamp())
     }
 
     /// The latest scheduled time in `(after, now]`, and how many there were.
@@ -102,10 +108,9 @@ impl Schedule {
             t = next;
             if n > 1000 {
                 // Far behind (a long suspend or a stopped manager): only the latest counts.
-                if let Some(p) = self
+                if let Ok(p) = self
                     .cron
                     .find_previous_occurrence(&now.to_zoned(self.tz.clone()), true)
-                    .ok()
                 {
                     last = Some(p.timestamp());
                 }
@@ -132,7 +137,10 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action> {
     }
     let ns = cj.namespace().unwrap_or_default();
     let name = cj.name_any();
-    let spec = cj.spec.clone().ok_or_else(|| Error::Invalid(format!("CronJob {ns}/{name}: spec is required")))?;
+    let spec = cj
+        .spec
+        .clone()
+        .ok_or_else(|| Error::Invalid(format!("CronJob {ns}/{name}: spec is required")))?;
     let uid = cj.uid().unwrap_or_default();
     let now = ctx.clock.now();
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
@@ -159,11 +167,21 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action> {
         ("Complete", spec.successful_jobs_history_limit.unwrap_or(3)),
         ("Failed", spec.failed_jobs_history_limit.unwrap_or(1)),
     ] {
-        let done: Vec<&Job> = jobs.iter().filter(|j| job_finished(j) == Some(kind)).collect();
+        let done: Vec<&Job> = jobs
+            .iter()
+            .filter(|j| job_finished(j) == Some(kind))
+            .collect();
         let extra = done.len().saturating_sub(limit.max(0) as usize);
         for j in done.into_iter().take(extra) {
             util::delete_quiet(&jobs_api, &j.name_any()).await?;
-            ctx.recorder.event(cj.as_ref(), false, "SuccessfulDelete", format!("Deleted job {}", j.name_any())).await;
+            ctx.recorder
+                .event(
+                    cj.as_ref(),
+                    false,
+                    "SuccessfulDelete",
+                    format!("Deleted job {}", j.name_any()),
+                )
+                .await;
         }
     }
     let mut active: Vec<Job> = jobs
@@ -174,7 +192,9 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action> {
     let sched = match Schedule::parse(&spec.schedule, spec.time_zone.as_deref()) {
         Ok(s) => s,
         Err(e) => {
-            ctx.recorder.event(cj.as_ref(), true, "UnparseableSchedule", e.clone()).await;
+            ctx.recorder
+                .event(cj.as_ref(), true, "UnparseableSchedule", e.clone())
+                .await;
             return Err(Error::Invalid(format!("CronJob {ns}/{name}: {e}")));
         }
     };
@@ -194,7 +214,12 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action> {
         let (due, missed) = sched.last_between(earliest, now);
         if missed > 100 {
             ctx.recorder
-                .event(cj.as_ref(), true, "TooManyMissedTimes", format!("too many missed start times: {missed}"))
+                .event(
+                    cj.as_ref(),
+                    true,
+                    "TooManyMissedTimes",
+                    format!("too many missed start times: {missed}"),
+                )
                 .await;
         }
         if let Some(t) = due {
@@ -205,13 +230,27 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action> {
                 if policy == "Replace" {
                     for j in active.drain(..) {
                         util::delete_quiet(&jobs_api, &j.name_any()).await?;
-                        ctx.recorder.event(cj.as_ref(), false, "SuccessfulDelete", format!("Deleted job {}", j.name_any())).await;
+                        ctx.recorder
+                            .event(
+                                cj.as_ref(),
+                                false,
+                                "SuccessfulDelete",
+                                format!("Deleted job {}", j.name_any()),
+                            )
+                            .await;
                     }
                 }
                 let job = job_for(&cj, &name, t);
                 match jobs_api.create(&PostParams::default(), &job).await {
                     Ok(j) => {
-                        ctx.recorder.event(cj.as_ref(), false, "SuccessfulCreate", format!("Created job {}", j.name_any())).await;
+                        ctx.recorder
+                            .event(
+                                cj.as_ref(),
+                                false,
+                                "SuccessfulCreate",
+                                format!("Created job {}", j.name_any()),
+                            )
+                            .await;
                         active.push(j);
                     }
                     // Made in an earlier pass whose status write was lost.
@@ -224,7 +263,14 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action> {
                         }
                     }
                     Err(e) => {
-                        ctx.recorder.event(cj.as_ref(), true, "FailedCreate", format!("Error creating job: {e}")).await;
+                        ctx.recorder
+                            .event(
+                                cj.as_ref(),
+                                true,
+                                "FailedCreate",
+                                format!("Error creating job: {e}"),
+                            )
+                            .await;
                         return Err(e.into());
                     }
                 }
@@ -273,10 +319,17 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action> {
 /// The Job for one scheduled time: named by the scheduled minute so a retry after a
 /// crash finds the same Job instead of making a second one.
 fn job_for(cj: &CronJob, name: &str, t: Timestamp) -> Job {
-    let tmpl = cj.spec.as_ref().map(|s| s.job_template.clone()).unwrap_or_default();
+    let tmpl = cj
+        .spec
+        .as_ref()
+        .map(|s| s.job_template.clone())
+        .unwrap_or_default();
     let meta = tmpl.metadata.unwrap_or_default();
     let mut annotations = meta.annotations.unwrap_or_default();
-    annotations.insert(SCHEDULED_ANNOTATION.into(), t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+    annotations.insert(
+        SCHEDULED_ANNOTATION.into(),
+        t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    );
     let mut base = name.to_string();
     base.truncate(52);
     Job {
@@ -300,9 +353,15 @@ mod tests {
     fn schedules() {
         let s = Schedule::parse("*/15 * * * *", None).expect("parse");
         let t: Timestamp = "2026-01-01T10:07:00Z".parse().expect("ts");
-        assert_eq!(s.next_after(t).map(|t| t.to_string()), Some("2026-01-01T10:15:00Z".into()));
+        assert_eq!(
+            s.next_after(t).map(|t| t.to_string()),
+            Some("2026-01-01T10:15:00Z".into())
+        );
         let (last, n) = s.last_between(t, "2026-01-01T11:00:00Z".parse().expect("ts"));
-        assert_eq!((last.map(|t| t.to_string()), n), (Some("2026-01-01T11:00:00Z".into()), 4));
+        assert_eq!(
+            (last.map(|t| t.to_string()), n),
+            (Some("2026-01-01T11:00:00Z".into()), 4)
+        );
         assert!(Schedule::parse("* * * *", None).is_err());
         assert!(Schedule::parse("TZ=UTC * * * * *", None).is_err());
         assert!(Schedule::parse("* * * * *", Some("Nowhere/Atlantis")).is_err());

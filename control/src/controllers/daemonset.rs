@@ -13,11 +13,11 @@ use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
     Toleration,
 };
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::ResourceExt;
 use serde_json::json;
 
 use super::workload_revision::{self as revision, REVISION_HASH_LABEL};
@@ -36,14 +36,25 @@ struct Ctx {
 pub fn daemonsets(ctx: Arc<Context>) -> crate::manager::LoopFuture {
     Box::pin(async move {
         let client = ctx.client.clone();
-        let controller = Controller::new(Api::<DaemonSet>::all(client.clone()), watcher::Config::default());
+        let controller = Controller::new(
+            Api::<DaemonSet>::all(client.clone()),
+            watcher::Config::default(),
+        );
         let store = controller.store();
         // Any node change may change where every DaemonSet should run.
         let controller = controller
             .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
-            .watches(Api::<Node>::all(client.clone()), watcher::Config::default(), move |_n: Node| {
-                store.state().iter().map(|d| ObjectRef::from_obj(d.as_ref())).collect::<Vec<_>>()
-            });
+            .watches(
+                Api::<Node>::all(client.clone()),
+                watcher::Config::default(),
+                move |_n: Node| {
+                    store
+                        .state()
+                        .iter()
+                        .map(|d| ObjectRef::from_obj(d.as_ref()))
+                        .collect::<Vec<_>>()
+                },
+            );
         let c = Arc::new(Ctx {
             client: client.clone(),
             recorder: Recorder::new(client, COMPONENT),
@@ -78,7 +89,10 @@ pub fn default_tolerations(host_network: bool) -> Vec<Toleration> {
 
 fn tolerates(tols: &[Toleration], key: &str, value: Option<&str>, effect: &str) -> bool {
     tols.iter().any(|t| {
-        let effect_ok = t.effect.as_deref().is_none_or(|e| e.is_empty() || e == effect);
+        let effect_ok = t
+            .effect
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == effect);
         let key_ok = t.key.as_deref().is_none_or(|k| k.is_empty() || k == key);
         let op_ok = match t.operator.as_deref() {
             Some("Exists") => true,
@@ -96,7 +110,10 @@ fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool
         "Exists" => value.is_some(),
         "DoesNotExist" => value.is_none(),
         "Gt" | "Lt" => {
-            let (Some(v), Some(x)) = (value.and_then(|v| v.parse::<i64>().ok()), vals.first().and_then(|x| x.parse::<i64>().ok())) else {
+            let (Some(v), Some(x)) = (
+                value.and_then(|v| v.parse::<i64>().ok()),
+                vals.first().and_then(|x| x.parse::<i64>().ok()),
+            ) else {
                 return false;
             };
             if r.operator == "Gt" { v > x } else { v < x }
@@ -117,11 +134,17 @@ pub fn should_run(pod: &k8s_openapi::api::core::v1::PodSpec, node: &Node) -> boo
         .affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref());
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
     if let Some(req) = required {
         let name = node.name_any();
         let term_ok = |t: &NodeSelectorTerm| {
-            t.match_expressions.iter().flatten().all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
+            t.match_expressions
+                .iter()
+                .flatten()
+                .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
                 && t.match_fields.iter().flatten().all(|r| {
                     requirement_matches(r, (r.key == "metadata.name").then_some(name.as_str()))
                 })
@@ -168,23 +191,46 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action> {
     let ns = ds.namespace().unwrap_or_default();
     let name = ds.name_any();
     let what = format!("DaemonSet {ns}/{name}");
-    let spec = ds.spec.clone().ok_or_else(|| Error::Invalid(format!("{what}: spec is required")))?;
+    let spec = ds
+        .spec
+        .clone()
+        .ok_or_else(|| Error::Invalid(format!("{what}: spec is required")))?;
     let sel = util::selector(Some(&spec.selector), &what)?;
-    let template_labels = spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+    let template_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
     let pod_spec = spec.template.spec.clone().unwrap_or_default();
 
     let cr_api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ns);
     let data = revision::template_data(&serde_json::to_value(&spec.template).unwrap_or_default());
     let limit = spec.revision_history_limit.unwrap_or(10).max(0) as usize;
     let collisions = ds.status.as_ref().and_then(|s| s.collision_count);
-    let (_rev, hash) = revision::sync(&cr_api, ds.as_ref(), &sel, &template_labels, data, collisions, limit).await?;
+    let (_rev, hash) = revision::sync(
+        &cr_api,
+        ds.as_ref(),
+        &sel,
+        &template_labels,
+        data,
+        collisions,
+        limit,
+    )
+    .await?;
 
-    let nodes = Api::<Node>::all(ctx.client.clone()).list(&Default::default()).await?.items;
+    let nodes = Api::<Node>::all(ctx.client.clone())
+        .list(&Default::default())
+        .await?
+        .items;
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let all = util::list_in(&pods_api).await?;
     let pods = util::claim(&pods_api, ds.as_ref(), &sel, all).await?;
     let mut by_node: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
-    for p in pods.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+    for p in pods
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
         if let Some(n) = node_of(&p) {
             by_node.entry(n).or_default().push(p);
         }
@@ -192,14 +238,27 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action> {
     let now = ctx.clock.now();
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let available = |p: &Pod| util::availability(p, min_ready, now).is_ok();
-    let is_current = |p: &Pod| p.metadata.labels.as_ref().and_then(|l| l.get(REVISION_HASH_LABEL)) == Some(&hash);
+    let is_current = |p: &Pod| {
+        p.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(REVISION_HASH_LABEL))
+            == Some(&hash)
+    };
 
     let eligible: Vec<&Node> = nodes.iter().filter(|n| should_run(&pod_spec, n)).collect();
     let desired = eligible.len() as i32;
-    let rolling = spec.update_strategy.as_ref().and_then(|s| s.type_.as_deref()) != Some("OnDelete");
+    let rolling = spec
+        .update_strategy
+        .as_ref()
+        .and_then(|s| s.type_.as_deref())
+        != Some("OnDelete");
     let max_unavailable = if rolling {
         util::scaled_value(
-            spec.update_strategy.as_ref().and_then(|s| s.rolling_update.as_ref()).and_then(|r| r.max_unavailable.as_ref()),
+            spec.update_strategy
+                .as_ref()
+                .and_then(|s| s.rolling_update.as_ref())
+                .and_then(|r| r.max_unavailable.as_ref()),
             desired,
             "1",
             true,
@@ -210,7 +269,11 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action> {
     };
     let mut unavailable = eligible
         .iter()
-        .filter(|n| !by_node.get(&n.name_any()).is_some_and(|ps| ps.iter().any(available)))
+        .filter(|n| {
+            !by_node
+                .get(&n.name_any())
+                .is_some_and(|ps| ps.iter().any(available))
+        })
         .count() as i32;
     let mut recheck = None;
 
@@ -221,7 +284,17 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action> {
         // Failed daemons are replaced (the next pass creates the new one).
         for p in here.iter().filter(|p| util::phase(p) == "Failed") {
             util::delete_quiet(&pods_api, &p.name_any()).await?;
-            ctx.recorder.event(ds.as_ref(), true, "FailedDaemonPod", format!("Found failed daemon pod {ns}/{} on node {node_name}, will try to kill it", p.name_any())).await;
+            ctx.recorder
+                .event(
+                    ds.as_ref(),
+                    true,
+                    "FailedDaemonPod",
+                    format!(
+                        "Found failed daemon pod {ns}/{} on node {node_name}, will try to kill it",
+                        p.name_any()
+                    ),
+                )
+                .await;
         }
         here.retain(|p| util::phase(p) != "Failed");
         if !run {
@@ -260,11 +333,14 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action> {
     let uid = ds.uid().unwrap_or_default();
     let mine: Vec<Pod> = all
         .into_iter()
-        .filter(|p| util::is_controlled_by(&p.metadata, &uid) && p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            util::is_controlled_by(&p.metadata, &uid) && p.metadata.deletion_timestamp.is_none()
+        })
         .collect();
     let on = |n: &str| {
         let n = n.to_string();
-        mine.iter().filter(move |p| node_of(p).as_deref() == Some(n.as_str()))
+        mine.iter()
+            .filter(move |p| node_of(p).as_deref() == Some(n.as_str()))
     };
     let mut current = 0;
     let mut ready = 0;
@@ -301,7 +377,11 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action> {
         "observedGeneration": ds.metadata.generation,
     });
     let cur = serde_json::to_value(&ds.status).unwrap_or_default();
-    if status.as_object().is_some_and(|m| m.iter().any(|(k, v)| cur.get(k).and_then(|x| x.as_i64()).unwrap_or(0) != v.as_i64().unwrap_or(0))) {
+    if status.as_object().is_some_and(|m| {
+        m.iter().any(|(k, v)| {
+            cur.get(k).and_then(|x| x.as_i64()).unwrap_or(0) != v.as_i64().unwrap_or(0)
+        })
+    }) {
         let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ns);
         util::patch_status(&api, &name, status).await?;
     }
@@ -320,7 +400,12 @@ async fn create_pod(
     node: &str,
 ) -> Result<()> {
     let name = ds.name_any();
-    let mut pod = util::pod_from_template(template, util::controller_ref(ds), Some(util::generate_name(&name)), None);
+    let mut pod = util::pod_from_template(
+        template,
+        util::controller_ref(ds),
+        Some(util::generate_name(&name)),
+        None,
+    );
     pod.metadata
         .labels
         .get_or_insert_with(Default::default)
@@ -344,17 +429,30 @@ async fn create_pod(
             }]),
         };
         let affinity = spec.affinity.get_or_insert_with(Affinity::default);
-        let na = affinity.node_affinity.get_or_insert_with(NodeAffinity::default);
-        na.required_during_scheduling_ignored_during_execution = Some(NodeSelector { node_selector_terms: vec![term] });
+        let na = affinity
+            .node_affinity
+            .get_or_insert_with(NodeAffinity::default);
+        na.required_during_scheduling_ignored_during_execution = Some(NodeSelector {
+            node_selector_terms: vec![term],
+        });
         spec.node_name = Some(node.into());
     }
     match api.create(&PostParams::default(), &pod).await {
         Ok(p) => {
-            ctx.recorder.event(ds, false, "SuccessfulCreate", format!("Created pod: {}", p.name_any())).await;
+            ctx.recorder
+                .event(
+                    ds,
+                    false,
+                    "SuccessfulCreate",
+                    format!("Created pod: {}", p.name_any()),
+                )
+                .await;
             Ok(())
         }
         Err(e) => {
-            ctx.recorder.event(ds, true, "FailedCreate", format!("Error creating: {e}")).await;
+            ctx.recorder
+                .event(ds, true, "FailedCreate", format!("Error creating: {e}"))
+                .await;
             Err(e.into())
         }
     }
@@ -362,6 +460,13 @@ async fn create_pod(
 
 async fn delete_pod(ctx: &Ctx, ds: &DaemonSet, api: &Api<Pod>, p: &Pod) -> Result<()> {
     util::delete_quiet(api, &p.name_any()).await?;
-    ctx.recorder.event(ds, false, "SuccessfulDelete", format!("Deleted pod: {}", p.name_any())).await;
+    ctx.recorder
+        .event(
+            ds,
+            false,
+            "SuccessfulDelete",
+            format!("Deleted pod: {}", p.name_any()),
+        )
+        .await;
     Ok(())
 }

@@ -16,10 +16,10 @@ use k8s_openapi::api::batch::v1::{Job, JobCondition};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::ResourceExt;
 use serde_json::json;
 
 use super::workload_util::{self as util, Error, Recorder, Result};
@@ -40,9 +40,10 @@ pub fn jobs(ctx: Arc<Context>) -> crate::manager::LoopFuture {
     Box::pin(async move {
         let client = ctx.client.clone();
         let clock = ctx.options.clock.clone();
-        let controller = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
-            .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
-            .reconcile_all_on(clock.advances());
+        let controller =
+            Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
+                .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
+                .reconcile_all_on(clock.advances());
         let c = Arc::new(Ctx {
             client: client.clone(),
             recorder: Recorder::new(client, COMPONENT),
@@ -53,13 +54,21 @@ pub fn jobs(ctx: Arc<Context>) -> crate::manager::LoopFuture {
 }
 
 fn finished(job: &Job) -> Option<&JobCondition> {
-    job.status.as_ref()?.conditions.as_ref()?.iter().find(|c| {
-        (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True"
-    })
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
 }
 
 fn index_of(p: &Pod) -> Option<i32> {
-    p.metadata.annotations.as_ref()?.get(INDEX_ANNOTATION)?.parse().ok()
+    p.metadata
+        .annotations
+        .as_ref()?
+        .get(INDEX_ANNOTATION)?
+        .parse()
+        .ok()
 }
 
 async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
@@ -69,7 +78,10 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
     let ns = job.namespace().unwrap_or_default();
     let name = job.name_any();
     let what = format!("Job {ns}/{name}");
-    let spec = job.spec.clone().ok_or_else(|| Error::Invalid(format!("{what}: spec is required")))?;
+    let spec = job
+        .spec
+        .clone()
+        .ok_or_else(|| Error::Invalid(format!("{what}: spec is required")))?;
     let now = ctx.clock.now();
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
@@ -83,7 +95,11 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
     let mut new_succeeded: Vec<&Pod> = Vec::new();
     let mut new_failed: Vec<&Pod> = Vec::new();
     for p in &pods {
-        let tracked = p.metadata.finalizers.as_ref().is_some_and(|f| f.iter().any(|f| f == TRACKING_FINALIZER));
+        let tracked = p
+            .metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|f| f == TRACKING_FINALIZER));
         if !tracked {
             continue;
         }
@@ -94,7 +110,8 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
             _ => {}
         }
     }
-    let mut completed: BTreeSet<i32> = parse_indexes(status.completed_indexes.as_deref().unwrap_or(""));
+    let mut completed: BTreeSet<i32> =
+        parse_indexes(status.completed_indexes.as_deref().unwrap_or(""));
     let had_uncounted = !new_succeeded.is_empty()
         || !new_failed.is_empty()
         || uncounted.succeeded.as_ref().is_some_and(|v| !v.is_empty())
@@ -119,13 +136,15 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
             completed.insert(i);
         }
     }
-    let succeeded = status.succeeded.unwrap_or(0) + uncounted.succeeded.as_ref().map_or(0, |v| v.len() as i32);
-    let failed = status.failed.unwrap_or(0) + uncounted.failed.as_ref().map_or(0, |v| v.len() as i32);
+    let succeeded =
+        status.succeeded.unwrap_or(0) + uncounted.succeeded.as_ref().map_or(0, |v| v.len() as i32);
+    let failed =
+        status.failed.unwrap_or(0) + uncounted.failed.as_ref().map_or(0, |v| v.len() as i32);
 
     let mut active: Vec<&Pod> = pods.iter().filter(|p| util::is_active(p)).collect();
     let mut conditions = status.conditions.clone().unwrap_or_default();
     let mut completion_time = status.completion_time.clone();
-    let start_time = status.start_time.clone().or_else(|| Some(Time(now)));
+    let start_time = status.start_time.clone().or(Some(Time(now)));
     let mut requeue: Option<Duration> = None;
     let was_finished = finished(&job).is_some();
 
@@ -147,9 +166,15 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
             Some(start + jiff::SignedDuration::from_secs(s))
         });
         let failure = if failed > backoff {
-            Some(("BackoffLimitExceeded", "Job has reached the specified backoff limit"))
+            Some((
+                "BackoffLimitExceeded",
+                "Job has reached the specified backoff limit",
+            ))
         } else if deadline.is_some_and(|d| d <= now) {
-            Some(("DeadlineExceeded", "Job was active longer than specified deadline"))
+            Some((
+                "DeadlineExceeded",
+                "Job was active longer than specified deadline",
+            ))
         } else {
             None
         };
@@ -159,20 +184,42 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
             }
             set_condition(&mut conditions, "FailureTarget", reason, message, now);
             set_condition(&mut conditions, "Failed", reason, message, now);
-            ctx.recorder.event(job.as_ref(), true, reason, message.to_string()).await;
+            ctx.recorder
+                .event(job.as_ref(), true, reason, message.to_string())
+                .await;
         } else if done {
             for p in active.drain(..) {
                 util::delete_quiet(&pods_api, &p.name_any()).await?;
             }
-            set_condition(&mut conditions, "SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods", now);
-            set_condition(&mut conditions, "Complete", "CompletionsReached", "Reached expected number of succeeded pods", now);
+            set_condition(
+                &mut conditions,
+                "SuccessCriteriaMet",
+                "CompletionsReached",
+                "Reached expected number of succeeded pods",
+                now,
+            );
+            set_condition(
+                &mut conditions,
+                "Complete",
+                "CompletionsReached",
+                "Reached expected number of succeeded pods",
+                now,
+            );
             completion_time = Some(Time(now));
-            ctx.recorder.event(job.as_ref(), false, "Completed", "Job completed".into()).await;
+            ctx.recorder
+                .event(job.as_ref(), false, "Completed", "Job completed".into())
+                .await;
         } else if suspended {
             for p in active.drain(..) {
                 util::delete_quiet(&pods_api, &p.name_any()).await?;
             }
-            set_condition(&mut conditions, "Suspended", "JobSuspended", "Job suspended", now);
+            set_condition(
+                &mut conditions,
+                "Suspended",
+                "JobSuspended",
+                "Job suspended",
+                now,
+            );
         } else {
             conditions.retain(|c| c.type_ != "Suspended");
             let want = if indexed {
@@ -193,7 +240,8 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
                 }
             } else if active.len() < want {
                 let busy: BTreeSet<i32> = active.iter().filter_map(|p| index_of(p)).collect();
-                let mut free = (0..completions.unwrap_or(0)).filter(|i| !completed.contains(i) && !busy.contains(i));
+                let mut free = (0..completions.unwrap_or(0))
+                    .filter(|i| !completed.contains(i) && !busy.contains(i));
                 for _ in active.len()..want {
                     let index = if indexed { free.next() } else { None };
                     if indexed && index.is_none() {
@@ -202,17 +250,33 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
                     let pod = job_pod(&job, &name, index);
                     match pods_api.create(&PostParams::default(), &pod).await {
                         Ok(p) => {
-                            ctx.recorder.event(job.as_ref(), false, "SuccessfulCreate", format!("Created pod: {}", p.name_any())).await;
+                            ctx.recorder
+                                .event(
+                                    job.as_ref(),
+                                    false,
+                                    "SuccessfulCreate",
+                                    format!("Created pod: {}", p.name_any()),
+                                )
+                                .await;
                         }
                         Err(e) => {
-                            ctx.recorder.event(job.as_ref(), true, "FailedCreate", format!("Error creating: {e}")).await;
+                            ctx.recorder
+                                .event(
+                                    job.as_ref(),
+                                    true,
+                                    "FailedCreate",
+                                    format!("Error creating: {e}"),
+                                )
+                                .await;
                             return Err(e.into());
                         }
                     }
                 }
             }
             if let Some(d) = deadline {
-                requeue = Some(Duration::from_secs(u64::try_from(d.as_second() - now.as_second()).unwrap_or(0) + 1));
+                requeue = Some(Duration::from_secs(
+                    u64::try_from(d.as_second() - now.as_second()).unwrap_or(0) + 1,
+                ));
             }
         }
     }
@@ -226,11 +290,20 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
             .await?
             .items
             .into_iter()
-            .filter(|p| util::is_active(p) && util::is_controlled_by(&p.metadata, &job.uid().unwrap_or_default()))
+            .filter(|p| {
+                util::is_active(p)
+                    && util::is_controlled_by(&p.metadata, &job.uid().unwrap_or_default())
+            })
             .collect()
     };
     let ready = active_now.iter().filter(|p| util::is_ready(p)).count();
-    let terminating = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_some() && !matches!(util::phase(p), "Succeeded" | "Failed")).count();
+    let terminating = pods
+        .iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_some()
+                && !matches!(util::phase(p), "Succeeded" | "Failed")
+        })
+        .count();
     let mut new_status = json!({
         "active": active_now.len(),
         "ready": ready,
@@ -253,7 +326,9 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
             let old = cur.get(k).cloned().unwrap_or(serde_json::Value::Null);
             match (k.as_str(), v) {
                 ("uncountedTerminatedPods", _) => had_uncounted,
-                (_, serde_json::Value::Number(n)) => old.as_i64().unwrap_or(0) != n.as_i64().unwrap_or(0),
+                (_, serde_json::Value::Number(n)) => {
+                    old.as_i64().unwrap_or(0) != n.as_i64().unwrap_or(0)
+                }
                 _ => old != *v,
             }
         })
@@ -264,14 +339,18 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
 
     // TTL after finishing.
     if let Some(ttl) = spec.ttl_seconds_after_finished {
-        let at = finished(&job).and_then(|c| c.last_transition_time.as_ref()).map(|t| t.0);
+        let at = finished(&job)
+            .and_then(|c| c.last_transition_time.as_ref())
+            .map(|t| t.0);
         if let Some(at) = at {
             let due = at + jiff::SignedDuration::from_secs(i64::from(ttl));
             if due <= now {
                 util::delete_quiet(&jobs, &name).await?;
                 return Ok(Action::await_change());
             }
-            requeue = Some(Duration::from_secs(u64::try_from(due.as_second() - now.as_second()).unwrap_or(0) + 1));
+            requeue = Some(Duration::from_secs(
+                u64::try_from(due.as_second() - now.as_second()).unwrap_or(0) + 1,
+            ));
         } else if completion_time.is_some() || conditions.iter().any(|c| c.type_ == "Failed") {
             requeue = Some(Duration::from_secs(1));
         }
@@ -284,19 +363,28 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
 
 /// A pod for the job (and an index in Indexed mode), tracked by the finalizer.
 fn job_pod(job: &Job, name: &str, index: Option<i32>) -> Pod {
-    let template = job.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
+    let template = job
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
     let generate = match index {
         Some(i) => util::generate_name(&format!("{name}-{i}")),
         None => util::generate_name(name),
     };
-    let mut pod = util::pod_from_template(&template, util::controller_ref(job), Some(generate), None);
+    let mut pod =
+        util::pod_from_template(&template, util::controller_ref(job), Some(generate), None);
     pod.metadata
         .finalizers
         .get_or_insert_with(Vec::new)
         .push(TRACKING_FINALIZER.into());
     let labels = pod.metadata.labels.get_or_insert_with(Default::default);
-    labels.entry("batch.kubernetes.io/job-name".into()).or_insert_with(|| name.into());
-    labels.entry("job-name".into()).or_insert_with(|| name.into());
+    labels
+        .entry("batch.kubernetes.io/job-name".into())
+        .or_insert_with(|| name.into());
+    labels
+        .entry("job-name".into())
+        .or_insert_with(|| name.into());
     if let Some(i) = index {
         labels.insert(INDEX_ANNOTATION.into(), i.to_string());
         pod.metadata
@@ -305,7 +393,11 @@ fn job_pod(job: &Job, name: &str, index: Option<i32>) -> Pod {
             .insert(INDEX_ANNOTATION.into(), i.to_string());
         if let Some(spec) = pod.spec.as_mut() {
             spec.hostname = Some(format!("{name}-{i}"));
-            for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+            for c in spec
+                .containers
+                .iter_mut()
+                .chain(spec.init_containers.iter_mut().flatten())
+            {
                 c.env.get_or_insert_with(Vec::new).push(EnvVar {
                     name: "JOB_COMPLETION_INDEX".into(),
                     value: None,
@@ -333,14 +425,27 @@ async fn remove_finalizer(api: &Api<Pod>, p: &Pod) -> Result<()> {
         .filter(|f| f != TRACKING_FINALIZER)
         .collect();
     let patch = json!({"metadata": {"finalizers": if rest.is_empty() { serde_json::Value::Null } else { json!(rest) }}});
-    match api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+    match api
+        .patch(
+            &p.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
 
-fn set_condition(conds: &mut Vec<JobCondition>, type_: &str, reason: &str, message: &str, now: Timestamp) {
+fn set_condition(
+    conds: &mut Vec<JobCondition>,
+    type_: &str,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) {
     if conds.iter().any(|c| c.type_ == type_ && c.status == "True") {
         return;
     }
@@ -385,7 +490,11 @@ pub fn format_indexes(set: &BTreeSet<i32>) -> String {
             end += 1;
             it.next();
         }
-        parts.push(if start == end { start.to_string() } else { format!("{start}-{end}") });
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
     }
     parts.join(",")
 }
@@ -397,7 +506,10 @@ mod tests {
     #[test]
     fn index_ranges_round_trip() {
         let s = parse_indexes("0-2,5,7-8");
-        assert_eq!(s.iter().copied().collect::<Vec<_>>(), vec![0, 1, 2, 5, 7, 8]);
+        assert_eq!(
+            s.iter().copied().collect::<Vec<_>>(),
+            vec![0, 1, 2, 5, 7, 8]
+        );
         assert_eq!(format_indexes(&s), "0-2,5,7-8");
         assert_eq!(format_indexes(&BTreeSet::new()), "");
     }

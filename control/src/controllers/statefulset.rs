@@ -13,10 +13,10 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::ResourceExt;
 use serde_json::json;
 
 use super::workload_revision::{self as revision, REVISION_HASH_LABEL};
@@ -37,8 +37,11 @@ struct Ctx {
 pub fn statefulsets(ctx: Arc<Context>) -> crate::manager::LoopFuture {
     Box::pin(async move {
         let client = ctx.client.clone();
-        let controller = Controller::new(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
-            .owns(Api::<Pod>::all(client.clone()), watcher::Config::default());
+        let controller = Controller::new(
+            Api::<StatefulSet>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(Api::<Pod>::all(client.clone()), watcher::Config::default());
         let c = Arc::new(Ctx {
             client: client.clone(),
             recorder: Recorder::new(client, COMPONENT),
@@ -68,20 +71,40 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action> {
     let ns = set.namespace().unwrap_or_default();
     let name = set.name_any();
     let what = format!("StatefulSet {ns}/{name}");
-    let spec = set.spec.clone().ok_or_else(|| Error::Invalid(format!("{what}: spec is required")))?;
+    let spec = set
+        .spec
+        .clone()
+        .ok_or_else(|| Error::Invalid(format!("{what}: spec is required")))?;
     let sel = util::selector(Some(&spec.selector), &what)?;
     let replicas = spec.replicas.unwrap_or(1).max(0);
     let parallel = spec.pod_management_policy.as_deref() == Some("Parallel");
-    let template_labels = spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+    let template_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
 
     let cr_api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ns);
     let data = revision::template_data(&serde_json::to_value(&spec.template).unwrap_or_default());
     let limit = spec.revision_history_limit.unwrap_or(10).max(0) as usize;
     let status = set.status.clone().unwrap_or_default();
-    let (update_rev, _hash) =
-        revision::sync(&cr_api, set.as_ref(), &sel, &template_labels, data, status.collision_count, limit).await?;
+    let (update_rev, _hash) = revision::sync(
+        &cr_api,
+        set.as_ref(),
+        &sel,
+        &template_labels,
+        data,
+        status.collision_count,
+        limit,
+    )
+    .await?;
     let update_rev = update_rev.name_any();
-    let current_rev = status.current_revision.clone().filter(|c| !c.is_empty()).unwrap_or_else(|| update_rev.clone());
+    let current_rev = status
+        .current_revision
+        .clone()
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| update_rev.clone());
 
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let all = util::list_in(&pods_api).await?;
@@ -92,7 +115,9 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action> {
             by_ord.insert(i, p);
         }
     }
-    let terminating = by_ord.values().any(|p| p.metadata.deletion_timestamp.is_some());
+    let terminating = by_ord
+        .values()
+        .any(|p| p.metadata.deletion_timestamp.is_some());
 
     // Create or replace the pods 0..replicas.
     let mut blocked = false;
@@ -139,14 +164,21 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action> {
 
     // Rolling update: from the highest ordinal down to the partition, one at a time,
     // only while every pod is Running and Ready.
-    let on_delete = spec.update_strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("OnDelete");
+    let on_delete = spec
+        .update_strategy
+        .as_ref()
+        .and_then(|s| s.type_.as_deref())
+        == Some("OnDelete");
     let partition = spec
         .update_strategy
         .as_ref()
         .and_then(|s| s.rolling_update.as_ref())
         .and_then(|r| r.partition)
         .unwrap_or(0);
-    let hash_of_update = update_rev.strip_prefix(&format!("{name}-")).unwrap_or(&update_rev).to_string();
+    let hash_of_update = update_rev
+        .strip_prefix(&format!("{name}-"))
+        .unwrap_or(&update_rev)
+        .to_string();
     if !on_delete && all_healthy && !terminating {
         for i in (partition.max(0)..replicas).rev() {
             if let Some(p) = by_ord.get(&i)
@@ -163,20 +195,26 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action> {
     let pods: Vec<Pod> = util::list_in(&pods_api)
         .await?
         .into_iter()
-        .filter(|p| util::is_controlled_by(&p.metadata, &uid) && p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            util::is_controlled_by(&p.metadata, &uid) && p.metadata.deletion_timestamp.is_none()
+        })
         .collect();
-    let hash_of_current = current_rev.strip_prefix(&format!("{name}-")).unwrap_or(&current_rev).to_string();
+    let hash_of_current = current_rev
+        .strip_prefix(&format!("{name}-"))
+        .unwrap_or(&current_rev)
+        .to_string();
     let now = ctx.clock.now();
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let count = |f: &dyn Fn(&Pod) -> bool| pods.iter().filter(|p| f(p)).count() as i32;
     let updated = count(&|p| revision_of(p) == Some(&hash_of_update));
     let ready = count(&|p| util::is_ready(p));
     let available = count(&|p| util::availability(p, min_ready, now).is_ok());
-    let current_revision = if updated == replicas && pods.len() as i32 == replicas && ready == replicas {
-        update_rev.clone()
-    } else {
-        current_rev.clone()
-    };
+    let current_revision =
+        if updated == replicas && pods.len() as i32 == replicas && ready == replicas {
+            update_rev.clone()
+        } else {
+            current_rev.clone()
+        };
     let current = count(&|p| revision_of(p) == Some(&hash_of_current));
     let new_status = json!({
         "observedGeneration": set.metadata.generation,
@@ -192,7 +230,9 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action> {
     let cur = serde_json::to_value(&status).unwrap_or_default();
     let changed = new_status.as_object().is_some_and(|m| {
         m.iter().any(|(k, v)| match v {
-            serde_json::Value::Number(n) => cur.get(k).and_then(|x| x.as_i64()).unwrap_or(0) != n.as_i64().unwrap_or(0),
+            serde_json::Value::Number(n) => {
+                cur.get(k).and_then(|x| x.as_i64()).unwrap_or(0) != n.as_i64().unwrap_or(0)
+            }
             _ => cur.get(k) != Some(v),
         })
     });
@@ -208,13 +248,26 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action> {
 }
 
 /// Pod `<set>-<i>`, its PVCs first.
-async fn create_pod(ctx: &Ctx, set: &StatefulSet, api: &Api<Pod>, i: i32, update_rev: &str) -> Result<()> {
+async fn create_pod(
+    ctx: &Ctx,
+    set: &StatefulSet,
+    api: &Api<Pod>,
+    i: i32,
+    update_rev: &str,
+) -> Result<()> {
     let name = set.name_any();
     let ns = set.namespace().unwrap_or_default();
     let spec = set.spec.clone().unwrap_or_default();
     let pod_name = format!("{name}-{i}");
-    let hash = update_rev.strip_prefix(&format!("{name}-")).unwrap_or(update_rev);
-    let mut pod = util::pod_from_template(&spec.template, util::controller_ref(set), None, Some(pod_name.clone()));
+    let hash = update_rev
+        .strip_prefix(&format!("{name}-"))
+        .unwrap_or(update_rev);
+    let mut pod = util::pod_from_template(
+        &spec.template,
+        util::controller_ref(set),
+        None,
+        Some(pod_name.clone()),
+    );
     let labels = pod.metadata.labels.get_or_insert_with(Default::default);
     labels.insert(POD_NAME_LABEL.into(), pod_name.clone());
     labels.insert(POD_INDEX_LABEL.into(), i.to_string());
@@ -241,7 +294,14 @@ async fn create_pod(ctx: &Ctx, set: &StatefulSet, api: &Api<Pod>, i: i32, update
         match pvc_api.create(&PostParams::default(), &pvc).await {
             Ok(_) => {
                 ctx.recorder
-                    .event(set, false, "SuccessfulCreate", format!("create Claim {pvc_name} Pod {pod_name} in StatefulSet {name} success"))
+                    .event(
+                        set,
+                        false,
+                        "SuccessfulCreate",
+                        format!(
+                            "create Claim {pvc_name} Pod {pod_name} in StatefulSet {name} success"
+                        ),
+                    )
                     .await;
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {}
@@ -254,7 +314,10 @@ async fn create_pod(ctx: &Ctx, set: &StatefulSet, api: &Api<Pod>, i: i32, update
         }
         volumes.push(Volume {
             name: claim,
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: pvc_name, read_only: None }),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: pvc_name,
+                read_only: None,
+            }),
             ..Default::default()
         });
     }
@@ -270,14 +333,24 @@ async fn create_pod(ctx: &Ctx, set: &StatefulSet, api: &Api<Pod>, i: i32, update
     match api.create(&PostParams::default(), &pod).await {
         Ok(_) => {
             ctx.recorder
-                .event(set, false, "SuccessfulCreate", format!("create Pod {pod_name} in StatefulSet {name} successful"))
+                .event(
+                    set,
+                    false,
+                    "SuccessfulCreate",
+                    format!("create Pod {pod_name} in StatefulSet {name} successful"),
+                )
                 .await;
             Ok(())
         }
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
         Err(e) => {
             ctx.recorder
-                .event(set, true, "FailedCreate", format!("create Pod {pod_name} in StatefulSet {name} failed error: {e}"))
+                .event(
+                    set,
+                    true,
+                    "FailedCreate",
+                    format!("create Pod {pod_name} in StatefulSet {name} failed error: {e}"),
+                )
                 .await;
             Err(e.into())
         }
@@ -287,7 +360,16 @@ async fn create_pod(ctx: &Ctx, set: &StatefulSet, api: &Api<Pod>, i: i32, update
 async fn delete_pod(ctx: &Ctx, set: &StatefulSet, api: &Api<Pod>, p: &Pod) -> Result<()> {
     util::delete_quiet(api, &p.name_any()).await?;
     ctx.recorder
-        .event(set, false, "SuccessfulDelete", format!("delete Pod {} in StatefulSet {} successful", p.name_any(), set.name_any()))
+        .event(
+            set,
+            false,
+            "SuccessfulDelete",
+            format!(
+                "delete Pod {} in StatefulSet {} successful",
+                p.name_any(),
+                set.name_any()
+            ),
+        )
         .await;
     Ok(())
 }

@@ -60,7 +60,8 @@ where
         if r.revision < max {
             let mut bumped = r.clone();
             bumped.revision = max + 1;
-            api.replace(&r.name_any(), &PostParams::default(), &bumped).await?
+            api.replace(&r.name_any(), &PostParams::default(), &bumped)
+                .await?
         } else {
             r
         }
@@ -85,7 +86,10 @@ where
         }
     };
     // History: keep the newest `history_limit` besides the current one.
-    let old: Vec<&ControllerRevision> = owned.iter().filter(|r| r.name_any() != current.name_any()).collect();
+    let old: Vec<&ControllerRevision> = owned
+        .iter()
+        .filter(|r| r.name_any() != current.name_any())
+        .collect();
     let extra = old.len().saturating_sub(history_limit);
     for r in old.into_iter().take(extra) {
         util::delete_quiet(api, &r.name_any()).await?;

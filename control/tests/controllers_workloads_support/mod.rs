@@ -102,7 +102,8 @@ impl Server {
     pub fn ok(&self, args: &[&str]) -> String {
         let mut out = self.kubectl(args);
         for _ in 0..5 {
-            if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("(Conflict)") {
+            if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("(Conflict)")
+            {
                 break;
             }
             std::thread::sleep(Duration::from_millis(200));
