@@ -16,8 +16,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, CertificateSigningRequestSpec};
 use k8s_openapi::ByteString;
+use k8s_openapi::api::certificates::v1::{
+    CertificateSigningRequest, CertificateSigningRequestSpec,
+};
 use kube::api::{Api, ObjectMeta, PostParams};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
@@ -27,7 +29,10 @@ pub const SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("server URL {0:?}: want https://host:port")]
     Url(String),
     #[error("CA: {0}")]
@@ -38,7 +43,9 @@ pub enum BootstrapError {
     Api(String),
     #[error("certificate request {name}: {reason}")]
     Refused { name: String, reason: String },
-    #[error("certificate request {0} was not signed within {1:?} (is the controller manager running?)")]
+    #[error(
+        "certificate request {0} was not signed within {1:?} (is the controller manager running?)"
+    )]
     Timeout(String, Duration),
 }
 
@@ -102,7 +109,11 @@ pub fn spki_pin(der: &[u8]) -> Result<String, String> {
     let digest = ring::digest::digest(&ring::digest::SHA256, cert.tbs_certificate.subject_pki.raw);
     Ok(format!(
         "sha256:{}",
-        digest.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>()
+        digest
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
     ))
 }
 
@@ -135,7 +146,12 @@ impl rustls::client::danger::ServerCertVerifier for Capture {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -144,11 +160,18 @@ impl rustls::client::danger::ServerCertVerifier for Capture {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -158,9 +181,10 @@ fn host_port(server: &str) -> Result<(String, u16), BootstrapError> {
         .ok_or_else(|| BootstrapError::Url(server.into()))?
         .trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            (h.trim_matches(|c| c == '[' || c == ']').to_string(), p.parse().map_err(|_| BootstrapError::Url(server.into()))?)
-        }
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            h.trim_matches(|c| c == '[' || c == ']').to_string(),
+            p.parse().map_err(|_| BootstrapError::Url(server.into()))?,
+        ),
         _ => (rest.to_string(), 443),
     };
     Ok((host, port))
@@ -183,13 +207,18 @@ pub async fn fetch_pinned_ca(server: &str, pin: &str) -> Result<String, Bootstra
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
         .map_err(|e| BootstrapError::Api(format!("connecting to {server}: {e}")))?;
-    let name = ServerName::try_from(host.clone()).map_err(|_| BootstrapError::Url(server.into()))?;
+    let name =
+        ServerName::try_from(host.clone()).map_err(|_| BootstrapError::Url(server.into()))?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, tcp)
         .await
         .map_err(|e| BootstrapError::Api(format!("TLS with {server}: {e}")))?;
     drop(tls);
-    let chain = capture.chain.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let chain = capture
+        .chain
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let want = pin.to_ascii_lowercase();
     for der in &chain {
         if spki_pin(der).is_ok_and(|p| p == want) {
@@ -221,7 +250,8 @@ fn kubeconfig(server: &str, ca_pem: &str, user: &str, auth: &str) -> String {
 }
 
 async fn client_from(text: &str) -> Result<kube::Client, BootstrapError> {
-    let kc = kube::config::Kubeconfig::from_yaml(text).map_err(|e| BootstrapError::Api(e.to_string()))?;
+    let kc = kube::config::Kubeconfig::from_yaml(text)
+        .map_err(|e| BootstrapError::Api(e.to_string()))?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await
         .map_err(|e| BootstrapError::Api(e.to_string()))?;
@@ -229,10 +259,16 @@ async fn client_from(text: &str) -> Result<kube::Client, BootstrapError> {
 }
 
 fn validate_token(t: &str) -> Result<(), BootstrapError> {
-    let ok = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let ok = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
     match t.split_once('.') {
         Some((id, secret)) if ok(id, 6) && ok(secret, 16) => Ok(()),
-        _ => Err(BootstrapError::Token("want <6 chars [a-z0-9]>.<16 chars [a-z0-9]>".into())),
+        _ => Err(BootstrapError::Token(
+            "want <6 chars [a-z0-9]>.<16 chars [a-z0-9]>".into(),
+        )),
     }
 }
 
@@ -245,7 +281,10 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, BootstrapError> {
         CaSource::File(p) => std::fs::read_to_string(p).map_err(io(p))?,
         CaSource::Pin(pin) => fetch_pinned_ca(&opts.server, pin).await?,
     };
-    if CertificateDer::pem_slice_iter(ca_pem.as_bytes()).next().is_none() {
+    if CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+        .next()
+        .is_none()
+    {
         return Err(BootstrapError::Ca("no PEM certificate".into()));
     }
     let user = format!("system:node:{}", opts.node_name);
@@ -260,7 +299,12 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, BootstrapError> {
         .and_then(|r| r.pem())
         .map_err(|e| BootstrapError::Api(format!("certificate request: {e}")))?;
 
-    let bootstrap = kubeconfig(&opts.server, &ca_pem, "kubelet-bootstrap", &format!("    token: {}\n", opts.token));
+    let bootstrap = kubeconfig(
+        &opts.server,
+        &ca_pem,
+        "kubelet-bootstrap",
+        &format!("    token: {}\n", opts.token),
+    );
     let client = client_from(&bootstrap).await?;
     let api: Api<CertificateSigningRequest> = Api::all(client);
     let csr = CertificateSigningRequest {
@@ -297,7 +341,11 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, BootstrapError> {
             {
                 return Err(BootstrapError::Refused {
                     name,
-                    reason: format!("{}: {}", cond.type_, cond.message.clone().unwrap_or_default()),
+                    reason: format!(
+                        "{}: {}",
+                        cond.type_,
+                        cond.message.clone().unwrap_or_default()
+                    ),
                 });
             }
             if let Some(cert) = st.certificate.as_ref().filter(|c| !c.0.is_empty()) {
@@ -319,7 +367,11 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, BootstrapError> {
         STANDARD.encode(&key_pem)
     );
     let path = opts.dir.join("kubelet.kubeconfig");
-    write(&path, &kubeconfig(&opts.server, &ca_pem, &user, &auth), 0o600)?;
+    write(
+        &path,
+        &kubeconfig(&opts.server, &ca_pem, &user, &auth),
+        0o600,
+    )?;
     Ok(Joined {
         kubeconfig: path,
         ca_pem,
@@ -332,9 +384,18 @@ mod tests {
 
     #[test]
     fn urls_and_tokens() {
-        assert_eq!(host_port("https://10.0.0.1:6443").ok(), Some(("10.0.0.1".into(), 6443)));
-        assert_eq!(host_port("https://[::1]:6443/").ok(), Some(("::1".into(), 6443)));
-        assert_eq!(host_port("https://api.example").ok(), Some(("api.example".into(), 443)));
+        assert_eq!(
+            host_port("https://10.0.0.1:6443").ok(),
+            Some(("10.0.0.1".into(), 6443))
+        );
+        assert_eq!(
+            host_port("https://[::1]:6443/").ok(),
+            Some(("::1".into(), 6443))
+        );
+        assert_eq!(
+            host_port("https://api.example").ok(),
+            Some(("api.example".into(), 443))
+        );
         assert!(host_port("http://x:1").is_err());
         assert!(validate_token("abcdef.0123456789abcdef").is_ok());
         assert!(validate_token("ABCDEF.0123456789abcdef").is_err());

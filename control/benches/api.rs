@@ -44,7 +44,10 @@ struct Results {
 }
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn payload() -> String {
@@ -81,7 +84,9 @@ async fn bench_hull(s: &Server, n: usize, watchers: usize) -> Results {
     let mut lat = Lat::default();
     for name in &names {
         let t = Instant::now();
-        api.create(&PostParams::default(), &cm(name)).await.expect("create");
+        api.create(&PostParams::default(), &cm(name))
+            .await
+            .expect("create");
         lat.0.push(t.elapsed());
     }
     r.ops.insert("create", (lat.pct(0.5), lat.pct(0.99)));
@@ -126,14 +131,27 @@ async fn bench_hull(s: &Server, n: usize, watchers: usize) -> Results {
     // Watch fan-out.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
     let mut streams = Vec::new();
-    let rv = api.list(&ListParams::default().limit(1)).await.expect("rv").metadata.resource_version.unwrap_or_default();
+    let rv = api
+        .list(&ListParams::default().limit(1))
+        .await
+        .expect("rv")
+        .metadata
+        .resource_version
+        .unwrap_or_default();
     for _ in 0..watchers {
         let (api, tx, rv) = (api.clone(), tx.clone(), rv.clone());
         streams.push(tokio::spawn(async move {
-            let mut st = api.watch(&WatchParams::default().timeout(120), &rv).await.expect("watch").boxed();
+            let mut st = api
+                .watch(&WatchParams::default().timeout(120), &rv)
+                .await
+                .expect("watch")
+                .boxed();
             while let Some(ev) = st.next().await {
                 if let Ok(WatchEvent::Modified(o)) = ev {
-                    let v = o.data.and_then(|d| d.get("round").cloned()).unwrap_or_default();
+                    let v = o
+                        .data
+                        .and_then(|d| d.get("round").cloned())
+                        .unwrap_or_default();
                     let _ = tx.send((v, Instant::now()));
                 }
             }
@@ -144,9 +162,13 @@ async fn bench_hull(s: &Server, n: usize, watchers: usize) -> Results {
     for round in 0..20 {
         let mut obj = api.get(&names[0]).await.expect("get");
         let tag = format!("r{round}");
-        obj.data.get_or_insert_with(BTreeMap::new).insert("round".into(), tag.clone());
+        obj.data
+            .get_or_insert_with(BTreeMap::new)
+            .insert("round".into(), tag.clone());
         let t = Instant::now();
-        api.replace(&names[0], &PostParams::default(), &obj).await.expect("replace");
+        api.replace(&names[0], &PostParams::default(), &obj)
+            .await
+            .expect("replace");
         let mut got = 0;
         while got < watchers {
             match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
@@ -168,7 +190,9 @@ async fn bench_hull(s: &Server, n: usize, watchers: usize) -> Results {
 
 async fn bench_etcd(url: &str, n: usize, watchers: usize) -> Results {
     let ep = format!("http://{}", url.trim_start_matches("etcd://"));
-    let mut c = etcd_client::Client::connect([ep.as_str()], None).await.expect("etcd");
+    let mut c = etcd_client::Client::connect([ep.as_str()], None)
+        .await
+        .expect("etcd");
     let prefix = format!("/bench-{}/", std::process::id());
     let mut r = Results::default();
     let value = serde_json::to_vec(&cm("x")).expect("json");
@@ -178,7 +202,11 @@ async fn bench_etcd(url: &str, n: usize, watchers: usize) -> Results {
     for k in &keys {
         let t = Instant::now();
         let txn = etcd_client::Txn::new()
-            .when([etcd_client::Compare::create_revision(k.as_str(), etcd_client::CompareOp::Equal, 0)])
+            .when([etcd_client::Compare::create_revision(
+                k.as_str(),
+                etcd_client::CompareOp::Equal,
+                0,
+            )])
             .and_then([etcd_client::TxnOp::put(k.as_str(), value.clone(), None)]);
         c.txn(txn).await.expect("put");
         lat.0.push(t.elapsed());
@@ -217,7 +245,10 @@ async fn bench_etcd(url: &str, n: usize, watchers: usize) -> Results {
     for _ in 0..10 {
         let t = Instant::now();
         let resp = c
-            .get(prefix.as_str(), Some(etcd_client::GetOptions::new().with_prefix()))
+            .get(
+                prefix.as_str(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
             .await
             .expect("range");
         assert_eq!(resp.kvs().len(), n);
@@ -264,7 +295,12 @@ async fn bench_etcd(url: &str, n: usize, watchers: usize) -> Results {
         t.abort();
     }
     r.ops.insert("watch event", (lat.pct(0.5), lat.pct(0.99)));
-    let _ = c.delete(prefix.as_str(), Some(etcd_client::DeleteOptions::new().with_prefix())).await;
+    let _ = c
+        .delete(
+            prefix.as_str(),
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await;
     r
 }
 
@@ -276,7 +312,11 @@ fn main() {
     let n = env("HULL_BENCH_N", 2000);
     let watchers = env("HULL_BENCH_WATCHERS", 200);
     let etcd = api_support::etcd();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let mut rows: Vec<(&str, Results)> = Vec::new();
     {
         // Without the controller manager: only the benchmark's own requests.
@@ -284,19 +324,32 @@ fn main() {
         rows.push(("hull/sqlite", rt.block_on(bench_hull(&s, n, watchers))));
     }
     {
-        let s = Server::start_tuned("bench-etcd", Some(etcd.url.clone()), |o| o.controllers = false);
+        let s = Server::start_tuned("bench-etcd", Some(etcd.url.clone()), |o| {
+            o.controllers = false
+        });
         rows.push(("hull/etcd", rt.block_on(bench_hull(&s, n, watchers))));
     }
-    rows.push(("etcd alone", rt.block_on(bench_etcd(&etcd.url.clone(), n, watchers))));
+    rows.push((
+        "etcd alone",
+        rt.block_on(bench_etcd(&etcd.url.clone(), n, watchers)),
+    ));
 
     println!("\nAPI benchmark: {n} ConfigMaps (~1 KiB), {watchers} watchers; p50 / p99 in ms");
-    println!("{:<14} {:>20} {:>20} {:>20}", "op", rows[0].0, rows[1].0, rows[2].0);
+    println!(
+        "{:<14} {:>20} {:>20} {:>20}",
+        "op", rows[0].0, rows[1].0, rows[2].0
+    );
     for op in ["create", "get", "list", "watch event"] {
         let cell = |r: &Results| {
             let (p50, p99) = r.ops.get(op).copied().unwrap_or_default();
             format!("{:.2} / {:.2}", ms(p50), ms(p99))
         };
-        println!("{op:<14} {:>20} {:>20} {:>20}", cell(&rows[0].1), cell(&rows[1].1), cell(&rows[2].1));
+        println!(
+            "{op:<14} {:>20} {:>20} {:>20}",
+            cell(&rows[0].1),
+            cell(&rows[1].1),
+            cell(&rows[2].1)
+        );
     }
     println!(
         "{:<14} {:>20.0} {:>20.0} {:>20.0}",

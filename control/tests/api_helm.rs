@@ -39,7 +39,10 @@ fn write_chart(dir: &Path) {
     let t = dir.join("templates");
     std::fs::create_dir_all(&t).expect("chart dir");
     let files = [
-        ("Chart.yaml", "apiVersion: v2\nname: hello\nversion: 0.1.0\nappVersion: \"1.0\"\n"),
+        (
+            "Chart.yaml",
+            "apiVersion: v2\nname: hello\nversion: 0.1.0\nappVersion: \"1.0\"\n",
+        ),
         ("values.yaml", "replicas: 1\nmessage: hello\nport: 80\n"),
         (
             "templates/configmap.yaml",
@@ -76,37 +79,89 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls() {
     let ns = format!("helm-{pid}");
     let rel = format!("hello{pid}");
 
-    helm_ok(&s, &["install", &rel, &chart, "-n", &ns, "--create-namespace"]);
-    assert_eq!(get(&s, &["configmap", &format!("{rel}-config"), "-n", &ns])["data"]["message"], "hello");
-    assert_eq!(get(&s, &["deployment", &rel, "-n", &ns])["spec"]["replicas"], 1);
+    helm_ok(
+        &s,
+        &["install", &rel, &chart, "-n", &ns, "--create-namespace"],
+    );
+    assert_eq!(
+        get(&s, &["configmap", &format!("{rel}-config"), "-n", &ns])["data"]["message"],
+        "hello"
+    );
+    assert_eq!(
+        get(&s, &["deployment", &rel, "-n", &ns])["spec"]["replicas"],
+        1
+    );
     let svc = get(&s, &["service", &rel, "-n", &ns]);
-    assert!(svc["spec"]["clusterIP"].as_str().is_some_and(|ip| ip.starts_with("10.")), "{svc}");
+    assert!(
+        svc["spec"]["clusterIP"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10.")),
+        "{svc}"
+    );
     let list = helm_ok(&s, &["list", "-n", &ns, "-o", "json"]);
     let releases: Value = serde_json::from_str(&list).expect("helm list json");
     assert_eq!(releases[0]["name"], rel.as_str());
     assert_eq!(releases[0]["status"], "deployed");
 
-    helm_ok(&s, &["upgrade", &rel, &chart, "-n", &ns, "--set", "replicas=3", "--set", "message=bonjour"]);
-    assert_eq!(get(&s, &["deployment", &rel, "-n", &ns])["spec"]["replicas"], 3);
-    assert_eq!(get(&s, &["configmap", &format!("{rel}-config"), "-n", &ns])["data"]["message"], "bonjour");
+    helm_ok(
+        &s,
+        &[
+            "upgrade",
+            &rel,
+            &chart,
+            "-n",
+            &ns,
+            "--set",
+            "replicas=3",
+            "--set",
+            "message=bonjour",
+        ],
+    );
+    assert_eq!(
+        get(&s, &["deployment", &rel, "-n", &ns])["spec"]["replicas"],
+        3
+    );
+    assert_eq!(
+        get(&s, &["configmap", &format!("{rel}-config"), "-n", &ns])["data"]["message"],
+        "bonjour"
+    );
     let hist = helm_ok(&s, &["history", &rel, "-n", &ns, "-o", "json"]);
     let h: Value = serde_json::from_str(&hist).expect("history json");
     assert_eq!(h.as_array().map(Vec::len), Some(2), "{hist}");
 
     helm_ok(&s, &["rollback", &rel, "1", "-n", &ns]);
-    assert_eq!(get(&s, &["deployment", &rel, "-n", &ns])["spec"]["replicas"], 1);
-    assert_eq!(get(&s, &["configmap", &format!("{rel}-config"), "-n", &ns])["data"]["message"], "hello");
+    assert_eq!(
+        get(&s, &["deployment", &rel, "-n", &ns])["spec"]["replicas"],
+        1
+    );
+    assert_eq!(
+        get(&s, &["configmap", &format!("{rel}-config"), "-n", &ns])["data"]["message"],
+        "hello"
+    );
     let hist = helm_ok(&s, &["history", &rel, "-n", &ns, "-o", "json"]);
     let h: Value = serde_json::from_str(&hist).expect("history json");
     assert_eq!(h.as_array().map(Vec::len), Some(3), "{hist}");
 
     helm_ok(&s, &["uninstall", &rel, "-n", &ns, "--wait"]);
     for kind in ["configmap", "service", "deployment"] {
-        let name = if kind == "configmap" { format!("{rel}-config") } else { rel.clone() };
+        let name = if kind == "configmap" {
+            format!("{rel}-config")
+        } else {
+            rel.clone()
+        };
         let out = s.kubectl(&["get", kind, &name, "-n", &ns]);
         assert!(!out.status.success(), "{kind} {name} left after uninstall");
     }
     // Helm's release records (Secrets) are gone too.
-    let secrets = s.ok(&["get", "secrets", "-n", &ns, "-l", "owner=helm", "-o", "name"]);
+    let secrets = s.ok(&[
+        "get",
+        "secrets",
+        "-n",
+        &ns,
+        "-l",
+        "owner=helm",
+        "-o",
+        "name",
+    ]);
     assert!(secrets.trim().is_empty(), "{secrets}");
 }

@@ -176,9 +176,21 @@ fn default_roles_nodes_and_kube_proxy() {
     allowed(
         &s,
         &proxy,
-        &["create", "service", "clusterip", &dns, "--tcp=53", "-n", "kube-system"],
+        &[
+            "create",
+            "service",
+            "clusterip",
+            &dns,
+            "--tcp=53",
+            "-n",
+            "kube-system",
+        ],
     );
-    denied(&s, &proxy, &["delete", "service", &dns, "-n", "kube-system"]);
+    denied(
+        &s,
+        &proxy,
+        &["delete", "service", &dns, "-n", "kube-system"],
+    );
     denied(&s, &proxy, &["delete", "node", &n2]);
 
     // A user with no bindings: discovery yes, resources no.

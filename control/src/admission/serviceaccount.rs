@@ -44,8 +44,18 @@ pub fn api_access_volume(name: &str) -> Value {
 }
 
 /// Applies the plugin to a pod being created in `namespace`.
-pub async fn admit_pod(store: &dyn Store, namespace: &str, pod: &mut Value) -> Result<(), crate::store::StoreError> {
-    if pod.pointer(&format!("/metadata/annotations/{}", MIRROR.replace('/', "~1"))).is_some() {
+pub async fn admit_pod(
+    store: &dyn Store,
+    namespace: &str,
+    pod: &mut Value,
+) -> Result<(), crate::store::StoreError> {
+    if pod
+        .pointer(&format!(
+            "/metadata/annotations/{}",
+            MIRROR.replace('/', "~1")
+        ))
+        .is_some()
+    {
         return Ok(());
     }
     let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
@@ -59,13 +69,19 @@ pub async fn admit_pod(store: &dyn Store, namespace: &str, pod: &mut Value) -> R
         .unwrap_or("default")
         .to_string();
     spec.insert("serviceAccountName".into(), sa.clone().into());
-    let automount = match spec.get("automountServiceAccountToken").and_then(Value::as_bool) {
+    let automount = match spec
+        .get("automountServiceAccountToken")
+        .and_then(Value::as_bool)
+    {
         Some(b) => b,
         None => {
             let key = format!("/registry/serviceaccounts/{namespace}/{sa}");
             stored::get(store, &key)
                 .await?
-                .and_then(|(v, _)| v.get("automountServiceAccountToken").and_then(Value::as_bool))
+                .and_then(|(v, _)| {
+                    v.get("automountServiceAccountToken")
+                        .and_then(Value::as_bool)
+                })
                 .unwrap_or(true)
         }
     };
@@ -89,7 +105,11 @@ pub async fn admit_pod(store: &dyn Store, namespace: &str, pod: &mut Value) -> R
     let existing: Vec<String> = spec
         .get("volumes")
         .and_then(Value::as_array)
-        .map(|v| v.iter().filter_map(|v| v["name"].as_str().map(str::to_string)).collect())
+        .map(|v| {
+            v.iter()
+                .filter_map(|v| v["name"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let name = loop {
         let n = format!("kube-api-access-{}", suffix());
@@ -97,16 +117,19 @@ pub async fn admit_pod(store: &dyn Store, namespace: &str, pod: &mut Value) -> R
             break n;
         }
     };
-    let volumes = spec.entry("volumes").or_insert_with(|| Value::Array(Vec::new()));
+    let volumes = spec
+        .entry("volumes")
+        .or_insert_with(|| Value::Array(Vec::new()));
     if let Some(v) = volumes.as_array_mut() {
         v.push(api_access_volume(&name));
     }
     for l in lists {
         if let Some(cs) = spec.get_mut(l).and_then(Value::as_array_mut) {
             for c in cs {
-                let mounts = c
-                    .as_object_mut()
-                    .map(|c| c.entry("volumeMounts").or_insert_with(|| Value::Array(Vec::new())));
+                let mounts = c.as_object_mut().map(|c| {
+                    c.entry("volumeMounts")
+                        .or_insert_with(|| Value::Array(Vec::new()))
+                });
                 if let Some(m) = mounts.and_then(Value::as_array_mut) {
                     m.push(json!({"name": name, "readOnly": true, "mountPath": MOUNT_PATH}));
                 }

@@ -72,7 +72,11 @@ fn may_impersonate(
 ) -> Result<(), ApiError> {
     let attrs = Attributes {
         verb: "impersonate",
-        group: if resource == "uids" { "authentication.k8s.io" } else { "" },
+        group: if resource == "uids" {
+            "authentication.k8s.io"
+        } else {
+            ""
+        },
         resource,
         subresource: None,
         namespace,
@@ -87,7 +91,11 @@ fn may_impersonate(
 
 /// Applies `Impersonate-*` headers: checks the real user may impersonate each, and returns
 /// who the request then acts as (unchanged without such headers).
-pub fn impersonate(state: &ApiState, user: UserInfo, headers: &HeaderMap) -> Result<UserInfo, ApiError> {
+pub fn impersonate(
+    state: &ApiState,
+    user: UserInfo,
+    headers: &HeaderMap,
+) -> Result<UserInfo, ApiError> {
     let as_user = headers
         .get("impersonate-user")
         .and_then(|v| v.to_str().ok())

@@ -40,7 +40,11 @@ fn field(data: &Value, key: &str) -> Option<String> {
 
 /// Constant-time comparison (the secret half must not leak through timing).
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// The user a bootstrap token authenticates as; `Ok(None)` if it is not one at all.
@@ -53,10 +57,14 @@ pub async fn authenticate(store: &dyn Store, token: &str) -> Result<Option<UserI
         .get(&key)
         .await
         .map_err(|e| format!("reading bootstrap token: {e}"))?
-        .ok_or_else(|| format!("bootstrap token {id}: no secret kube-system/bootstrap-token-{id}"))?;
+        .ok_or_else(|| {
+            format!("bootstrap token {id}: no secret kube-system/bootstrap-token-{id}")
+        })?;
     let s: Value = serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?;
     if s["type"].as_str() != Some(SECRET_TYPE) {
-        return Err(format!("bootstrap token {id}: secret type is not {SECRET_TYPE}"));
+        return Err(format!(
+            "bootstrap token {id}: secret type is not {SECRET_TYPE}"
+        ));
     }
     if s["metadata"]["deletionTimestamp"].is_string() {
         return Err(format!("bootstrap token {id} is being deleted"));
@@ -80,7 +88,10 @@ pub async fn authenticate(store: &dyn Store, token: &str) -> Result<Option<UserI
         }
     }
     let mut groups = vec!["system:bootstrappers".to_string()];
-    for g in field(data, "auth-extra-groups").unwrap_or_default().split(',') {
+    for g in field(data, "auth-extra-groups")
+        .unwrap_or_default()
+        .split(',')
+    {
         let g = g.trim();
         if g.starts_with("system:bootstrappers:") && !groups.iter().any(|x| x == g) {
             groups.push(g.to_string());
@@ -121,7 +132,11 @@ fn random(n: usize) -> String {
 }
 
 /// The Secret object for a new token `id.secret`.
-pub fn secret_object(id: &str, secret: &str, opts: &CreateOptions) -> Result<Value, BootstrapTokenError> {
+pub fn secret_object(
+    id: &str,
+    secret: &str,
+    opts: &CreateOptions,
+) -> Result<Value, BootstrapTokenError> {
     for g in &opts.extra_groups {
         if !g.starts_with("system:bootstrappers:") {
             return Err(BootstrapTokenError::Group(g.clone()));
@@ -156,12 +171,18 @@ pub fn secret_object(id: &str, secret: &str, opts: &CreateOptions) -> Result<Val
 
 /// Creates a new bootstrap token in the store and returns it (`abcdef.0123456789abcdef`).
 /// For `hull server`/`hull up` to print a join command.
-pub async fn create(store: &dyn Store, opts: &CreateOptions) -> Result<String, BootstrapTokenError> {
+pub async fn create(
+    store: &dyn Store,
+    opts: &CreateOptions,
+) -> Result<String, BootstrapTokenError> {
     loop {
         let (id, secret) = (random(6), random(16));
         let obj = secret_object(&id, &secret, opts)?;
         let key = format!("/registry/secrets/kube-system/bootstrap-token-{id}");
-        match store.create(&key, serde_json::to_vec(&obj).unwrap_or_default()).await {
+        match store
+            .create(&key, serde_json::to_vec(&obj).unwrap_or_default())
+            .await
+        {
             Ok(_) => return Ok(format!("{id}.{secret}")),
             Err(StoreError::AlreadyExists { .. }) => continue,
             Err(e) => return Err(e.into()),
@@ -173,7 +194,8 @@ pub async fn create(store: &dyn Store, opts: &CreateOptions) -> Result<String, B
 /// kube-system, e.g. the admin kubeconfig's).
 pub async fn create_via_api(client: &kube::Client, opts: &CreateOptions) -> Result<String, String> {
     use kube::api::{Api, PostParams};
-    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "kube-system");
+    let api: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), "kube-system");
     loop {
         let (id, secret) = (random(6), random(16));
         let mut obj = secret_object(&id, &secret, opts).map_err(|e| e.to_string())?;
@@ -197,8 +219,10 @@ pub fn ca_cert_hash(ca_pem: &str) -> Result<String, String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     use sha2::Digest;
-    let der = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|e| format!("CA certificate: {e}"))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| format!("CA certificate: {e}"))?;
+    let der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
+        .map_err(|e| format!("CA certificate: {e}"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| format!("CA certificate: {e}"))?;
     let spki = cert.tbs_certificate.subject_pki.raw;
     Ok(format!("sha256:{}", hex_lower(&sha2::Sha256::digest(spki))))
 }
@@ -213,16 +237,25 @@ mod tests {
 
     #[test]
     fn token_shape() {
-        assert_eq!(parse("abcdef.0123456789abcdef"), Some(("abcdef", "0123456789abcdef")));
+        assert_eq!(
+            parse("abcdef.0123456789abcdef"),
+            Some(("abcdef", "0123456789abcdef"))
+        );
         assert!(parse("abcdeF.0123456789abcdef").is_none());
         assert!(parse("abcdef0123456789abcdef").is_none());
         assert!(parse("abc.0123456789abcdef").is_none());
         let t = format!("{}.{}", random(6), random(16));
         assert!(parse(&t).is_some());
-        assert!(secret_object("abcdef", "0123456789abcdef", &CreateOptions {
-            extra_groups: vec!["nope".into()],
-            ..Default::default()
-        })
-        .is_err());
+        assert!(
+            secret_object(
+                "abcdef",
+                "0123456789abcdef",
+                &CreateOptions {
+                    extra_groups: vec!["nope".into()],
+                    ..Default::default()
+                }
+            )
+            .is_err()
+        );
     }
 }

@@ -31,7 +31,12 @@ pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kub
 pub fn prepare_create(obj: &mut Value, user: &UserInfo) -> Result<(), ApiError> {
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
     if !obj["spec"].is_object() {
-        return Err(invalid(&name, "spec", "FieldValueRequired", "Required value".into()));
+        return Err(invalid(
+            &name,
+            "spec",
+            "FieldValueRequired",
+            "Required value".into(),
+        ));
     }
     obj["spec"]["username"] = user.name.clone().into();
     obj["spec"]["groups"] = json!(user.groups);
@@ -49,13 +54,30 @@ pub fn prepare_create(obj: &mut Value, user: &UserInfo) -> Result<(), ApiError> 
         m.remove("status");
     }
     if obj["spec"]["signerName"].as_str().is_none_or(str::is_empty) {
-        return Err(invalid(&name, "spec.signerName", "FieldValueRequired", "Required value".into()));
+        return Err(invalid(
+            &name,
+            "spec.signerName",
+            "FieldValueRequired",
+            "Required value".into(),
+        ));
     }
-    if obj["spec"]["usages"].as_array().is_none_or(Vec::is_empty) && obj["spec"]["signerName"] == KUBELET_CLIENT_SIGNER {
-        return Err(invalid(&name, "spec.usages", "FieldValueRequired", "Required value".into()));
+    if obj["spec"]["usages"].as_array().is_none_or(Vec::is_empty)
+        && obj["spec"]["signerName"] == KUBELET_CLIENT_SIGNER
+    {
+        return Err(invalid(
+            &name,
+            "spec.usages",
+            "FieldValueRequired",
+            "Required value".into(),
+        ));
     }
     let pem = decode_request(obj).ok_or_else(|| {
-        invalid(&name, "spec.request", "FieldValueInvalid", "Invalid value: []byte{...}: PEM block type must be CERTIFICATE REQUEST".into())
+        invalid(
+            &name,
+            "spec.request",
+            "FieldValueInvalid",
+            "Invalid value: []byte{...}: PEM block type must be CERTIFICATE REQUEST".into(),
+        )
     })?;
     if rcgen::CertificateSigningRequestParams::from_pem(&pem).is_err() {
         return Err(invalid(
@@ -68,7 +90,14 @@ pub fn prepare_create(obj: &mut Value, user: &UserInfo) -> Result<(), ApiError> 
     if let Some(e) = obj["spec"]["expirationSeconds"].as_i64()
         && e < 600
     {
-        return Err(invalid(&name, "spec.expirationSeconds", "FieldValueInvalid", format!("Invalid value: {e}: may not specify a duration less than 600 seconds (10 minutes)")));
+        return Err(invalid(
+            &name,
+            "spec.expirationSeconds",
+            "FieldValueInvalid",
+            format!(
+                "Invalid value: {e}: may not specify a duration less than 600 seconds (10 minutes)"
+            ),
+        ));
     }
     Ok(())
 }
@@ -79,7 +108,8 @@ pub fn decode_request(obj: &Value) -> Option<String> {
     let b64 = obj["spec"]["request"].as_str()?;
     let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
     let text = String::from_utf8(bytes).ok()?;
-    text.contains("-----BEGIN CERTIFICATE REQUEST-----").then_some(text)
+    text.contains("-----BEGIN CERTIFICATE REQUEST-----")
+        .then_some(text)
 }
 
 fn conditions_of(obj: &Value, approval: bool) -> Vec<Value> {
@@ -116,9 +146,18 @@ pub fn prepare_update(
             if types.contains(&"Approved") && types.contains(&"Denied") {
                 return Err(invalid(&name, "status.conditions", "FieldValueInvalid", "Invalid value: \"Approved\": Approved and Denied conditions are mutually exclusive".into()));
             }
-            let old_types: Vec<Value> = conditions_of(old, true).iter().map(|c| c["type"].clone()).collect();
+            let old_types: Vec<Value> = conditions_of(old, true)
+                .iter()
+                .map(|c| c["type"].clone())
+                .collect();
             if old_types.iter().any(|t| !types.iter().any(|n| t == n)) {
-                return Err(invalid(&name, "status.conditions", "FieldValueForbidden", "Forbidden: updates may not remove a condition of type Approved or Denied".into()));
+                return Err(invalid(
+                    &name,
+                    "status.conditions",
+                    "FieldValueForbidden",
+                    "Forbidden: updates may not remove a condition of type Approved or Denied"
+                        .into(),
+                ));
             }
             let signer = old["spec"]["signerName"].as_str().unwrap_or("");
             may_approve(authz, user, signer, &name)?;
@@ -139,12 +178,26 @@ pub fn prepare_update(
             }
             obj["status"]["conditions"] = Value::Array(conds);
             if obj["status"]["certificate"].is_string()
-                && !conditions_of(old, true).iter().any(|c| c["type"] == "Approved")
+                && !conditions_of(old, true)
+                    .iter()
+                    .any(|c| c["type"] == "Approved")
             {
-                return Err(invalid(&name, "status.certificate", "FieldValueForbidden", "Forbidden: certificate can only be set once the request is approved".into()));
+                return Err(invalid(
+                    &name,
+                    "status.certificate",
+                    "FieldValueForbidden",
+                    "Forbidden: certificate can only be set once the request is approved".into(),
+                ));
             }
-            if old["status"]["certificate"].is_string() && obj["status"]["certificate"] != old["status"]["certificate"] {
-                return Err(invalid(&name, "status.certificate", "FieldValueForbidden", "Forbidden: updates may not modify existing certificate content".into()));
+            if old["status"]["certificate"].is_string()
+                && obj["status"]["certificate"] != old["status"]["certificate"]
+            {
+                return Err(invalid(
+                    &name,
+                    "status.certificate",
+                    "FieldValueForbidden",
+                    "Forbidden: updates may not modify existing certificate content".into(),
+                ));
             }
         }
         _ => obj["status"] = old["status"].clone(),
@@ -159,7 +212,12 @@ pub fn prepare_update(
 
 /// `approve` on `signers` named by the signerName (or its `domain/*`), as kube-apiserver
 /// checks before an approval is stored.
-fn may_approve(authz: &ClusterAuthorizer, user: &UserInfo, signer: &str, csr: &str) -> Result<(), ApiError> {
+fn may_approve(
+    authz: &ClusterAuthorizer,
+    user: &UserInfo,
+    signer: &str,
+    csr: &str,
+) -> Result<(), ApiError> {
     let wildcard = signer.split_once('/').map(|(d, _)| format!("{d}/*"));
     let names = std::iter::once(signer.to_string()).chain(wildcard);
     for n in names {

@@ -49,7 +49,10 @@ pub fn api_versions(server_address: &str) -> Value {
 }
 
 /// The create-only review resources of a group/version (not stored, so not in the registry).
-fn reviews(group: &str, version: &str) -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str, bool)> {
+fn reviews(
+    group: &str,
+    version: &str,
+) -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str, bool)> {
     let v1 = version == "v1";
     super::reviews::RESOURCES
         .iter()

@@ -22,7 +22,9 @@ pub fn first_ip(cidr: &str) -> Option<IpAddr> {
     let (net, _) = cidr.split_once('/')?;
     match net.parse::<IpAddr>().ok()? {
         IpAddr::V4(v4) => Some(IpAddr::V4(Ipv4Addr::from(u32::from(v4).checked_add(1)?))),
-        IpAddr::V6(v6) => Some(IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6).checked_add(1)?))),
+        IpAddr::V6(v6) => Some(IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6).checked_add(1)?,
+        ))),
     }
 }
 
@@ -37,7 +39,13 @@ fn meta(labels: Value) -> Value {
 
 async fn ensure_service(state: &ApiState, cluster_ip: &str, port: u16) -> Result<(), String> {
     let key = "/registry/services/default/kubernetes";
-    if state.store.get(key).await.map_err(|e| e.to_string())?.is_some() {
+    if state
+        .store
+        .get(key)
+        .await
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {
         return Ok(());
     }
     let mut obj = json!({
@@ -92,7 +100,10 @@ async fn ensure(store: &dyn Store, key: &str, want: Value, fields: &[&str]) -> R
     loop {
         let current = store.get(key).await.map_err(|e| e.to_string())?;
         match current {
-            None => match store.create(key, serde_json::to_vec(&want).unwrap_or_default()).await {
+            None => match store
+                .create(key, serde_json::to_vec(&want).unwrap_or_default())
+                .await
+            {
                 Ok(_) | Err(StoreError::AlreadyExists { .. }) => return Ok(()),
                 Err(e) => return Err(e.to_string()),
             },
@@ -109,7 +120,11 @@ async fn ensure(store: &dyn Store, key: &str, want: Value, fields: &[&str]) -> R
                 }
                 next["metadata"]["labels"] = want["metadata"]["labels"].clone();
                 match store
-                    .update(key, serde_json::to_vec(&next).unwrap_or_default(), kv.mod_revision)
+                    .update(
+                        key,
+                        serde_json::to_vec(&next).unwrap_or_default(),
+                        kv.mod_revision,
+                    )
                     .await
                 {
                     Ok(_) => return Ok(()),
@@ -124,7 +139,12 @@ async fn ensure(store: &dyn Store, key: &str, want: Value, fields: &[&str]) -> R
 /// One pass: the Service, then Endpoints and EndpointSlice pointing at `addr:port`.
 pub async fn reconcile(state: &ApiState, addr: IpAddr, port: u16) -> Result<(), String> {
     let cluster_ip = first_ip(&state.service_cluster_ip_range)
-        .ok_or_else(|| format!("--service-cluster-ip-range {:?}", state.service_cluster_ip_range))?
+        .ok_or_else(|| {
+            format!(
+                "--service-cluster-ip-range {:?}",
+                state.service_cluster_ip_range
+            )
+        })?
         .to_string();
     ensure_service(state, &cluster_ip, port).await?;
     let ip = addr.to_string();
@@ -134,7 +154,13 @@ pub async fn reconcile(state: &ApiState, addr: IpAddr, port: u16) -> Result<(), 
         "metadata": meta(json!({"endpointslice.kubernetes.io/skip-mirror": "true"})),
         "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
     });
-    ensure(state.store.as_ref(), "/registry/endpoints/default/kubernetes", endpoints, &["subsets"]).await?;
+    ensure(
+        state.store.as_ref(),
+        "/registry/endpoints/default/kubernetes",
+        endpoints,
+        &["subsets"],
+    )
+    .await?;
     let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
     let slice = json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -174,8 +200,14 @@ mod tests {
 
     #[test]
     fn first_address_of_the_range() {
-        assert_eq!(first_ip("10.96.0.0/12").map(|i| i.to_string()).as_deref(), Some("10.96.0.1"));
-        assert_eq!(first_ip("fd00::/108").map(|i| i.to_string()).as_deref(), Some("fd00::1"));
+        assert_eq!(
+            first_ip("10.96.0.0/12").map(|i| i.to_string()).as_deref(),
+            Some("10.96.0.1")
+        );
+        assert_eq!(
+            first_ip("fd00::/108").map(|i| i.to_string()).as_deref(),
+            Some("fd00::1")
+        );
         assert!(first_ip("nope").is_none());
     }
 }

@@ -22,10 +22,25 @@ const AUTHN: &str = "authentication.k8s.io";
 
 /// The review resources, for discovery: (group, plural, kind, namespaced).
 pub const RESOURCES: &[(&str, &str, &str, bool)] = &[
-    (AUTHZ, "selfsubjectaccessreviews", "SelfSubjectAccessReview", false),
-    (AUTHZ, "selfsubjectrulesreviews", "SelfSubjectRulesReview", false),
+    (
+        AUTHZ,
+        "selfsubjectaccessreviews",
+        "SelfSubjectAccessReview",
+        false,
+    ),
+    (
+        AUTHZ,
+        "selfsubjectrulesreviews",
+        "SelfSubjectRulesReview",
+        false,
+    ),
     (AUTHZ, "subjectaccessreviews", "SubjectAccessReview", false),
-    (AUTHZ, "localsubjectaccessreviews", "LocalSubjectAccessReview", true),
+    (
+        AUTHZ,
+        "localsubjectaccessreviews",
+        "LocalSubjectAccessReview",
+        true,
+    ),
     (AUTHN, "selfsubjectreviews", "SelfSubjectReview", false),
     (AUTHN, "tokenreviews", "TokenReview", false),
 ];
@@ -38,7 +53,13 @@ fn user_of(req: &Request) -> Result<UserInfo, ApiError> {
 }
 
 /// Authorizes `create` on the review resource itself.
-fn may_create(state: &ApiState, user: &UserInfo, group: &str, plural: &str, ns: Option<&str>) -> Result<(), ApiError> {
+fn may_create(
+    state: &ApiState,
+    user: &UserInfo,
+    group: &str,
+    plural: &str,
+    ns: Option<&str>,
+) -> Result<(), ApiError> {
     let attrs = Attributes {
         verb: "create",
         group,
@@ -65,7 +86,9 @@ async fn body_json(req: Request, kind: &str, group: &str) -> Result<Value, ApiEr
     let bytes = read_body(req.into_body()).await?;
     let mut v = super::rest::object::decode_body(&ct, &bytes)?;
     if !v.is_object() {
-        return Err(ApiError::bad_request(format!("the request body must be a {kind}")));
+        return Err(ApiError::bad_request(format!(
+            "the request body must be a {kind}"
+        )));
     }
     match v.get("kind").and_then(Value::as_str) {
         None | Some("") => v["kind"] = kind.into(),
@@ -81,7 +104,12 @@ async fn body_json(req: Request, kind: &str, group: &str) -> Result<Value, ApiEr
 }
 
 /// Evaluates `spec.resourceAttributes` / `spec.nonResourceAttributes` for `subject`.
-fn access_status(state: &ApiState, subject: &UserInfo, spec: &Value, force_ns: Option<&str>) -> Result<Value, ApiError> {
+fn access_status(
+    state: &ApiState,
+    subject: &UserInfo,
+    spec: &Value,
+    force_ns: Option<&str>,
+) -> Result<Value, ApiError> {
     let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     let (verb, group, resource, sub, ns, name, path);
     if let Some(ra) = spec.get("resourceAttributes").filter(|v| v.is_object()) {
@@ -89,7 +117,9 @@ fn access_status(state: &ApiState, subject: &UserInfo, spec: &Value, force_ns: O
         group = s(ra, "group");
         resource = s(ra, "resource");
         sub = s(ra, "subresource");
-        ns = force_ns.map(str::to_string).unwrap_or_else(|| s(ra, "namespace"));
+        ns = force_ns
+            .map(str::to_string)
+            .unwrap_or_else(|| s(ra, "namespace"));
         name = s(ra, "name");
         path = None;
     } else if let Some(na) = spec.get("nonResourceAttributes").filter(|v| v.is_object()) {
@@ -97,7 +127,9 @@ fn access_status(state: &ApiState, subject: &UserInfo, spec: &Value, force_ns: O
         (group, resource, sub, ns, name) = Default::default();
         path = Some(s(na, "path"));
     } else {
-        return Err(invalid_spec("spec.resourceAttributes: Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified"));
+        return Err(invalid_spec(
+            "spec.resourceAttributes: Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified",
+        ));
     }
     let attrs = Attributes {
         verb: &verb,
@@ -133,7 +165,10 @@ fn created(mut obj: Value, status: Value) -> Response {
 }
 
 /// `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`.
-pub async fn self_subject_access_review(State(state): State<Arc<ApiState>>, req: Request) -> Response {
+pub async fn self_subject_access_review(
+    State(state): State<Arc<ApiState>>,
+    req: Request,
+) -> Response {
     run(async {
         let user = user_of(&req)?;
         may_create(&state, &user, AUTHZ, "selfsubjectaccessreviews", None)?;
@@ -145,18 +180,32 @@ pub async fn self_subject_access_review(State(state): State<Arc<ApiState>>, req:
 }
 
 fn subject_from_spec(spec: &Value) -> Result<UserInfo, ApiError> {
-    let name = spec.get("user").and_then(Value::as_str).unwrap_or("").to_string();
+    let name = spec
+        .get("user")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let groups: Vec<String> = spec
         .get("groups")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|g| g.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     if name.is_empty() && groups.is_empty() {
-        return Err(invalid_spec("spec.user: Invalid value: \"\": at least one of user or group must be specified"));
+        return Err(invalid_spec(
+            "spec.user: Invalid value: \"\": at least one of user or group must be specified",
+        ));
     }
     Ok(UserInfo {
         name,
-        uid: spec.get("uid").and_then(Value::as_str).unwrap_or("").to_string(),
+        uid: spec
+            .get("uid")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
         groups,
     })
 }
@@ -214,7 +263,10 @@ fn rule_json(r: &PolicyRule) -> Option<(bool, Value)> {
 }
 
 /// `POST /apis/authorization.k8s.io/v1/selfsubjectrulesreviews`.
-pub async fn self_subject_rules_review(State(state): State<Arc<ApiState>>, req: Request) -> Response {
+pub async fn self_subject_rules_review(
+    State(state): State<Arc<ApiState>>,
+    req: Request,
+) -> Response {
     run(async {
         let user = user_of(&req)?;
         may_create(&state, &user, AUTHZ, "selfsubjectrulesreviews", None)?;
@@ -270,10 +322,16 @@ pub async fn token_review(State(state): State<Arc<ApiState>>, req: Request) -> R
         }
         let audiences: Vec<String> = obj["spec"]["audiences"]
             .as_array()
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         let status = match super::authn::authenticate_token(&state, &token, &audiences).await {
-            Ok((u, auds)) => json!({"authenticated": true, "user": user_json(&u), "audiences": auds}),
+            Ok((u, auds)) => {
+                json!({"authenticated": true, "user": user_json(&u), "audiences": auds})
+            }
             Err(e) => json!({"authenticated": false, "error": e}),
         };
         Ok(created(obj, status))
@@ -292,13 +350,28 @@ async fn run(f: impl std::future::Future<Output = Result<Response, ApiError>>) -
 pub fn routes() -> axum::Router<Arc<ApiState>> {
     use axum::routing::post;
     axum::Router::new()
-        .route("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", post(self_subject_access_review))
-        .route("/apis/authorization.k8s.io/v1/subjectaccessreviews", post(subject_access_review))
+        .route(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            post(self_subject_access_review),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            post(subject_access_review),
+        )
         .route(
             "/apis/authorization.k8s.io/v1/namespaces/{ns}/localsubjectaccessreviews",
             post(local_subject_access_review),
         )
-        .route("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", post(self_subject_rules_review))
-        .route("/apis/authentication.k8s.io/v1/selfsubjectreviews", post(self_subject_review))
-        .route("/apis/authentication.k8s.io/v1/tokenreviews", post(token_review))
+        .route(
+            "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+            post(self_subject_rules_review),
+        )
+        .route(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            post(self_subject_review),
+        )
+        .route(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            post(token_review),
+        )
 }

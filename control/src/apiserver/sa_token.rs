@@ -87,11 +87,12 @@ impl Signer {
         let pem = match tls::read(&path)? {
             Some(p) => p,
             None => {
-                let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-                    .map_err(|source| TlsError::Generate {
+                let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(
+                    |source| TlsError::Generate {
                         what: "service account key",
                         source,
-                    })?;
+                    },
+                )?;
                 let pem = key.serialize_pem();
                 tls::write(&path, &pem, 0o600)?;
                 pem
@@ -113,7 +114,9 @@ impl Signer {
             return Err(bad("unexpected public key encoding".into()));
         }
         // kube-apiserver's key id: base64url(sha256(DER SubjectPublicKeyInfo)).
-        let kid = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(rcgen::PublicKeyData::subject_public_key_info(&key)));
+        let kid = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(
+            rcgen::PublicKeyData::subject_public_key_info(&key),
+        ));
         Ok(Signer {
             encoding,
             decoding,
@@ -189,19 +192,36 @@ impl Signer {
             let v: Value = serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?;
             let uid = v["metadata"]["uid"].as_str().unwrap_or("");
             if uid != want_uid {
-                return Err(format!("{what} {key} was recreated (uid {uid}, token has {want_uid})"));
+                return Err(format!(
+                    "{what} {key} was recreated (uid {uid}, token has {want_uid})"
+                ));
             }
             if v["metadata"]["deletionTimestamp"].is_string() && what == "pod" {
                 return Err(format!("{what} {key} is being deleted"));
             }
             Ok(())
         };
-        exists(format!("/registry/serviceaccounts/{ns}/{}", sa.name), sa.uid.clone(), "service account").await?;
+        exists(
+            format!("/registry/serviceaccounts/{ns}/{}", sa.name),
+            sa.uid.clone(),
+            "service account",
+        )
+        .await?;
         if let Some(p) = &c.kube.pod {
-            exists(format!("/registry/pods/{ns}/{}", p.name), p.uid.clone(), "pod").await?;
+            exists(
+                format!("/registry/pods/{ns}/{}", p.name),
+                p.uid.clone(),
+                "pod",
+            )
+            .await?;
         }
         if let Some(s) = &c.kube.secret {
-            exists(format!("/registry/secrets/{ns}/{}", s.name), s.uid.clone(), "secret").await?;
+            exists(
+                format!("/registry/secrets/{ns}/{}", s.name),
+                s.uid.clone(),
+                "secret",
+            )
+            .await?;
         }
         let accepted: Vec<String> = c.aud.iter().filter(|a| want.contains(a)).cloned().collect();
         Ok((
@@ -231,7 +251,13 @@ fn invalid(name: &str, field: &str, msg: String) -> ApiError {
     )
 }
 
-async fn load_uid(store: &dyn Store, key: &str, group: &str, plural: &str, name: &str) -> Result<String, ApiError> {
+async fn load_uid(
+    store: &dyn Store,
+    key: &str,
+    group: &str,
+    plural: &str,
+    name: &str,
+) -> Result<String, ApiError> {
     let kv = store
         .get(key)
         .await?
@@ -255,7 +281,9 @@ pub async fn token_request(
         object::decode_body(rq.header(axum::http::header::CONTENT_TYPE), &body)?
     };
     if !tr.is_object() {
-        return Err(ApiError::bad_request("the request body must be a TokenRequest"));
+        return Err(ApiError::bad_request(
+            "the request body must be a TokenRequest",
+        ));
     }
     tr["apiVersion"] = "authentication.k8s.io/v1".into();
     tr["kind"] = "TokenRequest".into();
@@ -263,22 +291,35 @@ pub async fn token_request(
     let spec = tr.get("spec").cloned().unwrap_or_else(|| json!({}));
     let mut audiences: Vec<String> = spec["audiences"]
         .as_array()
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     if audiences.is_empty() {
         audiences.push(signer.issuer.clone());
     }
     let exp_secs = match &spec["expirationSeconds"] {
         Value::Null => DEFAULT_EXPIRATION,
-        v => v.as_i64().ok_or_else(|| invalid(&name, "spec.expirationSeconds", "must be an integer".into()))?,
+        v => v
+            .as_i64()
+            .ok_or_else(|| invalid(&name, "spec.expirationSeconds", "must be an integer".into()))?,
     };
     if exp_secs < MIN_EXPIRATION {
-        return Err(invalid(&name, "spec.expirationSeconds", "may not specify a duration less than 10 minutes".into()));
+        return Err(invalid(
+            &name,
+            "spec.expirationSeconds",
+            "may not specify a duration less than 10 minutes".into(),
+        ));
     }
     let exp_secs = exp_secs.min(MAX_EXPIRATION);
     let mut kube = KubeClaims {
         namespace: ns.clone(),
-        serviceaccount: Some(Ref { name: name.clone(), uid: sa_uid }),
+        serviceaccount: Some(Ref {
+            name: name.clone(),
+            uid: sa_uid,
+        }),
         ..Default::default()
     };
     if let Some(b) = spec.get("boundObjectRef").filter(|b| b.is_object()) {
@@ -292,7 +333,9 @@ pub async fn token_request(
                 return Err(invalid(
                     &name,
                     "spec.boundObjectRef.kind",
-                    format!("Unsupported value: \"{other}\": supported values: \"Pod\", \"Secret\", \"Node\""),
+                    format!(
+                        "Unsupported value: \"{other}\": supported values: \"Pod\", \"Secret\", \"Node\""
+                    ),
                 ));
             }
         };
@@ -303,7 +346,9 @@ pub async fn token_request(
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "Conflict",
-                format!("the UID in the bound object reference ({want}) does not match the UID in record. The object might have been deleted and then recreated"),
+                format!(
+                    "the UID in the bound object reference ({want}) does not match the UID in record. The object might have been deleted and then recreated"
+                ),
             ));
         }
         let r = Some(Ref { name: bname, uid });

@@ -324,12 +324,11 @@ pub fn sign_client_csr(dir: &Path, csr_pem: &str, seconds: u64) -> Result<String
         path: ca_crt.clone(),
         reason: e.to_string(),
     })?;
-    let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
-        TlsError::Pem {
+    let mut csr =
+        rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| TlsError::Pem {
             path: PathBuf::from("spec.request"),
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     let requested = csr.params.distinguished_name.clone();
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -352,6 +351,8 @@ pub fn sign_client_csr(dir: &Path, csr_pem: &str, seconds: u64) -> Result<String
     p.not_before = to_offset(now - jiff::SignedDuration::from_secs(300));
     p.not_after = to_offset(now + jiff::SignedDuration::from_secs(seconds as i64));
     csr.params = p;
-    let cert = csr.signed_by(&issuer).map_err(gen_err("client certificate from CSR"))?;
+    let cert = csr
+        .signed_by(&issuer)
+        .map_err(gen_err("client certificate from CSR"))?;
     Ok(cert.pem())
 }

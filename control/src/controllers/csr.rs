@@ -31,7 +31,9 @@ pub fn start(ctx: Arc<Context>) -> LoopFuture {
 
 async fn run(ctx: Arc<Context>) {
     let Some(dir) = ctx.options.cluster_signing_dir.clone() else {
-        tracing::warn!("no cluster CA directory given to the controller manager: CSR signing is off");
+        tracing::warn!(
+            "no cluster CA directory given to the controller manager: CSR signing is off"
+        );
         return;
     };
     let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
@@ -98,7 +100,11 @@ fn is_node_client(csr: &CertificateSigningRequest, pem: &str) -> bool {
         && usages.iter().all(|u| allowed.contains(&u.as_str()))
 }
 
-async fn requester_may(ctx: &Context, csr: &CertificateSigningRequest, sub: &str) -> Result<bool, String> {
+async fn requester_may(
+    ctx: &Context,
+    csr: &CertificateSigningRequest,
+    sub: &str,
+) -> Result<bool, String> {
     let sar = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: csr.spec.username.clone(),
@@ -134,7 +140,8 @@ async fn sync(
     if has_condition(csr, "Denied") || has_condition(csr, "Failed") {
         return Ok(());
     }
-    let pem = String::from_utf8(csr.spec.request.0.clone()).map_err(|_| "request is not PEM text".to_string())?;
+    let pem = String::from_utf8(csr.spec.request.0.clone())
+        .map_err(|_| "request is not PEM text".to_string())?;
     let signer = csr.spec.signer_name.as_str();
     if !has_condition(csr, "Approved") {
         if signer != KUBELET_CLIENT_SIGNER || !is_node_client(csr, &pem) {
@@ -151,9 +158,15 @@ async fn sync(
             return Ok(());
         }
         let (reason, message) = if own {
-            ("AutoApproved", "Auto approving self kubelet client certificate after SubjectAccessReview.")
+            (
+                "AutoApproved",
+                "Auto approving self kubelet client certificate after SubjectAccessReview.",
+            )
         } else {
-            ("AutoApproved", "Auto approving kubelet client certificate after SubjectAccessReview.")
+            (
+                "AutoApproved",
+                "Auto approving kubelet client certificate after SubjectAccessReview.",
+            )
         };
         let patch = json!({"status": {"conditions": [{
             "type": "Approved", "status": "True", "reason": reason, "message": message,
@@ -190,9 +203,11 @@ async fn sync(
         .map(|s| (s.max(600)) as u64)
         .unwrap_or(DEFAULT_DURATION)
         .min(DEFAULT_DURATION);
-    let cert = crate::apiserver::tls::sign_client_csr(dir, &pem, secs).map_err(|e| format!("signing: {e}"))?;
+    let cert = crate::apiserver::tls::sign_client_csr(dir, &pem, secs)
+        .map_err(|e| format!("signing: {e}"))?;
     use base64::Engine;
-    let patch = json!({"status": {"certificate": base64::engine::general_purpose::STANDARD.encode(cert)}});
+    let patch =
+        json!({"status": {"certificate": base64::engine::general_purpose::STANDARD.encode(cert)}});
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(|e| format!("writing the certificate: {e}"))?;

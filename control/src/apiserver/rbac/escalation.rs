@@ -11,7 +11,14 @@ use super::{ClusterAuthorizer, MASTERS, cluster_role_rules, rules};
 use crate::apiserver::auth::{Attributes, Authorizer, UserInfo};
 use crate::apiserver::status::ApiError;
 
-fn has_verb(authz: &ClusterAuthorizer, user: &UserInfo, verb: &str, resource: &str, ns: Option<&str>, name: &str) -> bool {
+fn has_verb(
+    authz: &ClusterAuthorizer,
+    user: &UserInfo,
+    verb: &str,
+    resource: &str,
+    ns: Option<&str>,
+    name: &str,
+) -> bool {
     let attrs = Attributes {
         verb,
         group: "rbac.authorization.k8s.io",
@@ -27,13 +34,26 @@ fn has_verb(authz: &ClusterAuthorizer, user: &UserInfo, verb: &str, resource: &s
 fn describe(r: &PolicyRule) -> String {
     let q = |v: &Option<Vec<String>>| {
         v.as_ref()
-            .map(|l| l.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(" "))
+            .map(|l| {
+                l.iter()
+                    .map(|s| format!("{s:?}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
             .unwrap_or_default()
     };
     if r.non_resource_urls.is_some() {
-        return format!("{{NonResourceURLs:[{}], Verbs:[{}]}}", q(&r.non_resource_urls), q(&Some(r.verbs.clone())));
+        return format!(
+            "{{NonResourceURLs:[{}], Verbs:[{}]}}",
+            q(&r.non_resource_urls),
+            q(&Some(r.verbs.clone()))
+        );
     }
-    let mut s = format!("{{APIGroups:[{}], Resources:[{}]", q(&r.api_groups), q(&r.resources));
+    let mut s = format!(
+        "{{APIGroups:[{}], Resources:[{}]",
+        q(&r.api_groups),
+        q(&r.resources)
+    );
     if r.resource_names.as_ref().is_some_and(|n| !n.is_empty()) {
         s.push_str(&format!(", ResourceNames:[{}]", q(&r.resource_names)));
     }
@@ -41,7 +61,13 @@ fn describe(r: &PolicyRule) -> String {
     s
 }
 
-fn refuse(plural: &str, name: &str, user: &UserInfo, missing: &[PolicyRule], why: &str) -> ApiError {
+fn refuse(
+    plural: &str,
+    name: &str,
+    user: &UserInfo,
+    missing: &[PolicyRule],
+    why: &str,
+) -> ApiError {
     let groups: Vec<String> = user.groups.iter().map(|g| format!("{g:?}")).collect();
     let list: Vec<String> = missing.iter().map(describe).collect();
     ApiError::forbidden(format!(
@@ -57,7 +83,13 @@ fn parse_rules(v: &Value) -> Vec<PolicyRule> {
 }
 
 /// Checks a create or update of an RBAC object (`plural` of group rbac.authorization.k8s.io).
-pub fn check(authz: &ClusterAuthorizer, user: &UserInfo, plural: &str, ns: Option<&str>, obj: &Value) -> Result<(), ApiError> {
+pub fn check(
+    authz: &ClusterAuthorizer,
+    user: &UserInfo,
+    plural: &str,
+    ns: Option<&str>,
+    obj: &Value,
+) -> Result<(), ApiError> {
     if user.groups.iter().any(|g| g == MASTERS) {
         return Ok(());
     }
@@ -68,13 +100,23 @@ pub fn check(authz: &ClusterAuthorizer, user: &UserInfo, plural: &str, ns: Optio
                 return Ok(());
             }
             let held = authz.rules(user, ns);
-            if plural == "clusterroles" && obj.get("aggregationRule").is_some_and(|a| !a.is_null()) {
+            if plural == "clusterroles" && obj.get("aggregationRule").is_some_and(|a| !a.is_null())
+            {
                 let everything = rules::rule(&["*"], &["*"], &["*"]);
                 if !rules::covers(&held, &everything) {
-                    return Err(refuse(plural, name, user, &[everything], "\nmust have cluster-admin privileges to use an aggregationRule"));
+                    return Err(refuse(
+                        plural,
+                        name,
+                        user,
+                        &[everything],
+                        "\nmust have cluster-admin privileges to use an aggregationRule",
+                    ));
                 }
             }
-            let missing: Vec<PolicyRule> = parse_rules(obj).into_iter().filter(|r| !rules::covers(&held, r)).collect();
+            let missing: Vec<PolicyRule> = parse_rules(obj)
+                .into_iter()
+                .filter(|r| !rules::covers(&held, r))
+                .collect();
             if missing.is_empty() {
                 Ok(())
             } else {
@@ -84,20 +126,31 @@ pub fn check(authz: &ClusterAuthorizer, user: &UserInfo, plural: &str, ns: Optio
         "rolebindings" | "clusterrolebindings" => {
             let kind = obj["roleRef"]["kind"].as_str().unwrap_or("");
             let role = obj["roleRef"]["name"].as_str().unwrap_or("");
-            let (role_plural, role_ns) = if kind == "Role" { ("roles", ns) } else { ("clusterroles", None) };
+            let (role_plural, role_ns) = if kind == "Role" {
+                ("roles", ns)
+            } else {
+                ("clusterroles", None)
+            };
             if has_verb(authz, user, "bind", role_plural, role_ns, role) {
                 return Ok(());
             }
             let wanted: Vec<PolicyRule> = {
                 let snap = authz.rbac.read();
                 if kind == "Role" {
-                    ns.and_then(|n| snap.role(n, role)).and_then(|r| r.rules.clone()).unwrap_or_default()
+                    ns.and_then(|n| snap.role(n, role))
+                        .and_then(|r| r.rules.clone())
+                        .unwrap_or_default()
                 } else {
-                    snap.cluster_role(role).map(|r| cluster_role_rules(&snap, r)).unwrap_or_default()
+                    snap.cluster_role(role)
+                        .map(|r| cluster_role_rules(&snap, r))
+                        .unwrap_or_default()
                 }
             };
             let held = authz.rules(user, ns);
-            let missing: Vec<PolicyRule> = wanted.into_iter().filter(|r| !rules::covers(&held, r)).collect();
+            let missing: Vec<PolicyRule> = wanted
+                .into_iter()
+                .filter(|r| !rules::covers(&held, r))
+                .collect();
             if missing.is_empty() {
                 Ok(())
             } else {

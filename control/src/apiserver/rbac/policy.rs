@@ -386,9 +386,17 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
         role(
             "system:hull-proxy",
             events(vec![
-                rule(&["list", "watch"], &[""], &["services", "endpoints", "pods", "namespaces"]),
+                rule(
+                    &["list", "watch"],
+                    &[""],
+                    &["services", "endpoints", "pods", "namespaces"],
+                ),
                 rule(READ, &[""], &["nodes"]),
-                rule(&["list", "watch"], &["discovery.k8s.io"], &["endpointslices"]),
+                rule(
+                    &["list", "watch"],
+                    &["discovery.k8s.io"],
+                    &["endpointslices"],
+                ),
                 rule(&["patch", "update"], &[""], &["services/status"]),
             ]),
         ),
@@ -671,7 +679,10 @@ fn kube_system_roles() -> Vec<(String, Value, String, Value)> {
     };
     let mut r = stored(serde_json::to_value(&role).unwrap_or_default(), "Role");
     r["metadata"]["namespace"] = "kube-system".into();
-    let mut b = stored(serde_json::to_value(&binding).unwrap_or_default(), "RoleBinding");
+    let mut b = stored(
+        serde_json::to_value(&binding).unwrap_or_default(),
+        "RoleBinding",
+    );
     b["metadata"]["namespace"] = "kube-system".into();
     vec![(
         "/registry/roles/kube-system/system:hull-proxy-dns".into(),

@@ -61,7 +61,13 @@ async fn identity_aware(
 ) -> Result<(), ApiError> {
     let r = rq.r;
     if r.group == "rbac.authorization.k8s.io" && rq.sub.is_none() {
-        crate::apiserver::rbac::escalation::check(&state.authorizer, &rq.user, r.plural, rq.ns(), obj)?;
+        crate::apiserver::rbac::escalation::check(
+            &state.authorizer,
+            &rq.user,
+            r.plural,
+            rq.ns(),
+            obj,
+        )?;
     }
     if r.group == "certificates.k8s.io" && r.plural == "certificatesigningrequests" {
         match old {
@@ -75,7 +81,12 @@ async fn identity_aware(
             )?,
         }
     }
-    if r.group.is_empty() && r.plural == "pods" && old.is_none() && rq.sub.is_none() && state.service_account_token_volumes {
+    if r.group.is_empty()
+        && r.plural == "pods"
+        && old.is_none()
+        && rq.sub.is_none()
+        && state.service_account_token_volumes
+    {
         let ns = rq.ns().unwrap_or("default");
         admission::serviceaccount::admit_pod(state.store.as_ref(), ns, obj).await?;
     }
