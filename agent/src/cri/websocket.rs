@@ -259,7 +259,7 @@ mod tests {
     fn accept_key_matches_rfc_6455_example() {
         assert_eq!(
             accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaWLEo5MMj7zAfdZpo="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 
