@@ -4,7 +4,7 @@
 //! Nothing here touches the kernel, so every shape of Service can be unit-tested;
 //! `nft.rs` turns the result into one nftables transaction.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
@@ -154,9 +154,9 @@ pub fn build<'a>(
     node: &NodeInfo,
 ) -> RuleSet {
     // (namespace, service) → slices
-    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for s in slices {
-        let ns = s.metadata.namespace.clone().unwrap_or_default();
+        let ns = s.metadata.namespace.as_deref().unwrap_or_default();
         let Some(svc) = s
             .metadata
             .labels
@@ -165,7 +165,7 @@ pub fn build<'a>(
         else {
             continue;
         };
-        by_service.entry((ns, svc.clone())).or_default().push(s);
+        by_service.entry((ns, svc.as_str())).or_default().push(s);
     }
 
     let mut out = RuleSet::default();
@@ -234,7 +234,7 @@ pub fn build<'a>(
         });
         let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
         let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-        let my_slices = by_service.get(&(ns.clone(), name.clone()));
+        let my_slices = by_service.get(&(ns.as_str(), name.as_str()));
 
         for (pi, sp) in spec.ports.iter().flatten().enumerate() {
             let Some(protocol) = Protocol::parse(sp.protocol.as_deref()) else {
@@ -268,7 +268,7 @@ pub fn build<'a>(
                 // The EndpointSlice controller resolves named targetPorts per pod; the
                 // slice port with the service port's name carries the number.
                 let slice_port = slice.ports.iter().flatten().find(|p| {
-                    p.name.clone().unwrap_or_default() == port_name
+                    p.name.as_deref().unwrap_or_default() == port_name
                         && Protocol::parse(p.protocol.as_deref()) == Some(protocol)
                 });
                 let Some(target) = slice_port
@@ -322,6 +322,6 @@ pub fn build<'a>(
             });
         }
     }
-    out.ports.sort_by_key(|a| a.id());
+    out.ports.sort_by_cached_key(ServicePortRule::id);
     out
 }

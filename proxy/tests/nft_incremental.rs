@@ -254,7 +254,11 @@ fn affinity_survives_unrelated_changes_and_drift_is_repaired() {
     let aff = json!({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}});
     let b = svc("b", "10.96.1.2", aff);
     let b_eps = eps("b", &["10.244.2.2", "10.244.2.3"]);
-    let rs1 = model::build(&[b.clone()], std::slice::from_ref(&b_eps), &node_info());
+    let rs1 = model::build(
+        std::slice::from_ref(&b),
+        std::slice::from_ref(&b_eps),
+        &node_info(),
+    );
     assert_eq!(run_sync(&ns, &mut sy, &rs1).expect("sync"), Outcome::Full);
 
     // A client pinned to an endpoint (what the endpoint chain records).
