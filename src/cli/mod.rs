@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod agent;
 pub mod cri;
 pub mod image;
 pub mod proxy;
@@ -47,6 +48,8 @@ pub enum Command {
     Image(image::ImageArgs),
     /// Run a command in a new container of an image, in the foreground.
     Run(run::RunArgs),
+    /// The node agent (kubelet role): registers the node and runs its pods over CRI.
+    Agent(agent::AgentArgs),
     /// Serve CRI v1 (RuntimeService, ImageService) on a unix socket.
     Cri(cri::CriArgs),
     /// Serve the Kubernetes API (control plane only) on SQLite or etcd.
@@ -76,6 +79,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Image(args) => image::run(&cli.data_dir, args),
         Command::Run(args) => run::run(&cli.data_dir, args),
+        Command::Agent(args) => agent::run(&cli.data_dir, args),
         Command::Cri(args) => cri::run(&cli.data_dir, args),
         Command::Server(args) => server::run(&cli.data_dir, args),
         Command::Proxy(args) => proxy::run(&cli.data_dir, args),

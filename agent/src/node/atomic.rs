@@ -18,7 +18,11 @@ pub fn clean_rel(p: &str) -> Result<(), String> {
     for c in Path::new(p).components() {
         match c {
             Component::Normal(n) if !n.to_string_lossy().starts_with("..") => {}
-            _ => return Err(format!("path {p:?} must not contain '..' or start with '..'")),
+            _ => {
+                return Err(format!(
+                    "path {p:?} must not contain '..' or start with '..'"
+                ));
+            }
         }
     }
     Ok(())
@@ -31,20 +35,28 @@ fn current(dir: &Path) -> Option<String> {
 }
 
 fn same(dir: &Path, files: &Files) -> bool {
-    let Some(cur) = current(dir) else { return false };
+    let Some(cur) = current(dir) else {
+        return false;
+    };
     let base = dir.join(&cur);
     let mut n = 0;
     let ok = walk(&base, &base, &mut |rel, p| {
         n += 1;
-        let Some((data, mode)) = files.get(rel) else { return false };
-        let Ok(md) = std::fs::metadata(p) else { return false };
+        let Some((data, mode)) = files.get(rel) else {
+            return false;
+        };
+        let Ok(md) = std::fs::metadata(p) else {
+            return false;
+        };
         md.permissions().mode() & 0o7777 == *mode && std::fs::read(p).is_ok_and(|d| &d == data)
     });
     ok && n == files.len()
 }
 
 fn walk(base: &Path, d: &Path, f: &mut dyn FnMut(&str, &Path) -> bool) -> bool {
-    let Ok(rd) = std::fs::read_dir(d) else { return false };
+    let Ok(rd) = std::fs::read_dir(d) else {
+        return false;
+    };
     for e in rd.flatten() {
         let p = e.path();
         let Ok(ft) = e.file_type() else { return false };
@@ -53,7 +65,11 @@ fn walk(base: &Path, d: &Path, f: &mut dyn FnMut(&str, &Path) -> bool) -> bool {
                 return false;
             }
         } else {
-            let rel = p.strip_prefix(base).unwrap_or(&p).to_string_lossy().into_owned();
+            let rel = p
+                .strip_prefix(base)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .into_owned();
             if !f(&rel, &p) {
                 return false;
             }
@@ -136,9 +152,18 @@ mod tests {
         assert!(write(&d, &f).unwrap());
         assert!(std::fs::symlink_metadata(d.join("a")).is_err());
         assert_eq!(std::fs::read(d.join("sub/b")).unwrap(), b"3");
-        let dots = std::fs::read_dir(&d).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("..2") || e.file_name().to_string_lossy().starts_with("..1")).count();
+        let dots = std::fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name().to_string_lossy().starts_with("..2")
+                    || e.file_name().to_string_lossy().starts_with("..1")
+            })
+            .count();
         assert_eq!(dots, 1);
-        assert!(clean_rel("../x").is_err() && clean_rel("/x").is_err() && clean_rel("a/../b").is_err());
+        assert!(
+            clean_rel("../x").is_err() && clean_rel("/x").is_err() && clean_rel("a/../b").is_err()
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

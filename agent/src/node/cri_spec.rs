@@ -34,13 +34,22 @@ pub fn log_dir(opts: &Options, pod: &Pod) -> PathBuf {
 fn base_labels(pod: &Pod) -> HashMap<String, String> {
     HashMap::from([
         (POD_UID.into(), uid(pod).into()),
-        (POD_NAME.into(), pod.metadata.name.clone().unwrap_or_default()),
-        (POD_NAMESPACE.into(), pod.metadata.namespace.clone().unwrap_or_default()),
+        (
+            POD_NAME.into(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        ),
+        (
+            POD_NAMESPACE.into(),
+            pod.metadata.namespace.clone().unwrap_or_default(),
+        ),
     ])
 }
 
 pub fn host_network(pod: &Pod) -> bool {
-    pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false)
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false)
 }
 
 fn dns(pod: &Pod, opts: &Options) -> Option<DnsConfig> {
@@ -94,7 +103,10 @@ fn dns(pod: &Pod, opts: &Options) -> Option<DnsConfig> {
 
 fn host_resolv() -> DnsConfig {
     let mut d = DnsConfig::default();
-    for l in std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default().lines() {
+    for l in std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+    {
         let mut w = l.split_whitespace();
         match w.next() {
             Some("nameserver") => d.servers.extend(w.next().map(String::from)),
@@ -110,17 +122,27 @@ fn seccomp(p: Option<&SeccompProfile>) -> Option<SecurityProfile> {
     let p = p?;
     let (ty, r) = match p.type_.as_str() {
         "Unconfined" => (ProfileType::Unconfined, String::new()),
-        "Localhost" => (ProfileType::Localhost, p.localhost_profile.clone().unwrap_or_default()),
+        "Localhost" => (
+            ProfileType::Localhost,
+            p.localhost_profile.clone().unwrap_or_default(),
+        ),
         _ => (ProfileType::RuntimeDefault, String::new()),
     };
-    Some(SecurityProfile { profile_type: ty as i32, localhost_ref: r })
+    Some(SecurityProfile {
+        profile_type: ty as i32,
+        localhost_ref: r,
+    })
 }
 
 fn ns_options(pod: &Pod) -> NamespaceOption {
     let spec = pod.spec.as_ref();
     let flag = |f: Option<bool>| f.unwrap_or(false);
     NamespaceOption {
-        network: if host_network(pod) { NamespaceMode::Node } else { NamespaceMode::Pod } as i32,
+        network: if host_network(pod) {
+            NamespaceMode::Node
+        } else {
+            NamespaceMode::Pod
+        } as i32,
         pid: if flag(spec.and_then(|s| s.host_pid)) {
             NamespaceMode::Node
         } else if flag(spec.and_then(|s| s.share_process_namespace)) {
@@ -128,7 +150,11 @@ fn ns_options(pod: &Pod) -> NamespaceOption {
         } else {
             NamespaceMode::Container
         } as i32,
-        ipc: if flag(spec.and_then(|s| s.host_ipc)) { NamespaceMode::Node } else { NamespaceMode::Pod } as i32,
+        ipc: if flag(spec.and_then(|s| s.host_ipc)) {
+            NamespaceMode::Node
+        } else {
+            NamespaceMode::Pod
+        } as i32,
         ..Default::default()
     }
 }
@@ -143,7 +169,10 @@ pub fn sandbox(pod: &Pod, opts: &Options, attempt: u32) -> PodSandboxConfig {
     let hostname = if host_network(pod) {
         String::new()
     } else {
-        let mut h = spec.hostname.clone().unwrap_or_else(|| pod.metadata.name.clone().unwrap_or_default());
+        let mut h = spec
+            .hostname
+            .clone()
+            .unwrap_or_else(|| pod.metadata.name.clone().unwrap_or_default());
         h.truncate(63);
         h.trim_end_matches(['-', '.']).to_string()
     };
@@ -183,7 +212,13 @@ pub fn sandbox(pod: &Pod, opts: &Options, attempt: u32) -> PodSandboxConfig {
         dns_config: dns(pod, opts),
         port_mappings,
         labels,
-        annotations: pod.metadata.annotations.clone().unwrap_or_default().into_iter().collect(),
+        annotations: pod
+            .metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
         linux: Some(LinuxPodSandboxConfig {
             cgroup_parent: resources::cgroup_parent(pod),
             security_context: Some(LinuxSandboxSecurityContext {
@@ -211,15 +246,24 @@ pub struct ContainerInputs {
 }
 
 pub fn container(pod: &Pod, c: &Container, attempt: u32, inp: ContainerInputs) -> ContainerConfig {
-    let psc = pod.spec.as_ref().and_then(|s| s.security_context.clone()).unwrap_or_default();
+    let psc = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.clone())
+        .unwrap_or_default();
     let sc = c.security_context.clone().unwrap_or_default();
     let mut labels = base_labels(pod);
     labels.insert(CONTAINER_NAME.into(), c.name.clone());
     let annotations = HashMap::from([
-        ("io.kubernetes.container.restartCount".to_string(), attempt.to_string()),
+        (
+            "io.kubernetes.container.restartCount".to_string(),
+            attempt.to_string(),
+        ),
         (
             "io.kubernetes.container.terminationMessagePath".to_string(),
-            c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into()),
+            c.termination_message_path
+                .clone()
+                .unwrap_or_else(|| "/dev/termination-log".into()),
         ),
         (
             "io.kubernetes.pod.terminationGracePeriod".to_string(),
@@ -233,12 +277,22 @@ pub fn container(pod: &Pod, c: &Container, attempt: u32, inp: ContainerInputs) -
     let privileged = sc.privileged.unwrap_or(false);
     let caps = sc.capabilities.clone().unwrap_or_default();
     ContainerConfig {
-        metadata: Some(ContainerMetadata { name: c.name.clone(), attempt }),
-        image: Some(ImageSpec { image: inp.image, ..Default::default() }),
+        metadata: Some(ContainerMetadata {
+            name: c.name.clone(),
+            attempt,
+        }),
+        image: Some(ImageSpec {
+            image: inp.image,
+            ..Default::default()
+        }),
         command: inp.command,
         args: inp.args,
         working_dir: c.working_dir.clone().unwrap_or_default(),
-        envs: inp.env.into_iter().map(|(key, value)| KeyValue { key, value }).collect(),
+        envs: inp
+            .env
+            .into_iter()
+            .map(|(key, value)| KeyValue { key, value })
+            .collect(),
         mounts: inp.mounts,
         labels,
         annotations,
@@ -256,8 +310,14 @@ pub fn container(pod: &Pod, c: &Container, attempt: u32, inp: ContainerInputs) -
                 }),
                 privileged,
                 namespace_options: Some(ns_options(pod)),
-                run_as_user: sc.run_as_user.or(psc.run_as_user).map(|v| Int64Value { value: v }),
-                run_as_group: sc.run_as_group.or(psc.run_as_group).map(|v| Int64Value { value: v }),
+                run_as_user: sc
+                    .run_as_user
+                    .or(psc.run_as_user)
+                    .map(|v| Int64Value { value: v }),
+                run_as_group: sc
+                    .run_as_group
+                    .or(psc.run_as_group)
+                    .map(|v| Int64Value { value: v }),
                 readonly_rootfs: sc.read_only_root_filesystem.unwrap_or(false),
                 supplemental_groups: psc.supplemental_groups.clone().unwrap_or_default(),
                 no_new_privs: !privileged && !sc.allow_privilege_escalation.unwrap_or(true),

@@ -49,7 +49,10 @@ pub struct Facts<'a> {
 }
 
 fn label_key(path: &str, prefix: &str) -> Option<String> {
-    let rest = path.strip_prefix(prefix)?.strip_prefix("['")?.strip_suffix("']")?;
+    let rest = path
+        .strip_prefix(prefix)?
+        .strip_prefix("['")?
+        .strip_suffix("']")?;
     Some(rest.to_string())
 }
 
@@ -71,9 +74,17 @@ pub fn field_ref(pod: &Pod, path: &str, f: &Facts) -> Result<String, String> {
         "metadata.annotations" => fmt_map(m.annotations.as_ref()),
         p => {
             if let Some(k) = label_key(p, "metadata.labels") {
-                m.labels.as_ref().and_then(|l| l.get(&k)).cloned().unwrap_or_default()
+                m.labels
+                    .as_ref()
+                    .and_then(|l| l.get(&k))
+                    .cloned()
+                    .unwrap_or_default()
             } else if let Some(k) = label_key(p, "metadata.annotations") {
-                m.annotations.as_ref().and_then(|l| l.get(&k)).cloned().unwrap_or_default()
+                m.annotations
+                    .as_ref()
+                    .and_then(|l| l.get(&k))
+                    .cloned()
+                    .unwrap_or_default()
             } else {
                 return Err(format!("fieldRef {p:?} is not supported"));
             }
@@ -110,15 +121,23 @@ pub fn resource_ref(
         ("limits", "memory") => resources::limit(c, "memory").unwrap_or(f.node_memory),
         ("requests", "memory") => resources::request(c, "memory").unwrap_or(0),
         ("limits", r) | ("requests", r) => {
-            let v = if which == "limits" { resources::limit(c, r) } else { resources::request(c, r) };
+            let v = if which == "limits" {
+                resources::limit(c, r)
+            } else {
+                resources::request(c, r)
+            };
             v.unwrap_or(0)
         }
         _ => return Err(format!("resourceFieldRef {resource:?} is not supported")),
     };
     let div = match divisor {
         Some(d) if !d.is_empty() => {
-            let m = if cpu { quantity::milli(d) } else { quantity::units(d) }
-                .ok_or_else(|| format!("resourceFieldRef divisor {d:?} is not a quantity"))?;
+            let m = if cpu {
+                quantity::milli(d)
+            } else {
+                quantity::units(d)
+            }
+            .ok_or_else(|| format!("resourceFieldRef divisor {d:?} is not a quantity"))?;
             if m <= 0 {
                 return Err(format!("resourceFieldRef divisor {d:?} must be positive"));
             }
@@ -148,7 +167,10 @@ pub fn service_env(services: &[Service], ns: &str, links: bool) -> BTreeMap<Stri
             continue;
         }
         let Some(spec) = &s.spec else { continue };
-        let Some(ip) = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty() && *ip != "None")
+        let Some(ip) = spec
+            .cluster_ip
+            .as_deref()
+            .filter(|ip| !ip.is_empty() && *ip != "None")
         else {
             continue;
         };
@@ -160,7 +182,10 @@ pub fn service_env(services: &[Service], ns: &str, links: bool) -> BTreeMap<Stri
         for p in ports {
             if let Some(pn) = &p.name {
                 out.insert(
-                    format!("{prefix}_SERVICE_PORT_{}", pn.to_uppercase().replace('-', "_")),
+                    format!(
+                        "{prefix}_SERVICE_PORT_{}",
+                        pn.to_uppercase().replace('-', "_")
+                    ),
                     p.port.to_string(),
                 );
             }
@@ -174,7 +199,11 @@ pub fn service_env(services: &[Service], ns: &str, links: bool) -> BTreeMap<Stri
         }
         out.insert(
             format!("{prefix}_PORT"),
-            format!("{}://{ip}:{}", first.protocol.as_deref().unwrap_or("TCP").to_lowercase(), first.port),
+            format!(
+                "{}://{ip}:{}",
+                first.protocol.as_deref().unwrap_or("TCP").to_lowercase(),
+                first.port
+            ),
         );
     }
     out
@@ -203,12 +232,13 @@ pub async fn build(
         .unwrap_or(true);
     let mut order: Vec<String> = Vec::new();
     let mut vars: BTreeMap<String, String> = BTreeMap::new();
-    let set = |k: String, v: String, order: &mut Vec<String>, vars: &mut BTreeMap<String, String>| {
-        if !vars.contains_key(&k) {
-            order.push(k.clone());
-        }
-        vars.insert(k, v);
-    };
+    let set =
+        |k: String, v: String, order: &mut Vec<String>, vars: &mut BTreeMap<String, String>| {
+            if !vars.contains_key(&k) {
+                order.push(k.clone());
+            }
+            vars.insert(k, v);
+        };
     for (k, v) in service_env(services, ns, links) {
         set(k, v, &mut order, &mut vars);
     }
@@ -218,7 +248,11 @@ pub async fn build(
         let prefix = ef.prefix.clone().unwrap_or_default();
         if let Some(r) = &ef.config_map_ref {
             let optional = r.optional.unwrap_or(false);
-            match cms.get_opt(&r.name).await.map_err(|e| format!("envFrom[{i}] configmap {:?}: {e}", r.name))? {
+            match cms
+                .get_opt(&r.name)
+                .await
+                .map_err(|e| format!("envFrom[{i}] configmap {:?}: {e}", r.name))?
+            {
                 Some(cm) => {
                     for (k, v) in cm.data.unwrap_or_default() {
                         set(format!("{prefix}{k}"), v, &mut order, &mut vars);
@@ -230,10 +264,19 @@ pub async fn build(
         }
         if let Some(r) = &ef.secret_ref {
             let optional = r.optional.unwrap_or(false);
-            match secrets.get_opt(&r.name).await.map_err(|e| format!("envFrom[{i}] secret {:?}: {e}", r.name))? {
+            match secrets
+                .get_opt(&r.name)
+                .await
+                .map_err(|e| format!("envFrom[{i}] secret {:?}: {e}", r.name))?
+            {
                 Some(s) => {
                     for (k, v) in s.data.unwrap_or_default() {
-                        set(format!("{prefix}{k}"), String::from_utf8_lossy(&v.0).into_owned(), &mut order, &mut vars);
+                        set(
+                            format!("{prefix}{k}"),
+                            String::from_utf8_lossy(&v.0).into_owned(),
+                            &mut order,
+                            &mut vars,
+                        );
                     }
                 }
                 None if optional => {}
@@ -256,22 +299,49 @@ pub async fn build(
                         .ok_or_else(|| format!("env {}: container {n:?} not found", e.name))?,
                     _ => c,
                 };
-                Some(resource_ref(pod, target, &rr.resource, rr.divisor.as_ref().map(|d| d.0.as_str()), f)?)
+                Some(resource_ref(
+                    pod,
+                    target,
+                    &rr.resource,
+                    rr.divisor.as_ref().map(|d| d.0.as_str()),
+                    f,
+                )?)
             } else if let Some(r) = &src.config_map_key_ref {
                 let optional = r.optional.unwrap_or(false);
-                let cm = cms.get_opt(&r.name).await.map_err(|err| format!("env {}: configmap {:?}: {err}", e.name, r.name))?;
+                let cm = cms
+                    .get_opt(&r.name)
+                    .await
+                    .map_err(|err| format!("env {}: configmap {:?}: {err}", e.name, r.name))?;
                 match cm.and_then(|cm| cm.data.and_then(|d| d.get(&r.key).cloned())) {
                     Some(v) => Some(v),
                     None if optional => None,
-                    None => return Err(format!("couldn't find key {} in ConfigMap {ns}/{}", r.key, r.name)),
+                    None => {
+                        return Err(format!(
+                            "couldn't find key {} in ConfigMap {ns}/{}",
+                            r.key, r.name
+                        ));
+                    }
                 }
             } else if let Some(r) = &src.secret_key_ref {
                 let optional = r.optional.unwrap_or(false);
-                let s = secrets.get_opt(&r.name).await.map_err(|err| format!("env {}: secret {:?}: {err}", e.name, r.name))?;
-                match s.and_then(|s| s.data.and_then(|d| d.get(&r.key).map(|b| String::from_utf8_lossy(&b.0).into_owned()))) {
+                let s = secrets
+                    .get_opt(&r.name)
+                    .await
+                    .map_err(|err| format!("env {}: secret {:?}: {err}", e.name, r.name))?;
+                match s.and_then(|s| {
+                    s.data.and_then(|d| {
+                        d.get(&r.key)
+                            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                    })
+                }) {
                     Some(v) => Some(v),
                     None if optional => None,
-                    None => return Err(format!("couldn't find key {} in Secret {ns}/{}", r.key, r.name)),
+                    None => {
+                        return Err(format!(
+                            "couldn't find key {} in Secret {ns}/{}",
+                            r.key, r.name
+                        ));
+                    }
                 }
             } else {
                 None
@@ -283,7 +353,12 @@ pub async fn build(
             set(e.name.clone(), v, &mut order, &mut vars);
         }
     }
-    let command = c.command.iter().flatten().map(|s| expand(s, &vars)).collect();
+    let command = c
+        .command
+        .iter()
+        .flatten()
+        .map(|s| expand(s, &vars))
+        .collect();
     let args = c.args.iter().flatten().map(|s| expand(s, &vars)).collect();
     let env = order
         .into_iter()

@@ -47,7 +47,9 @@ async fn auth_for(client: &kube::Client, pod: &Pod, image: &str) -> Option<AuthC
     let host = registry(image);
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     for r in pod.spec.as_ref()?.image_pull_secrets.iter().flatten() {
-        let Ok(Some(s)) = api.get_opt(&r.name).await else { continue };
+        let Ok(Some(s)) = api.get_opt(&r.name).await else {
+            continue;
+        };
         let data = s.data.unwrap_or_default();
         let (doc, nested) = if let Some(d) = data.get(".dockerconfigjson") {
             (d, true)
@@ -56,12 +58,23 @@ async fn auth_for(client: &kube::Client, pod: &Pod, image: &str) -> Option<AuthC
         } else {
             continue;
         };
-        let Ok(v) = serde_json::from_slice::<Value>(&doc.0) else { continue };
-        let auths = if nested { v.get("auths").cloned().unwrap_or(Value::Null) } else { v };
+        let Ok(v) = serde_json::from_slice::<Value>(&doc.0) else {
+            continue;
+        };
+        let auths = if nested {
+            v.get("auths").cloned().unwrap_or(Value::Null)
+        } else {
+            v
+        };
         let Some(m) = auths.as_object() else { continue };
         for (k, e) in m {
             if matches(k, &host) {
-                let s = |f: &str| e.get(f).and_then(Value::as_str).unwrap_or_default().to_string();
+                let s = |f: &str| {
+                    e.get(f)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                };
                 return Some(AuthConfig {
                     username: s("username"),
                     password: s("password"),
@@ -77,16 +90,27 @@ async fn auth_for(client: &kube::Client, pod: &Pod, image: &str) -> Option<AuthC
 
 /// Makes the image of `c` present as its policy asks. Err: (reason, message) for the
 /// container's waiting state.
-pub async fn ensure(cri: &Cri, client: &kube::Client, pod: &Pod, c: &Container) -> Result<(), (String, String)> {
+pub async fn ensure(
+    cri: &Cri,
+    client: &kube::Client,
+    pod: &Pod,
+    c: &Container,
+) -> Result<(), (String, String)> {
     let image = c.image.clone().unwrap_or_default();
     if image.is_empty() {
         return Err(("InvalidImageName".into(), "container has no image".into()));
     }
-    let spec = ImageSpec { image: image.clone(), ..Default::default() };
+    let spec = ImageSpec {
+        image: image.clone(),
+        ..Default::default()
+    };
     let policy = policy(c);
     let mut img = cri.img.clone();
     let present = img
-        .image_status(ImageStatusRequest { image: Some(spec.clone()), verbose: false })
+        .image_status(ImageStatusRequest {
+            image: Some(spec.clone()),
+            verbose: false,
+        })
         .await
         .map(|r| r.into_inner().image.is_some())
         .unwrap_or(false);
@@ -103,13 +127,20 @@ pub async fn ensure(cri: &Cri, client: &kube::Client, pod: &Pod, c: &Container) 
     }
     let auth = auth_for(client, pod, &image).await;
     match img
-        .pull_image(PullImageRequest { image: Some(spec), auth, sandbox_config: None })
+        .pull_image(PullImageRequest {
+            image: Some(spec),
+            auth,
+            sandbox_config: None,
+        })
         .await
     {
         Ok(_) => Ok(()),
         Err(e) => Err((
             "ErrImagePull".into(),
-            format!("failed to pull and unpack image \"{image}\": {}", e.message()),
+            format!(
+                "failed to pull and unpack image \"{image}\": {}",
+                e.message()
+            ),
         )),
     }
 }

@@ -105,16 +105,41 @@ pub async fn run(
         path: opts.data_dir.display().to_string(),
         source: e,
     })?;
-    let cri = cri_client::Cri::connect(&opts.cri_endpoint).await?;
-    let version = cri
-        .rt
-        .clone()
-        .version(k8s_cri::v1::VersionRequest::default())
-        .await
-        .map_err(|e| cri.err("Version", e.message()))?
-        .into_inner();
+    tokio::pin!(shutdown);
+    // The runtime and the API server may still be starting: retry, as kubelet does.
+    let (cri, version) = loop {
+        let r = async {
+            let cri = cri_client::Cri::connect(&opts.cri_endpoint).await?;
+            let v = cri
+                .rt
+                .clone()
+                .version(k8s_cri::v1::VersionRequest::default())
+                .await
+                .map_err(|e| cri.err("Version", e.message()))?
+                .into_inner();
+            Ok::<_, NodeError>((cri, v))
+        }
+        .await;
+        match r {
+            Ok(x) => break x,
+            Err(e) => warn!("{e}; retrying"),
+        }
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
     info!(runtime = %version.runtime_name, version = %version.runtime_version, "connected to the CRI runtime");
-    let node = node_status::register(&client, &opts).await?;
+    let node = loop {
+        match node_status::register(&client, &opts).await {
+            Ok(n) => break n,
+            Err(e) => warn!("registering node {}: {e}; retrying", opts.node_name),
+        }
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
     let mut reporter = node_status::Reporter::default();
     if let Err(e) = reporter.report(&client, &cri, &opts).await {
         warn!("node status: {e}");
@@ -124,10 +149,13 @@ pub async fn run(
     }
 
     let (store, writer) = reflector::store::<Service>();
-    let svc_watch = watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects();
+    let svc_watch = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects();
     let svc_task = tokio::spawn(async move {
         futures::pin_mut!(svc_watch);
         while let Some(e) = futures::StreamExt::next(&mut svc_watch).await {

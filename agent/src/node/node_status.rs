@@ -64,7 +64,11 @@ pub async fn register(client: &kube::Client, opts: &Options) -> Result<Node, Nod
         Err(kube::Error::Api(s)) if s.code == 409 => {
             let patch = json!({"metadata": {"labels": labels(opts)}});
             let n = nodes
-                .patch(&opts.node_name, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch(
+                    &opts.node_name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
                 .await?;
             info!(node = %opts.node_name, "node already registered; adopted it");
             Ok(n)
@@ -99,10 +103,7 @@ impl Reporter {
             let v = v.into_inner();
             self.runtime_version = format!("{}://{}", v.runtime_name, v.runtime_version);
         }
-        let runtime_ready = match rt
-            .status(k8s_cri::v1::StatusRequest::default())
-            .await
-        {
+        let runtime_ready = match rt.status(k8s_cri::v1::StatusRequest::default()).await {
             Ok(s) => s
                 .into_inner()
                 .status
@@ -137,19 +138,38 @@ impl Reporter {
         let disk_pressure = disk_total > 0 && disk_avail < disk_total / 10;
         let pid_pressure = pids_now * 10 > pid_max * 9;
         let conds = [
-            ("MemoryPressure", mem_pressure, "KubeletHasInsufficientMemory",
-                "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-            ("DiskPressure", disk_pressure, "KubeletHasDiskPressure",
-                "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-            ("PIDPressure", pid_pressure, "KubeletHasInsufficientPID",
-                "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            (
+                "MemoryPressure",
+                mem_pressure,
+                "KubeletHasInsufficientMemory",
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
+            ),
+            (
+                "DiskPressure",
+                disk_pressure,
+                "KubeletHasDiskPressure",
+                "KubeletHasNoDiskPressure",
+                "kubelet has no disk pressure",
+            ),
+            (
+                "PIDPressure",
+                pid_pressure,
+                "KubeletHasInsufficientPID",
+                "KubeletHasSufficientPID",
+                "kubelet has sufficient PID available",
+            ),
         ];
         let hb = now_s();
         let mut conditions = Vec::new();
         for (ty, on, reason_on, reason_off, msg_off) in conds {
             let status = if on { "True" } else { "False" };
             let reason = if on { reason_on } else { reason_off };
-            let msg = if on { format!("kubelet has {ty}") } else { msg_off.to_string() };
+            let msg = if on {
+                format!("kubelet has {ty}")
+            } else {
+                msg_off.to_string()
+            };
             conditions.push(self.condition(ty, status, reason, &msg, &hb));
         }
         let (rs, rr, rm) = if runtime_ready {
@@ -176,14 +196,20 @@ impl Reporter {
         }});
         let nodes: Api<Node> = Api::all(client.clone());
         let n = nodes
-            .patch_status(&opts.node_name, &PatchParams::default(), &Patch::Merge(&status))
+            .patch_status(
+                &opts.node_name,
+                &PatchParams::default(),
+                &Patch::Merge(&status),
+            )
             .await?;
         let cidr = n.spec.and_then(|s| s.pod_cidr);
         if cidr.is_some() && cidr != self.pod_cidr {
             let c = cidr.clone().unwrap_or_default();
             let req = k8s_cri::v1::UpdateRuntimeConfigRequest {
                 runtime_config: Some(k8s_cri::v1::RuntimeConfig {
-                    network_config: Some(k8s_cri::v1::NetworkConfig { pod_cidr: c.clone() }),
+                    network_config: Some(k8s_cri::v1::NetworkConfig {
+                        pod_cidr: c.clone(),
+                    }),
                 }),
             };
             match rt.update_runtime_config(req).await {
@@ -199,22 +225,26 @@ impl Reporter {
 
     fn condition(&mut self, ty: &str, status: &str, reason: &str, msg: &str, hb: &str) -> Value {
         let key = ty.to_string();
-        let changed = self
-            .conditions
-            .get(&key)
-            .is_none_or(|(s, _)| s != status);
+        let changed = self.conditions.get(&key).is_none_or(|(s, _)| s != status);
         if changed {
             self.conditions
                 .insert(key.clone(), (status.to_string(), hb.to_string()));
         }
-        let since = self.conditions.get(&key).map(|(_, t)| t.clone()).unwrap_or_default();
+        let since = self
+            .conditions
+            .get(&key)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_default();
         json!({"type": ty, "status": status, "reason": reason, "message": msg,
                "lastHeartbeatTime": hb, "lastTransitionTime": since})
     }
 
     async fn images(&self, cri: &Cri) -> Vec<Value> {
         let mut img = cri.img.clone();
-        let Ok(r) = img.list_images(k8s_cri::v1::ListImagesRequest::default()).await else {
+        let Ok(r) = img
+            .list_images(k8s_cri::v1::ListImagesRequest::default())
+            .await
+        else {
             return Vec::new();
         };
         let mut out: Vec<(u64, Value)> = r

@@ -36,11 +36,18 @@ pub struct Manager {
 
 impl Manager {
     pub fn new(ctx: Arc<Ctx>) -> Manager {
-        Manager { ctx, workers: HashMap::new(), seen: HashMap::new(), cleaning: HashMap::new() }
+        Manager {
+            ctx,
+            workers: HashMap::new(),
+            seen: HashMap::new(),
+            cleaning: HashMap::new(),
+        }
     }
 
     fn upsert(&mut self, pod: Pod) {
-        let Some(uid) = pod.metadata.uid.clone() else { return };
+        let Some(uid) = pod.metadata.uid.clone() else {
+            return;
+        };
         let pod = Arc::new(pod);
         if let Some(h) = self.workers.get(&uid)
             && !h.task.is_finished()
@@ -67,7 +74,8 @@ impl Manager {
 
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         let api: Api<Pod> = Api::all(self.ctx.client.clone());
-        let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", self.ctx.opts.node_name));
+        let cfg = watcher::Config::default()
+            .fields(&format!("spec.nodeName={}", self.ctx.opts.node_name));
         let mut stream = watcher(api, cfg).boxed();
         let mut relist = tokio::time::interval(RELIST);
         relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -151,7 +159,14 @@ impl Manager {
     /// was down) are torn down.
     async fn orphans(&mut self, live: &HashSet<String>) {
         let mut uids: HashSet<String> = HashSet::new();
-        if let Ok(r) = self.ctx.cri.rt.clone().list_pod_sandbox(ListPodSandboxRequest::default()).await {
+        if let Ok(r) = self
+            .ctx
+            .cri
+            .rt
+            .clone()
+            .list_pod_sandbox(ListPodSandboxRequest::default())
+            .await
+        {
             for s in r.into_inner().items {
                 if let Some(u) = s.labels.get(POD_UID) {
                     uids.insert(u.clone());
@@ -164,13 +179,20 @@ impl Manager {
             }
         }
         for u in uids {
-            if u.is_empty() || live.contains(&u) || self.workers.contains_key(&u) || self.cleaning.contains_key(&u) {
+            if u.is_empty()
+                || live.contains(&u)
+                || self.workers.contains_key(&u)
+                || self.cleaning.contains_key(&u)
+            {
                 continue;
             }
             info!(pod = %u, "removing an orphaned pod (no longer in the API)");
             let ctx = self.ctx.clone();
             let uid = u.clone();
-            self.cleaning.insert(u, tokio::spawn(async move { cleanup_pod(&ctx, &uid, None).await }));
+            self.cleaning.insert(
+                u,
+                tokio::spawn(async move { cleanup_pod(&ctx, &uid, None).await }),
+            );
         }
     }
 }

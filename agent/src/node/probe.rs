@@ -38,19 +38,37 @@ fn port_of(c: &Container, p: &IntOrString) -> Result<u16, String> {
 }
 
 fn host_port(host: &str, port: u16) -> String {
-    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
-async fn http(c: &Container, pod_ip: &str, h: &HTTPGetAction, timeout: Duration) -> Result<(), String> {
-    if h.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS")) {
+async fn http(
+    c: &Container,
+    pod_ip: &str,
+    h: &HTTPGetAction,
+    timeout: Duration,
+) -> Result<(), String> {
+    if h.scheme
+        .as_deref()
+        .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"))
+    {
         return Err("httpGet with scheme HTTPS is not supported by hull's agent".into());
     }
     let port = port_of(c, &h.port)?;
-    let host = h.host.as_deref().filter(|h| !h.is_empty()).unwrap_or(pod_ip);
+    let host = h
+        .host
+        .as_deref()
+        .filter(|h| !h.is_empty())
+        .unwrap_or(pod_ip);
     let path = h.path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/");
     let addr = host_port(host, port);
     let work = async {
-        let mut s = tokio::net::TcpStream::connect(&addr).await.map_err(|e| format!("dial {addr}: {e}"))?;
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .map_err(|e| format!("dial {addr}: {e}"))?;
         let mut req = format!("GET {path} HTTP/1.1\r\n");
         let mut has_host = false;
         for hd in h.http_headers.iter().flatten() {
@@ -61,11 +79,16 @@ async fn http(c: &Container, pod_ip: &str, h: &HTTPGetAction, timeout: Duration)
             req.push_str(&format!("Host: {addr}\r\n"));
         }
         req.push_str("User-Agent: kube-probe/1.35\r\nAccept: */*\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.map_err(|e| format!("write {addr}: {e}"))?;
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("write {addr}: {e}"))?;
         let mut buf = vec![0u8; 1024];
         let mut n = 0;
         while n < 12 {
-            let r = s.read(&mut buf[n..]).await.map_err(|e| format!("read {addr}: {e}"))?;
+            let r = s
+                .read(&mut buf[n..])
+                .await
+                .map_err(|e| format!("read {addr}: {e}"))?;
             if r == 0 {
                 break;
             }
@@ -121,7 +144,11 @@ pub async fn run(
         Action::Http(h) => http(c, pod_ip, h, timeout).await,
         Action::Tcp(t) => {
             let port = port_of(c, &t.port)?;
-            let host = t.host.as_deref().filter(|h| !h.is_empty()).unwrap_or(pod_ip);
+            let host = t
+                .host
+                .as_deref()
+                .filter(|h| !h.is_empty())
+                .unwrap_or(pod_ip);
             let addr = host_port(host, port);
             match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
                 Ok(Ok(_)) => Ok(()),
@@ -182,7 +209,14 @@ enum Kind {
 impl Probes {
     /// Starts the probes of `c` (container `id`); `ready_hint` seeds readiness when the
     /// agent re-adopts a container it had already reported ready.
-    pub fn start(cri: &Cri, c: &Container, id: &str, pod_ip: &str, ready_hint: bool, wake: Arc<Notify>) -> Probes {
+    pub fn start(
+        cri: &Cri,
+        c: &Container,
+        id: &str,
+        pod_ip: &str,
+        ready_hint: bool,
+        wake: Arc<Notify>,
+    ) -> Probes {
         let has_startup = c.startup_probe.as_ref().and_then(probe_action).is_some();
         let has_ready = c.readiness_probe.as_ref().and_then(probe_action).is_some();
         let results = Arc::new(Mutex::new(Results {
@@ -200,8 +234,14 @@ impl Probes {
             if probe_action(&p).is_none() {
                 continue;
             }
-            let (cri, c, id, ip, res, wake) =
-                (cri.clone(), c.clone(), id.to_string(), pod_ip.to_string(), results.clone(), wake.clone());
+            let (cri, c, id, ip, res, wake) = (
+                cri.clone(),
+                c.clone(),
+                id.to_string(),
+                pod_ip.to_string(),
+                results.clone(),
+                wake.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 probe_loop(kind, &p, &cri, &c, &id, &ip, &res, &wake).await;
             }));
@@ -210,7 +250,11 @@ impl Probes {
     }
 
     pub fn get(&self) -> Results {
-        self.results.lock().map(|r| r.clone()).unwrap_or(Results { ready: false, started: false, kill: None })
+        self.results.lock().map(|r| r.clone()).unwrap_or(Results {
+            ready: false,
+            started: false,
+            kill: None,
+        })
     }
 }
 
@@ -230,7 +274,10 @@ async fn probe_loop(
     let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
     let success_th = p.success_threshold.unwrap_or(1).max(1);
     let failure_th = p.failure_threshold.unwrap_or(3).max(1);
-    tokio::time::sleep(Duration::from_secs(p.initial_delay_seconds.unwrap_or(0).max(0) as u64)).await;
+    tokio::time::sleep(Duration::from_secs(
+        p.initial_delay_seconds.unwrap_or(0).max(0) as u64,
+    ))
+    .await;
     let (mut ok_run, mut fail_run) = (0, 0);
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -242,7 +289,9 @@ async fn probe_loop(
             Kind::Liveness | Kind::Readiness if !started => continue,
             _ => {}
         }
-        let Some(action) = probe_action(action_of) else { return };
+        let Some(action) = probe_action(action_of) else {
+            return;
+        };
         let outcome = run(cri, c, id, ip, action, timeout).await;
         let mut changed = false;
         match &outcome {
@@ -271,13 +320,19 @@ async fn probe_loop(
                         r.started = true;
                         changed = true;
                     } else if fail_run >= failure_th && r.kill.is_none() {
-                        r.kill = Some(format!("Startup probe failed: {}", outcome.as_ref().err().cloned().unwrap_or_default()));
+                        r.kill = Some(format!(
+                            "Startup probe failed: {}",
+                            outcome.as_ref().err().cloned().unwrap_or_default()
+                        ));
                         changed = true;
                     }
                 }
                 Kind::Liveness => {
                     if fail_run >= failure_th && r.kill.is_none() {
-                        r.kill = Some(format!("Liveness probe failed: {}", outcome.as_ref().err().cloned().unwrap_or_default()));
+                        r.kill = Some(format!(
+                            "Liveness probe failed: {}",
+                            outcome.as_ref().err().cloned().unwrap_or_default()
+                        ));
                         changed = true;
                     }
                 }

@@ -16,7 +16,9 @@ pub fn milli(s: &str) -> Option<i128> {
     if int_digits.is_empty() && frac_part.is_empty() {
         return None;
     }
-    if !int_digits.bytes().all(|b| b.is_ascii_digit()) || !frac_part.bytes().all(|b| b.is_ascii_digit()) {
+    if !int_digits.bytes().all(|b| b.is_ascii_digit())
+        || !frac_part.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     // value = digits / 10^frac_len, kept exact as (mantissa, scale).

@@ -13,9 +13,17 @@ const MIN_QUOTA: i64 = 1000;
 
 fn get(c: &Container, which: &str, res: &str) -> Option<i128> {
     let r = c.resources.as_ref()?;
-    let m = if which == "limits" { r.limits.as_ref()? } else { r.requests.as_ref()? };
+    let m = if which == "limits" {
+        r.limits.as_ref()?
+    } else {
+        r.requests.as_ref()?
+    };
     let q = m.get(res)?;
-    if res == "cpu" { quantity::milli(&q.0) } else { quantity::units(&q.0) }
+    if res == "cpu" {
+        quantity::milli(&q.0)
+    } else {
+        quantity::units(&q.0)
+    }
 }
 
 /// Request of a resource, defaulting to its limit (API defaulting does the same).
@@ -79,7 +87,11 @@ pub fn oom_score_adj(pod: &Pod, c: &Container, mem_capacity: i128) -> i64 {
         "BestEffort" => 1000,
         _ => {
             let req = request(c, "memory").unwrap_or(0);
-            let v = if mem_capacity > 0 { 1000 - (1000 * req) / mem_capacity } else { 1000 };
+            let v = if mem_capacity > 0 {
+                1000 - (1000 * req) / mem_capacity
+            } else {
+                1000
+            };
             (v.clamp(3, 999)) as i64
         }
     };

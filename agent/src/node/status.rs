@@ -83,7 +83,9 @@ impl CState<'_> {
             }
             Some(s) if is_exited(s) && self.waiting.is_none() => {
                 v["state"] = terminated(s, self.runtime);
-                tally = Tally::Stopped { ok: s.exit_code == 0 };
+                tally = Tally::Stopped {
+                    ok: s.exit_code == 0,
+                };
                 show_previous_as_last = true;
             }
             Some(s) if is_exited(s) => {
@@ -91,7 +93,9 @@ impl CState<'_> {
                 v["lastState"] = terminated(s, self.runtime);
                 let (r, m) = self.waiting.clone().unwrap_or_default();
                 v["state"] = json!({"waiting": {"reason": r, "message": m}});
-                tally = Tally::Stopped { ok: s.exit_code == 0 };
+                tally = Tally::Stopped {
+                    ok: s.exit_code == 0,
+                };
                 show_previous_as_last = false;
             }
             _ => {
@@ -106,7 +110,9 @@ impl CState<'_> {
                 v["state"] = json!({"waiting": w});
                 show_previous_as_last = true;
                 if let Some(p) = self.previous.filter(|p| is_exited(p)) {
-                    tally = Tally::Stopped { ok: p.exit_code == 0 };
+                    tally = Tally::Stopped {
+                        ok: p.exit_code == 0,
+                    };
                 }
             }
         }
@@ -136,7 +142,8 @@ fn cond(pod: &Pod, ty: &str, ok: bool, reason: Option<&str>, msg: Option<String>
             .unwrap_or_else(|| json!(now())),
         _ => json!(now()),
     };
-    let mut c = json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
+    let mut c =
+        json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
     if let Some(r) = reason {
         c["reason"] = json!(r);
     }
@@ -209,11 +216,19 @@ pub fn build(pod: &Pod, v: &PodView, phase: &str, inits_done: bool) -> Value {
     let terminal = phase == "Succeeded" || phase == "Failed";
     let init_json: Vec<Value> = v.init.iter().map(|c| c.json().0).collect();
     let cont_json: Vec<Value> = v.containers.iter().map(|c| c.json().0).collect();
-    let unready: Vec<&str> = v.containers.iter().filter(|c| !c.ready).map(|c| c.name).collect();
+    let unready: Vec<&str> = v
+        .containers
+        .iter()
+        .filter(|c| !c.ready)
+        .map(|c| c.name)
+        .collect();
     let incomplete: Vec<&str> = v
         .init
         .iter()
-        .filter(|c| !c.latest.is_some_and(|s| is_exited(s) && s.exit_code == 0) && !(c.started && c.latest.is_some_and(is_running)))
+        .filter(|c| {
+            !c.latest.is_some_and(|s| is_exited(s) && s.exit_code == 0)
+                && !(c.started && c.latest.is_some_and(is_running))
+        })
         .map(|c| c.name)
         .collect();
     let gates_ok = pod
@@ -237,7 +252,10 @@ pub fn build(pod: &Pod, v: &PodView, phase: &str, inits_done: bool) -> Value {
     } else {
         (
             Some("ContainersNotReady"),
-            Some(format!("containers with unready status: [{}]", unready.join(" "))),
+            Some(format!(
+                "containers with unready status: [{}]",
+                unready.join(" ")
+            )),
         )
     };
     let (init_reason, init_msg) = if terminal && inits_done {
@@ -247,7 +265,10 @@ pub fn build(pod: &Pod, v: &PodView, phase: &str, inits_done: bool) -> Value {
     } else {
         (
             Some("ContainersNotInitialized"),
-            Some(format!("containers with incomplete status: [{}]", incomplete.join(" "))),
+            Some(format!(
+                "containers with incomplete status: [{}]",
+                incomplete.join(" ")
+            )),
         )
     };
     let scheduled = pod
@@ -258,16 +279,40 @@ pub fn build(pod: &Pod, v: &PodView, phase: &str, inits_done: bool) -> Value {
         .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
         .unwrap_or_else(|| cond(pod, "PodScheduled", true, None, None));
     let mut conditions = vec![
-        cond(pod, "PodReadyToStartContainers", v.sandbox_ready, None, None),
+        cond(
+            pod,
+            "PodReadyToStartContainers",
+            v.sandbox_ready,
+            None,
+            None,
+        ),
         cond(pod, "Initialized", inits_done, init_reason, init_msg),
-        cond(pod, "Ready", containers_ready && gates_ok, cr_reason, cr_msg.clone()),
+        cond(
+            pod,
+            "Ready",
+            containers_ready && gates_ok,
+            cr_reason,
+            cr_msg.clone(),
+        ),
         cond(pod, "ContainersReady", containers_ready, cr_reason, cr_msg),
         scheduled,
     ];
     // Conditions others own (readiness gates, DisruptionTarget) are kept.
-    for c in pod.status.as_ref().and_then(|s| s.conditions.as_ref()).into_iter().flatten() {
-        if !["PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled"]
-            .contains(&c.type_.as_str())
+    for c in pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        if ![
+            "PodReadyToStartContainers",
+            "Initialized",
+            "Ready",
+            "ContainersReady",
+            "PodScheduled",
+        ]
+        .contains(&c.type_.as_str())
         {
             conditions.push(serde_json::to_value(c).unwrap_or(Value::Null));
         }
@@ -289,7 +334,12 @@ pub fn build(pod: &Pod, v: &PodView, phase: &str, inits_done: bool) -> Value {
     }
     if !v.pod_ips.is_empty() {
         st["podIP"] = json!(v.pod_ips[0]);
-        st["podIPs"] = json!(v.pod_ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>());
+        st["podIPs"] = json!(
+            v.pod_ips
+                .iter()
+                .map(|ip| json!({"ip": ip}))
+                .collect::<Vec<_>>()
+        );
     }
     st
 }

@@ -70,7 +70,10 @@ fn items(
                 atomic::clean_rel(&it.path).map_err(|e| format!("{what}: items: {e}"))?;
                 match data.get(&it.key) {
                     Some(v) => {
-                        files.insert(it.path.clone(), (v.clone(), it.mode.map(|m| m as u32).unwrap_or(mode)));
+                        files.insert(
+                            it.path.clone(),
+                            (v.clone(), it.mode.map(|m| m as u32).unwrap_or(mode)),
+                        );
                     }
                     None if optional => {}
                     None => return Err(format!("{what}: key {:?} not found", it.key)),
@@ -82,9 +85,16 @@ fn items(
 }
 
 impl Setup<'_> {
-    async fn configmap(&self, ns: &str, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
+    async fn configmap(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
-        let cm = api.get_opt(name).await.map_err(|e| format!("configmap {name:?}: {e}"))?;
+        let cm = api
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("configmap {name:?}: {e}"))?;
         Ok(cm.map(|cm| {
             let mut m: BTreeMap<String, Vec<u8>> = cm
                 .data
@@ -99,9 +109,16 @@ impl Setup<'_> {
         }))
     }
 
-    async fn secret(&self, ns: &str, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
+    async fn secret(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-        let s = api.get_opt(name).await.map_err(|e| format!("secret {name:?}: {e}"))?;
+        let s = api
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("secret {name:?}: {e}"))?;
         Ok(s.map(|s| {
             let mut m: BTreeMap<String, Vec<u8>> = s
                 .data
@@ -116,7 +133,12 @@ impl Setup<'_> {
         }))
     }
 
-    fn downward(&self, pod: &Pod, items: &[DownwardAPIVolumeFile], mode: u32) -> Result<Files, String> {
+    fn downward(
+        &self,
+        pod: &Pod,
+        items: &[DownwardAPIVolumeFile],
+        mode: u32,
+    ) -> Result<Files, String> {
         let mut files = Files::new();
         for it in items {
             atomic::clean_rel(&it.path).map_err(|e| format!("downwardAPI: {e}"))?;
@@ -128,12 +150,23 @@ impl Setup<'_> {
                     .spec
                     .as_ref()
                     .and_then(|s| s.containers.iter().find(|c| c.name == cname))
-                    .ok_or_else(|| format!("downwardAPI {}: container {cname:?} not found", it.path))?;
-                env::resource_ref(pod, c, &rr.resource, rr.divisor.as_ref().map(|d| d.0.as_str()), &self.facts)?
+                    .ok_or_else(|| {
+                        format!("downwardAPI {}: container {cname:?} not found", it.path)
+                    })?;
+                env::resource_ref(
+                    pod,
+                    c,
+                    &rr.resource,
+                    rr.divisor.as_ref().map(|d| d.0.as_str()),
+                    &self.facts,
+                )?
             } else {
                 String::new()
             };
-            files.insert(it.path.clone(), (v.into_bytes(), it.mode.map(|m| m as u32).unwrap_or(mode)));
+            files.insert(
+                it.path.clone(),
+                (v.into_bytes(), it.mode.map(|m| m as u32).unwrap_or(mode)),
+            );
         }
         Ok(files)
     }
@@ -151,7 +184,11 @@ impl Setup<'_> {
             .as_ref()
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_else(|| "default".into());
-        let key = format!("{sa}/{}/{}", audience.unwrap_or(""), expiration.unwrap_or(3607));
+        let key = format!(
+            "{sa}/{}/{}",
+            audience.unwrap_or(""),
+            expiration.unwrap_or(3607)
+        );
         if let Some((t, at, life)) = tokens.0.get(&key)
             && at.elapsed() < life.mul_f64(0.8)
         {
@@ -164,14 +201,17 @@ impl Setup<'_> {
         if let Some(a) = audience {
             spec["audiences"] = json!([a]);
         }
-        let req = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
+        let req =
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
         let resp: serde_json::Value = api
             .create_subresource("token", &sa, &PostParams::default(), &req)
             .await
             .map_err(|e| format!("token for serviceaccount {ns}/{sa}: {e}"))?;
         let t = resp["status"]["token"]
             .as_str()
-            .ok_or_else(|| format!("token for serviceaccount {ns}/{sa}: no status.token in the answer"))?
+            .ok_or_else(|| {
+                format!("token for serviceaccount {ns}/{sa}: no status.token in the answer")
+            })?
             .to_string();
         let life = Duration::from_secs(expiration.unwrap_or(3607).max(600) as u64);
         tokens.0.insert(key, (t.clone(), Instant::now(), life));
@@ -179,10 +219,23 @@ impl Setup<'_> {
     }
 
     /// Prepares (or refreshes) every volume of `pod`.
-    pub async fn all(&self, pod: &Pod, tokens: &mut Tokens) -> Result<BTreeMap<String, HostVolume>, String> {
+    pub async fn all(
+        &self,
+        pod: &Pod,
+        tokens: &mut Tokens,
+    ) -> Result<BTreeMap<String, HostVolume>, String> {
         let mut out = BTreeMap::new();
-        for v in pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
-            let hv = self.one(pod, v, tokens).await.map_err(|e| format!("volume {:?}: {e}", v.name))?;
+        for v in pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            let hv = self
+                .one(pod, v, tokens)
+                .await
+                .map_err(|e| format!("volume {:?}: {e}", v.name))?;
             out.insert(v.name.clone(), hv);
         }
         Ok(out)
@@ -193,14 +246,21 @@ impl Setup<'_> {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let base = pod_dir(self.data_dir, uid).join("volumes");
         let dir = |kind: &str| base.join(kind).join(&v.name);
-        let rw = |path: PathBuf| HostVolume { path, read_only: false };
+        let rw = |path: PathBuf| HostVolume {
+            path,
+            read_only: false,
+        };
         if let Some(e) = &v.empty_dir {
             let d = dir("kubernetes.io~empty-dir");
             std::fs::create_dir_all(&d).map_err(|e| io_err("create", &d, e))?;
             let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777));
             if e.medium.as_deref() == Some("Memory") && !mounted(&d) {
                 let mut opts = "mode=0777".to_string();
-                if let Some(sz) = e.size_limit.as_ref().and_then(|q| super::quantity::units(&q.0)) {
+                if let Some(sz) = e
+                    .size_limit
+                    .as_ref()
+                    .and_then(|q| super::quantity::units(&q.0))
+                {
                     opts.push_str(&format!(",size={sz}"));
                 }
                 nix::mount::mount(
@@ -221,37 +281,67 @@ impl Setup<'_> {
             }
             let md = std::fs::metadata(&p);
             let ty = h.type_.as_deref().unwrap_or("");
-            let bad = |want: &str| format!("hostPath type check failed: {} is not a {want}", h.path);
+            let bad =
+                |want: &str| format!("hostPath type check failed: {} is not a {want}", h.path);
             match ty {
                 "" => {}
                 "DirectoryOrCreate" => {
                     if md.is_err() {
                         std::fs::create_dir_all(&p).map_err(|e| io_err("create", &p, e))?;
-                        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755));
+                        let _ =
+                            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755));
                     } else if !p.is_dir() {
                         return Err(bad("directory"));
                     }
                 }
-                "Directory" => md.ok().filter(|m| m.is_dir()).map(|_| ()).ok_or_else(|| bad("directory"))?,
+                "Directory" => md
+                    .ok()
+                    .filter(|m| m.is_dir())
+                    .map(|_| ())
+                    .ok_or_else(|| bad("directory"))?,
                 "FileOrCreate" => {
                     if md.is_err() {
                         if let Some(parent) = p.parent() {
-                            std::fs::create_dir_all(parent).map_err(|e| io_err("create", parent, e))?;
+                            std::fs::create_dir_all(parent)
+                                .map_err(|e| io_err("create", parent, e))?;
                         }
-                        std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(|e| io_err("create", &p, e))?;
+                        std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&p)
+                            .map_err(|e| io_err("create", &p, e))?;
                     } else if !p.is_file() {
                         return Err(bad("file"));
                     }
                 }
-                "File" => md.ok().filter(|m| m.is_file()).map(|_| ()).ok_or_else(|| bad("file"))?,
-                "Socket" => md.ok().filter(|m| m.file_type().is_socket()).map(|_| ()).ok_or_else(|| bad("socket"))?,
-                "CharDevice" => md.ok().filter(|m| m.file_type().is_char_device()).map(|_| ()).ok_or_else(|| bad("character device"))?,
-                "BlockDevice" => md.ok().filter(|m| m.file_type().is_block_device()).map(|_| ()).ok_or_else(|| bad("block device"))?,
+                "File" => md
+                    .ok()
+                    .filter(|m| m.is_file())
+                    .map(|_| ())
+                    .ok_or_else(|| bad("file"))?,
+                "Socket" => md
+                    .ok()
+                    .filter(|m| m.file_type().is_socket())
+                    .map(|_| ())
+                    .ok_or_else(|| bad("socket"))?,
+                "CharDevice" => md
+                    .ok()
+                    .filter(|m| m.file_type().is_char_device())
+                    .map(|_| ())
+                    .ok_or_else(|| bad("character device"))?,
+                "BlockDevice" => md
+                    .ok()
+                    .filter(|m| m.file_type().is_block_device())
+                    .map(|_| ())
+                    .ok_or_else(|| bad("block device"))?,
                 t => return Err(format!("hostPath.type {t:?} is not known")),
             }
             return Ok(rw(p));
         }
-        let ro = |path: PathBuf| HostVolume { path, read_only: true };
+        let ro = |path: PathBuf| HostVolume {
+            path,
+            read_only: true,
+        };
         if let Some(c) = &v.config_map {
             let mode = c.default_mode.unwrap_or(0o644) as u32;
             let optional = c.optional.unwrap_or(false);
@@ -294,25 +384,50 @@ impl Setup<'_> {
                 if let Some(c) = &src.config_map {
                     let optional = c.optional.unwrap_or(false);
                     match self.configmap(ns, &c.name).await? {
-                        Some(data) => files.extend(items(&data, c.items.as_ref(), mode, "projected configMap", optional)?),
+                        Some(data) => files.extend(items(
+                            &data,
+                            c.items.as_ref(),
+                            mode,
+                            "projected configMap",
+                            optional,
+                        )?),
                         None if optional => {}
-                        None => return Err(format!("sources[{i}]: configmap \"{}\" not found", c.name)),
+                        None => {
+                            return Err(format!(
+                                "sources[{i}]: configmap \"{}\" not found",
+                                c.name
+                            ));
+                        }
                     }
                 }
                 if let Some(s) = &src.secret {
                     let optional = s.optional.unwrap_or(false);
                     match self.secret(ns, &s.name).await? {
-                        Some(data) => files.extend(items(&data, s.items.as_ref(), mode, "projected secret", optional)?),
+                        Some(data) => files.extend(items(
+                            &data,
+                            s.items.as_ref(),
+                            mode,
+                            "projected secret",
+                            optional,
+                        )?),
                         None if optional => {}
-                        None => return Err(format!("sources[{i}]: secret \"{}\" not found", s.name)),
+                        None => {
+                            return Err(format!("sources[{i}]: secret \"{}\" not found", s.name));
+                        }
                     }
                 }
                 if let Some(da) = &src.downward_api {
-                    files.extend(self.downward(pod, da.items.as_deref().unwrap_or_default(), mode)?);
+                    files.extend(self.downward(
+                        pod,
+                        da.items.as_deref().unwrap_or_default(),
+                        mode,
+                    )?);
                 }
                 if let Some(t) = &src.service_account_token {
                     atomic::clean_rel(&t.path).map_err(|e| format!("sources[{i}]: {e}"))?;
-                    let tok = self.token(pod, tokens, t.audience.as_deref(), t.expiration_seconds).await?;
+                    let tok = self
+                        .token(pod, tokens, t.audience.as_deref(), t.expiration_seconds)
+                        .await?;
                     files.insert(t.path.clone(), (tok.into_bytes(), mode));
                 }
             }
@@ -321,21 +436,37 @@ impl Setup<'_> {
         }
         if let Some(c) = &v.persistent_volume_claim {
             let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
-            let pvc = pvcs.get_opt(&c.claim_name).await.map_err(|e| format!("pvc {:?}: {e}", c.claim_name))?
+            let pvc = pvcs
+                .get_opt(&c.claim_name)
+                .await
+                .map_err(|e| format!("pvc {:?}: {e}", c.claim_name))?
                 .ok_or_else(|| format!("persistentvolumeclaim \"{}\" not found", c.claim_name))?;
-            let pv_name = pvc.spec.and_then(|s| s.volume_name).filter(|n| !n.is_empty())
-                .ok_or_else(|| format!("persistentvolumeclaim \"{}\" is not bound", c.claim_name))?;
+            let pv_name = pvc
+                .spec
+                .and_then(|s| s.volume_name)
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| {
+                    format!("persistentvolumeclaim \"{}\" is not bound", c.claim_name)
+                })?;
             let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
-            let pv = pvs.get(&pv_name).await.map_err(|e| format!("persistentvolume {pv_name:?}: {e}"))?;
+            let pv = pvs
+                .get(&pv_name)
+                .await
+                .map_err(|e| format!("persistentvolume {pv_name:?}: {e}"))?;
             let spec = pv.spec.unwrap_or_default();
             let path = spec.host_path.map(|h| h.path).or(spec.local.map(|l| l.path))
                 .ok_or_else(|| format!("persistentvolume {pv_name:?}: only hostPath and local volumes can be mounted"))?;
             let p = PathBuf::from(path);
             if !p.is_absolute() {
-                return Err(format!("persistentvolume {pv_name:?}: path must be absolute"));
+                return Err(format!(
+                    "persistentvolume {pv_name:?}: path must be absolute"
+                ));
             }
             std::fs::create_dir_all(&p).map_err(|e| io_err("create", &p, e))?;
-            return Ok(HostVolume { path: p, read_only: c.read_only.unwrap_or(false) });
+            return Ok(HostVolume {
+                path: p,
+                read_only: c.read_only.unwrap_or(false),
+            });
         }
         Err("volume type not supported by hull's agent".into())
     }
@@ -344,8 +475,14 @@ impl Setup<'_> {
 /// The directory a subPath names, created if missing, refused if it leaves the volume
 /// (a `..`, an absolute path, or a symlink resolving outside).
 fn sub_path(root: &Path, sub: &str) -> Result<PathBuf, String> {
-    if sub.starts_with('/') || Path::new(sub).components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-        return Err(format!("subPath {sub:?} must be a relative path without '..'"));
+    if sub.starts_with('/')
+        || Path::new(sub)
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!(
+            "subPath {sub:?} must be a relative path without '..'"
+        ));
     }
     let root_real = std::fs::canonicalize(root).map_err(|e| io_err("resolve", root, e))?;
     let p = root.join(sub);
@@ -353,7 +490,9 @@ fn sub_path(root: &Path, sub: &str) -> Result<PathBuf, String> {
         // Only create below a parent that itself stays inside the root.
         if let Some(parent) = p.parent() {
             let pr = std::fs::canonicalize(parent).ok();
-            if let Some(pr) = pr && !pr.starts_with(&root_real) {
+            if let Some(pr) = pr
+                && !pr.starts_with(&root_real)
+            {
                 return Err(format!("subPath {sub:?} resolves outside the volume"));
             }
         }
@@ -375,7 +514,10 @@ pub fn mounts(
     let mut out = Vec::new();
     for (i, m) in c.volume_mounts.iter().flatten().enumerate() {
         let v = vols.get(&m.name).ok_or_else(|| {
-            format!("volumeMounts[{i}]: volume {:?} is not defined in the pod", m.name)
+            format!(
+                "volumeMounts[{i}]: volume {:?} is not defined in the pod",
+                m.name
+            )
         })?;
         let sub = match (&m.sub_path, &m.sub_path_expr) {
             (Some(s), _) if !s.is_empty() => Some(s.clone()),

@@ -69,7 +69,9 @@ impl Snapshot {
         self.by_name.get(name).and_then(|v| v.last())
     }
     fn previous(&self, name: &str) -> Option<&ContainerStatus> {
-        self.by_name.get(name).and_then(|v| v.len().checked_sub(2).and_then(|i| v.get(i)))
+        self.by_name
+            .get(name)
+            .and_then(|v| v.len().checked_sub(2).and_then(|i| v.get(i)))
     }
 }
 
@@ -96,12 +98,19 @@ fn now_ns() -> i64 {
 fn grace_of(pod: &Pod) -> i64 {
     pod.metadata
         .deletion_grace_period_seconds
-        .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
         .unwrap_or(30)
 }
 
 fn restart_policy(pod: &Pod) -> &str {
-    pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always")
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
+        .unwrap_or("Always")
 }
 
 fn hook_action(h: &k8s_openapi::api::core::v1::LifecycleHandler) -> Option<Action<'_>> {
@@ -170,13 +179,19 @@ impl Worker {
         let sel = HashMap::from([(POD_UID.to_string(), self.uid.clone())]);
         let sbs = rt
             .list_pod_sandbox(ListPodSandboxRequest {
-                filter: Some(PodSandboxFilter { label_selector: sel.clone(), ..Default::default() }),
+                filter: Some(PodSandboxFilter {
+                    label_selector: sel.clone(),
+                    ..Default::default()
+                }),
             })
             .await
             .map_err(|e| format!("ListPodSandbox: {}", e.message()))?
             .into_inner()
             .items;
-        let max_sandbox_attempt = sbs.iter().filter_map(|s| s.metadata.as_ref().map(|m| m.attempt)).max();
+        let max_sandbox_attempt = sbs
+            .iter()
+            .filter_map(|s| s.metadata.as_ref().map(|m| m.attempt))
+            .max();
         let ready = sbs
             .iter()
             .rev()
@@ -194,20 +209,30 @@ impl Worker {
             by_name: HashMap::new(),
             max_sandbox_attempt,
         };
-        let Some(sb) = &snap.sandbox else { return Ok(snap) };
+        let Some(sb) = &snap.sandbox else {
+            return Ok(snap);
+        };
         if let Ok(st) = rt
-            .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: sb.id.clone(), verbose: false })
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: sb.id.clone(),
+                verbose: false,
+            })
             .await
             && let Some(n) = st.into_inner().status.and_then(|s| s.network)
         {
             if !n.ip.is_empty() {
                 snap.pod_ips.push(n.ip);
             }
-            snap.pod_ips.extend(n.additional_ips.into_iter().map(|i| i.ip));
+            snap.pod_ips
+                .extend(n.additional_ips.into_iter().map(|i| i.ip));
         }
         let cs = rt
             .list_containers(ListContainersRequest {
-                filter: Some(ContainerFilter { pod_sandbox_id: sb.id.clone(), label_selector: sel, ..Default::default() }),
+                filter: Some(ContainerFilter {
+                    pod_sandbox_id: sb.id.clone(),
+                    label_selector: sel,
+                    ..Default::default()
+                }),
             })
             .await
             .map_err(|e| format!("ListContainers: {}", e.message()))?
@@ -219,17 +244,32 @@ impl Worker {
             by.entry(name).or_default().push(c);
         }
         for (name, mut list) in by {
-            list.sort_by_key(|c| (c.metadata.as_ref().map(|m| m.attempt).unwrap_or(0), c.created_at));
+            list.sort_by_key(|c| {
+                (
+                    c.metadata.as_ref().map(|m| m.attempt).unwrap_or(0),
+                    c.created_at,
+                )
+            });
             // Older dead attempts are not needed for status or logs: kubelet keeps one.
             while list.len() > 2 {
                 let old = list.remove(0);
                 if old.state != ContainerState::ContainerRunning as i32 {
-                    let _ = rt.remove_container(RemoveContainerRequest { container_id: old.id }).await;
+                    let _ = rt
+                        .remove_container(RemoveContainerRequest {
+                            container_id: old.id,
+                        })
+                        .await;
                 }
             }
             let mut sts = Vec::new();
             for c in list {
-                match rt.container_status(ContainerStatusRequest { container_id: c.id.clone(), verbose: false }).await {
+                match rt
+                    .container_status(ContainerStatusRequest {
+                        container_id: c.id.clone(),
+                        verbose: false,
+                    })
+                    .await
+                {
                     Ok(s) => sts.extend(s.into_inner().status),
                     Err(e) => debug!("ContainerStatus {}: {}", c.id, e.message()),
                 }
@@ -248,13 +288,25 @@ impl Worker {
         }
     }
 
-    async fn volumes(&mut self, pod: &Pod, pod_ips: &[String], force: bool) -> Result<BTreeMap<String, HostVolume>, String> {
-        if !force && let Some((v, at)) = &self.vols && at.elapsed() < RESYNC {
+    async fn volumes(
+        &mut self,
+        pod: &Pod,
+        pod_ips: &[String],
+        force: bool,
+    ) -> Result<BTreeMap<String, HostVolume>, String> {
+        if !force
+            && let Some((v, at)) = &self.vols
+            && at.elapsed() < RESYNC
+        {
             return Ok(v.clone());
         }
         let mut tokens = std::mem::take(&mut self.tokens);
         let r = {
-            let s = Setup { client: &self.ctx.client, data_dir: &self.ctx.opts.data_dir, facts: self.facts(pod_ips) };
+            let s = Setup {
+                client: &self.ctx.client,
+                data_dir: &self.ctx.opts.data_dir,
+                facts: self.facts(pod_ips),
+            };
             s.all(pod, &mut tokens).await
         };
         self.tokens = tokens;
@@ -273,7 +325,11 @@ impl Worker {
                 .map(|t| t.0.to_string())
                 .or_else(|| Some(status::now()));
         }
-        let phase_now = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+        let phase_now = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .unwrap_or("Pending");
         if phase_now == "Succeeded" || phase_now == "Failed" {
             self.terminal = true;
         }
@@ -290,7 +346,15 @@ impl Worker {
             };
             if self.terminal {
                 if let Some(sb) = &s.sandbox {
-                    let _ = self.ctx.cri.rt.clone().stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: sb.id.clone() }).await;
+                    let _ = self
+                        .ctx
+                        .cri
+                        .rt
+                        .clone()
+                        .stop_pod_sandbox(StopPodSandboxRequest {
+                            pod_sandbox_id: sb.id.clone(),
+                        })
+                        .await;
                 }
                 snap = Some(s);
                 break;
@@ -309,31 +373,50 @@ impl Worker {
                 }
             }
         }
-        let Some(snap) = snap else { return Some(Duration::from_millis(200)) };
+        let Some(snap) = snap else {
+            return Some(Duration::from_millis(200));
+        };
         self.write_status(pod, &snap, sandbox_err).await;
         next
     }
 
     /// Does the next step; Ok(true) when it changed something (look again).
-    async fn act(&mut self, pod: &Arc<Pod>, s: &Snapshot, next: &mut Option<Duration>) -> Result<bool, String> {
+    async fn act(
+        &mut self,
+        pod: &Arc<Pod>,
+        s: &Snapshot,
+        next: &mut Option<Duration>,
+    ) -> Result<bool, String> {
         let mut rt = self.ctx.cri.rt.clone();
         let Some(sb) = &s.sandbox else {
             // No live sandbox: kill what is left of old ones, then make a new one.
             for id in &s.stale_sandboxes {
-                let _ = rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await;
+                let _ = rt
+                    .stop_pod_sandbox(StopPodSandboxRequest {
+                        pod_sandbox_id: id.clone(),
+                    })
+                    .await;
             }
             let vols = self.volumes(pod, &[], true).await?;
             let _ = vols;
             let attempt = s.max_sandbox_attempt.map(|a| a + 1).unwrap_or(0);
             let cfg = cri_spec::sandbox(pod, &self.ctx.opts, attempt);
-            std::fs::create_dir_all(&cfg.log_directory).map_err(|e| format!("create {}: {e}", cfg.log_directory))?;
+            std::fs::create_dir_all(&cfg.log_directory)
+                .map_err(|e| format!("create {}: {e}", cfg.log_directory))?;
             let t = Instant::now();
-            rt.run_pod_sandbox(RunPodSandboxRequest { config: Some(cfg), runtime_handler: String::new() })
-                .await
-                .map_err(|e| format!("Failed to create pod sandbox: {}", e.message()))?;
+            rt.run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(cfg),
+                runtime_handler: String::new(),
+            })
+            .await
+            .map_err(|e| format!("Failed to create pod sandbox: {}", e.message()))?;
             debug!(pod = %self.uid, "sandbox up in {:?}", t.elapsed());
             for id in &s.stale_sandboxes {
-                let _ = rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id.clone() }).await;
+                let _ = rt
+                    .remove_pod_sandbox(RemovePodSandboxRequest {
+                        pod_sandbox_id: id.clone(),
+                    })
+                    .await;
             }
             return Ok(true);
         };
@@ -350,7 +433,12 @@ impl Worker {
         for (n, list) in &s.by_name {
             if !names.contains(&n.as_str()) {
                 for c in list.iter().filter(|c| is_running(c)) {
-                    let _ = rt.stop_container(StopContainerRequest { container_id: c.id.clone(), timeout: grace_of(pod) }).await;
+                    let _ = rt
+                        .stop_container(StopContainerRequest {
+                            container_id: c.id.clone(),
+                            timeout: grace_of(pod),
+                        })
+                        .await;
                 }
             }
         }
@@ -402,7 +490,13 @@ impl Worker {
         Ok(acted)
     }
 
-    fn ensure_probes(&mut self, pod: &Pod, c: &KContainer, st: &ContainerStatus, pod_ips: &[String]) {
+    fn ensure_probes(
+        &mut self,
+        pod: &Pod,
+        c: &KContainer,
+        st: &ContainerStatus,
+        pod_ips: &[String],
+    ) {
         let crt = self.cs.entry(c.name.clone()).or_default();
         if crt.probes.as_ref().is_some_and(|(id, _)| id == &st.id) {
             return;
@@ -414,9 +508,19 @@ impl Worker {
             .and_then(|s| s.container_statuses.as_ref())
             .into_iter()
             .flatten()
-            .chain(pod.status.as_ref().and_then(|s| s.init_container_statuses.as_ref()).into_iter().flatten())
+            .chain(
+                pod.status
+                    .as_ref()
+                    .and_then(|s| s.init_container_statuses.as_ref())
+                    .into_iter()
+                    .flatten(),
+            )
             .any(|cs| cs.container_id.as_deref() == Some(&cid) && cs.ready);
-        let ip = if cri_spec::host_network(pod) { self.ctx.host_ip.clone() } else { pod_ips.first().cloned().unwrap_or_default() };
+        let ip = if cri_spec::host_network(pod) {
+            self.ctx.host_ip.clone()
+        } else {
+            pod_ips.first().cloned().unwrap_or_default()
+        };
         let p = Probes::start(&self.ctx.cri, c, &st.id, &ip, hint, self.wake.clone());
         crt.probes = Some((st.id.clone(), p));
     }
@@ -428,7 +532,11 @@ impl Worker {
     }
 
     async fn kill_if_unhealthy(&mut self, pod: &Pod, st: &ContainerStatus) -> bool {
-        let name = st.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let name = st
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
         let Some(reason) = self
             .cs
             .get(&name)
@@ -445,7 +553,10 @@ impl Worker {
             .cri
             .rt
             .clone()
-            .stop_container(StopContainerRequest { container_id: st.id.clone(), timeout: grace_of(pod) })
+            .stop_container(StopContainerRequest {
+                container_id: st.id.clone(),
+                timeout: grace_of(pod),
+            })
             .await;
         true
     }
@@ -466,7 +577,9 @@ impl Worker {
             if now < at {
                 let left = at - now;
                 *next = Some(next.map_or(left, |n| n.min(left)));
-                if let Some((r, _)) = &mut crt.waiting && r == "ErrImagePull" {
+                if let Some((r, _)) = &mut crt.waiting
+                    && r == "ErrImagePull"
+                {
                     *r = "ImagePullBackOff".into();
                 }
                 return Ok(false);
@@ -484,9 +597,14 @@ impl Worker {
                     *next = Some(next.map_or(left, |n| n.min(left)));
                     crt.waiting = Some((
                         "CrashLoopBackOff".into(),
-                        format!("back-off {}s restarting failed container={} pod={}_{}({})", d.as_secs(), c.name,
+                        format!(
+                            "back-off {}s restarting failed container={} pod={}_{}({})",
+                            d.as_secs(),
+                            c.name,
                             pod.metadata.name.as_deref().unwrap_or_default(),
-                            pod.metadata.namespace.as_deref().unwrap_or_default(), self.uid),
+                            pod.metadata.namespace.as_deref().unwrap_or_default(),
+                            self.uid
+                        ),
                     ));
                     return Ok(false);
                 }
@@ -494,7 +612,10 @@ impl Worker {
                 None => crt.backoff = Some(BACKOFF_START),
             }
         }
-        let attempt = latest.and_then(|l| l.metadata.as_ref()).map(|m| m.attempt + 1).unwrap_or(0);
+        let attempt = latest
+            .and_then(|l| l.metadata.as_ref())
+            .map(|m| m.attempt + 1)
+            .unwrap_or(0);
         match self.start(pod, c, sb, s, attempt).await {
             Ok(()) => {
                 let crt = self.cs.entry(c.name.clone()).or_default();
@@ -506,7 +627,10 @@ impl Worker {
             Err((reason, msg)) => {
                 warn!(pod = %self.uid, container = %c.name, "{reason}: {msg}");
                 let crt = self.cs.entry(c.name.clone()).or_default();
-                let d = crt.retry_delay.map(|d| (d * 2).min(BACKOFF_MAX)).unwrap_or(BACKOFF_START);
+                let d = crt
+                    .retry_delay
+                    .map(|d| (d * 2).min(BACKOFF_MAX))
+                    .unwrap_or(BACKOFF_START);
                 crt.retry_delay = Some(d);
                 crt.retry_at = Some(Instant::now() + d);
                 crt.waiting = Some((reason, msg));
@@ -516,44 +640,99 @@ impl Worker {
         }
     }
 
-    async fn start(&mut self, pod: &Arc<Pod>, c: &KContainer, sb: &PodSandbox, s: &Snapshot, attempt: u32) -> Result<(), (String, String)> {
+    async fn start(
+        &mut self,
+        pod: &Arc<Pod>,
+        c: &KContainer,
+        sb: &PodSandbox,
+        s: &Snapshot,
+        attempt: u32,
+    ) -> Result<(), (String, String)> {
         images::ensure(&self.ctx.cri, &self.ctx.client, pod, c).await?;
         let cfg_err = |m: String| ("CreateContainerConfigError".to_string(), m);
-        let services: Vec<Service> = self.ctx.services.state().iter().map(|s| (**s).clone()).collect();
+        let services: Vec<Service> = self
+            .ctx
+            .services
+            .state()
+            .iter()
+            .map(|s| (**s).clone())
+            .collect();
         let built = env::build(&self.ctx.client, pod, c, &services, &self.facts(&s.pod_ips))
             .await
             .map_err(cfg_err)?;
-        let vols = self.volumes(pod, &s.pod_ips, false).await.map_err(cfg_err)?;
+        let vols = self
+            .volumes(pod, &s.pod_ips, false)
+            .await
+            .map_err(cfg_err)?;
         let vars: BTreeMap<String, String> = built.env.iter().cloned().collect();
         let mounts = volumes::mounts(pod, c, &vols, &vars).map_err(cfg_err)?;
-        let cfg = cri_spec::container(pod, c, attempt, cri_spec::ContainerInputs {
-            env: built.env,
-            command: built.command,
-            args: built.args,
-            mounts,
-            image: c.image.clone().unwrap_or_default(),
-            mem_capacity: self.ctx.mem_capacity,
-        });
+        let cfg = cri_spec::container(
+            pod,
+            c,
+            attempt,
+            cri_spec::ContainerInputs {
+                env: built.env,
+                command: built.command,
+                args: built.args,
+                mounts,
+                image: c.image.clone().unwrap_or_default(),
+                mem_capacity: self.ctx.mem_capacity,
+            },
+        );
         let mut rt = self.ctx.cri.rt.clone();
         let id = rt
             .create_container(CreateContainerRequest {
                 pod_sandbox_id: sb.id.clone(),
                 config: Some(cfg),
-                sandbox_config: Some(cri_spec::sandbox(pod, &self.ctx.opts, sb.metadata.as_ref().map(|m| m.attempt).unwrap_or(0))),
+                sandbox_config: Some(cri_spec::sandbox(
+                    pod,
+                    &self.ctx.opts,
+                    sb.metadata.as_ref().map(|m| m.attempt).unwrap_or(0),
+                )),
             })
             .await
             .map_err(|e| ("CreateContainerError".to_string(), e.message().to_string()))?
             .into_inner()
             .container_id;
-        if let Err(e) = rt.start_container(StartContainerRequest { container_id: id.clone() }).await {
-            let _ = rt.remove_container(RemoveContainerRequest { container_id: id }).await;
+        if let Err(e) = rt
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+        {
+            let _ = rt
+                .remove_container(RemoveContainerRequest { container_id: id })
+                .await;
             return Err(("RunContainerError".into(), e.message().to_string()));
         }
-        if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()).and_then(hook_action) {
-            let ip = s.pod_ips.first().cloned().unwrap_or_else(|| self.ctx.host_ip.clone());
-            if let Err(e) = probe::run(&self.ctx.cri, c, &id, &ip, h, Duration::from_secs(grace_of(pod).max(30) as u64)).await {
+        if let Some(h) = c
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.post_start.as_ref())
+            .and_then(hook_action)
+        {
+            let ip = s
+                .pod_ips
+                .first()
+                .cloned()
+                .unwrap_or_else(|| self.ctx.host_ip.clone());
+            if let Err(e) = probe::run(
+                &self.ctx.cri,
+                c,
+                &id,
+                &ip,
+                h,
+                Duration::from_secs(grace_of(pod).max(30) as u64),
+            )
+            .await
+            {
                 warn!(pod = %self.uid, container = %c.name, "PostStartHook failed: {e}");
-                let _ = rt.stop_container(StopContainerRequest { container_id: id, timeout: grace_of(pod) }).await;
+                let _ = rt
+                    .stop_container(StopContainerRequest {
+                        container_id: id,
+                        timeout: grace_of(pod),
+                    })
+                    .await;
                 return Err(("PostStartHookError".into(), e));
             }
         }
@@ -563,21 +742,47 @@ impl Worker {
     async fn write_status(&mut self, pod: &Pod, s: &Snapshot, sandbox_err: Option<String>) {
         let spec = pod.spec.clone().unwrap_or_default();
         let host_net = cri_spec::host_network(pod);
-        let pod_ips = if host_net && s.sandbox.is_some() { vec![self.ctx.host_ip.clone()] } else { s.pod_ips.clone() };
+        let pod_ips = if host_net && s.sandbox.is_some() {
+            vec![self.ctx.host_ip.clone()]
+        } else {
+            s.pod_ips.clone()
+        };
         let policy = restart_policy(pod).to_string();
         let mut inits_done = true;
         let mut init_failed = false;
         let runtime = self.ctx.runtime.clone();
-        let mk = |c: &KContainer, crt: Option<&CRt>, sandbox_err: &Option<String>, pending_init: bool| -> (Option<ContainerStatus>, Option<ContainerStatus>, u32, bool, bool, Option<(String, String)>) {
+        let mk = |c: &KContainer,
+                  crt: Option<&CRt>,
+                  sandbox_err: &Option<String>,
+                  pending_init: bool|
+         -> (
+            Option<ContainerStatus>,
+            Option<ContainerStatus>,
+            u32,
+            bool,
+            bool,
+            Option<(String, String)>,
+        ) {
             let latest = s.latest(&c.name).cloned();
             let prev = s.previous(&c.name).cloned();
-            let restarts = latest.as_ref().and_then(|l| l.metadata.as_ref()).map(|m| m.attempt).unwrap_or(0);
+            let restarts = latest
+                .as_ref()
+                .and_then(|l| l.metadata.as_ref())
+                .map(|m| m.attempt)
+                .unwrap_or(0);
             let running = latest.as_ref().is_some_and(is_running);
-            let res = crt.and_then(|c| c.probes.as_ref()).filter(|(id, _)| latest.as_ref().is_some_and(|l| &l.id == id)).map(|(_, p)| p.get());
+            let res = crt
+                .and_then(|c| c.probes.as_ref())
+                .filter(|(id, _)| latest.as_ref().is_some_and(|l| &l.id == id))
+                .map(|(_, p)| p.get());
             let started = running && res.as_ref().is_none_or(|r| r.started);
             let ready = started && res.as_ref().is_none_or(|r| r.ready);
             let mut waiting = crt.and_then(|c| c.waiting.clone());
-            if latest.as_ref().is_some_and(is_exited) && waiting.as_ref().is_some_and(|(r, _)| r != "CrashLoopBackOff") {
+            if latest.as_ref().is_some_and(is_exited)
+                && waiting
+                    .as_ref()
+                    .is_some_and(|(r, _)| r != "CrashLoopBackOff")
+            {
                 waiting = None;
             }
             if latest.is_none() && waiting.is_none() {
@@ -598,7 +803,12 @@ impl Worker {
                 Some(l) => is_exited(l) && l.exit_code == 0,
                 None => false,
             };
-            if let Some(l) = &row.0 && is_exited(l) && l.exit_code != 0 && policy == "Never" && !sidecar {
+            if let Some(l) = &row.0
+                && is_exited(l)
+                && l.exit_code != 0
+                && policy == "Never"
+                && !sidecar
+            {
                 init_failed = true;
             }
             let was_done = inits_done;
@@ -606,7 +816,18 @@ impl Worker {
                 inits_done = false;
             }
             // A later init container that never ran is simply waiting.
-            let row = if !was_done && row.0.is_none() { (None, None, 0, false, false, row.5.or(Some(("PodInitializing".into(), String::new())))) } else { row };
+            let row = if !was_done && row.0.is_none() {
+                (
+                    None,
+                    None,
+                    0,
+                    false,
+                    false,
+                    row.5.or(Some(("PodInitializing".into(), String::new()))),
+                )
+            } else {
+                row
+            };
             init_rows.push((ic, row));
         }
         let mut rows = Vec::new();
@@ -650,7 +871,12 @@ impl Worker {
         };
         let mut phase = status::phase(pod, &view, inits_done);
         if self.terminal {
-            phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).map(|p| if p == "Failed" { "Failed" } else { "Succeeded" }).unwrap_or(phase);
+            phase = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .map(|p| if p == "Failed" { "Failed" } else { "Succeeded" })
+                .unwrap_or(phase);
         }
         let st = status::build(pod, &view, phase, inits_done);
         drop(view);
@@ -661,15 +887,33 @@ impl Worker {
             self.terminal = true;
             self.cs.values_mut().for_each(|c| c.probes = None);
             if let Some(sb) = &s.sandbox {
-                let _ = self.ctx.cri.rt.clone().stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: sb.id.clone() }).await;
+                let _ = self
+                    .ctx
+                    .cri
+                    .rt
+                    .clone()
+                    .stop_pod_sandbox(StopPodSandboxRequest {
+                        pod_sandbox_id: sb.id.clone(),
+                    })
+                    .await;
             }
         }
         if self.last_status.as_ref() == Some(&st) {
             return;
         }
-        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
+        let api: Api<Pod> = Api::namespaced(
+            self.ctx.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
         let name = pod.metadata.name.clone().unwrap_or_default();
-        match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": st}))).await {
+        match api
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": st})),
+            )
+            .await
+        {
             Ok(_) => self.last_status = Some(st),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => warn!(pod = %name, "status update: {e}"),
@@ -686,7 +930,9 @@ impl Worker {
             .list_containers(ListContainersRequest {
                 filter: Some(ContainerFilter {
                     label_selector: sel.clone(),
-                    state: Some(ContainerStateValue { state: ContainerState::ContainerRunning as i32 }),
+                    state: Some(ContainerStateValue {
+                        state: ContainerState::ContainerRunning as i32,
+                    }),
                     ..Default::default()
                 }),
             })
@@ -703,30 +949,63 @@ impl Worker {
         let jobs = running.into_iter().map(|c| {
             let ctx = ctx.clone();
             let name = c.labels.get(CONTAINER_NAME).cloned().unwrap_or_default();
-            let kc = spec.containers.iter().chain(spec.init_containers.iter().flatten()).find(|k| k.name == name).cloned();
+            let kc = spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+                .find(|k| k.name == name)
+                .cloned();
             let ip = ip.clone();
             async move {
                 if let Some(kc) = &kc
-                    && let Some(h) = kc.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).and_then(hook_action)
+                    && let Some(h) = kc
+                        .lifecycle
+                        .as_ref()
+                        .and_then(|l| l.pre_stop.as_ref())
+                        .and_then(hook_action)
                 {
                     let budget = Duration::from_secs(grace.max(1) as u64);
-                    match tokio::time::timeout(budget, probe::run(&ctx.cri, kc, &c.id, &ip, h, budget)).await {
+                    match tokio::time::timeout(
+                        budget,
+                        probe::run(&ctx.cri, kc, &c.id, &ip, h, budget),
+                    )
+                    .await
+                    {
                         Ok(Err(e)) => warn!(container = %name, "PreStopHook failed: {e}"),
-                        Err(_) => warn!(container = %name, "PreStopHook did not finish in {grace}s"),
+                        Err(_) => {
+                            warn!(container = %name, "PreStopHook did not finish in {grace}s")
+                        }
                         Ok(Ok(())) => {}
                     }
                 }
                 let left = (grace - started.elapsed().as_secs() as i64).max(MIN_GRACE);
-                let _ = ctx.cri.rt.clone().stop_container(StopContainerRequest { container_id: c.id.clone(), timeout: left }).await;
+                let _ = ctx
+                    .cri
+                    .rt
+                    .clone()
+                    .stop_container(StopContainerRequest {
+                        container_id: c.id.clone(),
+                        timeout: left,
+                    })
+                    .await;
             }
         });
         futures::future::join_all(jobs).await;
         if let Ok(r) = rt
-            .list_pod_sandbox(ListPodSandboxRequest { filter: Some(PodSandboxFilter { label_selector: sel, ..Default::default() }) })
+            .list_pod_sandbox(ListPodSandboxRequest {
+                filter: Some(PodSandboxFilter {
+                    label_selector: sel,
+                    ..Default::default()
+                }),
+            })
             .await
         {
             for sb in r.into_inner().items {
-                let _ = rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: sb.id }).await;
+                let _ = rt
+                    .stop_pod_sandbox(StopPodSandboxRequest {
+                        pod_sandbox_id: sb.id,
+                    })
+                    .await;
             }
         }
     }
@@ -738,13 +1017,22 @@ impl Worker {
 
     /// Deletes the Pod object once everything is stopped (grace 0, only this uid).
     async fn delete_object(&self, pod: &Pod) -> bool {
-        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
+        let api: Api<Pod> = Api::namespaced(
+            self.ctx.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
         let dp = DeleteParams {
             grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions { uid: Some(self.uid.clone()), resource_version: None }),
+            preconditions: Some(Preconditions {
+                uid: Some(self.uid.clone()),
+                resource_version: None,
+            }),
             ..Default::default()
         };
-        match api.delete(pod.metadata.name.as_deref().unwrap_or_default(), &dp).await {
+        match api
+            .delete(pod.metadata.name.as_deref().unwrap_or_default(), &dp)
+            .await
+        {
             Ok(_) => true,
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => true,
             Err(e) => {
@@ -762,12 +1050,26 @@ pub async fn cleanup_pod(ctx: &Ctx, uid: &str, log_dir: Option<std::path::PathBu
     let sel = HashMap::from([(POD_UID.to_string(), uid.to_string())]);
     let mut cgroup_parents = Vec::new();
     if let Ok(r) = rt
-        .list_pod_sandbox(ListPodSandboxRequest { filter: Some(PodSandboxFilter { label_selector: sel, ..Default::default() }) })
+        .list_pod_sandbox(ListPodSandboxRequest {
+            filter: Some(PodSandboxFilter {
+                label_selector: sel,
+                ..Default::default()
+            }),
+        })
         .await
     {
         for sb in r.into_inner().items {
-            let _ = rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: sb.id.clone() }).await;
-            if let Err(e) = rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: sb.id.clone() }).await {
+            let _ = rt
+                .stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: sb.id.clone(),
+                })
+                .await;
+            if let Err(e) = rt
+                .remove_pod_sandbox(RemovePodSandboxRequest {
+                    pod_sandbox_id: sb.id.clone(),
+                })
+                .await
+            {
                 warn!(pod = %uid, "RemovePodSandbox {}: {}", sb.id, e.message());
             }
         }
@@ -789,7 +1091,10 @@ pub async fn cleanup_pod(ctx: &Ctx, uid: &str, log_dir: Option<std::path::PathBu
         None => {
             if let Ok(rd) = std::fs::read_dir(&logs) {
                 for e in rd.flatten() {
-                    if e.file_name().to_string_lossy().ends_with(&format!("_{uid}")) {
+                    if e.file_name()
+                        .to_string_lossy()
+                        .ends_with(&format!("_{uid}"))
+                    {
                         let _ = std::fs::remove_dir_all(e.path());
                     }
                 }
