@@ -390,10 +390,16 @@ pub async fn patch(state: &ApiState, rq: &Req, body: bytes::Bytes) -> Result<Res
             return Err(ApiError::not_found(rq.r.group, rq.r.plural, rq.name()));
         };
         let old = object::from_stored(&kv)?;
-        let mut obj = patch::apply(rq.r.kind, &pt, &old, &body).map_err(patch_error)?;
+        // The patch applies to the object without its resourceVersion, so a
+        // resourceVersion in the result can only have come from the patch: that one is a
+        // precondition; without it a lost race is retried against the newer object.
+        let mut base = old.clone();
+        if let Some(m) = base.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
+        let mut obj = patch::apply(rq.r.kind, &pt, &base, &body).map_err(patch_error)?;
         object::check_kind(rq.r, &mut obj)?;
         let warnings = field_validation(rq, &obj)?;
-        // A resourceVersion in the patch is a precondition.
         let wanted = meta_str(&obj, "resourceVersion").map(str::to_string);
         if let Some(w) = &wanted
             && *w != kv.mod_revision.to_string()
