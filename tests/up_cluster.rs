@@ -299,7 +299,8 @@ fn deployment_and_service_serve_traffic_then_drain_and_resume() {
             "--",
             "sh",
             "-c",
-            "for i in $(seq 20); do wget -qO- -T 2 http://web.default.svc.cluster.local/; done",
+            // busybox-static's wget crashes in this image; nc speaks the HTTP/1.0 we need.
+            "for i in $(seq 20); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc web.default.svc.cluster.local 80 | tail -1; done",
         ]);
         let seen: BTreeSet<String> = out
             .lines()

@@ -33,29 +33,72 @@ fn errors_are_status_objects_with_the_right_codes() {
     assert_eq!(status(&body)["reason"], "Unauthorized");
 
     // 400 with position.
-    let (code, body) = s.curl(&["-X", "POST", "-H", json_ct, "--data", "{\"metadata\": {\"name\": }", &cms], false);
+    let (code, body) = s.curl(
+        &[
+            "-X",
+            "POST",
+            "-H",
+            json_ct,
+            "--data",
+            "{\"metadata\": {\"name\": }",
+            &cms,
+        ],
+        false,
+    );
     assert_eq!(code, 400, "{body}");
     let st = status(&body);
     assert_eq!(st["kind"], "Status");
-    assert!(st["message"].as_str().is_some_and(|m| m.contains("line 1 column")), "{body}");
+    assert!(
+        st["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("line 1 column")),
+        "{body}"
+    );
 
     // 201 then 409 AlreadyExists.
     let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c1"},"data":{"a":"1"}}"#;
     let (code, body) = s.curl(&["-X", "POST", "-H", json_ct, "--data", cm, &cms], false);
     assert_eq!(code, 201, "{body}");
     let created = status(&body);
-    let rv = created["metadata"]["resourceVersion"].as_str().expect("rv").to_string();
+    let rv = created["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_string();
     let (code, body) = s.curl(&["-X", "POST", "-H", json_ct, "--data", cm, &cms], false);
     assert_eq!(code, 409);
     assert_eq!(status(&body)["reason"], "AlreadyExists");
 
     // 409 Conflict on a stale resourceVersion; the stored object is unchanged.
     let upd = |rv: &str, v: &str| {
-        format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"c1","resourceVersion":"{rv}"}},"data":{{"a":"{v}"}}}}"#)
+        format!(
+            r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"c1","resourceVersion":"{rv}"}},"data":{{"a":"{v}"}}}}"#
+        )
     };
-    let (code, body) = s.curl(&["-X", "PUT", "-H", json_ct, "--data", &upd(&rv, "2"), &format!("{cms}/c1")], false);
+    let (code, body) = s.curl(
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            json_ct,
+            "--data",
+            &upd(&rv, "2"),
+            &format!("{cms}/c1"),
+        ],
+        false,
+    );
     assert_eq!(code, 200, "{body}");
-    let (code, body) = s.curl(&["-X", "PUT", "-H", json_ct, "--data", &upd(&rv, "3"), &format!("{cms}/c1")], false);
+    let (code, body) = s.curl(
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            json_ct,
+            "--data",
+            &upd(&rv, "3"),
+            &format!("{cms}/c1"),
+        ],
+        false,
+    );
     assert_eq!(code, 409, "{body}");
     assert_eq!(status(&body)["reason"], "Conflict");
     let (_, body) = s.curl(&[&format!("{cms}/c1")], false);
@@ -65,7 +108,10 @@ fn errors_are_status_objects_with_the_right_codes() {
     let (code, body) = s.curl(&[&format!("{cms}/nope")], false);
     assert_eq!(code, 404);
     assert_eq!(status(&body)["message"], "configmaps \"nope\" not found");
-    let (code, _) = s.curl(&[&format!("{}/apis/nope.example/v1/things", s.url())], false);
+    let (code, _) = s.curl(
+        &[&format!("{}/apis/nope.example/v1/things", s.url())],
+        false,
+    );
     assert_eq!(code, 404);
 
     // 422 with causes, nothing stored.
@@ -75,13 +121,29 @@ fn errors_are_status_objects_with_the_right_codes() {
     assert_eq!(code, 422, "{body}");
     let st = status(&body);
     assert_eq!(st["reason"], "Invalid");
-    assert!(st["details"]["causes"].as_array().is_some_and(|c| c.iter().any(|c| c["field"] == "spec.containers[0].image")), "{body}");
+    assert!(
+        st["details"]["causes"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["field"] == "spec.containers[0].image")),
+        "{body}"
+    );
     let (code, _) = s.curl(&[&format!("{pods}/bad")], false);
     assert_eq!(code, 404);
 
     // 400 on unknown fields under Strict, accepted with a warning otherwise.
     let unk = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"u"},"bogus":1}"#;
-    let (code, body) = s.curl(&["-X", "POST", "-H", json_ct, "--data", unk, &format!("{cms}?fieldValidation=Strict")], false);
+    let (code, body) = s.curl(
+        &[
+            "-X",
+            "POST",
+            "-H",
+            json_ct,
+            "--data",
+            unk,
+            &format!("{cms}?fieldValidation=Strict"),
+        ],
+        false,
+    );
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("unknown field \\\"bogus\\\""), "{body}");
 
@@ -92,7 +154,18 @@ fn errors_are_status_objects_with_the_right_codes() {
     );
     let big_file = s.dir.join("big.json");
     std::fs::write(&big_file, big).expect("write");
-    let (code, body) = s.curl(&["-X", "POST", "-H", json_ct, "--data-binary", &format!("@{}", big_file.display()), &cms], false);
+    let (code, body) = s.curl(
+        &[
+            "-X",
+            "POST",
+            "-H",
+            json_ct,
+            "--data-binary",
+            &format!("@{}", big_file.display()),
+            &cms,
+        ],
+        false,
+    );
     assert_eq!(code, 413, "{body}");
     assert_eq!(status(&body)["code"], 413);
 
@@ -105,7 +178,10 @@ fn errors_are_status_objects_with_the_right_codes() {
     let (code, body) = s.curl(&[&format!("{cms}?limit=1")], false);
     assert_eq!(code, 200, "{body}");
     let page = status(&body);
-    let token = page["metadata"]["continue"].as_str().expect("a continue token").to_string();
+    let token = page["metadata"]["continue"]
+        .as_str()
+        .expect("a continue token")
+        .to_string();
     assert_eq!(page["metadata"]["remainingItemCount"], 2);
     let (code, body) = s.curl(&["-X", "DELETE", &format!("{cms}/c2")], false);
     assert_eq!(code, 200, "{body}");

@@ -4,9 +4,10 @@
 
 use k8s_openapi::Resource;
 use k8s_openapi::api::{
-    apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch, certificates::v1 as certificates,
-    coordination::v1 as coord, core::v1 as core, discovery::v1 as discovery, events::v1 as events,
-    networking::v1 as networking, rbac::v1 as rbac, storage::v1 as storage,
+    apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
+    certificates::v1 as certificates, coordination::v1 as coord, core::v1 as core,
+    discovery::v1 as discovery, events::v1 as events, networking::v1 as networking,
+    rbac::v1 as rbac, storage::v1 as storage,
 };
 use serde_json::Value;
 
@@ -173,7 +174,11 @@ fn build() -> Vec<ResourceInfo> {
         info::<rbac::ClusterRole>(e!(NONE, NONE, NONE)),
         info::<rbac::ClusterRoleBinding>(e!(NONE, NONE, NONE)),
         info::<events::Event>(e!(&["ev"], NONE, NONE)),
-        info::<certificates::CertificateSigningRequest>(e!(&["csr"], NONE, &["status", "approval"])),
+        info::<certificates::CertificateSigningRequest>(e!(
+            &["csr"],
+            NONE,
+            &["status", "approval"]
+        )),
     ]
 }
 

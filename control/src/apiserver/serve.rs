@@ -358,7 +358,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/openapi/v3/{*path}", get(openapi_v3_doc))
         .merge(rest::proxy::routes())
         .merge(super::reviews::routes())
-        .route("/.well-known/openid-configuration", get(openid_configuration))
+        .route(
+            "/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
         .route("/openid/v1/jwks", get(jwks))
         .fallback(rest::handle)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));

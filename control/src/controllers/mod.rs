@@ -1,25 +1,25 @@
 //! The controllers the manager runs, each a kube-rs reconciler of desired vs observed
 //! state. One module per controller; [`all`] is the list the manager starts.
 
-pub mod deployment;
 pub mod cronjob;
 pub mod csr;
 pub mod daemonset;
+pub mod deployment;
 mod deployment_rollout;
 mod deployment_status;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod garbage_collector;
+pub mod job;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
-pub mod job;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod root_ca;
 pub mod serviceaccount;
-pub mod util;
 pub mod statefulset;
+pub mod util;
 pub mod workload_revision;
 pub mod workload_util;
 

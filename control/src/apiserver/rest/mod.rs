@@ -309,7 +309,9 @@ async fn dispatch(state: Arc<ApiState>, req: Request) -> Result<Response, ApiErr
                 )
                 .await
             }
-            None => Err(ApiError::method_not_allowed("service account tokens are not configured")),
+            None => Err(ApiError::method_not_allowed(
+                "service account tokens are not configured",
+            )),
         },
         ("create", None) => write::create(&state, &rq, read_body(body).await?).await,
         ("update" | "patch", Some("scale")) => {

@@ -321,11 +321,13 @@ pub async fn finish_update(
     let key = rq.key();
     // A namespace also waits for its spec.finalizers (the namespace controller's `kubernetes`).
     let finalized = obj.pointer("/metadata/deletionTimestamp").is_some()
-        && ["/metadata/finalizers", "/spec/finalizers"].iter().all(|p| {
-            obj.pointer(p)
-                .and_then(Value::as_array)
-                .is_none_or(|f| f.is_empty())
-        });
+        && ["/metadata/finalizers", "/spec/finalizers"]
+            .iter()
+            .all(|p| {
+                obj.pointer(p)
+                    .and_then(Value::as_array)
+                    .is_none_or(|f| f.is_empty())
+            });
     let written = match object::to_stored(&obj) {
         Ok(bytes) => state.store.update(&key, bytes, rev).await,
         Err(e) => {
