@@ -16,6 +16,7 @@
 //! - `hooks`: OCI hooks with the state on stdin and their timeouts.
 //! - `sync`: the parent↔init socketpair protocol and SCM_RIGHTS fd passing.
 //! - `error`: the runtime's error type.
+//! - `sealed_exe`: re-exec from a sealed memfd copy of the binary (CVE-2019-5736).
 //! - `cgroups`: cgroup v1/v2/hybrid manager (limits, membership, freeze, kill, stats).
 //! - `seccomp`: OCI `linux.seccomp` compiled to BPF before fork, loaded just before exec.
 //! - `image`: content store, registry pull, layer unpack, overlay snapshots (`hull image`).
@@ -31,6 +32,7 @@ pub(crate) mod init;
 pub mod launch;
 pub mod namespaces;
 pub mod rootfs;
+pub mod sealed_exe;
 pub mod seccomp;
 pub mod security;
 pub mod spec;

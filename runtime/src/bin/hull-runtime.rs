@@ -233,6 +233,11 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
 
 fn dispatch(cli: &Cli) -> Result<i32> {
     let root = &cli.root;
+    // Commands that put processes into a container run from a sealed copy of this
+    // binary, so nothing in the container can reach the file on disk (CVE-2019-5736).
+    if matches!(cli.cmd, Cmd::Create(_) | Cmd::Run { .. } | Cmd::Exec { .. }) {
+        hull_runtime::sealed_exe::ensure()?;
+    }
     match &cli.cmd {
         Cmd::Create(c) => {
             container::create(root, &c.id, &c.bundle, &create_opts(c, cli.systemd_cgroup))?;
