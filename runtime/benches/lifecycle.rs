@@ -3,8 +3,9 @@
 //! `cargo bench -p hull-runtime --bench lifecycle` (as root; needs Debian's runc and
 //! busybox-static). Measures a full `run` of /bin/true and create / start / delete
 //! separately, interleaving the two runtimes run by run so both see the same machine
-//! load, and prints medians and the ratio, hull-runtime's peak RSS (wait4 rusage) and
-//! its binary size. HULL_BENCH_RUNS sets N (default 50).
+//! load, and prints medians and the ratio, the peak RSS of a `run` of each (GNU time:
+//! a child spawned from this process would inherit this process's RSS high-water mark
+//! through exec) and hull-runtime's binary size. HULL_BENCH_RUNS sets N (default 50).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -46,31 +47,49 @@ fn make_bundle(dir: &Path) {
     std::fs::write(&path, serde_json::to_vec(&c).unwrap()).unwrap();
 }
 
-/// Runs one command; returns (wall ms, peak RSS KiB) from wait4.
-// Reaped with wait4 (for its rusage), which clippy cannot see.
-#[allow(clippy::zombie_processes)]
-fn timed(bin: &Path, root: &Path, args: &[&str], cwd: &Path) -> (f64, i64) {
+/// Peak RSS (KiB) of one `run`, from GNU time's own fork.
+fn peak_rss(bin: &Path, root: &Path, id: &str, cwd: &Path) -> u64 {
+    let o = Command::new("/usr/bin/time")
+        .args(["-f", "maxrss=%M"])
+        .arg(bin)
+        .arg("--root")
+        .arg(root)
+        .args(["run", id])
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("/usr/bin/time (Debian package time)");
+    let err = String::from_utf8_lossy(&o.stderr);
+    err.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("maxrss="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs one command; returns wall ms.
+fn timed(bin: &Path, root: &Path, args: &[&str], cwd: &Path) -> f64 {
     let t = Instant::now();
-    let child = Command::new(bin)
+    let mut child = Command::new(bin)
         .arg("--root")
         .arg(root)
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // A file, not a pipe: a created container's init holds its stderr until start.
+        .stderr(std::fs::File::create(root.with_extension("err")).expect("stderr file"))
         .spawn()
         .expect("spawn");
-    let mut status = 0;
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    let status = child.wait().expect("wait");
     let ms = t.elapsed().as_secs_f64() * 1000.0;
     assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{} {args:?} failed",
-        bin.display()
+        status.success(),
+        "{} {args:?} failed: {}",
+        bin.display(),
+        std::fs::read_to_string(root.with_extension("err")).unwrap_or_default()
     );
-    (ms, ru.ru_maxrss)
+    ms
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -90,7 +109,6 @@ fn main() {
     make_bundle(&bundle);
     let (hroot, rroot) = (base.join("hull-state"), base.join("runc-state"));
     let b = bundle.to_str().unwrap();
-    let mut rss = 0;
     let mut res: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
         ("run", vec![], vec![]),
         ("create", vec![], vec![]),
@@ -100,22 +118,19 @@ fn main() {
     for i in 0..n + 3 {
         let id = format!("bench-{i}");
         for (which, bin, root) in [(0, &hull, &hroot), (1, &runc, &rroot)] {
-            let (run, r) = timed(bin, root, &["run", &id], &bundle);
-            let (create, _) = timed(
+            let run = timed(bin, root, &["run", &id], &bundle);
+            let create = timed(
                 bin,
                 root,
                 &["create", "--bundle", b, &format!("{id}-c")],
                 &bundle,
             );
-            let (start, _) = timed(bin, root, &["start", &format!("{id}-c")], &bundle);
+            let start = timed(bin, root, &["start", &format!("{id}-c")], &bundle);
             // Let /bin/true finish so delete measures the cleanup, not a kill.
             std::thread::sleep(std::time::Duration::from_millis(20));
-            let (delete, _) = timed(bin, root, &["delete", &format!("{id}-c")], &bundle);
+            let delete = timed(bin, root, &["delete", &format!("{id}-c")], &bundle);
             if i < 3 {
                 continue; // warm-up
-            }
-            if which == 0 {
-                rss = rss.max(r);
             }
             for (k, v) in [run, create, start, delete].into_iter().enumerate() {
                 if which == 0 {
@@ -134,10 +149,17 @@ fn main() {
             h / r
         );
     }
+    let mut rss = [0, 0];
+    for i in 0..5 {
+        let id = format!("rss-{i}");
+        rss[0] = rss[0].max(peak_rss(&hull, &hroot, &id, &bundle));
+        rss[1] = rss[1].max(peak_rss(&runc, &rroot, &id, &bundle));
+    }
     let size = std::fs::metadata(&hull).map(|m| m.len()).unwrap_or(0);
     println!(
-        "  peak RSS of hull-runtime run: {:.2} MiB (target <= 5 MiB)",
-        rss as f64 / 1024.0
+        "  peak RSS of run: hull-runtime {:.2} MiB (target <= 5 MiB), runc {:.2} MiB",
+        rss[0] as f64 / 1024.0,
+        rss[1] as f64 / 1024.0
     );
     println!(
         "  binary size: {:.2} MiB ({})",
