@@ -92,6 +92,23 @@ fn timed(bin: &Path, root: &Path, args: &[&str], cwd: &Path) -> f64 {
     ms
 }
 
+/// Polls `state` (outside the timings) until the container reports stopped.
+fn wait_stopped(bin: &Path, root: &Path, id: &str) {
+    for _ in 0..1000 {
+        let o = Command::new(bin)
+            .arg("--root")
+            .arg(root)
+            .args(["state", id])
+            .output()
+            .expect("state");
+        if String::from_utf8_lossy(&o.stdout).contains("\"stopped\"") {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    panic!("{id} never stopped");
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -127,7 +144,7 @@ fn main() {
             );
             let start = timed(bin, root, &["start", &format!("{id}-c")], &bundle);
             // Let /bin/true finish so delete measures the cleanup, not a kill.
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            wait_stopped(bin, root, &format!("{id}-c"));
             let delete = timed(bin, root, &["delete", &format!("{id}-c")], &bundle);
             if i < 3 {
                 continue; // warm-up

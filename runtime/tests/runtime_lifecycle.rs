@@ -38,8 +38,15 @@ fn create_start_exec_pause_resume_kill_delete() {
     let e = err(&rt.run(&["create", "--bundle", d, &id]), "duplicate create");
     assert!(e.contains("already exists"), "{e}");
 
+    // start does not rewrite state.json (the fifo's absence marks it started): a
+    // rename over the old file would queue writeback that `delete` then waits for.
+    let state_file = rt.root.join(&id).join("state.json");
+    let ino =
+        |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let before = ino(&state_file);
     ok(&rt.run(&["start", &id]), "start");
     assert_eq!(rt.state(&id)["status"], "running");
+    assert_eq!(ino(&state_file), before, "start rewrote state.json");
     let e = err(&rt.run(&["start", &id]), "second start");
     assert!(e.contains("running"), "{e}");
 
