@@ -14,7 +14,7 @@ use nix::sched::CloneFlags;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use crate::cgroups::CgroupManager;
+use crate::cgroups::{CgroupManager, clone_into};
 use crate::error::{Context, Error, Result};
 use crate::explain;
 use crate::init::{self, InitConfig};
@@ -130,6 +130,29 @@ fn clone_with(flags: CloneFlags) -> Result<i32> {
         return Err(std::io::Error::last_os_error()).ctx(|| format!("clone({flags:?})"));
     }
     Ok(r as i32)
+}
+
+/// Clones the init: into the container's v2 cgroup with `clone3(CLONE_INTO_CGROUP)`
+/// where there is one, else (no v2 tree, or a kernel that refuses) with `clone` and the
+/// move left to `add_task`. Returns the pid (0 in the child) and whether it went in.
+fn clone_init(flags: CloneFlags, cg: &CgroupManager) -> Result<(i32, bool)> {
+    if let Some((dir, fd)) = cg
+        .clone_into_target()
+        .map_err(|e| Error::Cgroup(e.to_string()))?
+    {
+        explain!(
+            "clone3({flags:?} | CLONE_INTO_CGROUP {}, exit_signal SIGCHLD)",
+            dir.display()
+        );
+        match clone_into::clone3_into(flags.bits() as u64, &fd) {
+            Ok(pid) => return Ok((pid, true)),
+            Err(e) if clone_into::falls_back(&e) => {
+                explain!("clone3 into the cgroup refused ({e}): clone + cgroup.procs instead");
+            }
+            Err(e) => return Err(e).ctx(|| format!("clone3({flags:?} | CLONE_INTO_CGROUP)")),
+        }
+    }
+    Ok((clone_with(flags)?, false))
 }
 
 fn listen_fds() -> u32 {
@@ -287,7 +310,9 @@ pub(crate) fn launch(
     } else {
         plan.new & !CloneFlags::CLONE_NEWCGROUP
     };
-    let pid = clone_with(flags)?;
+    // On a host with cgroup v2, start the init already in its v2 cgroup (no migration
+    // lock, no RCU wait); `into` says whether that happened.
+    let (pid, into) = clone_init(flags, &cg)?;
     if pid == 0 {
         unsafe { libc::close(parent.raw()) };
         init::main(&cfg);
@@ -320,8 +345,13 @@ pub(crate) fn launch(
                 .unwrap_or(&default_res),
         )
         .map_err(|e| Error::Cgroup(e.to_string()))?;
-        cg.add_task(init_pid)
-            .map_err(|e| Error::Cgroup(e.to_string()))?;
+        // A staged init is a grandchild, forked after clone3: it inherited the cgroup.
+        if into {
+            cg.add_task_after_clone_into(init_pid)
+        } else {
+            cg.add_task(init_pid)
+        }
+        .map_err(|e| Error::Cgroup(e.to_string()))?;
         if let Some(adj) = process.oom_score_adj() {
             security::set_oom_score_adj(init_pid, adj);
         }

@@ -119,3 +119,45 @@ fn cpu_quota_lands_in_cgroup_files_and_update_changes_it() {
     assert!(o.status.success());
     rt.assert_gone(&id);
 }
+
+/// Where the host has a cgroup v2 tree (pure v2, or the unified tree of a hybrid host),
+/// the init is created in it by clone3(CLONE_INTO_CGROUP), not moved there afterwards;
+/// every v1 hierarchy (if any) still gets it through cgroup.procs.
+#[test]
+fn init_is_cloned_into_its_v2_cgroup() {
+    let rt = Rt::new("clone3");
+    let b = Bundle::new("clone3", &["/bin/cat", "/proc/self/cgroup"]);
+    let id = rt.id("clone3");
+    let o = rt.run_in(&b.dir, &["--explain", "run", &id]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "stderr: {err}");
+    let v2_root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).join("cgroup.controllers").exists());
+    let want = format!("/hull/{id}");
+    if let Some(v2) = v2_root {
+        assert!(
+            err.contains(&format!("CLONE_INTO_CGROUP {v2}{want}")),
+            "not cloned into the cgroup: {err}"
+        );
+        assert!(
+            !err.contains(&format!("{v2}{want}/cgroup.procs")),
+            "the init was moved into its v2 cgroup after all: {err}"
+        );
+        assert!(
+            out.lines().any(|l| l == format!("0::{want}")),
+            "container's v2 cgroup: {out}"
+        );
+    }
+    // Every hierarchy, v1 or v2, has the init in the container's cgroup.
+    for line in out.lines() {
+        let path = line.splitn(3, ':').nth(2).unwrap_or("");
+        if !line.contains("name=systemd") {
+            assert_eq!(path, want, "{line}");
+        }
+    }
+    rt.assert_gone(&id);
+}

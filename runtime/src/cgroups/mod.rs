@@ -8,6 +8,7 @@
 //! - `freezer`: pause/resume (v1 `freezer.state`, v2 `cgroup.freeze`).
 //! - `stats`: usage counters shaped like runc's `events --stats`.
 //! - `fs`: the narrated file reads and writes everything above goes through.
+//! - `clone_into`: `clone3(CLONE_INTO_CGROUP)` into the v2 directory, and its fallback.
 //!
 //! Use ([`CgroupManager`]):
 //! ```no_run
@@ -35,6 +36,7 @@
 //! also placed in the v2 tree, where `cgroup.kill` kills the whole container atomically
 //! and `cgroup.procs` lists it even across v1 controllers that are not mounted.
 
+pub mod clone_into;
 pub mod devices;
 pub mod devices_v2;
 pub mod freezer;
