@@ -21,8 +21,9 @@ fn temp_dir(test: &str) -> tempfile::TempDir {
         .expect("temp dir")
 }
 
-/// Run by `sqlite_keeps_every_committed_revision_after_kill` in a child process: writes
-/// until killed, printing each key and revision once the store has committed it.
+/// Run by `sqlite_keeps_every_committed_revision_after_kill` in a child process: 16
+/// concurrent writers (so commits are grouped) write until killed, each printing a key and
+/// its revision once the store has acknowledged the write.
 #[test]
 #[ignore = "helper: runs only as the crash test's child process"]
 fn crash_child_writer() {
@@ -32,20 +33,30 @@ fn crash_child_writer() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let store = store::open(&format!("sqlite:{db}")).await.expect("open");
-        let mut prev: Option<(String, i64)> = None;
-        for i in 0u64.. {
-            let key = format!("/registry/crash/k{i:08}");
-            let rev = store.create(&key, vec![b'x'; 512]).await.expect("create");
-            // Updates too, so the log has superseded rows and old values.
-            if let Some((k, r)) = prev.take() {
-                let r2 = store
-                    .update(&k, b"updated".to_vec(), r)
-                    .await
-                    .expect("update");
-                println!("{k} {r2}");
-            }
-            println!("{key} {rev}");
-            prev = Some((key, rev));
+        let writers: Vec<_> = (0..16)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut prev: Option<(String, i64)> = None;
+                    for i in 0u64.. {
+                        let key = format!("/registry/crash/w{w:02}-k{i:08}");
+                        let rev = store.create(&key, vec![b'x'; 512]).await.expect("create");
+                        // Updates too, so the log has superseded rows and old values.
+                        if let Some((k, r)) = prev.take() {
+                            let r2 = store
+                                .update(&k, b"updated".to_vec(), r)
+                                .await
+                                .expect("update");
+                            println!("{k} {r2}");
+                        }
+                        println!("{key} {rev}");
+                        prev = Some((key, rev));
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            let _ = w.await;
         }
     });
 }
@@ -87,11 +98,11 @@ async fn sqlite_keeps_every_committed_revision_after_kill() {
             continue;
         };
         committed.insert(key.to_owned(), rev);
-        if committed.len() == 400 {
+        if committed.len() == 2000 {
             break;
         }
     }
-    assert_eq!(committed.len(), 400, "the writer stopped early");
+    assert_eq!(committed.len(), 2000, "the writer stopped early");
     // SIGKILL in the middle of writing: no chance to flush or close anything.
     child.0.kill().expect("kill the writer");
     child.0.wait().expect("reap the writer");
@@ -121,7 +132,7 @@ async fn sqlite_keeps_every_committed_revision_after_kill() {
         .unwrap();
     assert!(next > current);
     let listed = store.list("/registry/crash/", None, 0, 0).await.unwrap();
-    assert!(listed.items.len() > 200);
+    assert!(listed.items.len() > 1000);
 }
 
 #[tokio::test]

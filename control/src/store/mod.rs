@@ -27,7 +27,7 @@ pub mod sqlite;
 pub use cache::{CacheConfig, CachedStore};
 pub use compactor::{CompactorConfig, spawn_compactor};
 pub use etcd::EtcdStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// A store-wide revision; every write gets the next one. `0` means "latest" or "now".
 pub type Revision = i64;

@@ -3,10 +3,7 @@
 //! Everything here runs on a connection the caller holds (the writer, or a pooled reader),
 //! inside the caller's transaction where one is needed.
 
-use std::sync::Arc;
-
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use tokio::sync::broadcast;
 
 use crate::store::{KeyValue, ListResult, Revision, StoreError, WatchEvent, prefix_end};
 
@@ -115,34 +112,27 @@ pub(super) fn compacted_revision(conn: &Connection) -> Result<Revision, StoreErr
 }
 
 pub(super) fn latest_row(conn: &Connection, key: &str) -> Result<Option<Row>, StoreError> {
-    conn.query_row(
-        &format!("SELECT {ROW_COLUMNS} FROM kine WHERE name = ?1 ORDER BY id DESC LIMIT 1"),
-        [key],
-        Row::from_sql,
-    )
-    .optional()
+    conn.prepare_cached(&format!(
+        "SELECT {ROW_COLUMNS} FROM kine WHERE name = ?1 ORDER BY id DESC LIMIT 1"
+    ))
+    .and_then(|mut stmt| stmt.query_row([key], Row::from_sql).optional())
     .map_err(internal)
 }
 
-/// Appends the row `build` makes from the key's newest row (tombstones included) in one
-/// transaction, then announces the event. Holding the writer mutex across commit and send
-/// keeps the broadcast in revision order.
-pub(super) fn append(
-    conn: &mut Connection,
-    events: &broadcast::Sender<Arc<WatchEvent>>,
-    key: &str,
-    build: impl FnOnce(Revision, Option<Row>) -> Result<Row, StoreError>,
-) -> Result<Row, StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(internal)?;
-    let latest = latest_row(&tx, key)?;
-    let revision = current_revision(&tx)? + 1;
-    let row = build(revision, latest)?;
-    tx.execute(
+/// The revision the next write gets (the log's newest id + 1; a batch's earlier inserts
+/// count, since they run on the same transaction).
+pub(super) fn next_revision(conn: &Connection) -> Result<Revision, StoreError> {
+    Ok(current_revision(conn)? + 1)
+}
+
+/// Inserts `row` into the log, on the caller's transaction.
+pub(super) fn insert_row(conn: &Connection, row: &Row) -> Result<(), StoreError> {
+    conn.prepare_cached(
         "INSERT INTO kine (id, name, created, deleted, create_revision, prev_revision, value, old_value) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
             row.id,
             row.name,
             i64::from(row.create_revision == row.id),
@@ -151,13 +141,10 @@ pub(super) fn append(
             row.prev_revision,
             row.value,
             row.old_value
-        ],
-    )
+        ])
+    })
     .map_err(internal)?;
-    tx.commit().map_err(internal)?;
-    // No receivers is not an error: nobody is watching.
-    let _ = events.send(Arc::new(row.clone().into_event()));
-    Ok(row)
+    Ok(())
 }
 
 /// Range condition on `name` for keys under `prefix` strictly after `start_after`.
