@@ -330,10 +330,36 @@ pub(crate) fn close_fds(preserve: i32) -> Result<()> {
         )
     } != 0
     {
-        return Err(std::io::Error::last_os_error()).ctx(|| "close_range".into());
+        // Pre-5.11 kernels (ENOSYS/EINVAL), or a spec's seccomp profile that is already
+        // loaded (noNewPrivileges false) and does not allow close_range (EPERM): mark
+        // each open fd by hand, as runc does.
+        cloexec_from_proc(first as i32)?;
     }
     for fd in 3..first as i32 {
         unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    }
+    Ok(())
+}
+
+/// Sets `FD_CLOEXEC` on every fd >= `first`: those listed in /proc/self/fd, or, where
+/// the container has no /proc mounted, every number below the soft `RLIMIT_NOFILE`
+/// (capped at 2^20; fcntl on a closed fd just fails with EBADF).
+fn cloexec_from_proc(first: i32) -> Result<()> {
+    let fds: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&fd| fd >= first)
+            .collect(),
+        Err(_) => {
+            let (soft, _) =
+                nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                    .unwrap_or((1 << 20, 1 << 20));
+            (first..soft.min(1 << 20) as i32).collect()
+        }
+    };
+    for fd in fds {
+        // The read_dir fd itself is gone by now (EBADF); nothing else can fail here.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
     Ok(())
 }

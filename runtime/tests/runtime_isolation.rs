@@ -282,3 +282,60 @@ fn no_host_fds_leak_into_the_container() {
     assert_eq!(s.trim(), "0 1 2 3", "fds in container: {s}");
     rt.assert_gone(&id);
 }
+
+/// A spec seccomp profile loaded before the privilege drop (noNewPrivileges false) that
+/// refuses close_range: the init falls back to marking fds close-on-exec one by one, so
+/// the container still starts and still sees only its stdio.
+#[test]
+fn no_fd_leaks_when_seccomp_refuses_close_range() {
+    let rt = Rt::new("fdleak");
+    let mut b = Bundle::new("fdleak", &["/bin/ls", "/proc/self/fd"]);
+    b.edit(|c| {
+        c["process"]["noNewPrivileges"] = false.into();
+        c["linux"]["seccomp"] = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [{"names": ["close_range"], "action": "SCMP_ACT_ERRNO"}]
+        });
+    });
+    let id = rt.id("fdleak");
+    let (code, out, err) = rt.run_bundle(&b, &id);
+    assert_eq!(code, 0, "stderr: {err}");
+    // 0-2 are stdio, 3 is ls's own handle on /proc/self/fd.
+    let fds: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(fds, ["0", "1", "2", "3"], "fds in the container: {out}");
+    rt.assert_gone(&id);
+}
+
+/// A mount whose only options are propagation flags gets them on the new mount itself
+/// (not on the directory it covers, which the kernel refuses with EINVAL).
+#[test]
+fn propagation_options_apply_to_the_new_mount() {
+    let rt = Rt::new("prop");
+    let mut b = Bundle::new("prop", &["/bin/cat", "/proc/self/mountinfo"]);
+    b.edit(|c| {
+        let m = c["mounts"].as_array_mut().unwrap();
+        m.push(serde_json::json!({"destination": "/tmp/shared", "type": "tmpfs", "source": "tmpfs", "options": ["shared"]}));
+        m.push(serde_json::json!({"destination": "/tmp/private", "type": "tmpfs", "source": "tmpfs", "options": ["private"]}));
+    });
+    let id = rt.id("prop");
+    let (code, out, err) = rt.run_bundle(&b, &id);
+    assert_eq!(code, 0, "stderr: {err}");
+    let line = |dst: &str| {
+        out.lines()
+            .find(|l| l.split(' ').nth(4) == Some(dst))
+            .unwrap_or_else(|| panic!("{dst} not mounted: {out}"))
+            .to_string()
+    };
+    assert!(
+        line("/tmp/shared").contains(" shared:"),
+        "{}",
+        line("/tmp/shared")
+    );
+    assert!(
+        !line("/tmp/private").contains(" shared:"),
+        "{}",
+        line("/tmp/private")
+    );
+    rt.assert_gone(&id);
+}

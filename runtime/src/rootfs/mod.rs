@@ -212,7 +212,11 @@ fn mount_one(ctx: &Ctx<'_>, root: i32, m: &Mount) -> Result<()> {
         r => r?,
     }
     if !opts.propagation.is_empty() {
-        mount(None, &target, None, opts.propagation, None)?;
+        // Re-resolve: the fd still points at the covered directory, not the new mount
+        // (changing that directory's propagation fails with EINVAL: not a mount point).
+        let fd = resolve::open_in_root(root, dest, libc::O_PATH)
+            .ctx(|| format!("reopen {}", dest.display()))?;
+        mount(None, &resolve::fd_path(&fd), None, opts.propagation, None)?;
     }
     Ok(())
 }
