@@ -20,7 +20,9 @@ start_rv = cms.metadata.resource_version
 seen = []
 def watcher():
     w = watch.Watch()
-    for ev in w.stream(v1.list_namespaced_config_map, ns, resource_version=start_rv, timeout_seconds=20):
+    # The root-CA publisher adds kube-root-ca.crt to every new namespace, maybe after
+    # start_rv: watch only "c" (a field selector, as client libraries use them).
+    for ev in w.stream(v1.list_namespaced_config_map, ns, resource_version=start_rv, field_selector="metadata.name=c", timeout_seconds=20):
         seen.append((ev["type"], ev["object"].metadata.name, ev["object"].data))
         if ev["type"] == "DELETED":
             w.stop()

@@ -169,6 +169,11 @@ pub async fn sync(st: &State, ctx: &Ctx, created: bool) -> Result<Action> {
     if ready > available && requeue.is_none() {
         requeue = Some(Duration::from_secs(1));
     }
+    // Not complete yet: look again now and then even without an event (a missed
+    // ReplicaSet update must not leave the status stale for good).
+    if requeue.is_none() && available < replicas {
+        requeue = Some(Duration::from_secs(10));
+    }
     let status = json!({
         "observedGeneration": d.metadata.generation,
         "replicas": total,

@@ -103,6 +103,9 @@ impl ReplicaOwner for ReplicationController {
     }
 }
 
+/// How often a ReplicaSet short of available pods is synced without an event.
+const UNCONVERGED_RECHECK: Duration = Duration::from_secs(10);
+
 struct Ctx {
     client: kube::Client,
     recorder: Recorder,
@@ -266,6 +269,11 @@ async fn reconcile<K: ReplicaOwner>(owner: Arc<K>, ctx: Arc<Ctx>) -> Result<Acti
     if changed {
         let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
         util::patch_status(&api, &name, status).await?;
+    }
+    // Until every wanted pod is available, look again now and then even without an
+    // event: a missed pod update must not leave the status stale for good.
+    if recheck.is_none() && available < want {
+        recheck = Some(UNCONVERGED_RECHECK);
     }
     Ok(match recheck {
         Some(d) => Action::requeue(d),
