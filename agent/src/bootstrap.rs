@@ -258,6 +258,149 @@ async fn client_from(text: &str) -> Result<kube::Client, BootstrapError> {
     kube::Client::try_from(cfg).map_err(|e| BootstrapError::Api(e.to_string()))
 }
 
+/// Creates a CertificateSigningRequest and waits until it is signed (or refused).
+async fn request_certificate(
+    client: &kube::Client,
+    csr_pem: String,
+    signer: &str,
+    usages: &[&str],
+    timeout: Duration,
+) -> Result<String, BootstrapError> {
+    let api: Api<CertificateSigningRequest> = Api::all(client.clone());
+    let csr = CertificateSigningRequest {
+        metadata: ObjectMeta {
+            generate_name: Some("node-csr-".into()),
+            ..Default::default()
+        },
+        spec: CertificateSigningRequestSpec {
+            request: ByteString(csr_pem.into_bytes()),
+            signer_name: signer.into(),
+            usages: Some(usages.iter().map(|u| u.to_string()).collect()),
+            ..Default::default()
+        },
+        status: None,
+    };
+    let created = api
+        .create(&PostParams::default(), &csr)
+        .await
+        .map_err(|e| BootstrapError::Api(format!("creating CertificateSigningRequest: {e}")))?;
+    let name = created.metadata.name.clone().unwrap_or_default();
+    tracing::info!(csr = %name, signer, "waiting for the certificate");
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let c = api
+            .get(&name)
+            .await
+            .map_err(|e| BootstrapError::Api(format!("reading {name}: {e}")))?;
+        if let Some(st) = &c.status {
+            if let Some(cond) = st
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "Denied" || c.type_ == "Failed")
+            {
+                return Err(BootstrapError::Refused {
+                    name,
+                    reason: format!(
+                        "{}: {}",
+                        cond.type_,
+                        cond.message.clone().unwrap_or_default()
+                    ),
+                });
+            }
+            if let Some(cert) = st.certificate.as_ref().filter(|c| !c.0.is_empty()) {
+                return Ok(String::from_utf8_lossy(&cert.0).into_owned());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(BootstrapError::Timeout(name, timeout));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The kubelet API's serving certificate for a node that has no CA key: a
+/// `kubernetes.io/kubelet-serving` CSR for `CN=system:node:<name>` with the node's name
+/// and addresses, made with the node's own credentials (`client`). Writes
+/// `DIR/kubelet-serving.{crt,key}` and returns their paths; a certificate already there
+/// that covers `ips` and is valid for another day is reused.
+pub async fn serving_certificate(
+    client: &kube::Client,
+    node_name: &str,
+    ips: &[std::net::IpAddr],
+    dir: &Path,
+    timeout: Duration,
+) -> Result<(PathBuf, PathBuf), BootstrapError> {
+    let crt = dir.join("kubelet-serving.crt");
+    let key_path = dir.join("kubelet-serving.key");
+    if key_path.exists() && covers(&crt, ips) {
+        return Ok((crt, key_path));
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let key = rcgen::KeyPair::generate().map_err(|e| BootstrapError::Api(format!("key: {e}")))?;
+    let mut params = rcgen::CertificateParams::default();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::OrganizationName, "system:nodes");
+    dn.push(rcgen::DnType::CommonName, format!("system:node:{node_name}"));
+    params.distinguished_name = dn;
+    let mut sans: Vec<rcgen::SanType> = ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip)).collect();
+    if let Ok(n) = node_name.to_string().try_into() {
+        sans.push(rcgen::SanType::DnsName(n));
+    }
+    params.subject_alt_names = sans;
+    let csr_pem = params
+        .serialize_request(&key)
+        .and_then(|r| r.pem())
+        .map_err(|e| BootstrapError::Api(format!("certificate request: {e}")))?;
+    let usages = ["digital signature", "key encipherment", "server auth"];
+    let cert =
+        request_certificate(client, csr_pem, "kubernetes.io/kubelet-serving", &usages, timeout)
+            .await?;
+    write(&key_path, &key.serialize_pem(), 0o600)?;
+    write(&crt, &cert, 0o644)?;
+    Ok((crt, key_path))
+}
+
+/// Whether the certificate at `path` names every address in `ips` and stays valid a day.
+fn covers(path: &Path, ips: &[std::net::IpAddr]) -> bool {
+    let Ok(pem) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let Some(Ok(der)) = CertificateDer::pem_slice_iter(pem.as_bytes()).next() else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+        return false;
+    };
+    let day_left = cert.validity().not_after.timestamp()
+        > jiff::Timestamp::now().as_second() + 24 * 3600;
+    let names: Vec<std::net::IpAddr> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|g| match g {
+                    x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    day_left && ips.iter().all(|ip| names.contains(ip))
+}
+
+/// Whether `t` has a bootstrap token's shape (`<6 [a-z0-9]>.<16 [a-z0-9]>`).
+pub fn is_bootstrap_token(t: &str) -> bool {
+    validate_token(t).is_ok()
+}
+
 fn validate_token(t: &str) -> Result<(), BootstrapError> {
     let ok = |s: &str, n: usize| {
         s.len() == n
@@ -306,57 +449,8 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, BootstrapError> {
         &format!("    token: {}\n", opts.token),
     );
     let client = client_from(&bootstrap).await?;
-    let api: Api<CertificateSigningRequest> = Api::all(client);
-    let csr = CertificateSigningRequest {
-        metadata: ObjectMeta {
-            generate_name: Some("node-csr-".into()),
-            ..Default::default()
-        },
-        spec: CertificateSigningRequestSpec {
-            request: ByteString(csr_pem.into_bytes()),
-            signer_name: SIGNER.into(),
-            usages: Some(vec!["digital signature".into(), "client auth".into()]),
-            ..Default::default()
-        },
-        status: None,
-    };
-    let created = api
-        .create(&PostParams::default(), &csr)
-        .await
-        .map_err(|e| BootstrapError::Api(format!("creating CertificateSigningRequest: {e}")))?;
-    let name = created.metadata.name.clone().unwrap_or_default();
-    tracing::info!(csr = %name, node = %opts.node_name, "waiting for the node client certificate");
-    let deadline = tokio::time::Instant::now() + opts.timeout;
-    let cert = loop {
-        let c = api
-            .get(&name)
-            .await
-            .map_err(|e| BootstrapError::Api(format!("reading {name}: {e}")))?;
-        if let Some(st) = &c.status {
-            if let Some(cond) = st
-                .conditions
-                .iter()
-                .flatten()
-                .find(|c| c.type_ == "Denied" || c.type_ == "Failed")
-            {
-                return Err(BootstrapError::Refused {
-                    name,
-                    reason: format!(
-                        "{}: {}",
-                        cond.type_,
-                        cond.message.clone().unwrap_or_default()
-                    ),
-                });
-            }
-            if let Some(cert) = st.certificate.as_ref().filter(|c| !c.0.is_empty()) {
-                break String::from_utf8_lossy(&cert.0).into_owned();
-            }
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(BootstrapError::Timeout(name, opts.timeout));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let usages = ["digital signature", "client auth"];
+    let cert = request_certificate(&client, csr_pem, SIGNER, &usages, opts.timeout).await?;
     let key_pem = key.serialize_pem();
     write(&opts.dir.join("kubelet.key"), &key_pem, 0o600)?;
     write(&opts.dir.join("kubelet.crt"), &cert, 0o644)?;

@@ -10,7 +10,10 @@
 //! - `kubelet_api`: the kubelet's HTTPS API (:10250) — containerLogs, exec/attach/
 //!   portForward (spliced to the CRI streaming server), stats/summary, metrics — found
 //!   through the CRI only.
+//! - `bootstrap`: TLS bootstrap of a joining node (bootstrap token → CSR → the node's
+//!   client certificate and kubeconfig; the CA from a file or a `sha256:` pin).
 
+pub mod bootstrap;
 pub mod cri;
 pub mod kubelet_api;
 pub mod node;

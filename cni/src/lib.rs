@@ -14,6 +14,7 @@
 //! - `upkeep`  — CHECK, GC and STATUS for a bridge network
 //! - `plugin`  — the plugin protocol: env + stdin in, result or error JSON out
 //! - `invoker` — the runtime side: load a conflist, run its chain, cache results
+//! - `podroutes` — routes to other nodes' pod subnets via their addresses (host-gw)
 
 pub mod bridge;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod plugin;
+pub mod podroutes;
 pub mod types;
 pub mod upkeep;
 

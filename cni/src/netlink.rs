@@ -9,7 +9,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
@@ -438,8 +439,48 @@ impl Netlink {
         }
     }
 
+    /// Adds or replaces a route tagged with `protocol` (so its owner finds it again).
+    pub fn replace_route(
+        &mut self,
+        dst: &IpNet,
+        gw: Option<IpAddr>,
+        oif: u32,
+        protocol: u8,
+    ) -> io::Result<()> {
+        let mut m = Self::route_msg(dst, gw, oif);
+        m.header.protocol = RouteProtocol::from(protocol);
+        self.request(
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(|_| ())
+    }
+
+    /// Deletes a route; one already gone is fine.
+    pub fn del_route(&mut self, dst: &IpNet, gw: Option<IpAddr>, oif: u32) -> io::Result<()> {
+        let mut m = Self::route_msg(dst, gw, oif);
+        m.header.protocol = RouteProtocol::Unspec;
+        m.header.scope = RouteScope::NoWhere;
+        match self.request(RouteNetlinkMessage::DelRoute(m), NLM_F_ACK) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            r => r.map(|_| ()),
+        }
+    }
+
     /// Main-table routes as (destination, gateway, output link).
     pub fn routes(&mut self, v6: bool) -> io::Result<Vec<(IpNet, Option<IpAddr>, u32)>> {
+        Ok(self
+            .routes_with_protocol(v6)?
+            .into_iter()
+            .map(|(n, g, o, _)| (n, g, o))
+            .collect())
+    }
+
+    /// Main-table routes as (destination, gateway, output link, protocol).
+    pub fn routes_with_protocol(
+        &mut self,
+        v6: bool,
+    ) -> io::Result<Vec<(IpNet, Option<IpAddr>, u32, u8)>> {
         let mut q = RouteMessage::default();
         q.header.address_family = if v6 {
             AddressFamily::Inet6
@@ -478,7 +519,7 @@ impl Netlink {
                 std::net::Ipv4Addr::UNSPECIFIED.into()
             };
             if let Ok(net) = IpNet::new(dst.unwrap_or(any), r.header.destination_prefix_length) {
-                out.push((net, gw, oif));
+                out.push((net, gw, oif, u8::from(r.header.protocol)));
             }
         }
         Ok(out)

@@ -11,9 +11,11 @@ use clap::{Parser, Subcommand};
 pub mod agent;
 pub mod cri;
 pub mod image;
+pub mod podroutes;
 pub mod proxy;
 pub mod run;
 pub mod server;
+pub mod token;
 pub mod up;
 
 #[derive(Debug, Parser)]
@@ -56,6 +58,8 @@ pub enum Command {
     Server(server::ServerArgs),
     /// The service proxy (nftables) and cluster DNS against any API server.
     Proxy(proxy::ProxyArgs),
+    /// Bootstrap tokens for joining nodes (`hull token create --print-join-command`).
+    Token(token::TokenArgs),
     /// A single-node cluster in one process tree: API server, scheduler and controllers,
     /// CRI server, node agent, service proxy and DNS; writes DATA/admin.kubeconfig.
     Up(up::UpArgs),
@@ -84,5 +88,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(args) => server::run(&cli.data_dir, args),
         Command::Proxy(args) => proxy::run(&cli.data_dir, args),
         Command::Up(args) => up::run(&cli.data_dir, args),
+        Command::Token(args) => token::run(&cli.data_dir, args),
     }
 }

@@ -51,6 +51,10 @@ pub struct Options {
     /// The node's name (serving certificate CN and SAN) and addresses (SANs).
     pub node_name: String,
     pub node_ips: Vec<IpAddr>,
+    /// A serving certificate and key (PEM files) to use instead of issuing one from
+    /// `ca_key`: a joined node has no CA key, its certificate comes from a
+    /// `kubernetes.io/kubelet-serving` CertificateSigningRequest.
+    pub serving: Option<(PathBuf, PathBuf)>,
 }
 
 impl Options {
@@ -67,6 +71,7 @@ impl Options {
             cri_endpoint,
             node_name: node_name.to_string(),
             node_ips: Vec::new(),
+            serving: None,
         }
     }
 }
@@ -155,7 +160,7 @@ pub struct Server {
 
 impl Server {
     pub async fn bind(opts: Options) -> Result<Server, KubeletApiError> {
-        let tls = tls::server_config(&opts.ca_cert, &opts.ca_key, &opts.node_name, &opts.node_ips)?;
+        let tls = tls::server_config(&opts)?;
         let cri = pods::connect(opts.cri_endpoint.clone()).map_err(|e| KubeletApiError::Cri {
             path: opts.cri_endpoint.clone(),
             reason: e.to_string(),

@@ -1,5 +1,6 @@
 //! The kubelet API's TLS: a serving certificate issued at every start from the cluster CA
-//! (so new node addresses get SANs), and client certificates verified against the same CA.
+//! (so new node addresses get SANs) or, on a joined node without the CA key, the one its
+//! serving CSR got; client certificates are verified against the cluster CA.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -12,7 +13,7 @@ use rcgen::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::KubeletApiError;
+use super::{KubeletApiError, Options};
 
 fn read(path: &Path) -> Result<String, KubeletApiError> {
     std::fs::read_to_string(path).map_err(|source| KubeletApiError::Io {
@@ -28,15 +29,33 @@ fn pem_err(path: &Path, reason: impl ToString) -> KubeletApiError {
     }
 }
 
-/// The rustls server config: the serving certificate signed by the CA at `ca_key`, client
-/// certificates verified against `ca_cert` (optional at the TLS layer so `/healthz` answers
-/// without one; every other path requires one).
-pub fn server_config(
+/// The rustls server config: the given serving certificate, or one signed by the CA at
+/// `ca_key`; client certificates verified against `ca_cert` (optional at the TLS layer so
+/// `/healthz` answers without one; every other path requires one).
+pub fn server_config(opts: &Options) -> Result<rustls::ServerConfig, KubeletApiError> {
+    let ca_cert = opts.ca_cert.as_path();
+    let ca_pem = read(ca_cert)?;
+    let (chain, key) = match &opts.serving {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(read(cert)?.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| pem_err(cert, e))?;
+            let key_der =
+                PrivateKeyDer::from_pem_slice(read(key)?.as_bytes()).map_err(|e| pem_err(key, e))?;
+            (chain, key_der)
+        }
+        None => issue(&opts.ca_cert, &opts.ca_key, &opts.node_name, &opts.node_ips)?,
+    };
+    build(ca_cert, &ca_pem, chain, key)
+}
+
+/// A serving certificate for `node_name` and `ips`, signed by the CA key.
+fn issue(
     ca_cert: &Path,
     ca_key: &Path,
     node_name: &str,
     ips: &[IpAddr],
-) -> Result<rustls::ServerConfig, KubeletApiError> {
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), KubeletApiError> {
     let ca_pem = read(ca_cert)?;
     let key_pem = read(ca_key)?;
     let ca_keypair = KeyPair::from_pem(&key_pem).map_err(|e| pem_err(ca_key, e))?;
@@ -64,7 +83,18 @@ pub fn server_config(
     p.not_after = (now + std::time::Duration::from_secs(365 * 24 * 3600)).into();
     let key = KeyPair::generate().map_err(|e| pem_err(ca_key, e))?;
     let cert = p.signed_by(&key, &issuer).map_err(|e| pem_err(ca_key, e))?;
+    let chain = vec![CertificateDer::from(cert.der().to_vec())];
+    let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
+        .map_err(|e| pem_err(ca_key, e))?;
+    Ok((chain, key))
+}
 
+fn build(
+    ca_cert: &Path,
+    ca_pem: &str,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::ServerConfig, KubeletApiError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -79,9 +109,6 @@ pub fn server_config(
     .allow_unauthenticated()
     .build()
     .map_err(|e| pem_err(ca_cert, e))?;
-    let chain = vec![CertificateDer::from(cert.der().to_vec())];
-    let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
-        .map_err(|e| pem_err(ca_key, e))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| pem_err(ca_cert, e))?

@@ -200,6 +200,8 @@ impl Cluster {
                 "127.0.0.1",
                 "--kubelet-port",
                 "0",
+                // Tests of the agent alone: no service proxy or DNS in the host namespace.
+                "--no-proxy",
                 "--data-dir",
                 self.agent_data.to_str().unwrap(),
             ],

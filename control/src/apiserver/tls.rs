@@ -308,6 +308,21 @@ pub fn identity_from_cert(der: &[u8]) -> Option<(String, Vec<String>)> {
 /// Signs a PEM certificate request as a client certificate (CN and O from the request,
 /// nothing else it asks for) with the CA in `dir`, valid for `seconds`.
 pub fn sign_client_csr(dir: &Path, csr_pem: &str, seconds: u64) -> Result<String, TlsError> {
+    sign_csr(dir, csr_pem, seconds, ExtendedKeyUsagePurpose::ClientAuth)
+}
+
+/// A kubelet serving certificate from a CSR (`kubernetes.io/kubelet-serving`): the
+/// subject and the requested DNS/IP names, server auth only.
+pub fn sign_serving_csr(dir: &Path, csr_pem: &str, seconds: u64) -> Result<String, TlsError> {
+    sign_csr(dir, csr_pem, seconds, ExtendedKeyUsagePurpose::ServerAuth)
+}
+
+fn sign_csr(
+    dir: &Path,
+    csr_pem: &str,
+    seconds: u64,
+    usage: ExtendedKeyUsagePurpose,
+) -> Result<String, TlsError> {
     let ca_crt = dir.join("ca.crt");
     let ca_key = dir.join("ca.key");
     let missing = |p: &Path| TlsError::Pem {
@@ -338,7 +353,17 @@ pub fn sign_client_csr(dir: &Path, csr_pem: &str, seconds: u64) -> Result<String
         }
     }
     p.distinguished_name = dn;
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    if usage == ExtendedKeyUsagePurpose::ServerAuth {
+        // Only names a node may claim for itself (the approver checked them).
+        p.subject_alt_names = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .filter(|n| matches!(n, SanType::DnsName(_) | SanType::IpAddress(_)))
+            .cloned()
+            .collect();
+    }
+    p.extended_key_usages = vec![usage];
     p.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
@@ -353,6 +378,6 @@ pub fn sign_client_csr(dir: &Path, csr_pem: &str, seconds: u64) -> Result<String
     csr.params = p;
     let cert = csr
         .signed_by(&issuer)
-        .map_err(gen_err("client certificate from CSR"))?;
+        .map_err(gen_err("certificate from CSR"))?;
     Ok(cert.pem())
 }

@@ -5,6 +5,12 @@
 //! user) or `.../selfnodeclient` (a node renewing its own) — asked through a
 //! SubjectAccessReview, as Kubernetes does; approved requests of the kubelet-client and
 //! `kubernetes.io/kube-apiserver-client` signers are signed with the cluster CA.
+//!
+//! Kubelet serving requests (`kubernetes.io/kubelet-serving`) are approved when a node asks
+//! for itself: requester `system:node:<name>` in `system:nodes` and the same subject, only
+//! DNS and IP names, server auth usages. Kubernetes leaves these to an external approver
+//! (kubelet-csr-approver does the same checks); hull approves them so a joined node's
+//! kubelet API gets a certificate chained to the cluster CA without the CA key.
 
 use std::sync::Arc;
 
@@ -22,6 +28,7 @@ use crate::manager::{Context, LoopFuture};
 
 pub const NAME: &str = "csrapproving";
 const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
+const SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 /// kube-controller-manager's `--cluster-signing-duration` default: one year.
 const DEFAULT_DURATION: u64 = 365 * 24 * 3600;
 
@@ -100,6 +107,33 @@ fn is_node_client(csr: &CertificateSigningRequest, pem: &str) -> bool {
         && usages.iter().all(|u| allowed.contains(&u.as_str()))
 }
 
+/// A node's request for its own serving certificate (see the module doc).
+fn is_own_node_serving(csr: &CertificateSigningRequest, pem: &str) -> bool {
+    let Some((cn, orgs)) = subject(pem) else {
+        return false;
+    };
+    let Ok(req) = rcgen::CertificateSigningRequestParams::from_pem(pem) else {
+        return false;
+    };
+    let names_ok = req
+        .params
+        .subject_alt_names
+        .iter()
+        .all(|n| matches!(n, rcgen::SanType::DnsName(_) | rcgen::SanType::IpAddress(_)));
+    let usages = csr.spec.usages.clone().unwrap_or_default();
+    let allowed = ["digital signature", "key encipherment", "server auth"];
+    let groups = csr.spec.groups.clone().unwrap_or_default();
+    cn.starts_with("system:node:")
+        && cn.len() > "system:node:".len()
+        && csr.spec.username.as_deref() == Some(cn.as_str())
+        && groups.iter().any(|g| g == "system:nodes")
+        && orgs == ["system:nodes"]
+        && names_ok
+        && !req.params.subject_alt_names.is_empty()
+        && usages.iter().any(|u| u == "server auth")
+        && usages.iter().all(|u| allowed.contains(&u.as_str()))
+}
+
 async fn requester_may(
     ctx: &Context,
     csr: &CertificateSigningRequest,
@@ -143,6 +177,21 @@ async fn sync(
     let pem = String::from_utf8(csr.spec.request.0.clone())
         .map_err(|_| "request is not PEM text".to_string())?;
     let signer = csr.spec.signer_name.as_str();
+    if !has_condition(csr, "Approved") && signer == SERVING_SIGNER {
+        if !is_own_node_serving(csr, &pem) {
+            return Ok(());
+        }
+        let patch = json!({"status": {"conditions": [{
+            "type": "Approved", "status": "True", "reason": "AutoApproved",
+            "message": "Auto approving a node's own kubelet serving certificate.",
+            "lastUpdateTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        }]}});
+        api.patch_approval(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| format!("approving: {e}"))?;
+        tracing::info!(csr = %name, "approved kubelet serving certificate request");
+        return Ok(());
+    }
     if !has_condition(csr, "Approved") {
         if signer != KUBELET_CLIENT_SIGNER || !is_node_client(csr, &pem) {
             return Ok(());
@@ -184,7 +233,18 @@ async fn sync(
         .as_ref()
         .and_then(|s| s.certificate.as_ref())
         .is_some_and(|c| !c.0.is_empty());
-    if signed || (signer != KUBELET_CLIENT_SIGNER && signer != CLIENT_SIGNER) {
+    if signed || ![KUBELET_CLIENT_SIGNER, CLIENT_SIGNER, SERVING_SIGNER].contains(&signer) {
+        return Ok(());
+    }
+    // An approval given by hand (kubectl certificate approve) is checked again here.
+    if signer == SERVING_SIGNER && !is_own_node_serving(csr, &pem) {
+        let patch = json!({"status": {"conditions": [{
+            "type": "Failed", "status": "True", "reason": "SignerValidationFailure",
+            "message": "a kubelet serving request must come from the node it names (CN=system:node:<name>, O=system:nodes), with DNS/IP names and server auth usages",
+        }]}});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| format!("failing: {e}"))?;
         return Ok(());
     }
     if signer == KUBELET_CLIENT_SIGNER && !is_node_client(csr, &pem) {
@@ -203,8 +263,12 @@ async fn sync(
         .map(|s| (s.max(600)) as u64)
         .unwrap_or(DEFAULT_DURATION)
         .min(DEFAULT_DURATION);
-    let cert = crate::apiserver::tls::sign_client_csr(dir, &pem, secs)
-        .map_err(|e| format!("signing: {e}"))?;
+    let cert = if signer == SERVING_SIGNER {
+        crate::apiserver::tls::sign_serving_csr(dir, &pem, secs)
+    } else {
+        crate::apiserver::tls::sign_client_csr(dir, &pem, secs)
+    }
+    .map_err(|e| format!("signing: {e}"))?;
     use base64::Engine;
     let patch =
         json!({"status": {"certificate": base64::engine::general_purpose::STANDARD.encode(cert)}});

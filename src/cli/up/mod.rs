@@ -287,6 +287,8 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> anyhow::Result<ExitCode> {
         &["system:nodes"],
     )
     .await?;
+    // Routes to the pod subnets of nodes that joined with `hull agent`.
+    let routes = super::podroutes::spawn(agent_client.clone(), node.clone(), stop_rx.clone());
     let agent = node::spawn(
         agent_client,
         &node,
@@ -319,6 +321,7 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> anyhow::Result<ExitCode> {
         // It withdraws this node's DNS endpoint and removes its nftables tables itself.
         let _ = tokio::time::timeout(Duration::from_secs(10), p).await;
     }
+    let _ = tokio::time::timeout(Duration::from_secs(10), routes).await;
     let _ = cri_stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), cri).await;
     let _ = api_stop_tx.send(true);
