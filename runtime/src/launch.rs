@@ -339,11 +339,12 @@ pub(crate) fn launch(
         parent.send(tag::GO, &init_pid.to_ne_bytes())?;
         // Creating cgroup dirs can be slow (v1 blkio: milliseconds): do it while the
         // init builds its rootfs. It only execs after CGROUP_DONE.
-        cg.apply(
+        cg.apply(&crate::cgroups::devices::allow_spec_devices(
             linux
                 .and_then(|l| l.resources().as_ref())
                 .unwrap_or(&default_res),
-        )
+            linux.and_then(|l| l.devices().as_ref()),
+        ))
         .map_err(|e| Error::Cgroup(e.to_string()))?;
         // A staged init is a grandchild, forked after clone3: it inherited the cgroup.
         if into {

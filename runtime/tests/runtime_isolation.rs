@@ -339,3 +339,29 @@ fn propagation_options_apply_to_the_new_mount() {
     );
     rt.assert_gone(&id);
 }
+
+/// A device listed in `linux.devices` is allowed by the device cgroup even when the
+/// policy starts with "deny all" (runc's behaviour): the init can mknod it.
+#[test]
+fn spec_devices_are_allowed_by_the_device_cgroup() {
+    let rt = Rt::new("devs");
+    let mut b = Bundle::new(
+        "devs",
+        &[
+            "/bin/sh",
+            "-c",
+            "ls -l /dev/hulltun; head -c 0 /dev/hulltun && echo OPENED",
+        ],
+    );
+    b.edit(|c| {
+        c["linux"]["devices"] = serde_json::json!([
+            {"path": "/dev/hulltun", "type": "c", "major": 10, "minor": 200, "fileMode": 384}
+        ]);
+    });
+    let id = rt.id("devs");
+    let (code, out, err) = rt.run_bundle(&b, &id);
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(out.contains("10, 200"), "{out}");
+    assert!(out.contains("OPENED"), "{out} {err}");
+    rt.assert_gone(&id);
+}

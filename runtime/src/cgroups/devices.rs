@@ -129,6 +129,38 @@ pub fn rules(spec: &[LinuxDeviceCgroup]) -> Result<Vec<DeviceRule>, CgroupError>
     Ok(out)
 }
 
+/// `resources` with an allow rule (rwm) for every device `linux.devices` creates, after
+/// the spec's own rules, as runc does: a container whose device policy starts with
+/// "deny all" can still mknod and use the devices its spec asks for. Fifos (`p`) are not
+/// devices to the cgroup. Unchanged when there is no device policy at all.
+pub fn allow_spec_devices(
+    resources: &oci_spec::runtime::LinuxResources,
+    devices: Option<&Vec<oci_spec::runtime::LinuxDevice>>,
+) -> oci_spec::runtime::LinuxResources {
+    use oci_spec::runtime::LinuxDeviceType;
+    let mut out = resources.clone();
+    let (Some(rules), Some(devs)) = (resources.devices(), devices) else {
+        return out;
+    };
+    let mut rules = rules.clone();
+    for d in devs {
+        let typ = match d.typ() {
+            LinuxDeviceType::B => LinuxDeviceType::B,
+            LinuxDeviceType::C | LinuxDeviceType::U => LinuxDeviceType::C,
+            _ => continue,
+        };
+        let mut r = LinuxDeviceCgroup::default();
+        r.set_allow(true)
+            .set_typ(Some(typ))
+            .set_major(Some(d.major()))
+            .set_minor(Some(d.minor()))
+            .set_access(Some("rwm".into()));
+        rules.push(r);
+    }
+    out.set_devices(Some(rules));
+    out
+}
+
 /// v1: deny everything unless the list starts with its own wildcard rule (as runc
 /// does), then write each rule in order.
 pub fn apply_v1(d: &Path, rules: &[DeviceRule]) -> Result<(), CgroupError> {
