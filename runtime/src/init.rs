@@ -9,7 +9,7 @@
 
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -93,13 +93,17 @@ fn run(cfg: &InitConfig<'_>) -> Result<Infallible> {
         return Err(std::io::Error::last_os_error())
             .ctx(|| format!("domainname: setdomainname({d})"));
     }
-    // The fifo lives in the state dir on the host: hold it by an O_PATH fd across pivot.
+    // The fifo lives in the state dir on the host: hold that directory by an O_PATH fd
+    // across pivot and open the fifo relative to it later (not through /proc/self/fd:
+    // a container that shares the host's mount namespace may have no /proc at all).
     let fifo = cfg
         .fifo
         .map(|p| {
             nix::fcntl::open(
-                p,
-                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+                p.parent().unwrap_or(Path::new("/")),
+                nix::fcntl::OFlag::O_PATH
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
                 nix::sys::stat::Mode::empty(),
             )
         })
@@ -267,11 +271,21 @@ fn finish_and_exec(
     cfg.chan.send(tag::READY, b"")?;
     if let Some(fifo) = fifo {
         // Blocks until `start` opens the fifo for reading.
-        let path = format!("/proc/self/fd/{}", fifo.as_raw_fd());
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .ctx(|| "open exec fifo".into())?;
+        let name = std::ffi::CString::new(crate::state::EXEC_FIFO)
+            .map_err(|e| Error::Other(e.to_string()))?;
+        // SAFETY: valid dir fd and NUL-terminated name; the result is checked.
+        let fd = unsafe {
+            libc::openat(
+                fifo.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).ctx(|| "open exec fifo".into());
+        }
+        // SAFETY: fd was just opened and is owned by nobody else.
+        let f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         use std::io::Write;
         (&f).write_all(b"0").ctx(|| "write exec fifo".into())?;
     }

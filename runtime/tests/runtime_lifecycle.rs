@@ -268,3 +268,32 @@ fn spec_writes_a_default_config_that_parses() {
     let v: serde_json::Value = serde_json::from_str(&f).unwrap();
     assert!(v["linux"]["namespaces"].as_array().unwrap().len() >= 7);
 }
+
+/// `create` + `start` of a container with no /proc mounted: the waiting init opens the
+/// exec fifo relative to the state dir it holds, not through /proc/self/fd.
+#[test]
+fn create_and_start_without_proc_in_the_container() {
+    let rt = Rt::new("noproc");
+    let mut b = Bundle::new("noproc", &["/bin/sh", "-c", "echo started > /out/ok"]);
+    let out = b.dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let src = out.to_str().unwrap().to_string();
+    b.edit(|c| {
+        let m = c["mounts"].as_array_mut().unwrap();
+        m.retain(|m| m["destination"] != "/proc");
+        m.push(serde_json::json!({"destination": "/out", "type": "bind", "source": src, "options": ["rbind", "rw"]}));
+        c["linux"]["maskedPaths"] = serde_json::json!([]);
+        c["linux"]["readonlyPaths"] = serde_json::json!([]);
+    });
+    let id = rt.id("noproc");
+    let d = b.dir.to_str().unwrap();
+    ok(&rt.run(&["create", "--bundle", d, &id]), "create");
+    assert_eq!(rt.state(&id)["status"], "created");
+    ok(&rt.run(&["start", &id]), "start");
+    assert!(
+        common::eventually(30, || out.join("ok").exists()),
+        "the container never ran"
+    );
+    ok(&rt.run(&["delete", "--force", &id]), "delete");
+    rt.assert_gone(&id);
+}
