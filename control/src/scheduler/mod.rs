@@ -46,7 +46,7 @@ use filter::PodState;
 /// The `spec.schedulerName` this scheduler serves.
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 /// Bindings in flight at once.
-const BIND_CONCURRENCY: usize = 16;
+const BIND_CONCURRENCY: usize = 32;
 /// Below this many nodes every node is evaluated (kube's `minFeasibleNodesToFind`).
 const MIN_FEASIBLE: usize = 100;
 

@@ -21,10 +21,65 @@ use super::selector::{FieldSelector, LabelSelector};
 use super::{ApiState, Req, table};
 use crate::apiserver::registry::ResourceInfo;
 use crate::apiserver::status::ApiError;
-use crate::store::WatchEvent;
+use crate::store::{KeyValue, WatchEvent};
 
 /// How often an idle watch that asked for bookmarks gets one.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
+/// Encoded events kept for other watchers of the same event (see [`SharedLines`]).
+const SHARED_LINES: usize = 1024;
+
+/// The encoded lines of recent events, shared by watchers without selectors or tables.
+///
+/// Every pod write reaches a dozen watchers (scheduler, workload controllers, endpoints,
+/// garbage collector, node agents); parsing the stored JSON and encoding it again for each
+/// was most of the API server's CPU under scheduling load. Such a watcher's line is a pure
+/// function of the event's type, key, revision and value, so it is looked up by all four
+/// (values compared in full: several in-process servers may share revision numbers).
+struct SharedLines(std::sync::Mutex<std::collections::VecDeque<SharedLine>>);
+
+struct SharedLine {
+    kind: &'static str,
+    revision: i64,
+    key: String,
+    value: Vec<u8>,
+    line: bytes::Bytes,
+}
+
+static LINES: SharedLines = SharedLines(std::sync::Mutex::new(std::collections::VecDeque::new()));
+
+impl SharedLines {
+    fn line(&self, kind: &'static str, kv: &KeyValue, shaper: &Shaper) -> Option<bytes::Bytes> {
+        let found = self.0.lock().ok().and_then(|lines| {
+            lines
+                .iter()
+                .rev()
+                .find(|l| {
+                    l.revision == kv.mod_revision
+                        && l.kind == kind
+                        && l.key == kv.key
+                        && l.value == kv.value
+                })
+                .map(|l| l.line.clone())
+        });
+        if found.is_some() {
+            return found;
+        }
+        let line = shaper.line(kind, object::from_stored(kv).ok()?);
+        if let Ok(mut lines) = self.0.lock() {
+            if lines.len() >= SHARED_LINES {
+                lines.pop_front();
+            }
+            lines.push_back(SharedLine {
+                kind,
+                revision: kv.mod_revision,
+                key: kv.key.clone(),
+                value: kv.value.clone(),
+                line: line.clone(),
+            });
+        }
+        Some(line)
+    }
+}
 
 struct Shaper {
     r: &'static ResourceInfo,
@@ -88,6 +143,8 @@ pub async fn watch(state: &Arc<ApiState>, rq: Req) -> Result<Response, ApiError>
         include: rq.q("includeObject").map(str::to_string),
     };
     let announce_end = rq.q("sendInitialEvents") == Some("true");
+    // Sees every event as it is: its lines can be shared with other such watchers.
+    let everything = labels.is_empty() && fields.is_empty() && !shaper.as_table;
     let prefix = rq.r.list_prefix(rq.ns());
     let store = state.store.clone();
     let mut shutdown = state.shutdown.clone();
@@ -152,8 +209,19 @@ pub async fn watch(state: &Arc<ApiState>, rq: Req) -> Result<Response, ApiError>
                         Some(Ok(ev)) => ev,
                     };
                     last = ev.revision();
-                    let Some((kind, obj)) = translate(&ev, &labels, &fields) else { continue };
-                    if !send(shaper.line(kind, obj)).await { return; }
+                    let line = if everything {
+                        let (kind, kv) = match &ev {
+                            WatchEvent::Put { kv, prev } => {
+                                (if prev.is_some() { "MODIFIED" } else { "ADDED" }, kv)
+                            }
+                            WatchEvent::Delete { kv } => ("DELETED", kv),
+                        };
+                        LINES.line(kind, kv, &shaper)
+                    } else {
+                        translate(&ev, &labels, &fields).map(|(kind, obj)| shaper.line(kind, obj))
+                    };
+                    let Some(line) = line else { continue };
+                    if !send(line).await { return; }
                 }
             }
         }
