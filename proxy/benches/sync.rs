@@ -8,13 +8,15 @@
 //! beside kube-proxy's iptables partial sync (`iptables-restore --noflush` of the
 //! changed chains plus the whole KUBE-SERVICES chain, which it always rewrites).
 //!
+//! A third table: request latency through the ClusterIP vs to the pod IP directly.
+//!
 //! `cargo bench -p hull-proxy --bench sync` (root). Sizes: HULL_BENCH_SIZES=1000,10000,30000.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -207,9 +209,14 @@ fn lab(tag: &str) -> (Netns, Netns) {
     node.exec(&["ip", "route", "add", "default", "dev", "p0"]);
     for k in 0..EPS {
         let l = pod.run(move || TcpListener::bind(("0.0.0.0", 8000 + k as u16)).expect("bind"));
+        // Answers one byte per request (the request-latency rows); a bare connect
+        // just sees the connection closed.
         std::thread::spawn(move || {
-            for c in l.incoming() {
-                drop(c)
+            for mut c in l.incoming().flatten() {
+                let mut b = [0u8; 1];
+                if matches!(c.read(&mut b), Ok(1)) {
+                    let _ = c.write_all(&b);
+                }
             }
         });
     }
@@ -231,6 +238,32 @@ fn connect_median(ns: &Netns, addr: String) -> Duration {
             .collect();
         v.sort();
         v[v.len() / 2]
+    })
+}
+
+/// Median time of one request (connect, send a byte, read the reply) to `via`
+/// (the ClusterIP) and to `direct` (the pod IP), interleaved so that both see the
+/// same machine load.
+fn request_medians(ns: &Netns, via: String, direct: String) -> (Duration, Duration) {
+    let via: SocketAddr = via.parse().expect("addr");
+    let direct: SocketAddr = direct.parse().expect("addr");
+    ns.run(move || {
+        let once = |a: &SocketAddr| {
+            let t = Instant::now();
+            let mut c = TcpStream::connect_timeout(a, Duration::from_secs(5)).expect("connect");
+            c.write_all(b"x").expect("send");
+            let mut b = [0u8; 1];
+            c.read_exact(&mut b).expect("reply");
+            t.elapsed()
+        };
+        let (mut v, mut d) = (Vec::new(), Vec::new());
+        for _ in 0..400 {
+            v.push(once(&via));
+            d.push(once(&direct));
+        }
+        v.sort();
+        d.sort();
+        (v[v.len() / 2], d[d.len() / 2])
     })
 }
 
@@ -257,6 +290,7 @@ fn main() {
         "ipt 1st pkt",
         "ipt last"
     );
+    let mut latency = Vec::new();
     let mut changes = Vec::new();
     for n in sizes {
         let (mut svcs, mut slices) = objects(n);
@@ -272,6 +306,14 @@ fn main() {
         });
         let h_first = connect_median(&node, format!("{}:80", cip(0)));
         let h_last = connect_median(&node, format!("{}:80", cip(n - 1)));
+        let (req_svc, req_pod) =
+            request_medians(&node, format!("{}:80", cip(n - 1)), format!("{POD}:8000"));
+        latency.push(format!(
+            "{n:>7} {:>14.1}us {:>14.1}us {:>8.3}x",
+            req_svc.as_secs_f64() * 1e6,
+            req_pod.as_secs_f64() * 1e6,
+            req_svc.as_secs_f64() / req_pod.as_secs_f64(),
+        ));
         drop(node);
         let (inode, _pod2) = lab(&format!("i{n}"));
         let ipt = pipe(&inode, &["iptables-legacy-restore"], iptables_text(n));
@@ -358,6 +400,17 @@ fn main() {
     println!(
         "ratio = iptables-legacy-restore time / hull (render + nft apply); 1st/last pkt = median TCP connect to the first/last Service"
     );
+    println!(
+        "\nrequest latency (connect + 1-byte request/reply, median of 400, interleaved) through the last ClusterIP vs to the pod IP directly"
+    );
+    println!(
+        "{:>7} {:>16} {:>16} {:>9}",
+        "svcs", "via ClusterIP", "pod IP direct", "ratio"
+    );
+    for l in latency {
+        println!("{l}");
+    }
+    println!("ratio = ClusterIP / pod IP (target: within 1.05x)");
     println!(
         "\none change, synced as the daemon does (model from all objects + incremental nft -f) vs kube-proxy's iptables partial sync (iptables-legacy-restore --noflush)"
     );

@@ -206,6 +206,33 @@ impl DnsModel {
 
     /// Answer `qname` (any case, trailing dot optional).
     pub fn lookup(&self, qname: &str, qtype: QType) -> Lookup {
+        self.lookup_chasing(qname, qtype, 0)
+    }
+
+    /// An ExternalName's CNAME is followed while its target is in the zone (as
+    /// CoreDNS does): stub resolvers (glibc, musl, busybox) do not chase a CNAME
+    /// themselves, so `wget http://ext/` would fail with the CNAME alone. Chains
+    /// end after a few links, so a loop of ExternalNames cannot recurse forever.
+    fn lookup_chasing(&self, qname: &str, qtype: QType, depth: usize) -> Lookup {
+        const MAX_CHAIN: usize = 8;
+        let l = self.lookup_one(qname, qtype);
+        let Lookup::Records(mut recs) = l else {
+            return l;
+        };
+        if depth < MAX_CHAIN
+            && matches!(qtype, QType::A | QType::Aaaa | QType::Any)
+            && let Some(Rec {
+                data: RecData::Cname(target),
+                ..
+            }) = recs.last()
+            && let Lookup::Records(more) = self.lookup_chasing(&target.clone(), qtype, depth + 1)
+        {
+            recs.extend(more);
+        }
+        Lookup::Records(recs)
+    }
+
+    fn lookup_one(&self, qname: &str, qtype: QType) -> Lookup {
         let name = qname.trim_end_matches('.').to_ascii_lowercase();
         if let Some(ip) = parse_reverse(&name) {
             return match self.ptr.get(&ip) {

@@ -15,7 +15,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
-use crate::dns_model::{DnsModel, Lookup, QType, RecData};
+use crate::dns_model::{DnsModel, Lookup, QType, Rec, RecData};
 
 /// TTL of cluster answers (CoreDNS's kubernetes plugin default).
 pub const TTL: u32 = 5;
@@ -146,6 +146,17 @@ pub async fn handle(state: &DnsState, packet: &[u8], udp: bool) -> Option<Vec<u8
     }
     match lookup {
         Lookup::Records(recs) => {
+            let outside = match recs.last() {
+                Some(Rec {
+                    data: RecData::Cname(t),
+                    ..
+                }) if !in_zone(t, &zone)
+                    && matches!(q.query_type(), RecordType::A | RecordType::AAAA) =>
+                {
+                    Some(t.clone())
+                }
+                _ => None,
+            };
             for r in recs {
                 let Some(name) = fqdn(&r.name) else { continue };
                 let rdata = match r.data {
@@ -165,6 +176,13 @@ pub async fn handle(state: &DnsState, packet: &[u8], udp: bool) -> Option<Vec<u8
                     },
                 };
                 resp.add_answer(Record::from_rdata(name, TTL, rdata));
+            }
+            // An ExternalName pointing outside the cluster: its target's addresses
+            // come from upstream, in the same answer (CoreDNS does the same).
+            if let Some(target) = outside {
+                for rec in chase_upstream(state, &req, &target, q.query_type()).await {
+                    resp.add_answer(rec);
+                }
             }
         }
         Lookup::NxDomain | Lookup::NoData => {
@@ -190,6 +208,34 @@ pub async fn handle(state: &DnsState, packet: &[u8], udp: bool) -> Option<Vec<u8
         return t.to_vec().ok();
     }
     Some(bytes)
+}
+
+fn in_zone(name: &str, zone: &str) -> bool {
+    let n = name.trim_end_matches('.').to_ascii_lowercase();
+    n == zone || n.ends_with(&format!(".{zone}"))
+}
+
+/// The `qtype` records of `target`, asked upstream; none if it fails or has none.
+async fn chase_upstream(
+    state: &DnsState,
+    req: &Message,
+    target: &str,
+    qtype: RecordType,
+) -> Vec<Record> {
+    let Some(name) = fqdn(target) else {
+        return Vec::new();
+    };
+    let mut q = Message::query();
+    q.metadata.id = req.metadata.id;
+    q.metadata.recursion_desired = true;
+    q.add_query(hickory_proto::op::Query::query(name, qtype));
+    let Ok(bytes) = q.to_vec() else {
+        return Vec::new();
+    };
+    match Message::from_vec(&forward(state, &q, &bytes).await) {
+        Ok(m) if m.metadata.response_code == ResponseCode::NoError => m.answers,
+        _ => Vec::new(),
+    }
 }
 
 async fn forward(state: &DnsState, req: &Message, packet: &[u8]) -> Vec<u8> {

@@ -45,6 +45,21 @@ fn model() -> DnsModel {
         ),
         service(
             "default",
+            "alias",
+            json!({"type": "ExternalName", "externalName": "web.default.svc.cluster.local"}),
+        ),
+        service(
+            "default",
+            "loop1",
+            json!({"type": "ExternalName", "externalName": "loop2.default.svc.cluster.local"}),
+        ),
+        service(
+            "default",
+            "loop2",
+            json!({"type": "ExternalName", "externalName": "loop1.default.svc.cluster.local"}),
+        ),
+        service(
+            "default",
             "v6only",
             json!({"clusterIP": "fd00::20", "clusterIPs": ["fd00::20"], "ports": [{"port": 80}]}),
         ),
@@ -241,6 +256,25 @@ fn cluster_names() {
         "{m:?}"
     );
 
+    // An ExternalName inside the zone is followed in the same answer (stub
+    // resolvers do not chase CNAMEs): CNAME, then the target's ClusterIP.
+    let m = q(s.addr, "alias.default.svc.cluster.local.", RecordType::A);
+    assert!(
+        matches!(m.answers.first().map(|r| &r.data), Some(RData::CNAME(c)) if c.0.to_ascii() == "web.default.svc.cluster.local."),
+        "{m:?}"
+    );
+    assert_eq!(ips(&m), vec![ip("10.96.0.20")], "{m:?}");
+    // AAAA of the IPv4-only target: the CNAME alone.
+    let m = q(s.addr, "alias.default.svc.cluster.local.", RecordType::AAAA);
+    assert_eq!((m.answers.len(), ips(&m).len()), (1, 0), "{m:?}");
+    // A loop of ExternalNames ends (a bounded chain), and the server still answers.
+    let m = q(s.addr, "loop1.default.svc.cluster.local.", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(
+        (2..=10).contains(&m.answers.len()) && ips(&m).is_empty(),
+        "{m:?}"
+    );
+
     // PTR for a ClusterIP, a headless endpoint and a pod.
     let ptr = |name: &str| -> Vec<String> {
         q(s.addr, name, RecordType::PTR)
@@ -375,6 +409,14 @@ fn forwards_other_names_to_upstream() {
     let m = q(s.addr, "www.example.org.", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert_eq!(ips(&m), vec![ip("192.0.2.53")]);
+    // An ExternalName pointing outside the zone: CNAME plus the target's address
+    // from upstream, in one answer.
+    let m = q(s.addr, "ext.default.svc.cluster.local.", RecordType::A);
+    assert!(
+        matches!(m.answers.first().map(|r| &r.data), Some(RData::CNAME(c)) if c.0.to_ascii() == "db.example.org."),
+        "{m:?}"
+    );
+    assert_eq!(ips(&m), vec![ip("192.0.2.53")], "{m:?}");
     // Cluster names are never forwarded.
     assert_eq!(
         q(s.addr, "nope.default.svc.cluster.local.", RecordType::A)
