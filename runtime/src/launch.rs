@@ -171,6 +171,10 @@ fn listen_fds() -> u32 {
 /// so the grace period runs while we parse the config and build the container, and our
 /// real move of the init finds it already (or nearly) elapsed.
 fn prime_cgroup_migration() -> Option<i32> {
+    // A pure v2 host clones the init straight into its cgroup: no migration to prime.
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        return None;
+    }
     let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let mut candidates = Vec::new();
     for line in own.lines() {

@@ -4,16 +4,22 @@
 //! waits for an RCU grace period (often 10+ ms on a busy host): most of a container
 //! start. Since Linux 5.7, `clone3` can instead create the child already in a cgroup v2
 //! directory, with no migration at all. On a pure v2 host (Debian 12, Ubuntu 22.04+)
-//! that removes the move entirely. On a hybrid host the v2 tree holds no controllers but
-//! still tracks membership, so the init is cloned into its v2 directory and only the v1
-//! hierarchies still need `cgroup.procs` (the code path is the same, and is exercised
-//! here). On a v1-only host there is no v2 directory and hull writes `cgroup.procs`
-//! everywhere, as it does when the kernel refuses `clone3` (see [`falls_back`]).
+//! that removes the move entirely, so hull uses it there.
+//!
+//! Not on hybrid hosts, although it works there (the unit test below clones into this
+//! host's unified tree): the v1 hierarchies still need `cgroup.procs`, so nothing is
+//! saved, and the v2 directory would have to exist *before* the clone. Measured here,
+//! that mkdir then sits on the critical path and waits (8-130 ms under load) for the
+//! cgroup mutex, which the migration primer (see `launch`) holds through its RCU wait;
+//! created after the clone it overlaps with the init building its rootfs. v1-only and
+//! hybrid hosts, and kernels that refuse `clone3` (see [`falls_back`]), use `clone` and
+//! `cgroup.procs` everywhere.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 
+use super::hierarchy::Hierarchy;
 use super::{CgroupError, CgroupManager, fs};
 
 /// `CLONE_INTO_CGROUP` (Linux 5.7).
@@ -37,9 +43,18 @@ struct CloneArgs {
 }
 
 impl CgroupManager {
-    /// The container's v2 directory, created (with its parents) so a process can be
-    /// cloned into it, and an `O_PATH` fd of it; `None` without a v2 hierarchy.
+    /// Where to clone the init on this host: on a pure v2 host the container's
+    /// directory (created, with its parents) and an `O_PATH` fd of it; else `None`.
     pub fn clone_into_target(&self) -> Result<Option<(PathBuf, OwnedFd)>, CgroupError> {
+        if !uses_clone_into(self.hierarchy()) {
+            return Ok(None);
+        }
+        self.v2_target()
+    }
+
+    /// The container's v2 directory (pure v2 or a hybrid's unified tree), created, and
+    /// an `O_PATH` fd of it; `None` without a v2 hierarchy.
+    fn v2_target(&self) -> Result<Option<(PathBuf, OwnedFd)>, CgroupError> {
         let Some(dir) = self.unified_dir() else {
             return Ok(None);
         };
@@ -79,6 +94,12 @@ impl CgroupManager {
         }
         Ok(())
     }
+}
+
+/// Whether hull clones inits straight into their cgroup on a host with this layout:
+/// only where that removes every `cgroup.procs` write (pure v2; see the module docs).
+pub fn uses_clone_into(h: &Hierarchy) -> bool {
+    matches!(h, Hierarchy::V2 { .. })
 }
 
 /// Whether a `clone3(CLONE_INTO_CGROUP)` failure means "this kernel or this cgroup
@@ -136,6 +157,20 @@ mod tests {
     }
 
     #[test]
+    fn only_pure_v2_hosts_clone_into_the_cgroup() {
+        use std::collections::BTreeMap;
+        let v1: BTreeMap<String, PathBuf> = [("pids".to_string(), PathBuf::from("/x/pids"))].into();
+        assert!(uses_clone_into(&Hierarchy::V2 {
+            root: "/sys/fs/cgroup".into()
+        }));
+        assert!(!uses_clone_into(&Hierarchy::Hybrid {
+            controllers: v1.clone(),
+            unified: "/sys/fs/cgroup/unified".into()
+        }));
+        assert!(!uses_clone_into(&Hierarchy::V1 { controllers: v1 }));
+    }
+
+    #[test]
     fn kernel_refusals_fall_back_and_real_errors_do_not() {
         for e in [
             libc::ENOSYS,
@@ -161,7 +196,7 @@ mod tests {
         let Ok(cg) = CgroupManager::new(Some(&format!("/hull-unit/{id}")), &id) else {
             return; // no cgroup hierarchy at all (not a hull host)
         };
-        let Some((dir, fd)) = cg.clone_into_target().unwrap() else {
+        let Some((dir, fd)) = cg.v2_target().unwrap() else {
             eprintln!("no cgroup v2 hierarchy here: only the fallback applies");
             let _ = cg.delete();
             return;
