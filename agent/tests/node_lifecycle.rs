@@ -22,7 +22,6 @@ fn waiting_reason(p: &k8s_openapi::api::core::v1::Pod, c: &str) -> Option<String
 }
 
 #[test]
-#[ignore = "not yet run green on CI: run with --ignored (needs the release hull binary and hull-bridge)"]
 fn restarts_probes_and_termination() {
     let c = Cluster::start("life");
     let img = c.image.clone();

@@ -12,7 +12,6 @@ use node_support::*;
 use serde_json::json;
 
 #[test]
-#[ignore = "not yet run green on CI: run with --ignored (needs the release hull binary and hull-bridge)"]
 fn pod_status_env_and_volumes() {
     let c = Cluster::start("pods");
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);

@@ -12,7 +12,6 @@ use node_support::*;
 use serde_json::json;
 
 #[test]
-#[ignore = "not yet run green on CI: run with --ignored (needs the release hull binary and hull-bridge)"]
 fn agent_kill9_readopts_and_cleans_up() {
     let mut c = Cluster::start("restart");
     let img = c.image.clone();

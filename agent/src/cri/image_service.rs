@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::error::CriError;
 use super::records::now_ns;
-use super::runtime_service::{Cri, dir_usage};
+use super::runtime_service::{Cri, Key, dir_usage};
 
 fn to_image(r: &ImageRecord) -> Image {
     let repo = r.name.split('@').next().unwrap_or(&r.name);
@@ -157,10 +157,12 @@ impl ImageService for Cri {
         if name.is_empty() {
             return Err(Status::invalid_argument("image.image: must not be empty"));
         }
-        self.locked(move |s| {
+        // The store's write lock: no CreateContainer (which holds it for reading) is
+        // between resolving this image and leasing its layers.
+        self.locked("RemoveImage", Key::New, move |s| {
             let st = s
                 .images
-                .read()
+                .write()
                 .map_err(|_| CriError::Internal("image store lock poisoned".into()))?;
             match st.remove(&name, false) {
                 Ok(_) | Err(hull_runtime::image::Error::NotFound(_)) => Ok(()),

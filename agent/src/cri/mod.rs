@@ -14,6 +14,7 @@
 //! - `container`: CreateContainer's OCI spec from a CRI config, and container lifecycle.
 //! - `spec`: CRI `ContainerConfig` → OCI runtime spec edits (mounts, security, resources).
 //! - `exec`: running a command in a container through a re-exec'd helper (stdio pipes).
+//! - `locks`: per-pod locks serializing mutations of one sandbox and its containers.
 //! - `runtime_service` / `image_service`: the tonic service impls.
 //! - `spdy`: SPDY/3.1 framing (what `crictl exec` and kubelet streaming speak).
 //! - `streaming`: the HTTP streaming server that Exec/Attach/PortForward URLs point at.
@@ -27,6 +28,7 @@ pub mod container;
 pub mod error;
 pub mod exec;
 pub mod image_service;
+pub mod locks;
 pub mod logfmt;
 pub mod monitor;
 pub mod netns;

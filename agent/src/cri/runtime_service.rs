@@ -1,10 +1,11 @@
 //! `runtime.v1.RuntimeService`: each call runs the blocking work (records, kernel,
-//! child processes) on tokio's blocking pool, serialized by one lock for mutations so
-//! two calls never race on one sandbox's records.
+//! child processes) on tokio's blocking pool; mutations hold their pod's lock
+//! (`locks`), so two calls never race on one sandbox's records while pods proceed in
+//! parallel.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use hull_runtime::image::ImageStore;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
@@ -13,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::config::Config;
 use super::error::{CriError, Result};
+use super::locks::PodLocks;
 use super::{container, exec, network, records, sandbox, streaming};
 
 pub const RUNTIME_NAME: &str = "hull";
@@ -21,28 +23,68 @@ pub const API_VERSION: &str = "v1";
 #[derive(Clone)]
 pub struct Cri {
     pub cfg: Arc<Config>,
-    pub lock: Arc<Mutex<()>>,
+    pub locks: Arc<PodLocks>,
     pub images: Arc<RwLock<ImageStore>>,
     pub streaming: Arc<streaming::Streaming>,
 }
 
+/// Which pod's lock a mutation takes.
+pub enum Key {
+    /// A new sandbox: nothing else can know its id yet.
+    New,
+    Sandbox(String),
+    /// The lock of the container's sandbox.
+    Container(String),
+}
+
 impl Cri {
-    /// Runs `f` on the blocking pool holding the mutation lock.
+    /// Runs `f` on the blocking pool holding the lock of the pod `key` names.
     pub async fn locked<T: Send + 'static>(
         &self,
+        op: &'static str,
+        key: Key,
         f: impl FnOnce(&Cri) -> Result<T> + Send + 'static,
     ) -> Result<T, Status> {
         let me = self.clone();
+        let t = Instant::now();
         tokio::task::spawn_blocking(move || {
-            let _g = me.lock.lock().unwrap_or_else(|p| p.into_inner());
-            f(&me)
+            // An id that does not resolve locks as given: `f` then says NotFound
+            // (or succeeds, for the idempotent removals).
+            let pod = match key {
+                Key::New => None,
+                Key::Sandbox(id) => Some(sandbox::load(&me.cfg, &id).map(|r| r.id).unwrap_or(id)),
+                Key::Container(id) => Some(
+                    container::load(&me.cfg, &id)
+                        .map(|r| r.sandbox_id)
+                        .unwrap_or(id),
+                ),
+            };
+            let r = match pod {
+                Some(p) => me.locks.with(&p, || {
+                    let waited = t.elapsed();
+                    let r = f(&me);
+                    tracing::debug!(
+                        op,
+                        waited_ms = waited.as_millis() as u64,
+                        took_ms = t.elapsed().as_millis() as u64,
+                        "CRI call"
+                    );
+                    r
+                }),
+                None => {
+                    let r = f(&me);
+                    tracing::debug!(op, took_ms = t.elapsed().as_millis() as u64, "CRI call");
+                    r
+                }
+            };
+            r
         })
         .await
         .map_err(|e| Status::internal(format!("task: {e}")))?
         .map_err(Status::from)
     }
 
-    /// Runs `f` on the blocking pool without the lock (reads).
+    /// Runs `f` on the blocking pool without a lock (reads).
     pub async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Cri) -> Result<T> + Send + 'static,
@@ -201,7 +243,9 @@ impl RuntimeService for Cri {
             .into_inner()
             .config
             .ok_or_else(|| Status::invalid_argument("config: required"))?;
-        let id = self.locked(move |s| sandbox::run(&s.cfg, c)).await?;
+        let id = self
+            .locked("RunPodSandbox", Key::New, move |s| sandbox::run(&s.cfg, c))
+            .await?;
         ok(RunPodSandboxResponse { pod_sandbox_id: id })
     }
 
@@ -210,7 +254,10 @@ impl RuntimeService for Cri {
         r: Request<StopPodSandboxRequest>,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
         let id = r.into_inner().pod_sandbox_id;
-        self.locked(move |s| sandbox::stop(&s.cfg, &id)).await?;
+        self.locked("StopPodSandbox", Key::Sandbox(id.clone()), move |s| {
+            sandbox::stop(&s.cfg, &id)
+        })
+        .await?;
         ok(StopPodSandboxResponse {})
     }
 
@@ -219,7 +266,10 @@ impl RuntimeService for Cri {
         r: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
         let id = r.into_inner().pod_sandbox_id;
-        self.locked(move |s| sandbox::remove(&s.cfg, &id)).await?;
+        self.locked("RemovePodSandbox", Key::Sandbox(id.clone()), move |s| {
+            sandbox::remove(&s.cfg, &id)
+        })
+        .await?;
         ok(RemovePodSandboxResponse {})
     }
 
@@ -255,7 +305,7 @@ impl RuntimeService for Cri {
             .ok_or_else(|| Status::invalid_argument("config: required"))?;
         let sid = r.pod_sandbox_id;
         let id = self
-            .locked(move |s| {
+            .locked("CreateContainer", Key::Sandbox(sid.clone()), move |s| {
                 let store = s
                     .images
                     .read()
@@ -271,7 +321,10 @@ impl RuntimeService for Cri {
         r: Request<StartContainerRequest>,
     ) -> Result<Response<StartContainerResponse>, Status> {
         let id = r.into_inner().container_id;
-        self.locked(move |s| container::start(&s.cfg, &id)).await?;
+        self.locked("StartContainer", Key::Container(id.clone()), move |s| {
+            container::start(&s.cfg, &id)
+        })
+        .await?;
         ok(StartContainerResponse {})
     }
 
@@ -291,7 +344,10 @@ impl RuntimeService for Cri {
         r: Request<RemoveContainerRequest>,
     ) -> Result<Response<RemoveContainerResponse>, Status> {
         let id = r.into_inner().container_id;
-        self.locked(move |s| container::remove(&s.cfg, &id)).await?;
+        self.locked("RemoveContainer", Key::Container(id.clone()), move |s| {
+            container::remove(&s.cfg, &id)
+        })
+        .await?;
         ok(RemoveContainerResponse {})
     }
 
@@ -322,8 +378,12 @@ impl RuntimeService for Cri {
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
         let r = r.into_inner();
         let res = r.linux.unwrap_or_default();
-        self.locked(move |s| container::update_resources(&s.cfg, &r.container_id, &res))
-            .await?;
+        self.locked(
+            "UpdateContainerResources",
+            Key::Container(r.container_id.clone()),
+            move |s| container::update_resources(&s.cfg, &r.container_id, &res),
+        )
+        .await?;
         ok(UpdateContainerResourcesResponse {})
     }
 

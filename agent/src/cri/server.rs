@@ -3,7 +3,7 @@
 //! streaming server on TCP until SIGINT/SIGTERM. Containers and pods keep running
 //! when the server stops: their monitors and pause processes are not our children.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use hull_runtime::image::ImageStore;
 use k8s_cri::v1::image_service_server::ImageServiceServer;
@@ -82,7 +82,7 @@ pub async fn serve_until(cfg: Config, shutdown: impl Future<Output = ()>) -> Res
         .map_err(CriError::io(format!("bind {}", cfg.socket.display())))?;
     let cri = Cri {
         cfg: cfg.clone(),
-        lock: Arc::new(Mutex::new(())),
+        locks: Default::default(),
         images: Arc::new(RwLock::new(store)),
         streaming,
     };

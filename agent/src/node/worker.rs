@@ -86,6 +86,9 @@ pub struct Worker {
     last_status: Option<Value>,
     start_time: Option<String>,
     terminal: bool,
+    /// When the worker was made (the pod's first event here): phase timings are
+    /// logged at debug level relative to it.
+    born: Instant,
 }
 
 fn now_ns() -> i64 {
@@ -139,6 +142,7 @@ impl Worker {
             last_status: None,
             start_time: None,
             terminal: false,
+            born: Instant::now(),
         }
     }
 
@@ -209,32 +213,44 @@ impl Worker {
             by_name: HashMap::new(),
             max_sandbox_attempt,
         };
-        let Some(sb) = &snap.sandbox else {
+        // Containers come from the ready sandbox, else from the newest one: a finished
+        // pod (sandbox stopped) keeps reporting how its containers ended.
+        let Some(sb) = snap.sandbox.clone().or_else(|| sbs.last().cloned()) else {
             return Ok(snap);
         };
-        if let Ok(st) = rt
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: sb.id.clone(),
+        // The sandbox's IPs and its containers are asked for at once: under load each
+        // CRI round trip is what a pod start waits on.
+        let mut rt2 = rt.clone();
+        let ready = snap.sandbox.is_some();
+        let sb_id = sb.id.clone();
+        let net = async move {
+            if !ready {
+                return None;
+            }
+            rt2.pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: sb_id,
                 verbose: false,
             })
             .await
-            && let Some(n) = st.into_inner().status.and_then(|s| s.network)
-        {
+            .ok()
+            .and_then(|st| st.into_inner().status.and_then(|s| s.network))
+        };
+        let list = rt.list_containers(ListContainersRequest {
+            filter: Some(ContainerFilter {
+                pod_sandbox_id: sb.id.clone(),
+                label_selector: sel,
+                ..Default::default()
+            }),
+        });
+        let (net, cs) = tokio::join!(net, list);
+        if let Some(n) = net {
             if !n.ip.is_empty() {
                 snap.pod_ips.push(n.ip);
             }
             snap.pod_ips
                 .extend(n.additional_ips.into_iter().map(|i| i.ip));
         }
-        let cs = rt
-            .list_containers(ListContainersRequest {
-                filter: Some(ContainerFilter {
-                    pod_sandbox_id: sb.id.clone(),
-                    label_selector: sel,
-                    ..Default::default()
-                }),
-            })
-            .await
+        let cs = cs
             .map_err(|e| format!("ListContainers: {}", e.message()))?
             .into_inner()
             .containers;
@@ -261,19 +277,24 @@ impl Worker {
                         .await;
                 }
             }
-            let mut sts = Vec::new();
-            for c in list {
-                match rt
-                    .container_status(ContainerStatusRequest {
+            let asks = list.into_iter().map(|c| {
+                let mut rt = rt.clone();
+                async move {
+                    rt.container_status(ContainerStatusRequest {
                         container_id: c.id.clone(),
                         verbose: false,
                     })
                     .await
-                {
-                    Ok(s) => sts.extend(s.into_inner().status),
-                    Err(e) => debug!("ContainerStatus {}: {}", c.id, e.message()),
+                    .map_err(|e| debug!("ContainerStatus {}: {}", c.id, e.message()))
+                    .ok()
+                    .and_then(|s| s.into_inner().status)
                 }
-            }
+            });
+            let sts: Vec<ContainerStatus> = futures::future::join_all(asks)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
             snap.by_name.insert(name, sts);
         }
         Ok(snap)
@@ -376,6 +397,14 @@ impl Worker {
         let Some(snap) = snap else {
             return Some(Duration::from_millis(200));
         };
+        // configMap / secret / downwardAPI / projected contents follow their objects
+        // while the pod runs (refreshed at most every RESYNC; unchanged files stay).
+        if snap.sandbox.is_some()
+            && !self.terminal
+            && let Err(e) = self.volumes(pod, &snap.pod_ips, false).await
+        {
+            warn!(pod = %self.uid, "refreshing volumes: {e}");
+        }
         self.write_status(pod, &snap, sandbox_err).await;
         next
     }
@@ -397,20 +426,21 @@ impl Worker {
                     })
                     .await;
             }
-            let vols = self.volumes(pod, &[], true).await?;
-            let _ = vols;
             let attempt = s.max_sandbox_attempt.map(|a| a + 1).unwrap_or(0);
             let cfg = cri_spec::sandbox(pod, &self.ctx.opts, attempt);
             std::fs::create_dir_all(&cfg.log_directory)
                 .map_err(|e| format!("create {}: {e}", cfg.log_directory))?;
             let t = Instant::now();
-            rt.run_pod_sandbox(RunPodSandboxRequest {
+            // The volumes (API reads, token requests) are prepared while the runtime
+            // makes the sandbox: neither needs the other, and both wait on others.
+            let sandbox = rt.run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(cfg),
                 runtime_handler: String::new(),
-            })
-            .await
-            .map_err(|e| format!("Failed to create pod sandbox: {}", e.message()))?;
-            debug!(pod = %self.uid, "sandbox up in {:?}", t.elapsed());
+            });
+            let (vols, sandbox) = tokio::join!(self.volumes(pod, &[], true), sandbox);
+            sandbox.map_err(|e| format!("Failed to create pod sandbox: {}", e.message()))?;
+            vols?;
+            debug!(pod = %self.uid, at_ms = self.born.elapsed().as_millis() as u64, took_ms = t.elapsed().as_millis() as u64, "RunPodSandbox done");
             for id in &s.stale_sandboxes {
                 let _ = rt
                     .remove_pod_sandbox(RemovePodSandboxRequest {
@@ -648,7 +678,9 @@ impl Worker {
         s: &Snapshot,
         attempt: u32,
     ) -> Result<(), (String, String)> {
+        let t0 = Instant::now();
         images::ensure(&self.ctx.cri, &self.ctx.client, pod, c).await?;
+        let t_image = t0.elapsed();
         let cfg_err = |m: String| ("CreateContainerConfigError".to_string(), m);
         let services: Vec<Service> = self
             .ctx
@@ -664,6 +696,7 @@ impl Worker {
             .volumes(pod, &s.pod_ips, false)
             .await
             .map_err(cfg_err)?;
+        let t_prep = t0.elapsed();
         let vars: BTreeMap<String, String> = built.env.iter().cloned().collect();
         let mounts = volumes::mounts(pod, c, &vols, &vars).map_err(cfg_err)?;
         let cfg = cri_spec::container(
@@ -694,6 +727,7 @@ impl Worker {
             .map_err(|e| ("CreateContainerError".to_string(), e.message().to_string()))?
             .into_inner()
             .container_id;
+        let t_create = t0.elapsed();
         if let Err(e) = rt
             .start_container(StartContainerRequest {
                 container_id: id.clone(),
@@ -705,6 +739,16 @@ impl Worker {
                 .await;
             return Err(("RunContainerError".into(), e.message().to_string()));
         }
+        debug!(
+            pod = %self.uid,
+            container = %c.name,
+            at_ms = self.born.elapsed().as_millis() as u64,
+            image_ms = t_image.as_millis() as u64,
+            env_volumes_ms = (t_prep - t_image).as_millis() as u64,
+            create_ms = (t_create - t_prep).as_millis() as u64,
+            start_ms = (t0.elapsed() - t_create).as_millis() as u64,
+            "container started"
+        );
         if let Some(h) = c
             .lifecycle
             .as_ref()
@@ -906,6 +950,7 @@ impl Worker {
             pod.metadata.namespace.as_deref().unwrap_or("default"),
         );
         let name = pod.metadata.name.clone().unwrap_or_default();
+        let t = Instant::now();
         match api
             .patch_status(
                 &name,
@@ -914,7 +959,10 @@ impl Worker {
             )
             .await
         {
-            Ok(_) => self.last_status = Some(st),
+            Ok(_) => {
+                debug!(pod = %self.uid, at_ms = self.born.elapsed().as_millis() as u64, took_ms = t.elapsed().as_millis() as u64, phase, "status written");
+                self.last_status = Some(st)
+            }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => warn!(pod = %name, "status update: {e}"),
         }
