@@ -59,7 +59,7 @@ impl Cri {
                         .unwrap_or(id),
                 ),
             };
-            let r = match pod {
+            match pod {
                 Some(p) => me.locks.with(&p, || {
                     let waited = t.elapsed();
                     let r = f(&me);
@@ -76,8 +76,7 @@ impl Cri {
                     tracing::debug!(op, took_ms = t.elapsed().as_millis() as u64, "CRI call");
                     r
                 }
-            };
-            r
+            }
         })
         .await
         .map_err(|e| Status::internal(format!("task: {e}")))?
@@ -561,7 +560,13 @@ impl RuntimeService for Cri {
             .map(|n| n.pod_cidr)
             .unwrap_or_default();
         if !cidr.is_empty() {
-            tracing::info!(pod_cidr = %cidr, "UpdateRuntimeConfig (the default conflist keeps the subnet it was written with)");
+            let cfg = self.cfg.clone();
+            let c = cidr.clone();
+            let changed = tokio::task::spawn_blocking(move || network::set_pod_subnet(&cfg, &c))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::internal(e.to_string()))?;
+            tracing::info!(pod_cidr = %cidr, changed, "UpdateRuntimeConfig: pod subnet of the default network");
         }
         ok(UpdateRuntimeConfigResponse {})
     }

@@ -274,10 +274,11 @@ fn build(cfg: &Config, rec: &mut SandboxRecord, d: &Path) -> Result<()> {
 fn teardown(cfg: &Config, rec: &SandboxRecord) {
     kill_wait(rec.pause_pid, rec.pause_start);
     if let Some(ns) = &rec.netns {
-        if rec.network.is_some() && ns.exists() {
-            if let Err(e) = network::del(cfg, &rec.id, ns, &rec.config) {
-                tracing::warn!(sandbox = %rec.id, "{e}");
-            }
+        if rec.network.is_some()
+            && ns.exists()
+            && let Err(e) = network::del(cfg, &rec.id, ns, &rec.config)
+        {
+            tracing::warn!(sandbox = %rec.id, "{e}");
         }
         if let Err(e) = netns::remove(ns) {
             tracing::warn!(sandbox = %rec.id, "{e}");
@@ -336,15 +337,11 @@ pub fn status(cfg: &Config, id: &str) -> Result<PodSandboxStatus> {
                 .collect(),
         }),
         linux: Some(LinuxPodSandboxStatus {
-            namespaces: Some(Namespace {
-                options: Some(nso),
-                ..Default::default()
-            }),
+            namespaces: Some(Namespace { options: Some(nso) }),
         }),
         labels: rec.config.labels.clone(),
         annotations: rec.config.annotations.clone(),
         runtime_handler: String::new(),
-        ..Default::default()
     })
 }
 

@@ -72,9 +72,7 @@ fn dns(pod: &Pod, opts: &Options) -> Option<DnsConfig> {
         DnsConfig::default()
     } else {
         // "Default": the CRI copies the node's resolv.conf when given no config.
-        if spec.dns_config.is_none() {
-            return None;
-        }
+        spec.dns_config.as_ref()?;
         host_resolv()
     };
     if let Some(pc) = &spec.dns_config {

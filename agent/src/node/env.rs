@@ -163,7 +163,7 @@ pub fn service_env(services: &[Service], ns: &str, links: bool) -> BTreeMap<Stri
         let sns = s.metadata.namespace.as_deref().unwrap_or_default();
         let name = s.metadata.name.as_deref().unwrap_or_default();
         let is_master = sns == "default" && name == "kubernetes";
-        if !(sns == ns && links) && !is_master {
+        if !(is_master || sns == ns && links) {
             continue;
         }
         let Some(spec) = &s.spec else { continue };

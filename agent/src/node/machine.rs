@@ -37,8 +37,8 @@ pub fn memory_ki() -> (u64, u64) {
 pub fn disk_bytes(dir: &Path) -> (u64, u64) {
     match nix::sys::statvfs::statvfs(dir) {
         Ok(s) => {
-            let f = s.fragment_size() as u64;
-            (s.blocks() as u64 * f, s.blocks_available() as u64 * f)
+            let f = s.fragment_size();
+            (s.blocks() * f, s.blocks_available() * f)
         }
         Err(_) => (0, 0),
     }

@@ -258,7 +258,7 @@ impl Reporter {
             })
             .collect();
         // kubelet reports the 50 largest.
-        out.sort_by(|a, b| b.0.cmp(&a.0));
+        out.sort_by_key(|b| std::cmp::Reverse(b.0));
         out.into_iter().take(50).map(|(_, v)| v).collect()
     }
 }

@@ -226,8 +226,8 @@ pub fn build(pod: &Pod, v: &PodView, phase: &str, inits_done: bool) -> Value {
         .init
         .iter()
         .filter(|c| {
-            !c.latest.is_some_and(|s| is_exited(s) && s.exit_code == 0)
-                && !(c.started && c.latest.is_some_and(is_running))
+            !(c.latest.is_some_and(|s| is_exited(s) && s.exit_code == 0)
+                || c.started && c.latest.is_some_and(is_running))
         })
         .map(|c| c.name)
         .collect();

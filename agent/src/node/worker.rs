@@ -54,6 +54,17 @@ struct CRt {
     probes: Option<(String, Probes)>,
 }
 
+/// One container's row for the status: latest and previous CRI status, restart count,
+/// ready, started, and why it is waiting.
+type Row = (
+    Option<ContainerStatus>,
+    Option<ContainerStatus>,
+    u32,
+    bool,
+    bool,
+    Option<(String, String)>,
+);
+
 /// The CRI view of one pod this round.
 struct Snapshot {
     sandbox: Option<PodSandbox>,
@@ -799,14 +810,7 @@ impl Worker {
                   crt: Option<&CRt>,
                   sandbox_err: &Option<String>,
                   pending_init: bool|
-         -> (
-            Option<ContainerStatus>,
-            Option<ContainerStatus>,
-            u32,
-            bool,
-            bool,
-            Option<(String, String)>,
-        ) {
+         -> Row {
             let latest = s.latest(&c.name).cloned();
             let prev = s.previous(&c.name).cloned();
             let restarts = latest
