@@ -169,6 +169,49 @@ fn selector_and_template(kind: &str, spec: &Value, path: &FieldPath, errs: &mut 
     }
 }
 
+/// A StatefulSet's template as its pods will have it: each `volumeClaimTemplates` entry is
+/// a volume of that name (the controller mounts the claim there), so containers may mount
+/// it — Kubernetes validates the union of volumes and claims the same way.
+fn template_with_claim_volumes(spec: &Value) -> Option<Value> {
+    let mut template = spec.get("template")?.clone();
+    let claims: Vec<String> = spec
+        .get("volumeClaimTemplates")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|c| c.pointer("/metadata/name").and_then(Value::as_str))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    if claims.is_empty() {
+        return Some(template);
+    }
+    let Some(pod) = template.get_mut("spec").and_then(Value::as_object_mut) else {
+        return Some(template);
+    };
+    let volumes = pod
+        .entry("volumes")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if volumes.is_null() {
+        *volumes = Value::Array(Vec::new());
+    }
+    if let Some(list) = volumes.as_array_mut() {
+        for claim in claims {
+            if !list
+                .iter()
+                .any(|v| v.get("name").and_then(Value::as_str) == Some(claim.as_str()))
+            {
+                list.push(serde_json::json!({
+                    "name": claim,
+                    "persistentVolumeClaim": {"claimName": claim},
+                }));
+            }
+        }
+    }
+    Some(template)
+}
+
 /// Deployment, ReplicaSet, DaemonSet, StatefulSet, ReplicationController.
 pub fn validate_workload(kind: &str, new: &Value, old: Option<&Value>, errs: &mut Vec<Cause>) {
     let path = FieldPath::root("spec");
@@ -177,7 +220,12 @@ pub fn validate_workload(kind: &str, new: &Value, old: Option<&Value>, errs: &mu
         return;
     };
     selector_and_template(kind, spec, &path, errs);
-    validate_template(spec.get("template"), &path.child("template"), None, errs);
+    if kind == "StatefulSet" {
+        let template = template_with_claim_volumes(spec);
+        validate_template(template.as_ref(), &path.child("template"), None, errs);
+    } else {
+        validate_template(spec.get("template"), &path.child("template"), None, errs);
+    }
     template_restart_policy(spec, &path, &["Always"], errs);
     non_negative(spec, "replicas", &path, errs);
     non_negative(spec, "minReadySeconds", &path, errs);
