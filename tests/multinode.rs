@@ -217,6 +217,7 @@ spec:
   template:
     metadata: {{labels: {{app: web}}}}
     spec:
+      terminationGracePeriodSeconds: 2
       containers:
       - name: web
         image: {IMAGE}
@@ -321,15 +322,22 @@ fn second_node_joins_with_a_token_and_traffic_crosses_nodes() {
         (ok && out.split_whitespace().nth(1) == Some("Ready")).then_some(())
     });
     // Both certificate requests were approved and issued.
-    let (_, csrs) = c.kubectl(&["get", "csr", "--no-headers"]);
-    for signer in [
-        "kubernetes.io/kube-apiserver-client-kubelet",
-        "kubernetes.io/kubelet-serving",
+    let (_, csrs) = c.kubectl(&[
+        "get",
+        "csr",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.signerName} {.spec.username} {.status.conditions[*].type} {.status.certificate}{\"\\n\"}{end}",
+    ]);
+    for (signer, requestor) in [
+        ("kubernetes.io/kube-apiserver-client-kubelet", "system:bootstrap:"),
+        ("kubernetes.io/kubelet-serving", "system:node:node-b"),
     ] {
         assert!(
-            csrs.lines()
-                .any(|l| l.contains(signer) && l.contains("Approved,Issued")),
-            "{signer} request not issued:\n{csrs}"
+            csrs.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() == 4 && f[0] == signer && f[1].starts_with(requestor) && f[2] == "Approved"
+            }),
+            "{signer} request by {requestor} not approved and issued:\n{csrs}"
         );
     }
     // The joined node's credentials are its own: it may not touch the other node.

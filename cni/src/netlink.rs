@@ -477,10 +477,7 @@ impl Netlink {
     }
 
     /// Main-table routes as (destination, gateway, output link, protocol).
-    pub fn routes_with_protocol(
-        &mut self,
-        v6: bool,
-    ) -> io::Result<Vec<(IpNet, Option<IpAddr>, u32, u8)>> {
+    pub fn routes_with_protocol(&mut self, v6: bool) -> io::Result<Vec<RouteEntry>> {
         let mut q = RouteMessage::default();
         q.header.address_family = if v6 {
             AddressFamily::Inet6
@@ -525,6 +522,9 @@ impl Netlink {
         Ok(out)
     }
 }
+
+/// A main-table route: (destination, gateway, output link, protocol number).
+pub type RouteEntry = (IpNet, Option<IpAddr>, u32, u8);
 
 /// Helpers to read attributes out of a link message.
 pub fn link_mac(l: &LinkMessage) -> String {

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::netlink::Netlink;
+use crate::netlink::{Netlink, RouteEntry};
 
 /// `ip route` shows it as `proto 104` (rt_protos has no name for it): hull's pod routes.
 pub const PROTO: u8 = 104;
@@ -36,10 +36,7 @@ pub struct SyncReport {
 }
 
 /// The directly connected (no gateway) route holding `ip` with the longest prefix: its link.
-fn link_towards(
-    routes: &[(IpNet, Option<IpAddr>, u32, u8)],
-    ip: IpAddr,
-) -> Option<u32> {
+fn link_towards(routes: &[RouteEntry], ip: IpAddr) -> Option<u32> {
     routes
         .iter()
         .filter(|(net, gw, _, proto)| gw.is_none() && *proto != PROTO && net.contains(&ip))

@@ -39,6 +39,34 @@ pub fn ensure_default(cfg: &Config) -> Result<()> {
     fs::write(&p, data).map_err(CriError::io(format!("write {}", p.display())))
 }
 
+/// The node's pod subnet, from the agent (CRI UpdateRuntimeConfig, `spec.podCIDR`): the
+/// default conflist hull wrote is rewritten to allocate from it, so each node of a
+/// cluster hands out addresses of its own range. A conflist someone else wrote is left
+/// alone, as containerd leaves a CNI configuration it did not template. Returns whether
+/// the file changed.
+pub fn set_pod_subnet(cfg: &Config, cidr: &str) -> Result<bool> {
+    let p = cfg.cni_conf_dir.join("10-hull.conflist");
+    let Ok(text) = fs::read(&p) else {
+        return Ok(false);
+    };
+    let Ok(mut conf) = serde_json::from_slice::<serde_json::Value>(&text) else {
+        return Ok(false);
+    };
+    let ours = conf["name"] == "hull"
+        && conf["plugins"][0]["type"] == "hull-bridge"
+        && conf["plugins"][0]["bridge"] == "hull0";
+    let subnet = &mut conf["plugins"][0]["ipam"]["ranges"][0][0]["subnet"];
+    if !ours || subnet.as_str() == Some(cidr) || subnet.is_null() {
+        return Ok(false);
+    }
+    *subnet = json!(cidr);
+    let data = serde_json::to_vec_pretty(&conf).map_err(|e| CriError::Internal(e.to_string()))?;
+    let tmp = p.with_extension("tmp");
+    fs::write(&tmp, data).map_err(CriError::io(format!("write {}", tmp.display())))?;
+    fs::rename(&tmp, &p).map_err(CriError::io(format!("rename to {}", p.display())))?;
+    Ok(true)
+}
+
 pub fn invoker(cfg: &Config) -> Invoker {
     Invoker::new(cfg.cni_bin_dirs.clone(), cfg.cni_cache_dir())
 }

@@ -59,6 +59,17 @@ fn node_allows(node: &str, attrs: &Attributes<'_>) -> bool {
     {
         return false;
     }
+    // Each node serves cluster DNS for its own pods and publishes that in its own
+    // EndpointSlice of kube-system/kube-dns (hull's node-local DNS; see proxy/dns_service).
+    if attrs.group == "discovery.k8s.io"
+        && attrs.resource == "endpointslices"
+        && attrs.namespace == Some("kube-system")
+        && attrs.subresource.is_none()
+        && attrs.name == Some(format!("kube-dns-{node}").as_str())
+        && matches!(attrs.verb, "get" | "create" | "update" | "patch" | "delete")
+    {
+        return true;
+    }
     policy::node_rules().iter().any(|r| rules::allows(r, attrs))
 }
 
