@@ -88,6 +88,10 @@ impl Net {
             in_ns(&ns, "ip", &["addr", "add", &addr, "dev", "eth0"]);
             in_ns(&ns, "ip", &["link", "set", "eth0", "up"]);
             in_ns(&ns, "ip", &["link", "set", "lo", "up"]);
+            // As on a VM: a default route (here it leads nowhere: the bridge namespace
+            // has no uplink). Without one, a node cannot even start a connection to a
+            // ClusterIP, since routing comes before the proxy's DNAT on output.
+            in_ns(&ns, "ip", &["route", "add", "default", "dev", "eth0"]);
         }
         net
     }
