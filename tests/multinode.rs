@@ -83,7 +83,11 @@ impl Net {
                 "link", "add", &host_end, "netns", &br, "type", "veth", "peer", "name", "eth0",
                 "netns", &ns,
             ]);
-            in_ns(&br, "ip", &["link", "set", &host_end, "master", "br0", "up"]);
+            in_ns(
+                &br,
+                "ip",
+                &["link", "set", &host_end, "master", "br0", "up"],
+            );
             let addr = format!("{subnet}.{}/24", 11 + i);
             in_ns(&ns, "ip", &["addr", "add", &addr, "dev", "eth0"]);
             in_ns(&ns, "ip", &["link", "set", "eth0", "up"]);
@@ -277,7 +281,14 @@ fn second_node_joins_with_a_token_and_traffic_crosses_nodes() {
     let mut up = Proc::start(
         &a,
         &[
-            "up", "--data-dir", &da, "--node-name", "node-a", "--node-ip", &ip_a, "--listen",
+            "up",
+            "--data-dir",
+            &da,
+            "--node-name",
+            "node-a",
+            "--node-ip",
+            &ip_a,
+            "--listen",
             "0.0.0.0:6443",
         ],
         &s.path("up.log"),
@@ -313,13 +324,21 @@ fn second_node_joins_with_a_token_and_traffic_crosses_nodes() {
     assert!(flag("--discovery-token-ca-cert-hash").starts_with("sha256:"));
     let mut args: Vec<String> = words[1..].iter().map(|w| w.to_string()).collect();
     args.extend(
-        ["--data-dir", &db, "--node-name", "node-b", "--node-ip", &ip_b]
-            .iter()
-            .map(|w| w.to_string()),
+        [
+            "--data-dir",
+            &db,
+            "--node-name",
+            "node-b",
+            "--node-ip",
+            &ip_b,
+        ]
+        .iter()
+        .map(|w| w.to_string()),
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut agent = Proc::start(&b, &args, &s.path("agent.log"));
-    c.logs.push(("hull agent (node-b)".into(), s.path("agent.log")));
+    c.logs
+        .push(("hull agent (node-b)".into(), s.path("agent.log")));
 
     c.wait_for("node-b Ready", Duration::from_secs(120), || {
         let (ok, out) = c.kubectl(&["get", "node", "node-b", "--no-headers"]);
@@ -333,7 +352,10 @@ fn second_node_joins_with_a_token_and_traffic_crosses_nodes() {
         "jsonpath={range .items[*]}{.spec.signerName} {.spec.username} {.status.conditions[*].type} {.status.certificate}{\"\\n\"}{end}",
     ]);
     for (signer, requestor) in [
-        ("kubernetes.io/kube-apiserver-client-kubelet", "system:bootstrap:"),
+        (
+            "kubernetes.io/kube-apiserver-client-kubelet",
+            "system:bootstrap:",
+        ),
         ("kubernetes.io/kubelet-serving", "system:node:node-b"),
     ] {
         assert!(
@@ -399,7 +421,10 @@ fn second_node_joins_with_a_token_and_traffic_crosses_nodes() {
                     "--",
                     "sh",
                     "-c",
-                    &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {} 80 | tail -1", to.2),
+                    &format!(
+                        "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {} 80 | tail -1",
+                        to.2
+                    ),
                 ]);
                 (ok && out.trim() == to.0).then_some(out)
             },
@@ -436,7 +461,10 @@ fn second_node_joins_with_a_token_and_traffic_crosses_nodes() {
     ]);
     assert!(ok && out.contains(cip.trim()), "nslookup on node-b: {out}");
     let (ok, out) = c.kubectl(&["logs", &pod_b.0]);
-    assert!(ok && out.contains("serving"), "kubectl logs from node-b: {out}");
+    assert!(
+        ok && out.contains("serving"),
+        "kubectl logs from node-b: {out}"
+    );
 
     // Tear down: pods first (the agents stop them), then the agent, then hull up.
     let (ok, out) = c.kubectl(&["delete", "daemonset", "web", "--wait=false"]);
@@ -445,14 +473,27 @@ fn second_node_joins_with_a_token_and_traffic_crosses_nodes() {
         let (ok, out) = c.kubectl(&["get", "pods", "-l", "app=web", "--no-headers"]);
         (ok && out.trim().is_empty() || out.contains("No resources")).then_some(())
     });
-    assert!(agent.stop(), "hull agent did not stop on SIGINT\n{}", agent.tail());
+    assert!(
+        agent.stop(),
+        "hull agent did not stop on SIGINT\n{}",
+        agent.tail()
+    );
     let (_, routes_b) = in_ns(&b, "ip", &["route", "show", "proto", "104"]);
-    assert!(routes_b.trim().is_empty(), "pod routes left on node-b: {routes_b}");
+    assert!(
+        routes_b.trim().is_empty(),
+        "pod routes left on node-b: {routes_b}"
+    );
     let (_, tables_b) = in_ns(&b, "nft", &["list", "tables"]);
-    assert!(!tables_b.contains("hull-proxy"), "proxy tables left on node-b: {tables_b}");
+    assert!(
+        !tables_b.contains("hull-proxy"),
+        "proxy tables left on node-b: {tables_b}"
+    );
     assert!(up.stop(), "hull up did not stop on SIGINT\n{}", up.tail());
     let (_, routes_a) = in_ns(&a, "ip", &["route", "show", "proto", "104"]);
-    assert!(routes_a.trim().is_empty(), "pod routes left on node-a: {routes_a}");
+    assert!(
+        routes_a.trim().is_empty(),
+        "pod routes left on node-a: {routes_a}"
+    );
     let left: Vec<String> = [&data_a, &data_b]
         .iter()
         .flat_map(|d| {

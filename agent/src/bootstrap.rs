@@ -341,9 +341,15 @@ pub async fn serving_certificate(
     let mut params = rcgen::CertificateParams::default();
     let mut dn = rcgen::DistinguishedName::new();
     dn.push(rcgen::DnType::OrganizationName, "system:nodes");
-    dn.push(rcgen::DnType::CommonName, format!("system:node:{node_name}"));
+    dn.push(
+        rcgen::DnType::CommonName,
+        format!("system:node:{node_name}"),
+    );
     params.distinguished_name = dn;
-    let mut sans: Vec<rcgen::SanType> = ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip)).collect();
+    let mut sans: Vec<rcgen::SanType> = ips
+        .iter()
+        .map(|ip| rcgen::SanType::IpAddress(*ip))
+        .collect();
     if let Ok(n) = node_name.to_string().try_into() {
         sans.push(rcgen::SanType::DnsName(n));
     }
@@ -353,9 +359,14 @@ pub async fn serving_certificate(
         .and_then(|r| r.pem())
         .map_err(|e| BootstrapError::Api(format!("certificate request: {e}")))?;
     let usages = ["digital signature", "key encipherment", "server auth"];
-    let cert =
-        request_certificate(client, csr_pem, "kubernetes.io/kubelet-serving", &usages, timeout)
-            .await?;
+    let cert = request_certificate(
+        client,
+        csr_pem,
+        "kubernetes.io/kubelet-serving",
+        &usages,
+        timeout,
+    )
+    .await?;
     write(&key_path, &key.serialize_pem(), 0o600)?;
     write(&crt, &cert, 0o644)?;
     Ok((crt, key_path))
@@ -372,8 +383,8 @@ fn covers(path: &Path, ips: &[std::net::IpAddr]) -> bool {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
         return false;
     };
-    let day_left = cert.validity().not_after.timestamp()
-        > jiff::Timestamp::now().as_second() + 24 * 3600;
+    let day_left =
+        cert.validity().not_after.timestamp() > jiff::Timestamp::now().as_second() + 24 * 3600;
     let names: Vec<std::net::IpAddr> = cert
         .subject_alternative_name()
         .ok()

@@ -96,12 +96,29 @@ mod tests {
             (n("0.0.0.0/0"), Some("10.0.0.1".parse().expect("ip")), 2, 4),
             (n("10.0.0.0/8"), None, 3, 2),
             (n("10.250.0.0/24"), None, 7, 2),
-            (n("10.244.1.0/24"), Some("10.250.0.12".parse().expect("ip")), 7, PROTO),
+            (
+                n("10.244.1.0/24"),
+                Some("10.250.0.12".parse().expect("ip")),
+                7,
+                PROTO,
+            ),
         ];
-        assert_eq!(link_towards(&routes, "10.250.0.12".parse().expect("ip")), Some(7));
-        assert_eq!(link_towards(&routes, "10.9.9.9".parse().expect("ip")), Some(3));
+        assert_eq!(
+            link_towards(&routes, "10.250.0.12".parse().expect("ip")),
+            Some(7)
+        );
+        assert_eq!(
+            link_towards(&routes, "10.9.9.9".parse().expect("ip")),
+            Some(3)
+        );
         // Never through the default route or one of its own routes.
-        assert_eq!(link_towards(&routes, "192.168.1.1".parse().expect("ip")), None);
-        assert_eq!(link_towards(&routes, "10.244.1.5".parse().expect("ip")), Some(3));
+        assert_eq!(
+            link_towards(&routes, "192.168.1.1".parse().expect("ip")),
+            None
+        );
+        assert_eq!(
+            link_towards(&routes, "10.244.1.5".parse().expect("ip")),
+            Some(3)
+        );
     }
 }

@@ -127,13 +127,20 @@ fn pki_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("pki")
 }
 
-async fn client(args: &AgentArgs, data_dir: &Path, node_name: &str) -> anyhow::Result<kube::Client> {
+async fn client(
+    args: &AgentArgs,
+    data_dir: &Path,
+    node_name: &str,
+) -> anyhow::Result<kube::Client> {
     let opts = kube::config::KubeConfigOptions::default();
     let cfg = if let (Some(server), Some(token)) = (&args.server, &args.token) {
         if bootstrap::is_bootstrap_token(token) {
             let kc_path = pki_dir(data_dir).join("kubelet.kubeconfig");
             if !kc_path.exists() {
-                let ca = match (&args.discovery_token_ca_cert_hash, &args.certificate_authority) {
+                let ca = match (
+                    &args.discovery_token_ca_cert_hash,
+                    &args.certificate_authority,
+                ) {
                     (Some(pin), _) => bootstrap::CaSource::Pin(pin.clone()),
                     (None, Some(file)) => bootstrap::CaSource::File(file.clone()),
                     (None, None) => anyhow::bail!(
@@ -163,7 +170,9 @@ async fn client(args: &AgentArgs, data_dir: &Path, node_name: &str) -> anyhow::R
         } else {
             let cluster = match (&args.certificate_authority, args.insecure_skip_tls_verify) {
                 (Some(ca), _) => serde_json::json!({"server": server, "certificate-authority": ca}),
-                (None, true) => serde_json::json!({"server": server, "insecure-skip-tls-verify": true}),
+                (None, true) => {
+                    serde_json::json!({"server": server, "insecure-skip-tls-verify": true})
+                }
                 (None, false) => anyhow::bail!(
                     "--server with a bearer --token needs --certificate-authority (or --insecure-skip-tls-verify)"
                 ),

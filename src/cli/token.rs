@@ -93,7 +93,10 @@ fn server_and_ca(kc: &kube::config::Kubeconfig, path: &Path) -> anyhow::Result<(
     } else if let Some(file) = &cluster.certificate_authority {
         std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
     } else {
-        anyhow::bail!("{}: the cluster has no certificate authority", path.display());
+        anyhow::bail!(
+            "{}: the cluster has no certificate authority",
+            path.display()
+        );
     };
     Ok((server, ca))
 }
@@ -102,15 +105,27 @@ fn server_and_ca(kc: &kube::config::Kubeconfig, path: &Path) -> anyhow::Result<(
 /// the address the API server advertises in the `kubernetes` Endpoints, which is what
 /// other nodes reach.
 async fn advertised(client: &kube::Client, kc_server: &str) -> String {
-    let loopback = kc_server.contains("://127.") || kc_server.contains("://[::1]") || kc_server.contains("://localhost");
+    let loopback = kc_server.contains("://127.")
+        || kc_server.contains("://[::1]")
+        || kc_server.contains("://localhost");
     if !loopback {
         return kc_server.to_string();
     }
-    let api: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(client.clone(), "default");
+    let api: Api<k8s_openapi::api::core::v1::Endpoints> =
+        Api::namespaced(client.clone(), "default");
     let ep = api.get("kubernetes").await.ok();
-    let subset = ep.as_ref().and_then(|e| e.subsets.as_ref()).and_then(|s| s.first());
-    let ip = subset.and_then(|s| s.addresses.as_ref()).and_then(|a| a.first()).map(|a| a.ip.clone());
-    let port = subset.and_then(|s| s.ports.as_ref()).and_then(|p| p.first()).map(|p| p.port);
+    let subset = ep
+        .as_ref()
+        .and_then(|e| e.subsets.as_ref())
+        .and_then(|s| s.first());
+    let ip = subset
+        .and_then(|s| s.addresses.as_ref())
+        .and_then(|a| a.first())
+        .map(|a| a.ip.clone());
+    let port = subset
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|p| p.first())
+        .map(|p| p.port);
     match (ip, port) {
         (Some(ip), Some(port)) if ip.contains(':') => format!("https://[{ip}]:{port}"),
         (Some(ip), Some(port)) => format!("https://{ip}:{port}"),
@@ -215,7 +230,10 @@ mod tests {
 
     #[test]
     fn ttls() {
-        assert_eq!(parse_ttl("24h").ok(), Some(Some(Duration::from_secs(86400))));
+        assert_eq!(
+            parse_ttl("24h").ok(),
+            Some(Some(Duration::from_secs(86400)))
+        );
         assert_eq!(parse_ttl("90m").ok(), Some(Some(Duration::from_secs(5400))));
         assert_eq!(parse_ttl("0").ok(), Some(None));
         assert!(parse_ttl("1d").is_err());

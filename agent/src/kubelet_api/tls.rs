@@ -40,8 +40,8 @@ pub fn server_config(opts: &Options) -> Result<rustls::ServerConfig, KubeletApiE
             let chain = CertificateDer::pem_slice_iter(read(cert)?.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| pem_err(cert, e))?;
-            let key_der =
-                PrivateKeyDer::from_pem_slice(read(key)?.as_bytes()).map_err(|e| pem_err(key, e))?;
+            let key_der = PrivateKeyDer::from_pem_slice(read(key)?.as_bytes())
+                .map_err(|e| pem_err(key, e))?;
             (chain, key_der)
         }
         None => issue(&opts.ca_cert, &opts.ca_key, &opts.node_name, &opts.node_ips)?,
