@@ -1,6 +1,7 @@
 //! Draining the node when `hull up` stops: every sandbox's containers stopped (each
 //! with a bounded grace period), then the sandboxes removed — through the CRI socket,
-//! as any CRI client would.
+//! as any CRI client would — and the pods' cgroups (the agent's, per QoS class) removed,
+//! as the agent does when it tears a pod down.
 
 use std::path::Path;
 use std::time::Duration;
@@ -66,7 +67,11 @@ pub async fn drain(socket: &Path) -> anyhow::Result<usize> {
         .into_inner()
         .items;
     let n = sandboxes.len();
+    let mut uids = Vec::new();
     for s in sandboxes {
+        if let Some(uid) = s.metadata.as_ref().map(|m| m.uid.clone()) {
+            uids.push(uid);
+        }
         if let Err(e) = rt
             .stop_pod_sandbox(StopPodSandboxRequest {
                 pod_sandbox_id: s.id.clone(),
@@ -82,6 +87,12 @@ pub async fn drain(socket: &Path) -> anyhow::Result<usize> {
             .await
         {
             eprintln!("hull up: RemovePodSandbox {}: {}", s.id, e.message());
+        }
+    }
+    // Only this node's pods: other nodes on the same host share /hull-kubepods.
+    for uid in uids.iter().filter(|u| !u.is_empty()) {
+        for qos in ["", "burstable/", "besteffort/"] {
+            hull_agent::node::cgroups::remove(&format!("/hull-kubepods/{qos}pod{uid}"));
         }
     }
     Ok(n)
