@@ -319,19 +319,31 @@ async fn tcp_conn(mut s: TcpStream, state: &DnsState) -> std::io::Result<()> {
 
 /// Bind UDP and TCP on the same `addr` (port 0: one free port for both).
 pub async fn bind(addr: SocketAddr) -> Result<(UdpSocket, TcpListener, SocketAddr), DnsError> {
-    let udp = UdpSocket::bind(addr)
-        .await
-        .map_err(|source| DnsError::Bind { addr, source })?;
-    let bound = udp
-        .local_addr()
-        .map_err(|source| DnsError::Bind { addr, source })?;
-    let tcp = TcpListener::bind(bound)
-        .await
-        .map_err(|source| DnsError::Bind {
-            addr: bound,
-            source,
-        })?;
-    Ok((udp, tcp, bound))
+    // Port 0 picks a free UDP port, which TCP may already use: pick again (a few times)
+    // rather than fail. A fixed port fails at once, naming it.
+    let tries = if addr.port() == 0 { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..tries {
+        let udp = UdpSocket::bind(addr)
+            .await
+            .map_err(|source| DnsError::Bind { addr, source })?;
+        let bound = udp
+            .local_addr()
+            .map_err(|source| DnsError::Bind { addr, source })?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp, bound)),
+            Err(source) => {
+                last = Some(DnsError::Bind {
+                    addr: bound,
+                    source,
+                })
+            }
+        }
+    }
+    Err(last.unwrap_or(DnsError::Bind {
+        addr,
+        source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+    }))
 }
 
 /// Bind UDP and TCP on `addr` and serve both in the background (detached tasks).
