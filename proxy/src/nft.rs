@@ -5,9 +5,12 @@
 //! Shape (after kube-proxy's nftables mode): lookups go through verdict maps keyed
 //! by `daddr . l4proto . dport` (ClusterIPs, externalIPs) and `l4proto . dport`
 //! (NodePorts on local addresses), so the first-packet cost does not grow with the
-//! number of Services. Each service port has a chain that picks an endpoint with a
-//! cascade of `numgen` rules and DNATs; with session affinity, a `numgen … vmap`
-//! to one chain per endpoint (which records the client in a timeout set).
+//! number of Services. A Service port's verdict goes to a [`Pick`] chain shared by
+//! every port with the same number of endpoints, which DNATs through one lookup
+//! of `key . numgen random mod N` in an endpoint map: a Service is map elements,
+//! not rules. Ports with session affinity or externalTrafficPolicy Local have
+//! chains of their own (a `numgen … vmap` to one chain per endpoint, which records
+//! the client in a timeout set; or a cascade of `numgen` rules).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -69,18 +72,121 @@ pub fn render(rs: &RuleSet, node: &NodeInfo) -> String {
     State::build(rs, node, None).render_full()
 }
 
-/// The verdict maps every table has, in declaration order.
-pub const MAPS: [&str; 4] = [
+/// The maps every table has, in declaration order: four verdict maps (the
+/// lookups of the `services` and `*-endpoints-check` chains) and two endpoint maps
+/// (the `dnat` lookups of the shared pick chains).
+pub const MAPS: [&str; 6] = [
     "service-ips",
     "service-nodeports",
     "no-endpoint-services",
     "no-endpoint-nodeports",
+    "service-endpoints",
+    "nodeport-endpoints",
 ];
+/// Index of `service-endpoints` in [`MAPS`].
+const SERVICE_EPS: usize = 4;
+/// Index of `nodeport-endpoints` in [`MAPS`].
+const NODEPORT_EPS: usize = 5;
+
+/// The type of map `i` of [`MAPS`] in family `f`. The endpoint maps are keyed by
+/// the Service's key plus the `numgen` draw, so they are declared by `typeof` (a
+/// `numgen` value is a plain integer, which no named type matches). The data is
+/// written `daddr . tcp dport` although it serves every protocol (only the types
+/// count): nft 1.0.6 cannot read `daddr . th dport` back from the kernel ("conflicting
+/// protocols"), which breaks every later transaction that adds a rule using it.
+fn map_type(i: usize, f: Family) -> String {
+    let a = f.table_family();
+    match i {
+        0 | 2 => format!(
+            "type {} . inet_proto . inet_service : verdict",
+            f.addr_type()
+        ),
+        1 | 3 => "type inet_proto . inet_service : verdict".to_string(),
+        SERVICE_EPS => format!(
+            "typeof {a} daddr . meta l4proto . th dport . numgen random mod 1 : {a} daddr . tcp dport"
+        ),
+        _ => {
+            format!("typeof meta l4proto . th dport . numgen random mod 1 : {a} daddr . tcp dport")
+        }
+    }
+}
+
+/// One of the chains shared by every service port that picks among `n`
+/// endpoints the same way: a random draw `0..n`, looked up together with the
+/// packet's Service key in an endpoint map. Thousands of Services need only as
+/// many chains as they have distinct endpoint counts, and their endpoints are map
+/// elements, which the kernel loads far faster than rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pick {
+    pub kind: PickKind,
+    pub n: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PickKind {
+    /// ClusterIP traffic: masqueraded only from outside the pod CIDRs.
+    Cluster,
+    /// externalIPs / LoadBalancer IPs (policy Cluster): always masqueraded.
+    External,
+    /// NodePorts (policy Cluster): always masqueraded, keyed without the address.
+    NodePort,
+}
+
+impl Pick {
+    pub fn chain(&self) -> String {
+        match self.kind {
+            PickKind::Cluster => format!("pick-{}", self.n),
+            PickKind::External => format!("pick-external-{}", self.n),
+            PickKind::NodePort => format!("pick-nodeport-{}", self.n),
+        }
+    }
+
+    /// The chain's rules in family `f`.
+    pub fn rules(&self, pod_cidrs: &[String], f: Family) -> Vec<String> {
+        let a = f.table_family();
+        let mut rules = Vec::new();
+        match self.kind {
+            PickKind::Cluster => {
+                if !pod_cidrs.is_empty() {
+                    rules.push(format!(
+                        "{a} saddr != {} jump mark-for-masquerade",
+                        one_or_set(pod_cidrs)
+                    ));
+                }
+            }
+            PickKind::External | PickKind::NodePort => {
+                rules.push("jump mark-for-masquerade".to_string())
+            }
+        }
+        let (key, map) = match self.kind {
+            PickKind::NodePort => ("", MAPS[NODEPORT_EPS]),
+            _ => (
+                if a == "ip" {
+                    "ip daddr . "
+                } else {
+                    "ip6 daddr . "
+                },
+                MAPS[SERVICE_EPS],
+            ),
+        };
+        rules.push(format!(
+            "dnat {a} to {key}meta l4proto . th dport . numgen random mod {} map @{map}",
+            self.n
+        ));
+        rules
+    }
+}
+
+/// The set of (address . address) pairs that marks hairpin traffic: after DNAT,
+/// a packet whose source is its destination is a pod that reached itself through
+/// a Service, and must be masqueraded or it would answer itself directly.
+pub const HAIRPIN: &str = "hairpin";
 
 /// One service port's share of one family's table: its chains, its affinity
-/// sets and its elements of the shared verdict maps. Chains and sets belong to
-/// exactly one fragment (their names carry the port's id) and refer only to
-/// each other and to the fixed chains, so fragments change independently.
+/// sets, its elements of the shared maps, the pick chains it uses and its
+/// endpoint addresses (for the hairpin set). Chains and sets belong to exactly one
+/// fragment (their names carry the port's id) and refer only to each other and to
+/// the fixed and pick chains, so fragments change independently.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fragment {
     /// Chains: name → rules.
@@ -88,8 +194,12 @@ pub struct Fragment {
     /// Affinity sets: name → declaration body. A set's name carries everything in
     /// its declaration, so a set is only ever added or deleted, never changed.
     pub sets: Vec<(String, String)>,
-    /// Elements of each map in [`MAPS`]: (key, verdict).
-    pub maps: [Vec<(String, String)>; 4],
+    /// Elements of each map in [`MAPS`]: (key, value or verdict).
+    pub maps: [Vec<(String, String)>; 6],
+    /// The shared pick chains its verdicts go to.
+    pub picks: Vec<Pick>,
+    /// Its endpoints' addresses (deduplicated).
+    pub hairpin: Vec<IpAddr>,
 }
 
 fn ep_chain(r: &ServicePortRule, e: &Endpoint) -> String {
@@ -163,191 +273,295 @@ pub fn pod_cidrs(node: &NodeInfo, f: Family) -> Vec<String> {
         .collect()
 }
 
+/// Elements `key . k : endpoint k` of an endpoint map.
+fn endpoint_elems(out: &mut Vec<(String, String)>, key: &str, eps: &[Endpoint]) {
+    for (k, e) in eps.iter().enumerate() {
+        out.push((format!("{key} . {k}"), format!("{} . {}", e.ip, e.port)));
+    }
+}
+
 /// The fragment of one service port in family `f` (empty when the port has no
 /// ClusterIP of that family).
 pub fn fragment(r: &ServicePortRule, pod_cidrs: &[String], f: Family) -> Fragment {
-    let a = f.table_family(); // the address match keyword: `ip saddr` / `ip6 saddr`
-    let ty = f.addr_type();
     let mut st = Fragment::default();
-    let [service_ips, nodeports, noep_ips, noep_nodeports] = &mut st.maps;
-    let chains = &mut st.chains;
-    let sets = &mut st.sets;
-    {
-        let cips: Vec<IpAddr> = r
-            .cluster_ips
-            .iter()
-            .copied()
-            .filter(|ip| f.has(ip))
-            .collect();
-        if cips.is_empty() {
-            return st;
+    let cips: Vec<IpAddr> = r
+        .cluster_ips
+        .iter()
+        .copied()
+        .filter(|ip| f.has(ip))
+        .collect();
+    if cips.is_empty() {
+        return st;
+    }
+    let fam_eps = |eps: Vec<&Endpoint>| -> Vec<Endpoint> {
+        eps.into_iter().filter(|e| f.has(&e.ip)).cloned().collect()
+    };
+    let all = fam_eps(r.usable(false));
+    let local = fam_eps(r.usable(true));
+    for e in all.iter().chain(&local) {
+        if !st.hairpin.contains(&e.ip) {
+            st.hairpin.push(e.ip);
         }
-        let id = r.id();
-        let proto = r.protocol.nft();
-        let fam_eps = |eps: Vec<&Endpoint>| -> Vec<Endpoint> {
-            eps.into_iter().filter(|e| f.has(&e.ip)).cloned().collect()
-        };
-        let all = fam_eps(r.usable(false));
-        let local = fam_eps(r.usable(true));
-        let need_local = r.internal_local || r.external_local;
-
-        let masq_rule = (!pod_cidrs.is_empty()).then(|| {
-            format!(
-                "{a} daddr {} {a} saddr != {} jump mark-for-masquerade",
-                one_or_set(&cips),
-                one_or_set(pod_cidrs)
-            )
-        });
-        let lb_chain = |eps: &[Endpoint]| -> Vec<String> {
-            let mut rules: Vec<String> = masq_rule.iter().cloned().collect();
-            if let Some(timeout) = r.affinity_timeout {
-                for e in eps {
-                    rules.push(format!(
-                        "{a} saddr @{} goto {}",
-                        aff_set(r, e, timeout),
-                        ep_chain(r, e)
-                    ));
-                }
-                let arms: Vec<String> = eps
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| format!("{i} : goto {}", ep_chain(r, e)))
-                    .collect();
-                rules.push(format!(
-                    "numgen random mod {} vmap {{ {} }}",
-                    eps.len(),
-                    arms.join(", ")
-                ));
-                return rules;
-            }
-            // No per-endpoint state is needed, so no per-endpoint chains: a cascade
-            // like kube-proxy's iptables `statistic` rules, where rule k matches
-            // with probability 1/(N-k), picks uniformly. Plain rules load in linear
-            // time; one map lookup per chain does not (the kernel's set binding
-            // checks make that quadratic in the number of chains). Hairpin traffic
-            // (a pod reaching itself) is masqueraded by matching any endpoint of
-            // this port as the source, one plain rule per endpoint: an anonymous
-            // set costs the kernel a scan of every set in the table.
-            for e in eps {
-                rules.push(format!("{a} saddr {} jump mark-for-masquerade", e.ip));
-            }
-            let n = eps.len();
-            for (k, e) in eps.iter().enumerate() {
-                let pick = if k + 1 < n {
-                    format!("numgen random mod {} 0 ", n - k)
-                } else {
-                    String::new()
-                };
-                rules.push(format!(
-                    "{pick}meta l4proto {proto} dnat to {}",
-                    dnat_target(e)
-                ));
-            }
-            rules
-        };
-        let svc = format!("svc-{id}");
-        let loc = format!("local-{id}");
-        if !all.is_empty() {
-            chains.push((svc.clone(), lb_chain(&all)));
-        }
-        if need_local && !local.is_empty() {
-            chains.push((loc.clone(), lb_chain(&local)));
-        }
-        // Endpoint chains (only with session affinity, which needs per-endpoint
-        // state): every endpoint reachable from either view.
-        if let Some(timeout) = r.affinity_timeout {
-            for e in all.iter().chain(local.iter()) {
-                let name = ep_chain(r, e);
-                if chains.iter().any(|(n, _)| *n == name) {
-                    continue;
-                }
-                let set = aff_set(r, e, timeout);
-                sets.push((
-                    set.clone(),
-                    format!("type {ty}; flags dynamic,timeout; timeout {timeout}s;"),
-                ));
-                chains.push((
-                    name,
-                    vec![
-                        // Hairpin: a pod reaching itself through its Service must be
-                        // masqueraded or it would answer itself directly.
-                        format!("{a} saddr {} jump mark-for-masquerade", e.ip),
-                        format!("update @{set} {{ {a} saddr }}"),
-                        format!("meta l4proto {proto} dnat to {}", dnat_target(e)),
-                    ],
-                ));
-            }
-        }
-
-        let cluster_target = match (r.internal_local, all.is_empty(), local.is_empty()) {
-            (_, true, _) => Target::Reject,
-            (true, false, true) => Target::Drop,
-            (true, false, false) => Target::Chain(loc.clone()),
-            (false, false, _) => Target::Chain(svc.clone()),
-        };
-        for ip in &cips {
-            let key = format!("{ip} . {proto} . {}", r.port);
-            match &cluster_target {
-                Target::Chain(_) => service_ips.push((key, cluster_target.verdict())),
-                _ => noep_ips.push((key, cluster_target.verdict())),
-            };
-        }
-
-        if !r.has_external() {
-            return st;
-        }
-        let ext_ok = if r.external_local {
-            !local.is_empty()
-        } else {
-            !all.is_empty()
-        };
-        let ext_target = if all.is_empty() {
-            Target::Reject
-        } else if !ext_ok {
-            Target::Drop
-        } else {
-            let ext = format!("ext-{id}");
-            let mut rules = Vec::new();
-            if r.external_local {
-                // Pods and the node itself may still use every endpoint (kube-proxy
-                // does the same); only traffic from outside is kept on this node,
-                // unmasqueraded, so the client address is preserved.
-                if !pod_cidrs.is_empty() {
-                    rules.push(format!("{a} saddr {} goto {svc}", one_or_set(pod_cidrs)));
-                }
-                rules.push("fib saddr type local jump mark-for-masquerade".into());
-                rules.push(format!("fib saddr type local goto {svc}"));
-                rules.push(format!("goto {loc}"));
-            } else {
-                rules.push("jump mark-for-masquerade".into());
-                rules.push(format!("goto {svc}"));
-            }
-            chains.push((ext.clone(), rules));
-            Target::Chain(ext)
-        };
-        let (ips_map, np_map) = match ext_target {
-            Target::Chain(_) => (&mut *service_ips, &mut *nodeports),
-            _ => (&mut *noep_ips, &mut *noep_nodeports),
-        };
-        for ip in r.external_ips.iter().filter(|ip| f.has(ip)) {
-            ips_map.push((format!("{ip} . {proto} . {}", r.port), ext_target.verdict()));
-        }
-        if let Some(np) = r.node_port {
-            np_map.push((format!("{proto} . {np}"), ext_target.verdict()));
-        }
+    }
+    st.hairpin.sort();
+    if r.affinity_timeout.is_some() || r.external_local {
+        chained(&mut st, r, &cips, &all, &local, pod_cidrs, f);
+    } else {
+        shared(&mut st, r, &cips, &all, &local, f);
     }
     st
 }
 
-/// One family's table, defined whole, from its fragments (in id order). Map
-/// elements are merged: should two ports claim the same key (two Services on one
-/// externalIP:port), the later one wins rather than the kernel refusing the set.
-pub fn render_table<'a>(
-    s: &mut String,
-    frags: impl Iterator<Item = &'a Fragment> + Clone,
-    localhost_nodeports: bool,
+/// The common case (no session affinity, externalTrafficPolicy Cluster): no
+/// chain of its own, only map elements pointing at the shared pick chains.
+fn shared(
+    st: &mut Fragment,
+    r: &ServicePortRule,
+    cips: &[IpAddr],
+    all: &[Endpoint],
+    local: &[Endpoint],
     f: Family,
 ) {
+    let proto = r.protocol.nft();
+    let cluster = if r.internal_local { local } else { all };
+    let cluster_verdict = match (all.is_empty(), cluster.is_empty()) {
+        (true, _) => Err(Target::Reject),
+        (false, true) => Err(Target::Drop),
+        (false, false) => {
+            let p = Pick {
+                kind: PickKind::Cluster,
+                n: cluster.len(),
+            };
+            st.picks.push(p);
+            Ok(format!("goto {}", p.chain()))
+        }
+    };
+    for ip in cips {
+        let key = format!("{ip} . {proto} . {}", r.port);
+        match &cluster_verdict {
+            Ok(v) => {
+                endpoint_elems(&mut st.maps[SERVICE_EPS], &key, cluster);
+                st.maps[0].push((key, v.clone()));
+            }
+            Err(t) => st.maps[2].push((key, t.verdict())),
+        }
+    }
+    if !r.has_external() {
+        return;
+    }
+    let n = all.len();
+    for ip in r.external_ips.iter().filter(|ip| f.has(ip)) {
+        let key = format!("{ip} . {proto} . {}", r.port);
+        if n == 0 {
+            st.maps[2].push((key, Target::Reject.verdict()));
+            continue;
+        }
+        let p = Pick {
+            kind: PickKind::External,
+            n,
+        };
+        if !st.picks.contains(&p) {
+            st.picks.push(p);
+        }
+        endpoint_elems(&mut st.maps[SERVICE_EPS], &key, all);
+        st.maps[0].push((key, format!("goto {}", p.chain())));
+    }
+    if let Some(np) = r.node_port {
+        let key = format!("{proto} . {np}");
+        if n == 0 {
+            st.maps[3].push((key, Target::Reject.verdict()));
+            return;
+        }
+        let p = Pick {
+            kind: PickKind::NodePort,
+            n,
+        };
+        st.picks.push(p);
+        endpoint_elems(&mut st.maps[NODEPORT_EPS], &key, all);
+        st.maps[1].push((key, format!("goto {}", p.chain())));
+    }
+}
+
+/// Session affinity (per-endpoint state) or externalTrafficPolicy Local (one key
+/// leads to different endpoints depending on the client): chains of the port's
+/// own, a `svc-` chain per view and, with affinity, one per endpoint.
+fn chained(
+    st: &mut Fragment,
+    r: &ServicePortRule,
+    cips: &[IpAddr],
+    all: &[Endpoint],
+    local: &[Endpoint],
+    pod_cidrs: &[String],
+    f: Family,
+) {
+    let a = f.table_family(); // the address match keyword: `ip saddr` / `ip6 saddr`
+    let ty = f.addr_type();
+    let [service_ips, nodeports, noep_ips, noep_nodeports, _, _] = &mut st.maps;
+    let chains = &mut st.chains;
+    let sets = &mut st.sets;
+    let id = r.id();
+    let proto = r.protocol.nft();
+    let need_local = r.internal_local || r.external_local;
+
+    let masq_rule = (!pod_cidrs.is_empty()).then(|| {
+        format!(
+            "{a} daddr {} {a} saddr != {} jump mark-for-masquerade",
+            one_or_set(cips),
+            one_or_set(pod_cidrs)
+        )
+    });
+    let lb_chain = |eps: &[Endpoint]| -> Vec<String> {
+        let mut rules: Vec<String> = masq_rule.iter().cloned().collect();
+        if let Some(timeout) = r.affinity_timeout {
+            for e in eps {
+                rules.push(format!(
+                    "{a} saddr @{} goto {}",
+                    aff_set(r, e, timeout),
+                    ep_chain(r, e)
+                ));
+            }
+            let arms: Vec<String> = eps
+                .iter()
+                .enumerate()
+                .map(|(i, e)| format!("{i} : goto {}", ep_chain(r, e)))
+                .collect();
+            rules.push(format!(
+                "numgen random mod {} vmap {{ {} }}",
+                eps.len(),
+                arms.join(", ")
+            ));
+            return rules;
+        }
+        // Without per-endpoint state no per-endpoint chains: a cascade like
+        // kube-proxy's iptables `statistic` rules, where rule k matches with
+        // probability 1/(N-k), picks uniformly (only externalTrafficPolicy Local
+        // Services come here, so a map per chain is not worth its cost).
+        let n = eps.len();
+        for (k, e) in eps.iter().enumerate() {
+            let pick = if k + 1 < n {
+                format!("numgen random mod {} 0 ", n - k)
+            } else {
+                String::new()
+            };
+            rules.push(format!(
+                "{pick}meta l4proto {proto} dnat to {}",
+                dnat_target(e)
+            ));
+        }
+        rules
+    };
+    let svc = format!("svc-{id}");
+    let loc = format!("local-{id}");
+    if !all.is_empty() {
+        chains.push((svc.clone(), lb_chain(all)));
+    }
+    if need_local && !local.is_empty() {
+        chains.push((loc.clone(), lb_chain(local)));
+    }
+    // Endpoint chains (only with session affinity, which needs per-endpoint
+    // state): every endpoint reachable from either view.
+    if let Some(timeout) = r.affinity_timeout {
+        for e in all.iter().chain(local.iter()) {
+            let name = ep_chain(r, e);
+            if chains.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            let set = aff_set(r, e, timeout);
+            sets.push((
+                set.clone(),
+                format!("type {ty}; flags dynamic,timeout; timeout {timeout}s;"),
+            ));
+            chains.push((
+                name,
+                vec![
+                    format!("update @{set} {{ {a} saddr }}"),
+                    format!("meta l4proto {proto} dnat to {}", dnat_target(e)),
+                ],
+            ));
+        }
+    }
+
+    let cluster_target = match (r.internal_local, all.is_empty(), local.is_empty()) {
+        (_, true, _) => Target::Reject,
+        (true, false, true) => Target::Drop,
+        (true, false, false) => Target::Chain(loc.clone()),
+        (false, false, _) => Target::Chain(svc.clone()),
+    };
+    for ip in cips {
+        let key = format!("{ip} . {proto} . {}", r.port);
+        match &cluster_target {
+            Target::Chain(_) => service_ips.push((key, cluster_target.verdict())),
+            _ => noep_ips.push((key, cluster_target.verdict())),
+        };
+    }
+
+    if !r.has_external() {
+        return;
+    }
+    let ext_ok = if r.external_local {
+        !local.is_empty()
+    } else {
+        !all.is_empty()
+    };
+    let ext_target = if all.is_empty() {
+        Target::Reject
+    } else if !ext_ok {
+        Target::Drop
+    } else {
+        let ext = format!("ext-{id}");
+        let mut rules = Vec::new();
+        if r.external_local {
+            // Pods and the node itself may still use every endpoint (kube-proxy
+            // does the same); only traffic from outside is kept on this node,
+            // unmasqueraded, so the client address is preserved.
+            if !pod_cidrs.is_empty() {
+                rules.push(format!("{a} saddr {} goto {svc}", one_or_set(pod_cidrs)));
+            }
+            rules.push("fib saddr type local jump mark-for-masquerade".into());
+            rules.push(format!("fib saddr type local goto {svc}"));
+            rules.push(format!("goto {loc}"));
+        } else {
+            rules.push("jump mark-for-masquerade".into());
+            rules.push(format!("goto {svc}"));
+        }
+        chains.push((ext.clone(), rules));
+        Target::Chain(ext)
+    };
+    let (ips_map, np_map) = match ext_target {
+        Target::Chain(_) => (&mut *service_ips, &mut *nodeports),
+        _ => (&mut *noep_ips, &mut *noep_nodeports),
+    };
+    for ip in r.external_ips.iter().filter(|ip| f.has(ip)) {
+        ips_map.push((format!("{ip} . {proto} . {}", r.port), ext_target.verdict()));
+    }
+    if let Some(np) = r.node_port {
+        np_map.push((format!("{proto} . {np}"), ext_target.verdict()));
+    }
+}
+
+/// One family's table, defined whole, from its fragments (in id order), the pick
+/// chains they use and their endpoints' addresses. Map elements are merged:
+/// should two ports claim the same key (two Services on one externalIP:port), the
+/// later one wins rather than the kernel refusing the set.
+pub struct TableParts<'a, I: Iterator<Item = &'a Fragment> + Clone> {
+    pub frags: I,
+    pub picks: Vec<Pick>,
+    pub hairpin: Vec<IpAddr>,
+    pub pod_cidrs: &'a [String],
+    pub localhost_nodeports: bool,
+}
+
+pub fn render_table<'a, I>(s: &mut String, parts: TableParts<'a, I>, f: Family)
+where
+    I: Iterator<Item = &'a Fragment> + Clone,
+{
+    let TableParts {
+        frags,
+        picks,
+        hairpin,
+        pod_cidrs,
+        localhost_nodeports,
+    } = parts;
     let t = f.table_family();
     let a = t;
     let ty = f.addr_type();
@@ -359,20 +573,14 @@ pub fn render_table<'a>(
         s,
         "\tcomment \"hull service proxy; rewritten whole on a full sync, in parts in between\""
     );
-    let keys = [
-        format!("{ty} . inet_proto . inet_service"),
-        "inet_proto . inet_service".to_string(),
-        format!("{ty} . inet_proto . inet_service"),
-        "inet_proto . inet_service".to_string(),
-    ];
-    let mut maps: [BTreeMap<&str, &str>; 4] = Default::default();
+    let mut maps: [BTreeMap<&str, &str>; 6] = Default::default();
     for fr in frags.clone() {
         for (m, elems) in maps.iter_mut().zip(&fr.maps) {
             m.extend(elems.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         }
     }
-    for ((name, key), elems) in MAPS.iter().zip(&keys).zip(&maps) {
-        let _ = write!(s, "\tmap {name} {{ type {key} : verdict;");
+    for (i, (name, elems)) in MAPS.iter().zip(&maps).enumerate() {
+        let _ = write!(s, "\tmap {name} {{ {};", map_type(i, f));
         if !elems.is_empty() {
             s.push_str(" elements = { ");
             for (i, (k, v)) in elems.iter().enumerate() {
@@ -385,6 +593,18 @@ pub fn render_table<'a>(
         }
         s.push_str(" }\n");
     }
+    let _ = write!(s, "\tset {HAIRPIN} {{ type {ty} . {ty};");
+    if !hairpin.is_empty() {
+        s.push_str(" elements = { ");
+        for (i, ip) in hairpin.iter().enumerate() {
+            if i > 0 {
+                s.push_str(",\n\t\t");
+            }
+            let _ = write!(s, "{ip} . {ip}");
+        }
+        s.push_str(" }");
+    }
+    s.push_str(" }\n");
     for (name, decl) in frags.clone().flat_map(|fr| &fr.sets) {
         let _ = writeln!(s, "\tset {name} {{ {decl} }}");
     }
@@ -399,7 +619,7 @@ pub fn render_table<'a>(
     let _ = writeln!(
         s,
         "\tchain mark-for-masquerade {{\n\t\tmeta mark set meta mark | {MASQ_MARK:#x}\n\t}}\n\
-         \tchain masquerading {{\n\t\tmeta mark & {MASQ_MARK:#x} == 0 return\n\t\tmeta mark set meta mark ^ {MASQ_MARK:#x}\n\t\tmasquerade fully-random\n\t}}\n\
+         \tchain masquerading {{\n\t\tct status dnat {a} saddr . {a} daddr @{HAIRPIN} jump mark-for-masquerade\n\t\tmeta mark & {MASQ_MARK:#x} == 0 return\n\t\tmeta mark set meta mark ^ {MASQ_MARK:#x}\n\t\tmasquerade fully-random\n\t}}\n\
          \tchain services {{\n\t\t{a} daddr . meta l4proto . th dport vmap @service-ips\n\t\tfib daddr type local {np_guard}meta l4proto . th dport vmap @service-nodeports\n\t}}\n\
          \tchain endpoints-check {{\n\t\t{a} daddr . meta l4proto . th dport vmap @no-endpoint-services\n\t}}\n\
          \tchain nodeport-endpoints-check {{\n\t\tfib daddr type local {np_guard}meta l4proto . th dport vmap @no-endpoint-nodeports\n\t}}\n\
@@ -411,12 +631,18 @@ pub fn render_table<'a>(
          \tchain filter-forward {{\n\t\ttype filter hook forward priority -110; policy accept;\n\t\tct state new jump endpoints-check\n\t}}\n\
          \tchain filter-output {{\n\t\ttype filter hook output priority -110; policy accept;\n\t\tct state new jump endpoints-check\n\t}}"
     );
-    for (name, rules) in frags.flat_map(|fr| &fr.chains) {
+    let mut chain = |name: &str, rules: &[String]| {
         let _ = writeln!(s, "\tchain {name} {{");
         for r in rules {
             let _ = writeln!(s, "\t\t{r}");
         }
         s.push_str("\t}\n");
+    };
+    for p in &picks {
+        chain(&p.chain(), &p.rules(pod_cidrs, f));
+    }
+    for (name, rules) in frags.flat_map(|fr| &fr.chains) {
+        chain(name, rules);
     }
     s.push_str("}\n");
 }

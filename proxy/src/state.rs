@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::model::{NodeInfo, RuleSet, ServicePortRule};
-use crate::nft::{self, Family, Fragment, MAPS, TABLE};
+use crate::nft::{self, Family, Fragment, HAIRPIN, MAPS, Pick, TABLE};
 
 /// One service port: its rule and its fragment in each family.
 #[derive(Debug, PartialEq, Eq)]
@@ -39,6 +39,43 @@ impl Port {
     }
 }
 
+/// What fragments share in one family's table, with how many fragments use each:
+/// the pick chains and the hairpin set's addresses. Kept by counting, so a sync
+/// adjusts it by the changed ports only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shared {
+    pub picks: BTreeMap<Pick, u32>,
+    pub hairpin: BTreeMap<IpAddr, u32>,
+}
+
+impl Shared {
+    fn add(&mut self, fr: &Fragment) {
+        for p in &fr.picks {
+            *self.picks.entry(*p).or_default() += 1;
+        }
+        for ip in &fr.hairpin {
+            *self.hairpin.entry(*ip).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, fr: &Fragment) {
+        fn dec<K: Ord + Copy>(m: &mut BTreeMap<K, u32>, k: &K) {
+            if let Some(c) = m.get_mut(k) {
+                *c -= 1;
+                if *c == 0 {
+                    m.remove(k);
+                }
+            }
+        }
+        for p in &fr.picks {
+            dec(&mut self.picks, p);
+        }
+        for ip in &fr.hairpin {
+            dec(&mut self.hairpin, ip);
+        }
+    }
+}
+
 /// The desired content of both tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
@@ -47,6 +84,15 @@ pub struct State {
     pod_cidrs: Vec<(IpAddr, u8)>,
     /// Service port id → its share of the tables.
     pub ports: BTreeMap<String, Arc<Port>>,
+    /// What the ports share, per family (v4, v6).
+    pub shared: [Shared; 2],
+}
+
+fn fam_index(f: Family) -> usize {
+    match f {
+        Family::V4 => 0,
+        Family::V6 => 1,
+    }
 }
 
 impl State {
@@ -57,6 +103,7 @@ impl State {
             localhost_nodeports: node.localhost_nodeports,
             pod_cidrs: node.pod_cidrs.clone(),
             ports: BTreeMap::new(),
+            shared: Default::default(),
         };
         let prev = prev.filter(|p| p.same_base(&st));
         let cidrs4 = nft::pod_cidrs(node, Family::V4);
@@ -76,21 +123,59 @@ impl State {
             });
             st.ports.insert(id, port);
         }
+        st.count_shared(prev);
         st
+    }
+
+    /// The shared counts: `prev`'s adjusted by the ports that changed (a port is
+    /// unchanged when it shares its fragment with `prev`), or counted afresh.
+    fn count_shared(&mut self, prev: Option<&State>) {
+        let Some(prev) = prev else {
+            for p in self.ports.values() {
+                self.shared[0].add(&p.v4);
+                self.shared[1].add(&p.v6);
+            }
+            return;
+        };
+        self.shared = prev.shared.clone();
+        for (id, o) in &prev.ports {
+            if !self.ports.get(id).is_some_and(|n| Arc::ptr_eq(o, n)) {
+                self.shared[0].remove(&o.v4);
+                self.shared[1].remove(&o.v6);
+            }
+        }
+        for (id, n) in &self.ports {
+            if !prev.ports.get(id).is_some_and(|o| Arc::ptr_eq(o, n)) {
+                self.shared[0].add(&n.v4);
+                self.shared[1].add(&n.v6);
+            }
+        }
     }
 
     /// Both tables, defined whole.
     pub fn render_full(&self) -> String {
         let mut s = String::with_capacity(1024 + self.ports.len() * 700);
         for f in [Family::V4, Family::V6] {
-            nft::render_table(
-                &mut s,
-                self.ports.values().map(|p| p.family(f)),
-                self.localhost_nodeports,
-                f,
-            );
+            let shared = &self.shared[fam_index(f)];
+            let cidrs = self.cidrs(f);
+            let parts = nft::TableParts {
+                frags: self.ports.values().map(|p| p.family(f)),
+                picks: shared.picks.keys().copied().collect(),
+                hairpin: shared.hairpin.keys().copied().collect(),
+                pod_cidrs: &cidrs,
+                localhost_nodeports: self.localhost_nodeports,
+            };
+            nft::render_table(&mut s, parts, f);
         }
         s
+    }
+
+    fn cidrs(&self, f: Family) -> Vec<String> {
+        let node = NodeInfo {
+            pod_cidrs: self.pod_cidrs.clone(),
+            ..Default::default()
+        };
+        nft::pod_cidrs(&node, f)
     }
 
     /// The transaction that turns `old` (what the kernel holds) into `self`, or
@@ -120,6 +205,30 @@ impl State {
                     d.fragment(o, n);
                 }
             }
+            let (os, ns) = (&old.shared[fam_index(f)], &self.shared[fam_index(f)]);
+            let cidrs = self.cidrs(f);
+            let pick_rules: Vec<(String, Vec<String>)> = ns
+                .picks
+                .keys()
+                .filter(|p| !os.picks.contains_key(p))
+                .map(|p| (p.chain(), p.rules(&cidrs, f)))
+                .collect();
+            let gone_picks: Vec<String> = os
+                .picks
+                .keys()
+                .filter(|p| !ns.picks.contains_key(p))
+                .map(Pick::chain)
+                .collect();
+            for (name, rules) in &pick_rules {
+                d.add_chains.push(name);
+                d.fill.push((name, rules));
+            }
+            for name in &gone_picks {
+                d.flush_chains.push(name);
+                d.delete_chains.push(name);
+            }
+            d.hairpin_add = keys_not_in(&ns.hairpin, &os.hairpin);
+            d.hairpin_delete = keys_not_in(&os.hairpin, &ns.hairpin);
             d.render(&mut s, f);
         }
         (!s.is_empty()).then_some(s)
@@ -132,17 +241,23 @@ impl State {
     }
 }
 
+fn keys_not_in<K: Ord + Copy>(a: &BTreeMap<K, u32>, b: &BTreeMap<K, u32>) -> Vec<K> {
+    a.keys().filter(|k| !b.contains_key(k)).copied().collect()
+}
+
 /// The commands of one family's incremental transaction, by stage.
 #[derive(Default)]
 struct Diff<'a> {
-    delete_elems: [Vec<&'a str>; 4],
+    delete_elems: [Vec<&'a str>; 6],
+    hairpin_add: Vec<IpAddr>,
+    hairpin_delete: Vec<IpAddr>,
     add_chains: Vec<&'a str>,
     flush_chains: Vec<&'a str>,
     add_sets: Vec<(&'a str, &'a str)>,
     fill: Vec<(&'a str, &'a [String])>,
     delete_chains: Vec<&'a str>,
     delete_sets: Vec<&'a str>,
-    add_elems: [Vec<(&'a str, &'a str)>; 4],
+    add_elems: [Vec<(&'a str, &'a str)>; 6],
 }
 
 impl<'a> Diff<'a> {
@@ -227,7 +342,26 @@ impl<'a> Diff<'a> {
         for name in &self.delete_sets {
             let _ = writeln!(s, "delete set {t} {name}");
         }
-        // 6. New and changed map elements, now that their chains exist.
+        // 6. New and changed map elements, now that their chains exist; the
+        //    hairpin set follows the endpoints.
+        let pairs = |ips: &[IpAddr]| -> String {
+            let v: Vec<String> = ips.iter().map(|ip| format!("{ip} . {ip}")).collect();
+            v.join(", ")
+        };
+        if !self.hairpin_delete.is_empty() {
+            let _ = writeln!(
+                s,
+                "delete element {t} {HAIRPIN} {{ {} }}",
+                pairs(&self.hairpin_delete)
+            );
+        }
+        if !self.hairpin_add.is_empty() {
+            let _ = writeln!(
+                s,
+                "add element {t} {HAIRPIN} {{ {} }}",
+                pairs(&self.hairpin_add)
+            );
+        }
         for (name, elems) in MAPS.iter().zip(&self.add_elems) {
             if !elems.is_empty() {
                 let v: Vec<String> = elems.iter().map(|(k, v)| format!("{k} : {v}")).collect();

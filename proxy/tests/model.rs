@@ -159,11 +159,17 @@ fn node_port_only_for_node_port_and_load_balancer_types() {
         vec!["203.0.113.9".parse::<std::net::IpAddr>().expect("ip")]
     );
     let text = nft::render(&rs, &node());
-    assert!(text.contains("tcp . 30002 : goto ext-ns/b/tcp/_"), "{text}");
-    assert!(
-        text.contains("203.0.113.9 . tcp . 80 : goto ext-ns/c/tcp/_"),
-        "{text}"
-    );
+    // Policy Cluster: the shared pick chains of the external kinds (always
+    // masqueraded), with the endpoints in the endpoint maps under the same key.
+    for want in [
+        "tcp . 30002 : goto pick-nodeport-1",
+        "tcp . 30002 . 0 : 10.244.0.2 . 8080",
+        "203.0.113.9 . tcp . 80 : goto pick-external-1",
+        "203.0.113.9 . tcp . 80 . 0 : 10.244.0.2 . 8080",
+        "chain pick-nodeport-1 {\n\t\tjump mark-for-masquerade\n\t\tdnat ip to meta l4proto . th dport . numgen random mod 1 map @nodeport-endpoints\n\t}",
+    ] {
+        assert!(text.contains(want), "{want} in {text}");
+    }
     assert!(!text.contains("30001"));
 }
 
@@ -309,14 +315,17 @@ fn dual_stack_renders_each_family_in_its_table() {
     let text = nft::render(&rs, &node());
     let (t4, t6) = text.split_at(text.find("table ip6 hull-proxy {").expect("ip6 table"));
     assert!(
-        t4.contains("10.96.0.5 . tcp . 80")
-            && t4.contains("meta l4proto tcp dnat to 10.244.0.2:80")
+        t4.contains("10.96.0.5 . tcp . 80 . 0 : 10.244.0.2 . 80")
+            && t4.contains(
+                "set hairpin { type ipv4_addr . ipv4_addr; elements = { 10.244.0.2 . 10.244.0.2 } }"
+            )
             && !t4.contains("fd00"),
         "{t4}"
     );
     assert!(
-        t6.contains("fd00:96::5 . tcp . 80")
-            && t6.contains("meta l4proto tcp dnat to [fd00:244::2]:80")
+        t6.contains("fd00:96::5 . tcp . 80 . 0 : fd00:244::2 . 80")
+            && t6.contains("dnat ip6 to ip6 daddr . meta l4proto . th dport . numgen random mod 1 map @service-endpoints")
+            && t6.contains("ct status dnat ip6 saddr . ip6 daddr @hairpin jump mark-for-masquerade")
             && !t6.contains("10.244.0.2"),
         "{t6}"
     );
@@ -351,33 +360,46 @@ fn rendering_is_deterministic() {
 }
 
 #[test]
-fn cascade_picks_uniformly_without_affinity() {
-    let svc = service(
-        "ns",
-        "a",
-        json!({"clusterIP": "10.96.0.5", "ports": [{"port": 80}]}),
+fn shared_pick_chain_draws_from_the_endpoint_map() {
+    let mk = |name: &str, ip: &str| {
+        service(
+            "ns",
+            name,
+            json!({"clusterIP": ip, "ports": [{"port": 80}]}),
+        )
+    };
+    let three = [
+        ("10.244.0.2", true, "n1"),
+        ("10.244.0.3", true, "n1"),
+        ("10.244.0.4", true, "n1"),
+    ];
+    let sa = slice("ns", "a", "", 80, &three);
+    let sb = slice("ns", "b", "", 8080, &three);
+    let rs = model::build(
+        &[mk("a", "10.96.0.5"), mk("b", "10.96.0.6")],
+        &[sa, sb],
+        &node(),
     );
-    let sl = slice(
-        "ns",
-        "a",
-        "",
-        80,
-        &[
-            ("10.244.0.2", true, "n1"),
-            ("10.244.0.3", true, "n1"),
-            ("10.244.0.4", true, "n1"),
-        ],
+    let text = nft::render(&rs, &node());
+    for want in [
+        "10.96.0.5 . tcp . 80 : goto pick-3",
+        "10.96.0.6 . tcp . 80 : goto pick-3",
+        "10.96.0.5 . tcp . 80 . 0 : 10.244.0.2 . 80",
+        "10.96.0.5 . tcp . 80 . 1 : 10.244.0.3 . 80",
+        "10.96.0.5 . tcp . 80 . 2 : 10.244.0.4 . 80",
+        "10.96.0.6 . tcp . 80 . 2 : 10.244.0.4 . 8080",
+        "\tchain pick-3 {\n\t\tip saddr != 10.244.0.0/16 jump mark-for-masquerade\n\t\tdnat ip to ip daddr . meta l4proto . th dport . numgen random mod 3 map @service-endpoints\n\t}",
+        "10.244.0.2 . 10.244.0.2,\n\t\t10.244.0.3 . 10.244.0.3,\n\t\t10.244.0.4 . 10.244.0.4 }",
+    ] {
+        assert!(text.contains(want), "{want} in {text}");
+    }
+    assert_eq!(
+        text.matches("chain pick-3 {").count(),
+        1,
+        "one chain for both"
     );
-    let text = nft::render(&model::build(&[svc], &[sl], &node()), &node());
-    let want = "\t\tip saddr 10.244.0.2 jump mark-for-masquerade\n\
-                \t\tip saddr 10.244.0.3 jump mark-for-masquerade\n\
-                \t\tip saddr 10.244.0.4 jump mark-for-masquerade\n\
-                \t\tnumgen random mod 3 0 meta l4proto tcp dnat to 10.244.0.2:80\n\
-                \t\tnumgen random mod 2 0 meta l4proto tcp dnat to 10.244.0.3:80\n\
-                \t\tmeta l4proto tcp dnat to 10.244.0.4:80\n\t}";
-    assert!(text.contains(want), "{text}");
     assert!(
-        !text.contains("chain ep-"),
-        "no per-endpoint chains without affinity"
+        !text.contains("chain svc-") && !text.contains("chain ep-"),
+        "no per-service chains without affinity or Local external traffic"
     );
 }
