@@ -4,7 +4,7 @@
 //!
 //! Two tables: the full sync (the first one, and hull's periodic repair), and one
 //! change at that scale (an endpoint gone, a Service added, a Service deleted),
-//! timed as the daemon does it (model from all objects + incremental transaction)
+//! timed as the daemon does it (the changed Service's ports + incremental transaction)
 //! beside kube-proxy's iptables partial sync (`iptables-restore --noflush` of the
 //! changed chains plus the whole KUBE-SERVICES chain, which it always rewrites).
 //!
@@ -15,6 +15,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -22,6 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Netns, service, slice};
+use hull_proxy::ports::Ports;
 use hull_proxy::syncer::{Outcome, Syncer};
 use hull_proxy::{apply, model, nft};
 use serde_json::json;
@@ -147,24 +149,39 @@ fn iptables_partial(present: &[usize], changed: &[(usize, usize)], deleted: &[us
     s
 }
 
-/// One change as the daemon syncs it: the model from every object, then the
-/// syncer's (incremental) transaction inside `ns`.
+/// One change as the daemon syncs it: the changed Service's ports rebuilt (its
+/// slices found through the daemon's index, here picked out before the clock
+/// starts), then the syncer's incremental transaction inside `ns`.
 fn hull_change(
     ns: &Netns,
     sy: &mut Syncer,
+    ports: &mut Ports,
     svcs: &[k8s_openapi::api::core::v1::Service],
     slices: &[k8s_openapi::api::discovery::v1::EndpointSlice],
+    name: &str,
 ) -> Duration {
+    let svc = svcs
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(name));
+    let mine: Vec<_> = slices
+        .iter()
+        .filter(|s| model::slice_service(s) == Some(("bench", name)))
+        .collect();
     let t = Instant::now();
-    let node = sy.node().clone();
-    let rs = model::build(svcs, slices, &node);
+    let changed: BTreeSet<String> = ports
+        .update(("bench".into(), name.into()), svc, &mine)
+        .into_iter()
+        .collect();
     let modelled = t.elapsed();
+    let node = sy.node().clone();
     let mut s = std::mem::replace(sy, Syncer::new(node, Duration::MAX));
-    let (s, outcome) = ns.run(move || {
-        let o = s.sync(&rs).expect("sync");
-        (s, o)
+    let p = std::mem::take(ports);
+    let (s, p, outcome) = ns.run(move || {
+        let o = s.sync_ports(&p, Some(&changed)).expect("sync");
+        (s, p, o)
     });
     *sy = s;
+    *ports = p;
     assert_eq!(outcome, Outcome::Partial);
     if std::env::var_os("HULL_BENCH_DETAIL").is_some() {
         eprintln!(
@@ -335,12 +352,14 @@ fn main() {
         // One change at a time at this scale, through the daemon's syncer.
         let (node, _pod3) = lab(&format!("c{n}"));
         let mut sy = Syncer::new(node_info.clone(), Duration::MAX);
+        let mut ports = Ports::new(node_info.clone());
+        ports.rebuild(&svcs, &slices);
         {
-            let rs = model::build(&svcs, &slices, &node_info);
             let mut s = std::mem::replace(&mut sy, Syncer::new(node_info.clone(), Duration::MAX));
-            sy = node.run(move || {
-                assert_eq!(s.sync(&rs).expect("full sync"), Outcome::Full);
-                s
+            let p = std::mem::take(&mut ports);
+            (sy, ports) = node.run(move || {
+                assert_eq!(s.sync_ports(&p, None).expect("full sync"), Outcome::Full);
+                (s, p)
             });
         }
         let mut present: Vec<usize> = (0..n).collect();
@@ -350,7 +369,14 @@ fn main() {
             .position(|s| s.metadata.name.as_deref() == Some(&format!("s{}-{}", n - 1, EPS - 1)))
             .expect("slice");
         slices.remove(gone);
-        let h_ep = hull_change(&node, &mut sy, &svcs, &slices);
+        let h_ep = hull_change(
+            &node,
+            &mut sy,
+            &mut ports,
+            &svcs,
+            &slices,
+            &format!("s{}", n - 1),
+        );
         let i_ep = pipe(
             &inode,
             &["iptables-legacy-restore", "--noflush"],
@@ -361,7 +387,7 @@ fn main() {
         svcs.push(new_s.remove(n));
         slices.extend(new_sl.drain(n * EPS..));
         present.push(n);
-        let h_add = hull_change(&node, &mut sy, &svcs, &slices);
+        let h_add = hull_change(&node, &mut sy, &mut ports, &svcs, &slices, &format!("s{n}"));
         let i_add = pipe(
             &inode,
             &["iptables-legacy-restore", "--noflush"],
@@ -376,7 +402,7 @@ fn main() {
                 .is_some_and(|m| m.starts_with("s0-"))
         });
         present.remove(0);
-        let h_del = hull_change(&node, &mut sy, &svcs, &slices);
+        let h_del = hull_change(&node, &mut sy, &mut ports, &svcs, &slices, "s0");
         let i_del = pipe(
             &inode,
             &["iptables-legacy-restore", "--noflush"],
@@ -412,7 +438,7 @@ fn main() {
     }
     println!("ratio = ClusterIP / pod IP (target: within 1.05x)");
     println!(
-        "\none change, synced as the daemon does (model from all objects + incremental nft -f) vs kube-proxy's iptables partial sync (iptables-legacy-restore --noflush)"
+        "\none change, synced as the daemon does (the changed Service's ports + incremental nft -f) vs kube-proxy's iptables partial sync (iptables-legacy-restore --noflush)"
     );
     println!(
         "{:>7} {:>11} {:>11} {:>11} | {:>11} {:>11} {:>11} | {:>7} | {:>11} {:>11}",

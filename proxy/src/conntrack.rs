@@ -9,14 +9,14 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
-use crate::model::{Protocol, RuleSet};
+use crate::model::{Protocol, ServicePortRule};
 
 /// A UDP backend as seen in a rule set: (service IP, service port, endpoint IP, endpoint port).
 pub type UdpFlow = (IpAddr, u16, IpAddr, u16);
 
-pub fn udp_flows(rs: &RuleSet) -> BTreeSet<UdpFlow> {
+pub fn udp_flows<'a>(ports: impl IntoIterator<Item = &'a ServicePortRule>) -> BTreeSet<UdpFlow> {
     let mut out = BTreeSet::new();
-    for r in rs.ports.iter().filter(|r| r.protocol == Protocol::Udp) {
+    for r in ports.into_iter().filter(|r| r.protocol == Protocol::Udp) {
         for e in r.usable(false) {
             for cip in &r.cluster_ips {
                 out.insert((*cip, r.port, e.ip, e.port));

@@ -153,175 +153,190 @@ pub fn build<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     node: &NodeInfo,
 ) -> RuleSet {
-    // (namespace, service) → slices
-    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-    for s in slices {
-        let ns = s.metadata.namespace.as_deref().unwrap_or_default();
-        let Some(svc) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
-            continue;
-        };
-        by_service.entry((ns, svc.as_str())).or_default().push(s);
-    }
-
+    let by_service = slices_by_service(slices);
     let mut out = RuleSet::default();
     for svc in services {
-        let ns = svc.metadata.namespace.clone().unwrap_or_default();
-        let name = svc.metadata.name.clone().unwrap_or_default();
-        let object = format!("service {ns}/{name}");
-        let Some(spec) = &svc.spec else { continue };
-        if spec.type_.as_deref() == Some("ExternalName") {
-            continue;
-        }
-        let mut cluster_ips: Vec<IpAddr> = Vec::new();
-        let raw_ips = spec
-            .cluster_ips
-            .clone()
-            .filter(|v| !v.is_empty())
-            .or_else(|| spec.cluster_ip.clone().map(|i| vec![i]))
-            .unwrap_or_default();
-        for raw in &raw_ips {
-            if raw == "None" || raw.is_empty() {
-                continue;
-            }
-            match parse_ip(raw) {
-                Some(ip) => cluster_ips.push(ip),
-                None => out.skipped.push(Skipped {
-                    object: object.clone(),
-                    reason: format!("spec.clusterIPs: {raw:?} is not an IP address"),
-                }),
-            }
-        }
-        // Headless Services get no proxy rules (DNS serves them).
-        if cluster_ips.is_empty() {
-            continue;
-        }
-        let mut external_ips: Vec<IpAddr> = Vec::new();
-        for (i, raw) in spec.external_ips.iter().flatten().enumerate() {
-            match parse_ip(raw) {
-                Some(ip) => external_ips.push(ip),
-                None => out.skipped.push(Skipped {
-                    object: object.clone(),
-                    reason: format!("spec.externalIPs[{i}]: {raw:?} is not an IP address"),
-                }),
-            }
-        }
-        if spec.type_.as_deref() == Some("LoadBalancer") {
-            let ingress = svc
-                .status
-                .as_ref()
-                .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|l| l.ingress.as_ref());
-            for ing in ingress.into_iter().flatten() {
-                if let Some(ip) = ing.ip.as_deref().and_then(parse_ip)
-                    && !external_ips.contains(&ip)
-                    && !node.addresses.contains(&ip)
-                {
-                    external_ips.push(ip);
-                }
-            }
-        }
-        let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-            spec.session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .map_or(10800, |t| t.clamp(1, 86400) as u32)
-        });
-        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
-        let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-        let my_slices = by_service.get(&(ns.as_str(), name.as_str()));
-
-        for (pi, sp) in spec.ports.iter().flatten().enumerate() {
-            let Some(protocol) = Protocol::parse(sp.protocol.as_deref()) else {
-                out.skipped.push(Skipped {
-                    object: object.clone(),
-                    reason: format!("spec.ports[{pi}].protocol: unsupported {:?}", sp.protocol),
-                });
-                continue;
-            };
-            let Ok(port) = u16::try_from(sp.port) else {
-                out.skipped.push(Skipped {
-                    object: object.clone(),
-                    reason: format!("spec.ports[{pi}].port: {} out of range", sp.port),
-                });
-                continue;
-            };
-            if port == 0 {
-                out.skipped.push(Skipped {
-                    object: object.clone(),
-                    reason: format!("spec.ports[{pi}].port: 0 is not a port"),
-                });
-                continue;
-            }
-            let node_port = sp
-                .node_port
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p != 0);
-            let port_name = sp.name.clone().unwrap_or_default();
-            let mut endpoints: Vec<Endpoint> = Vec::new();
-            for slice in my_slices.into_iter().flatten() {
-                // The EndpointSlice controller resolves named targetPorts per pod; the
-                // slice port with the service port's name carries the number.
-                let slice_port = slice.ports.iter().flatten().find(|p| {
-                    p.name.as_deref().unwrap_or_default() == port_name
-                        && Protocol::parse(p.protocol.as_deref()) == Some(protocol)
-                });
-                let Some(target) = slice_port
-                    .and_then(|p| p.port)
-                    .and_then(|p| u16::try_from(p).ok())
-                    .filter(|p| *p != 0)
-                else {
-                    continue;
-                };
-                for ep in &slice.endpoints {
-                    let c = ep.conditions.clone().unwrap_or_default();
-                    // Unknown readiness means ready (the API's documented default).
-                    let ready = c.ready.unwrap_or(true);
-                    let serving = c.serving.unwrap_or(ready);
-                    let terminating = c.terminating.unwrap_or(false);
-                    let local = ep.node_name.as_deref() == Some(node.name.as_str());
-                    for a in &ep.addresses {
-                        let Some(ip) = parse_ip(a) else { continue };
-                        if endpoints.iter().any(|e| e.ip == ip && e.port == target) {
-                            continue;
-                        }
-                        endpoints.push(Endpoint {
-                            ip,
-                            port: target,
-                            ready,
-                            serving,
-                            terminating,
-                            local,
-                        });
-                    }
-                }
-            }
-            endpoints.sort();
-            out.ports.push(ServicePortRule {
-                namespace: ns.clone(),
-                name: name.clone(),
-                port_name,
-                protocol,
-                cluster_ips: cluster_ips.clone(),
-                port,
-                node_port: if matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")) {
-                    node_port
-                } else {
-                    None
-                },
-                external_ips: external_ips.clone(),
-                affinity_timeout,
-                external_local,
-                internal_local,
-                endpoints,
-            });
-        }
+        let key = (
+            svc.metadata.namespace.as_deref().unwrap_or_default(),
+            svc.metadata.name.as_deref().unwrap_or_default(),
+        );
+        let mine = by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
+        build_service(svc, mine, node, &mut out);
     }
     out.ports.sort_by_cached_key(ServicePortRule::id);
     out
+}
+
+/// (namespace, Service name) → the slices that name it.
+pub fn slices_by_service<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>> {
+    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for s in slices {
+        if let Some(key) = slice_service(s) {
+            by_service.entry(key).or_default().push(s);
+        }
+    }
+    by_service
+}
+
+/// The (namespace, Service name) an EndpointSlice belongs to, from its label.
+pub fn slice_service(s: &EndpointSlice) -> Option<(&str, &str)> {
+    let ns = s.metadata.namespace.as_deref().unwrap_or_default();
+    let svc = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some((ns, svc.as_str()))
+}
+
+/// One Service's ports (unsorted) and skipped fields, given its slices.
+pub fn build_service(svc: &Service, slices: &[&EndpointSlice], node: &NodeInfo, out: &mut RuleSet) {
+    let ns = svc.metadata.namespace.clone().unwrap_or_default();
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let object = format!("service {ns}/{name}");
+    let Some(spec) = &svc.spec else { return };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return;
+    }
+    let mut cluster_ips: Vec<IpAddr> = Vec::new();
+    let raw_ips = spec
+        .cluster_ips
+        .clone()
+        .filter(|v| !v.is_empty())
+        .or_else(|| spec.cluster_ip.clone().map(|i| vec![i]))
+        .unwrap_or_default();
+    for raw in &raw_ips {
+        if raw == "None" || raw.is_empty() {
+            continue;
+        }
+        match parse_ip(raw) {
+            Some(ip) => cluster_ips.push(ip),
+            None => out.skipped.push(Skipped {
+                object: object.clone(),
+                reason: format!("spec.clusterIPs: {raw:?} is not an IP address"),
+            }),
+        }
+    }
+    // Headless Services get no proxy rules (DNS serves them).
+    if cluster_ips.is_empty() {
+        return;
+    }
+    let mut external_ips: Vec<IpAddr> = Vec::new();
+    for (i, raw) in spec.external_ips.iter().flatten().enumerate() {
+        match parse_ip(raw) {
+            Some(ip) => external_ips.push(ip),
+            None => out.skipped.push(Skipped {
+                object: object.clone(),
+                reason: format!("spec.externalIPs[{i}]: {raw:?} is not an IP address"),
+            }),
+        }
+    }
+    if spec.type_.as_deref() == Some("LoadBalancer") {
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref());
+        for ing in ingress.into_iter().flatten() {
+            if let Some(ip) = ing.ip.as_deref().and_then(parse_ip)
+                && !external_ips.contains(&ip)
+                && !node.addresses.contains(&ip)
+            {
+                external_ips.push(ip);
+            }
+        }
+    }
+    let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .map_or(10800, |t| t.clamp(1, 86400) as u32)
+    });
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+
+    for (pi, sp) in spec.ports.iter().flatten().enumerate() {
+        let Some(protocol) = Protocol::parse(sp.protocol.as_deref()) else {
+            out.skipped.push(Skipped {
+                object: object.clone(),
+                reason: format!("spec.ports[{pi}].protocol: unsupported {:?}", sp.protocol),
+            });
+            continue;
+        };
+        let Ok(port) = u16::try_from(sp.port) else {
+            out.skipped.push(Skipped {
+                object: object.clone(),
+                reason: format!("spec.ports[{pi}].port: {} out of range", sp.port),
+            });
+            continue;
+        };
+        if port == 0 {
+            out.skipped.push(Skipped {
+                object: object.clone(),
+                reason: format!("spec.ports[{pi}].port: 0 is not a port"),
+            });
+            continue;
+        }
+        let node_port = sp
+            .node_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0);
+        let port_name = sp.name.clone().unwrap_or_default();
+        let mut endpoints: Vec<Endpoint> = Vec::new();
+        for slice in slices {
+            // The EndpointSlice controller resolves named targetPorts per pod; the
+            // slice port with the service port's name carries the number.
+            let slice_port = slice.ports.iter().flatten().find(|p| {
+                p.name.as_deref().unwrap_or_default() == port_name
+                    && Protocol::parse(p.protocol.as_deref()) == Some(protocol)
+            });
+            let Some(target) = slice_port
+                .and_then(|p| p.port)
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0)
+            else {
+                continue;
+            };
+            for ep in &slice.endpoints {
+                let c = ep.conditions.clone().unwrap_or_default();
+                // Unknown readiness means ready (the API's documented default).
+                let ready = c.ready.unwrap_or(true);
+                let serving = c.serving.unwrap_or(ready);
+                let terminating = c.terminating.unwrap_or(false);
+                let local = ep.node_name.as_deref() == Some(node.name.as_str());
+                for a in &ep.addresses {
+                    let Some(ip) = parse_ip(a) else { continue };
+                    if endpoints.iter().any(|e| e.ip == ip && e.port == target) {
+                        continue;
+                    }
+                    endpoints.push(Endpoint {
+                        ip,
+                        port: target,
+                        ready,
+                        serving,
+                        terminating,
+                        local,
+                    });
+                }
+            }
+        }
+        endpoints.sort();
+        out.ports.push(ServicePortRule {
+            namespace: ns.clone(),
+            name: name.clone(),
+            port_name,
+            protocol,
+            cluster_ips: cluster_ips.clone(),
+            port,
+            node_port: if matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")) {
+                node_port
+            } else {
+                None
+            },
+            external_ips: external_ips.clone(),
+            affinity_timeout,
+            external_local,
+            internal_local,
+            endpoints,
+        });
+    }
 }

@@ -6,9 +6,9 @@
 //! by `daddr . l4proto . dport` (ClusterIPs, externalIPs) and `l4proto . dport`
 //! (NodePorts on local addresses), so the first-packet cost does not grow with the
 //! number of Services. A Service port's verdict goes to a [`Pick`] chain shared by
-//! every port with the same number of endpoints, which DNATs through one lookup
-//! of `key . numgen random mod N` in an endpoint map: a Service is map elements,
-//! not rules. Ports with session affinity or externalTrafficPolicy Local have
+//! every port with the same number of endpoints, whose random draw k goes to the
+//! shared [`Slot`] chain k, which DNATs through a lookup of the Service key in the
+//! slot's endpoint map: a Service is map elements, not rules. Ports with session affinity or externalTrafficPolicy Local have
 //! chains of their own (a `numgen … vmap` to one chain per endpoint, which records
 //! the client in a timeout set; or a cascade of `numgen` rules).
 
@@ -69,53 +69,98 @@ pub fn render_cleanup() -> String {
 
 /// The full transaction for a rule set.
 pub fn render(rs: &RuleSet, node: &NodeInfo) -> String {
-    State::build(rs, node, None).render_full()
+    State::build(&rs.ports, node, None).render_full()
 }
 
-/// The maps every table has, in declaration order: four verdict maps (the
-/// lookups of the `services` and `*-endpoints-check` chains) and two endpoint maps
-/// (the `dnat` lookups of the shared pick chains).
-pub const MAPS: [&str; 6] = [
+/// The verdict maps every table has, in declaration order: the lookups of the
+/// `services` and `*-endpoints-check` chains.
+pub const MAPS: [&str; 4] = [
     "service-ips",
     "service-nodeports",
     "no-endpoint-services",
     "no-endpoint-nodeports",
-    "service-endpoints",
-    "nodeport-endpoints",
 ];
-/// Index of `service-endpoints` in [`MAPS`].
-const SERVICE_EPS: usize = 4;
-/// Index of `nodeport-endpoints` in [`MAPS`].
-const NODEPORT_EPS: usize = 5;
 
-/// The type of map `i` of [`MAPS`] in family `f`. The endpoint maps are keyed by
-/// the Service's key plus the `numgen` draw, so they are declared by `typeof` (a
-/// `numgen` value is a plain integer, which no named type matches). The data is
-/// written `daddr . tcp dport` although it serves every protocol (only the types
-/// count): nft 1.0.6 cannot read `daddr . th dport` back from the kernel ("conflicting
-/// protocols"), which breaks every later transaction that adds a rule using it.
 fn map_type(i: usize, f: Family) -> String {
-    let a = f.table_family();
     match i {
         0 | 2 => format!(
             "type {} . inet_proto . inet_service : verdict",
             f.addr_type()
         ),
-        1 | 3 => "type inet_proto . inet_service : verdict".to_string(),
-        SERVICE_EPS => format!(
-            "typeof {a} daddr . meta l4proto . th dport . numgen random mod 1 : {a} daddr . tcp dport"
-        ),
-        _ => {
-            format!("typeof meta l4proto . th dport . numgen random mod 1 : {a} daddr . tcp dport")
-        }
+        _ => "type inet_proto . inet_service : verdict".to_string(),
     }
 }
 
+/// Endpoint slot `k`: a map from every Service key to the Service's `k`-th
+/// endpoint, and a chain that DNATs through it. Services share the slots, so a
+/// Service's endpoints are map elements (which the kernel loads far faster than
+/// rules), and there are as many slots as the largest Service has endpoints.
+///
+/// (One map keyed by `key . numgen random mod N` would need a `typeof`
+/// declaration, which nft 1.0.6 either cannot read back from the kernel or
+/// compiles with a TCP-only dependency; the slots use named types only.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Slot {
+    /// Keyed by `l4proto . dport` (NodePorts, on any local address) rather than
+    /// `daddr . l4proto . dport`.
+    pub nodeport: bool,
+    pub k: usize,
+}
+
+impl Slot {
+    pub fn map(&self) -> String {
+        if self.nodeport {
+            format!("nodeport-endpoints-{}", self.k)
+        } else {
+            format!("endpoints-{}", self.k)
+        }
+    }
+
+    pub fn chain(&self) -> String {
+        if self.nodeport {
+            format!("nodeport-slot-{}", self.k)
+        } else {
+            format!("slot-{}", self.k)
+        }
+    }
+
+    pub fn map_type(&self, f: Family) -> String {
+        let ty = f.addr_type();
+        if self.nodeport {
+            format!("type inet_proto . inet_service : {ty} . inet_service")
+        } else {
+            format!("type {ty} . inet_proto . inet_service : {ty} . inet_service")
+        }
+    }
+
+    pub fn rules(&self, f: Family) -> Vec<String> {
+        let a = f.table_family();
+        let key = if self.nodeport {
+            String::new()
+        } else {
+            format!("{a} daddr . ")
+        };
+        vec![format!(
+            "dnat {a} to {key}meta l4proto . th dport map @{}",
+            self.map()
+        )]
+    }
+}
+
+/// The slots the pick chains `picks` jump to.
+pub fn slots<'a>(picks: impl IntoIterator<Item = &'a Pick>) -> std::collections::BTreeSet<Slot> {
+    let mut out = std::collections::BTreeSet::new();
+    for p in picks {
+        let nodeport = p.kind == PickKind::NodePort;
+        out.extend((0..p.n).map(|k| Slot { nodeport, k }));
+    }
+    out
+}
+
 /// One of the chains shared by every service port that picks among `n`
-/// endpoints the same way: a random draw `0..n`, looked up together with the
-/// packet's Service key in an endpoint map. Thousands of Services need only as
-/// many chains as they have distinct endpoint counts, and their endpoints are map
-/// elements, which the kernel loads far faster than rules.
+/// endpoints the same way: a random draw `0..n` sends the packet to that endpoint
+/// slot. Thousands of Services need only as many chains as they have distinct
+/// endpoint counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Pick {
     pub kind: PickKind,
@@ -158,21 +203,20 @@ impl Pick {
                 rules.push("jump mark-for-masquerade".to_string())
             }
         }
-        let (key, map) = match self.kind {
-            PickKind::NodePort => ("", MAPS[NODEPORT_EPS]),
-            _ => (
-                if a == "ip" {
-                    "ip daddr . "
-                } else {
-                    "ip6 daddr . "
-                },
-                MAPS[SERVICE_EPS],
-            ),
-        };
-        rules.push(format!(
-            "dnat {a} to {key}meta l4proto . th dport . numgen random mod {} map @{map}",
-            self.n
-        ));
+        let nodeport = self.kind == PickKind::NodePort;
+        let slot = |k| Slot { nodeport, k }.chain();
+        if self.n == 1 {
+            rules.push(format!("goto {}", slot(0)));
+        } else {
+            let arms: Vec<String> = (0..self.n)
+                .map(|k| format!("{k} : goto {}", slot(k)))
+                .collect();
+            rules.push(format!(
+                "numgen random mod {} vmap {{ {} }}",
+                self.n,
+                arms.join(", ")
+            ));
+        }
         rules
     }
 }
@@ -194,8 +238,10 @@ pub struct Fragment {
     /// Affinity sets: name → declaration body. A set's name carries everything in
     /// its declaration, so a set is only ever added or deleted, never changed.
     pub sets: Vec<(String, String)>,
-    /// Elements of each map in [`MAPS`]: (key, value or verdict).
-    pub maps: [Vec<(String, String)>; 6],
+    /// Elements of each map in [`MAPS`]: (key, verdict).
+    pub maps: [Vec<(String, String)>; 4],
+    /// Elements of the endpoint slot maps: (slot, key, endpoint).
+    pub endpoints: Vec<(Slot, String, String)>,
     /// The shared pick chains its verdicts go to.
     pub picks: Vec<Pick>,
     /// Its endpoints' addresses (deduplicated).
@@ -273,10 +319,19 @@ pub fn pod_cidrs(node: &NodeInfo, f: Family) -> Vec<String> {
         .collect()
 }
 
-/// Elements `key . k : endpoint k` of an endpoint map.
-fn endpoint_elems(out: &mut Vec<(String, String)>, key: &str, eps: &[Endpoint]) {
+/// Elements `key : endpoint k` of the slot maps `k`.
+fn endpoint_elems(
+    out: &mut Vec<(Slot, String, String)>,
+    nodeport: bool,
+    key: &str,
+    eps: &[Endpoint],
+) {
     for (k, e) in eps.iter().enumerate() {
-        out.push((format!("{key} . {k}"), format!("{} . {}", e.ip, e.port)));
+        out.push((
+            Slot { nodeport, k },
+            key.to_string(),
+            format!("{} . {}", e.ip, e.port),
+        ));
     }
 }
 
@@ -340,7 +395,7 @@ fn shared(
         let key = format!("{ip} . {proto} . {}", r.port);
         match &cluster_verdict {
             Ok(v) => {
-                endpoint_elems(&mut st.maps[SERVICE_EPS], &key, cluster);
+                endpoint_elems(&mut st.endpoints, false, &key, cluster);
                 st.maps[0].push((key, v.clone()));
             }
             Err(t) => st.maps[2].push((key, t.verdict())),
@@ -363,7 +418,7 @@ fn shared(
         if !st.picks.contains(&p) {
             st.picks.push(p);
         }
-        endpoint_elems(&mut st.maps[SERVICE_EPS], &key, all);
+        endpoint_elems(&mut st.endpoints, false, &key, all);
         st.maps[0].push((key, format!("goto {}", p.chain())));
     }
     if let Some(np) = r.node_port {
@@ -377,7 +432,7 @@ fn shared(
             n,
         };
         st.picks.push(p);
-        endpoint_elems(&mut st.maps[NODEPORT_EPS], &key, all);
+        endpoint_elems(&mut st.endpoints, true, &key, all);
         st.maps[1].push((key, format!("goto {}", p.chain())));
     }
 }
@@ -396,7 +451,7 @@ fn chained(
 ) {
     let a = f.table_family(); // the address match keyword: `ip saddr` / `ip6 saddr`
     let ty = f.addr_type();
-    let [service_ips, nodeports, noep_ips, noep_nodeports, _, _] = &mut st.maps;
+    let [service_ips, nodeports, noep_ips, noep_nodeports] = &mut st.maps;
     let chains = &mut st.chains;
     let sets = &mut st.sets;
     let id = r.id();
@@ -573,14 +628,22 @@ where
         s,
         "\tcomment \"hull service proxy; rewritten whole on a full sync, in parts in between\""
     );
-    let mut maps: [BTreeMap<&str, &str>; 6] = Default::default();
+    let slots = slots(&picks);
+    let mut maps: [BTreeMap<&str, &str>; 4] = Default::default();
+    let mut slot_maps: BTreeMap<Slot, BTreeMap<&str, &str>> =
+        slots.iter().map(|sl| (*sl, BTreeMap::new())).collect();
     for fr in frags.clone() {
         for (m, elems) in maps.iter_mut().zip(&fr.maps) {
             m.extend(elems.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         }
+        for (sl, k, v) in &fr.endpoints {
+            if let Some(m) = slot_maps.get_mut(sl) {
+                m.insert(k.as_str(), v.as_str());
+            }
+        }
     }
-    for (i, (name, elems)) in MAPS.iter().zip(&maps).enumerate() {
-        let _ = write!(s, "\tmap {name} {{ {};", map_type(i, f));
+    let mut map = |name: &str, ty: &str, elems: &BTreeMap<&str, &str>| {
+        let _ = write!(s, "\tmap {name} {{ {ty};");
         if !elems.is_empty() {
             s.push_str(" elements = { ");
             for (i, (k, v)) in elems.iter().enumerate() {
@@ -592,6 +655,12 @@ where
             s.push_str(" }");
         }
         s.push_str(" }\n");
+    };
+    for (i, (name, elems)) in MAPS.iter().zip(&maps).enumerate() {
+        map(name, &map_type(i, f), elems);
+    }
+    for (sl, elems) in &slot_maps {
+        map(&sl.map(), &sl.map_type(f), elems);
     }
     let _ = write!(s, "\tset {HAIRPIN} {{ type {ty} . {ty};");
     if !hairpin.is_empty() {
@@ -638,6 +707,9 @@ where
         }
         s.push_str("\t}\n");
     };
+    for sl in &slots {
+        chain(&sl.chain(), &sl.rules(f));
+    }
     for p in &picks {
         chain(&p.chain(), &p.rules(pod_cidrs, f));
     }

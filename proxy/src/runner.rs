@@ -2,21 +2,23 @@
 //! coalescing sync loop (nftables rules + the DNS model), plus a small HTTP endpoint
 //! for `/healthz` and `/metrics`.
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::dns_model::DnsModel;
+use crate::ports::{self, Ports, ServiceKey};
 use crate::syncer::{Outcome, Syncer};
 use crate::{apply, model};
 
@@ -163,7 +165,11 @@ pub async fn health_loop(l: tokio::net::TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
-fn watch<K>(api: Api<K>, notify: Arc<Notify>) -> (Store<K>, impl Stream<Item = ()>)
+fn watch<K>(
+    api: Api<K>,
+    notify: Arc<Notify>,
+    on_event: impl Fn(&watcher::Event<K>) + Send + 'static,
+) -> (Store<K>, impl Stream<Item = ()>)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -174,13 +180,113 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
+    // The reflector has applied an event to the store before it reaches `map`, so
+    // a sync woken by it reads the store at least as new as the event.
     let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
         .default_backoff()
         .map(move |ev| match ev {
-            Ok(_) => notify.notify_one(),
+            Ok(ev) => {
+                on_event(&ev);
+                notify.notify_one();
+            }
             Err(e) => tracing::warn!("watch: {e}"),
         });
     (store, stream)
+}
+
+/// What changed since the last sync, from the watch events: the Services whose
+/// ports must be rebuilt, or everything (start, relist).
+#[derive(Debug, Default)]
+struct Dirty {
+    all: bool,
+    services: BTreeSet<ServiceKey>,
+    slices: SliceIndex,
+    /// The index being rebuilt by a relist of EndpointSlices (swapped in when it is done).
+    relisting: Option<SliceIndex>,
+}
+
+/// Which EndpointSlices name which Service, kept from the watch events (the store
+/// can only be scanned whole).
+#[derive(Debug, Default)]
+struct SliceIndex {
+    owner: HashMap<(String, String), ServiceKey>,
+    of_service: HashMap<ServiceKey, BTreeSet<String>>,
+}
+
+impl SliceIndex {
+    /// Record `slice` (None: deleted); returns the Services it named before and now.
+    fn set(&mut self, ns: &str, name: &str, service: Option<&str>) -> Vec<ServiceKey> {
+        let id = (ns.to_string(), name.to_string());
+        let mut touched = Vec::new();
+        if let Some(old) = self.owner.remove(&id) {
+            if let Some(set) = self.of_service.get_mut(&old) {
+                set.remove(name);
+                if set.is_empty() {
+                    self.of_service.remove(&old);
+                }
+            }
+            touched.push(old);
+        }
+        if let Some(svc) = service {
+            let key = (ns.to_string(), svc.to_string());
+            self.owner.insert(id, key.clone());
+            self.of_service
+                .entry(key.clone())
+                .or_default()
+                .insert(name.to_string());
+            if !touched.contains(&key) {
+                touched.push(key);
+            }
+        }
+        touched
+    }
+}
+
+fn slice_id(s: &EndpointSlice) -> (&str, &str, Option<&str>) {
+    (
+        s.metadata.namespace.as_deref().unwrap_or_default(),
+        s.metadata.name.as_deref().unwrap_or_default(),
+        model::slice_service(s).map(|(_, svc)| svc),
+    )
+}
+
+fn on_service_event(dirty: &Mutex<Dirty>, ev: &watcher::Event<Service>) {
+    let Ok(mut d) = dirty.lock() else { return };
+    match ev {
+        watcher::Event::Apply(s) | watcher::Event::Delete(s) => {
+            d.services.insert(ports::key_of(s));
+        }
+        watcher::Event::InitDone => d.all = true,
+        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+    }
+}
+
+fn on_slice_event(dirty: &Mutex<Dirty>, ev: &watcher::Event<EndpointSlice>) {
+    let Ok(mut d) = dirty.lock() else { return };
+    let d = &mut *d;
+    match ev {
+        watcher::Event::Apply(s) => {
+            let (ns, name, svc) = slice_id(s);
+            d.services.extend(d.slices.set(ns, name, svc));
+        }
+        watcher::Event::Delete(s) => {
+            let (ns, name, _) = slice_id(s);
+            d.services.extend(d.slices.set(ns, name, None));
+        }
+        watcher::Event::Init => d.relisting = Some(SliceIndex::default()),
+        watcher::Event::InitApply(s) => {
+            let (ns, name, svc) = slice_id(s);
+            d.relisting
+                .get_or_insert_with(SliceIndex::default)
+                .set(ns, name, svc);
+        }
+        watcher::Event::InitDone => {
+            if let Some(idx) = d.relisting.take() {
+                d.slices = idx;
+            }
+            d.all = true;
+        }
+    }
 }
 
 /// Run the proxy (and feed `dns`, if given) until the watchers end.
@@ -191,11 +297,25 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) -> Result<(), RunError> {
     let notify = Arc::new(Notify::new());
-    let (svcs, s1) = watch(Api::<Service>::all(client.clone()), notify.clone());
-    let (slices, s2) = watch(Api::<EndpointSlice>::all(client.clone()), notify.clone());
+    let dirty = Arc::new(Mutex::new(Dirty {
+        all: true,
+        ..Default::default()
+    }));
+    let d1 = dirty.clone();
+    let (svcs, s1) = watch(
+        Api::<Service>::all(client.clone()),
+        notify.clone(),
+        move |ev| on_service_event(&d1, ev),
+    );
+    let d2 = dirty.clone();
+    let (slices, s2) = watch(
+        Api::<EndpointSlice>::all(client.clone()),
+        notify.clone(),
+        move |ev| on_slice_event(&d2, ev),
+    );
     let pods_watch = dns
         .is_some()
-        .then(|| watch(Api::<Pod>::all(client.clone()), notify.clone()));
+        .then(|| watch(Api::<Pod>::all(client.clone()), notify.clone(), |_| {}));
     let pods = pods_watch.as_ref().map(|(s, _)| s.clone());
     // Held by this future: dropping it (shutdown) stops the watches too.
     let mut watches = tokio::task::JoinSet::new();
@@ -211,6 +331,7 @@ pub async fn run(
     }
     let mut syncer = Syncer::new(cfg.node.clone(), cfg.full_sync_interval);
     syncer.explain = cfg.explain;
+    let mut ports = Ports::new(cfg.node.clone());
     let mut last_sync: Option<Instant> = None;
     loop {
         if let Some(t) = last_sync {
@@ -219,9 +340,9 @@ pub async fn run(
                 tokio::time::sleep(cfg.min_sync_interval - since).await;
             }
         }
-        let services = svcs.state();
-        let eps = slices.state();
         if let Some(dns) = &dns {
+            let services = svcs.state();
+            let eps = slices.state();
             let pods = pods.as_ref().map(Store::state).unwrap_or_default();
             let m = DnsModel::build(
                 &cfg.cluster_domain,
@@ -234,20 +355,13 @@ pub async fn run(
             }
         }
         if cfg.update_lb_status {
-            update_lb_status(&client, &services, &cfg.node).await;
+            update_lb_status(&client, &svcs.state(), &cfg.node).await;
         }
         let mut retry = false;
         if cfg.program_rules {
             let started = Instant::now();
-            let rs = model::build(
-                services.iter().map(|a| &**a),
-                eps.iter().map(|a| &**a),
-                &cfg.node,
-            );
-            for s in &rs.skipped {
-                tracing::warn!("skipping {}: {}", s.object, s.reason);
-            }
-            let res = tokio::task::block_in_place(|| syncer.sync(&rs));
+            let changed = update_ports(&mut ports, &dirty, &svcs, &slices);
+            let res = tokio::task::block_in_place(|| syncer.sync_ports(&ports, changed.as_ref()));
             match res {
                 Ok(Outcome::Unchanged) => {}
                 Ok(outcome) => {
@@ -264,7 +378,6 @@ pub async fn run(
         } else {
             metrics.healthy.store(true, Ordering::Relaxed);
         }
-        drop((services, eps));
         last_sync = Some(Instant::now());
         // Wake on any change; a failed sync is retried soon; every 30 s the state
         // is checked anyway (the full-sync period may have passed).
@@ -275,6 +388,56 @@ pub async fn run(
         };
         let _ = tokio::time::timeout(wait, notify.notified()).await;
     }
+}
+
+/// Bring `ports` up to date with what the watches reported since the last call.
+/// Returns the ids of the ports that changed, or `None` after a rebuild of all.
+fn update_ports(
+    ports: &mut Ports,
+    dirty: &Mutex<Dirty>,
+    svcs: &Store<Service>,
+    slices: &Store<EndpointSlice>,
+) -> Option<BTreeSet<String>> {
+    let (all, keys, slice_names) = {
+        let Ok(mut d) = dirty.lock() else {
+            return None;
+        };
+        let keys = std::mem::take(&mut d.services);
+        let names: Vec<(ServiceKey, Vec<String>)> = keys
+            .iter()
+            .map(|k| {
+                let n = d.slices.of_service.get(k).cloned().unwrap_or_default();
+                (k.clone(), n.into_iter().collect())
+            })
+            .collect();
+        (std::mem::take(&mut d.all), keys, names)
+    };
+    if all {
+        let services = svcs.state();
+        let eps = slices.state();
+        ports.rebuild(services.iter().map(|a| &**a), eps.iter().map(|a| &**a));
+        for s in ports.skipped() {
+            tracing::warn!("skipping {}: {}", s.object, s.reason);
+        }
+        return None;
+    }
+    let mut changed = BTreeSet::new();
+    for ((ns, name), names) in slice_names {
+        let svc = svcs.get(&ObjectRef::new(&name).within(&ns));
+        let mine: Vec<Arc<EndpointSlice>> = names
+            .iter()
+            .filter_map(|n| slices.get(&ObjectRef::new(n).within(&ns)))
+            // The index may run ahead of or behind the store by an event: keep
+            // only slices that still name this Service.
+            .filter(|s| model::slice_service(s) == Some((ns.as_str(), name.as_str())))
+            .collect();
+        let refs: Vec<&EndpointSlice> = mine.iter().map(|a| &**a).collect();
+        changed.extend(ports.update((ns, name), svc.as_deref(), &refs));
+    }
+    for s in ports.skipped_of(&keys) {
+        tracing::warn!("skipping {}: {}", s.object, s.reason);
+    }
+    Some(changed)
 }
 
 /// k3s servicelb's idea without pods: a LoadBalancer Service is reachable on the

@@ -14,13 +14,13 @@
 //!   refilled) or deleted, sets added or deleted, map elements added or deleted —
 //!   so affinity sets of untouched endpoints keep their clients.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::model::{NodeInfo, RuleSet, ServicePortRule};
-use crate::nft::{self, Family, Fragment, HAIRPIN, MAPS, Pick, TABLE};
+use crate::model::{NodeInfo, ServicePortRule};
+use crate::nft::{self, Family, Fragment, HAIRPIN, MAPS, Pick, Slot, TABLE};
 
 /// One service port: its rule and its fragment in each family.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,6 +31,14 @@ pub struct Port {
 }
 
 impl Port {
+    fn new(r: &ServicePortRule, cidrs4: &[String], cidrs6: &[String]) -> Port {
+        Port {
+            v4: nft::fragment(r, cidrs4, Family::V4),
+            v6: nft::fragment(r, cidrs6, Family::V6),
+            rule: r.clone(),
+        }
+    }
+
     fn family(&self, f: Family) -> &Fragment {
         match f {
             Family::V4 => &self.v4,
@@ -96,9 +104,13 @@ fn fam_index(f: Family) -> usize {
 }
 
 impl State {
-    /// The state for `rs`, sharing the fragments of `prev` whose rule is unchanged
-    /// (when `prev` was built for the same node facts).
-    pub fn build(rs: &RuleSet, node: &NodeInfo, prev: Option<&State>) -> State {
+    /// The state for `ports`, sharing the fragments of `prev` whose rule is
+    /// unchanged (when `prev` was built for the same node facts).
+    pub fn build<'a>(
+        ports: impl IntoIterator<Item = &'a ServicePortRule>,
+        node: &NodeInfo,
+        prev: Option<&State>,
+    ) -> State {
         let mut st = State {
             localhost_nodeports: node.localhost_nodeports,
             pod_cidrs: node.pod_cidrs.clone(),
@@ -108,23 +120,51 @@ impl State {
         let prev = prev.filter(|p| p.same_base(&st));
         let cidrs4 = nft::pod_cidrs(node, Family::V4);
         let cidrs6 = nft::pod_cidrs(node, Family::V6);
-        for r in &rs.ports {
+        for r in ports {
             let id = r.id();
             let reused = prev
                 .and_then(|p| p.ports.get(&id))
                 .filter(|p| p.rule == *r)
                 .cloned();
-            let port = reused.unwrap_or_else(|| {
-                Arc::new(Port {
-                    v4: nft::fragment(r, &cidrs4, Family::V4),
-                    v6: nft::fragment(r, &cidrs6, Family::V6),
-                    rule: r.clone(),
-                })
-            });
+            let port = reused.unwrap_or_else(|| Arc::new(Port::new(r, &cidrs4, &cidrs6)));
             st.ports.insert(id, port);
         }
         st.count_shared(prev);
         st
+    }
+
+    /// `prev` with the ports `changes` names replaced (`None`: removed): the
+    /// cost is that of the changes, not of the whole table. Only for the node
+    /// facts `prev` was built with (see [`State::same_base`]).
+    pub fn update<'a>(
+        prev: &State,
+        changes: impl IntoIterator<Item = (&'a str, Option<&'a ServicePortRule>)>,
+    ) -> State {
+        let mut st = prev.clone();
+        let cidrs4 = st.cidrs(Family::V4);
+        let cidrs6 = st.cidrs(Family::V6);
+        for (id, rule) in changes {
+            let old = match rule {
+                None => st.ports.remove(id),
+                Some(r) if st.ports.get(id).is_some_and(|p| p.rule == *r) => continue,
+                Some(r) => {
+                    let p = Arc::new(Port::new(r, &cidrs4, &cidrs6));
+                    st.shared[0].add(&p.v4);
+                    st.shared[1].add(&p.v6);
+                    st.ports.insert(id.to_string(), p)
+                }
+            };
+            if let Some(o) = old {
+                st.shared[0].remove(&o.v4);
+                st.shared[1].remove(&o.v6);
+            }
+        }
+        st
+    }
+
+    /// Whether this state was built for `node`'s facts.
+    pub fn for_node(&self, node: &NodeInfo) -> bool {
+        self.localhost_nodeports == node.localhost_nodeports && self.pod_cidrs == node.pod_cidrs
     }
 
     /// The shared counts: `prev`'s adjusted by the ports that changed (a port is
@@ -219,11 +259,25 @@ impl State {
                 .filter(|p| !ns.picks.contains_key(p))
                 .map(Pick::chain)
                 .collect();
-            for (name, rules) in &pick_rules {
+            let (old_slots, new_slots) = (nft::slots(os.picks.keys()), nft::slots(ns.picks.keys()));
+            let slot_rules: Vec<(String, Vec<String>)> = new_slots
+                .difference(&old_slots)
+                .map(|sl| (sl.chain(), sl.rules(f)))
+                .collect();
+            let gone_slots: Vec<String> =
+                old_slots.difference(&new_slots).map(Slot::chain).collect();
+            d.add_maps = new_slots
+                .difference(&old_slots)
+                .map(|sl| (sl.map(), sl.map_type(f)))
+                .collect();
+            d.delete_maps = old_slots.difference(&new_slots).map(Slot::map).collect();
+            // Slot chains before the pick chains that jump to them; gone pick
+            // chains are deleted before the slot chains they jumped to.
+            for (name, rules) in slot_rules.iter().chain(&pick_rules) {
                 d.add_chains.push(name);
                 d.fill.push((name, rules));
             }
-            for name in &gone_picks {
+            for name in gone_picks.iter().chain(&gone_slots) {
                 d.flush_chains.push(name);
                 d.delete_chains.push(name);
             }
@@ -248,7 +302,12 @@ fn keys_not_in<K: Ord + Copy>(a: &BTreeMap<K, u32>, b: &BTreeMap<K, u32>) -> Vec
 /// The commands of one family's incremental transaction, by stage.
 #[derive(Default)]
 struct Diff<'a> {
-    delete_elems: [Vec<&'a str>; 6],
+    delete_elems: [Vec<&'a str>; 4],
+    delete_slot_elems: BTreeMap<Slot, Vec<&'a str>>,
+    add_slot_elems: BTreeMap<Slot, Vec<(&'a str, &'a str)>>,
+    /// Slot maps that come (with their declaration) or go.
+    add_maps: Vec<(String, String)>,
+    delete_maps: Vec<String>,
     hairpin_add: Vec<IpAddr>,
     hairpin_delete: Vec<IpAddr>,
     add_chains: Vec<&'a str>,
@@ -257,7 +316,7 @@ struct Diff<'a> {
     fill: Vec<(&'a str, &'a [String])>,
     delete_chains: Vec<&'a str>,
     delete_sets: Vec<&'a str>,
-    add_elems: [Vec<(&'a str, &'a str)>; 6],
+    add_elems: [Vec<(&'a str, &'a str)>; 4],
 }
 
 impl<'a> Diff<'a> {
@@ -274,6 +333,15 @@ impl<'a> Diff<'a> {
                     self.add_elems[i].push((k.as_str(), v.as_str()));
                 }
             }
+        }
+        let key = |(sl, k, v): &'a (Slot, String, String)| (*sl, k.as_str(), v.as_str());
+        let olds: HashSet<(Slot, &str, &str)> = old.endpoints.iter().map(key).collect();
+        let news: HashSet<(Slot, &str, &str)> = new.endpoints.iter().map(key).collect();
+        for (sl, k, _) in old.endpoints.iter().map(key).filter(|e| !news.contains(e)) {
+            self.delete_slot_elems.entry(sl).or_default().push(k);
+        }
+        for (sl, k, v) in new.endpoints.iter().map(key).filter(|e| !olds.contains(e)) {
+            self.add_slot_elems.entry(sl).or_default().push((k, v));
         }
         for (name, rules) in &new.chains {
             match old.chains.iter().find(|(n, _)| n == name) {
@@ -311,11 +379,19 @@ impl<'a> Diff<'a> {
     /// exists.
     fn render(&self, s: &mut String, f: Family) {
         let t = format!("{} {TABLE}", f.table_family());
-        // 1. Map elements that go away or change their verdict.
+        // 1. Map elements that go away or change their verdict or endpoint.
         for (name, keys) in MAPS.iter().zip(&self.delete_elems) {
             if !keys.is_empty() {
                 let _ = writeln!(s, "delete element {t} {name} {{ {} }}", keys.join(", "));
             }
+        }
+        for (sl, keys) in &self.delete_slot_elems {
+            let _ = writeln!(
+                s,
+                "delete element {t} {} {{ {} }}",
+                sl.map(),
+                keys.join(", ")
+            );
         }
         // 2. New chains exist; changed and removed chains are emptied (which drops
         //    their references to other chains and sets).
@@ -325,9 +401,12 @@ impl<'a> Diff<'a> {
         for name in &self.flush_chains {
             let _ = writeln!(s, "flush chain {t} {name}");
         }
-        // 3. New sets, before the rules that update them.
+        // 3. New sets and slot maps, before the rules that use them.
         for (name, decl) in &self.add_sets {
             let _ = writeln!(s, "add set {t} {name} {{ {decl} }}");
+        }
+        for (name, ty) in &self.add_maps {
+            let _ = writeln!(s, "add map {t} {name} {{ {ty}; }}");
         }
         // 4. The rules of new and changed chains.
         for (name, rules) in &self.fill {
@@ -341,6 +420,9 @@ impl<'a> Diff<'a> {
         }
         for name in &self.delete_sets {
             let _ = writeln!(s, "delete set {t} {name}");
+        }
+        for name in &self.delete_maps {
+            let _ = writeln!(s, "delete map {t} {name}");
         }
         // 6. New and changed map elements, now that their chains exist; the
         //    hairpin set follows the endpoints.
@@ -362,11 +444,17 @@ impl<'a> Diff<'a> {
                 pairs(&self.hairpin_add)
             );
         }
+        let pairs = |elems: &[(&str, &str)]| -> String {
+            let v: Vec<String> = elems.iter().map(|(k, v)| format!("{k} : {v}")).collect();
+            v.join(", ")
+        };
         for (name, elems) in MAPS.iter().zip(&self.add_elems) {
             if !elems.is_empty() {
-                let v: Vec<String> = elems.iter().map(|(k, v)| format!("{k} : {v}")).collect();
-                let _ = writeln!(s, "add element {t} {name} {{ {} }}", v.join(", "));
+                let _ = writeln!(s, "add element {t} {name} {{ {} }}", pairs(elems));
             }
+        }
+        for (sl, elems) in &self.add_slot_elems {
+            let _ = writeln!(s, "add element {t} {} {{ {} }}", sl.map(), pairs(elems));
         }
     }
 }

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use crate::apply::{self, ApplyError};
 use crate::conntrack::{self, UdpFlow};
-use crate::model::{NodeInfo, RuleSet};
+use crate::model::{NodeInfo, RuleSet, ServicePortRule};
 use crate::nft::State;
+use crate::ports::Ports;
 
 /// What a sync did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,8 +86,35 @@ impl Syncer {
     /// next sync is a full one.
     pub fn sync(&mut self, rs: &RuleSet) -> Result<Outcome, ApplyError> {
         let t0 = Instant::now();
-        let state = State::build(rs, &self.node, self.applied.as_ref());
+        let state = State::build(&rs.ports, &self.node, self.applied.as_ref());
         self.timings.state = t0.elapsed();
+        self.commit(state, &rs.ports)
+    }
+
+    /// Bring the kernel to `ports`, of which only the ids in `changed` differ
+    /// from the last sync (`None`: anything may have changed, compare all).
+    pub fn sync_ports(
+        &mut self,
+        ports: &Ports,
+        changed: Option<&BTreeSet<String>>,
+    ) -> Result<Outcome, ApplyError> {
+        let t0 = Instant::now();
+        let state = match (changed, &self.applied) {
+            (Some(ids), Some(prev)) if prev.for_node(&self.node) => {
+                State::update(prev, ids.iter().map(|id| (id.as_str(), ports.get(id))))
+            }
+            _ => State::build(ports.iter(), &self.node, self.applied.as_ref()),
+        };
+        self.timings.state = t0.elapsed();
+        self.commit(state, ports.iter())
+    }
+
+    fn commit<'a>(
+        &mut self,
+        state: State,
+        ports: impl IntoIterator<Item = &'a ServicePortRule>,
+    ) -> Result<Outcome, ApplyError> {
+        let t0 = Instant::now();
         let due = self
             .last_full
             .is_none_or(|t| t.elapsed() >= self.full_interval);
@@ -97,7 +125,7 @@ impl Syncer {
             },
             _ => (state.render_full(), Outcome::Full),
         };
-        self.timings.render = t0.elapsed() - self.timings.state;
+        self.timings.render = t0.elapsed();
         let t1 = Instant::now();
         if self.explain {
             println!(
@@ -107,7 +135,7 @@ impl Syncer {
                 } else {
                     "incremental"
                 },
-                rs.ports.len()
+                state.ports.len()
             );
         }
         let applied = apply::nft_apply(&text);
@@ -120,7 +148,7 @@ impl Syncer {
         if outcome == Outcome::Full {
             self.last_full = Some(Instant::now());
         }
-        let flows = conntrack::udp_flows(rs);
+        let flows = conntrack::udp_flows(ports);
         let gone = self.udp_flows.difference(&flows).cloned().collect();
         if conntrack::delete_flows(&gone) > 0 {
             tracing::warn!("conntrack tool missing: stale UDP flows not flushed");

@@ -163,10 +163,11 @@ fn node_port_only_for_node_port_and_load_balancer_types() {
     // masqueraded), with the endpoints in the endpoint maps under the same key.
     for want in [
         "tcp . 30002 : goto pick-nodeport-1",
-        "tcp . 30002 . 0 : 10.244.0.2 . 8080",
+        "map nodeport-endpoints-0 { type inet_proto . inet_service : ipv4_addr . inet_service; elements = { tcp . 30002 : 10.244.0.2 . 8080,\n\t\ttcp . 30003 : 10.244.0.2 . 8080 } }",
         "203.0.113.9 . tcp . 80 : goto pick-external-1",
-        "203.0.113.9 . tcp . 80 . 0 : 10.244.0.2 . 8080",
-        "chain pick-nodeport-1 {\n\t\tjump mark-for-masquerade\n\t\tdnat ip to meta l4proto . th dport . numgen random mod 1 map @nodeport-endpoints\n\t}",
+        "203.0.113.9 . tcp . 80 : 10.244.0.2 . 8080",
+        "chain pick-nodeport-1 {\n\t\tjump mark-for-masquerade\n\t\tgoto nodeport-slot-0\n\t}",
+        "chain nodeport-slot-0 {\n\t\tdnat ip to meta l4proto . th dport map @nodeport-endpoints-0\n\t}",
     ] {
         assert!(text.contains(want), "{want} in {text}");
     }
@@ -315,7 +316,7 @@ fn dual_stack_renders_each_family_in_its_table() {
     let text = nft::render(&rs, &node());
     let (t4, t6) = text.split_at(text.find("table ip6 hull-proxy {").expect("ip6 table"));
     assert!(
-        t4.contains("10.96.0.5 . tcp . 80 . 0 : 10.244.0.2 . 80")
+        t4.contains("10.96.0.5 . tcp . 80 : 10.244.0.2 . 80")
             && t4.contains(
                 "set hairpin { type ipv4_addr . ipv4_addr; elements = { 10.244.0.2 . 10.244.0.2 } }"
             )
@@ -323,9 +324,10 @@ fn dual_stack_renders_each_family_in_its_table() {
         "{t4}"
     );
     assert!(
-        t6.contains("fd00:96::5 . tcp . 80 . 0 : fd00:244::2 . 80")
-            && t6.contains("dnat ip6 to ip6 daddr . meta l4proto . th dport . numgen random mod 1 map @service-endpoints")
-            && t6.contains("ct status dnat ip6 saddr . ip6 daddr @hairpin jump mark-for-masquerade")
+        t6.contains("fd00:96::5 . tcp . 80 : fd00:244::2 . 80")
+            && t6.contains("dnat ip6 to ip6 daddr . meta l4proto . th dport map @endpoints-0")
+            && t6
+                .contains("ct status dnat ip6 saddr . ip6 daddr @hairpin jump mark-for-masquerade")
             && !t6.contains("10.244.0.2"),
         "{t6}"
     );
@@ -384,11 +386,11 @@ fn shared_pick_chain_draws_from_the_endpoint_map() {
     for want in [
         "10.96.0.5 . tcp . 80 : goto pick-3",
         "10.96.0.6 . tcp . 80 : goto pick-3",
-        "10.96.0.5 . tcp . 80 . 0 : 10.244.0.2 . 80",
-        "10.96.0.5 . tcp . 80 . 1 : 10.244.0.3 . 80",
-        "10.96.0.5 . tcp . 80 . 2 : 10.244.0.4 . 80",
-        "10.96.0.6 . tcp . 80 . 2 : 10.244.0.4 . 8080",
-        "\tchain pick-3 {\n\t\tip saddr != 10.244.0.0/16 jump mark-for-masquerade\n\t\tdnat ip to ip daddr . meta l4proto . th dport . numgen random mod 3 map @service-endpoints\n\t}",
+        "map endpoints-0 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; elements = { 10.96.0.5 . tcp . 80 : 10.244.0.2 . 80,\n\t\t10.96.0.6 . tcp . 80 : 10.244.0.2 . 8080 } }",
+        "map endpoints-1 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; elements = { 10.96.0.5 . tcp . 80 : 10.244.0.3 . 80,\n\t\t10.96.0.6 . tcp . 80 : 10.244.0.3 . 8080 } }",
+        "map endpoints-2 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; elements = { 10.96.0.5 . tcp . 80 : 10.244.0.4 . 80,\n\t\t10.96.0.6 . tcp . 80 : 10.244.0.4 . 8080 } }",
+        "\tchain pick-3 {\n\t\tip saddr != 10.244.0.0/16 jump mark-for-masquerade\n\t\tnumgen random mod 3 vmap { 0 : goto slot-0, 1 : goto slot-1, 2 : goto slot-2 }\n\t}",
+        "\tchain slot-2 {\n\t\tdnat ip to ip daddr . meta l4proto . th dport map @endpoints-2\n\t}",
         "10.244.0.2 . 10.244.0.2,\n\t\t10.244.0.3 . 10.244.0.3,\n\t\t10.244.0.4 . 10.244.0.4 }",
     ] {
         assert!(text.contains(want), "{want} in {text}");
@@ -402,4 +404,92 @@ fn shared_pick_chain_draws_from_the_endpoint_map() {
         !text.contains("chain svc-") && !text.contains("chain ep-"),
         "no per-service chains without affinity or Local external traffic"
     );
+}
+
+/// The incremental path (per-Service rebuild, state updated by the changed ids)
+/// ends where a rebuild from every object ends, step after step: the same ports,
+/// the same full rule set text, the same shared pick chains and hairpin set.
+#[test]
+fn incremental_ports_and_state_match_a_rebuild() {
+    use hull_proxy::ports::Ports;
+    use hull_proxy::state::State;
+    use std::collections::BTreeSet;
+
+    let n = node();
+    let svc = |name: &str, ip: &str, extra: serde_json::Value| {
+        let mut spec = json!({"clusterIP": ip, "ports": [{"port": 80}]});
+        if let (Some(m), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            m.extend(e.clone());
+        }
+        service("ns", name, spec)
+    };
+    let eps = |name: &str, ips: &[&str]| {
+        let v: Vec<(&str, bool, &str)> = ips.iter().map(|ip| (*ip, true, "n1")).collect();
+        slice("ns", name, "", 8080, &v)
+    };
+    let mut svcs = vec![
+        svc("a", "10.96.0.1", json!({})),
+        svc("b", "10.96.0.2", json!({"sessionAffinity": "ClientIP"})),
+        svc(
+            "c",
+            "10.96.0.3",
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}),
+        ),
+    ];
+    let mut slices = vec![
+        eps("a", &["10.244.0.2", "10.244.0.3"]),
+        eps("b", &["10.244.0.3"]),
+        eps("c", &["10.244.0.4", "10.244.0.5"]),
+    ];
+    let mut ports = Ports::new(n.clone());
+    ports.rebuild(&svcs, &slices);
+    let mut state = State::build(ports.iter(), &n, None);
+    let check = |ports: &Ports, state: &State, svcs: &[_], slices: &[_], step: &str| {
+        let rs = model::build(svcs, slices, &n);
+        let from_ports: Vec<_> = ports.iter().cloned().collect();
+        assert_eq!(from_ports, rs.ports, "{step}: ports");
+        let fresh = State::build(&rs.ports, &n, None);
+        assert_eq!(state.render_full(), fresh.render_full(), "{step}: text");
+        assert_eq!(state.shared, fresh.shared, "{step}: shared counts");
+    };
+    check(&ports, &state, &svcs, &slices, "start");
+
+    let mut step = |ports: &mut Ports,
+                    state: &mut State,
+                    svcs: &[k8s_openapi::api::core::v1::Service],
+                    slices: &[k8s_openapi::api::discovery::v1::EndpointSlice],
+                    name: &str| {
+        let s = svcs
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name));
+        let mine: Vec<_> = slices
+            .iter()
+            .filter(|s| model::slice_service(s) == Some(("ns", name)))
+            .collect();
+        let ids: BTreeSet<String> = ports
+            .update(("ns".into(), name.into()), s, &mine)
+            .into_iter()
+            .collect();
+        *state = State::update(state, ids.iter().map(|id| (id.as_str(), ports.get(id))));
+        ids
+    };
+    // An endpoint leaves a (the last user of the 2-endpoint pick chain for a while).
+    slices[0] = eps("a", &["10.244.0.2"]);
+    let ids = step(&mut ports, &mut state, &svcs, &slices, "a");
+    assert_eq!(ids.len(), 1);
+    check(&ports, &state, &svcs, &slices, "a shrinks");
+    // Nothing changed for b: no ids.
+    assert!(step(&mut ports, &mut state, &svcs, &slices, "b").is_empty());
+    // c loses all endpoints (reject), then a new Service d appears, then b goes.
+    slices[2] = eps("c", &[]);
+    step(&mut ports, &mut state, &svcs, &slices, "c");
+    check(&ports, &state, &svcs, &slices, "c empty");
+    svcs.push(svc("d", "10.96.0.4", json!({})));
+    slices.push(eps("d", &["10.244.0.9", "10.244.0.2", "10.244.0.3"]));
+    step(&mut ports, &mut state, &svcs, &slices, "d");
+    check(&ports, &state, &svcs, &slices, "d added");
+    svcs.remove(1);
+    slices.remove(1);
+    step(&mut ports, &mut state, &svcs, &slices, "b");
+    check(&ports, &state, &svcs, &slices, "b deleted");
 }
