@@ -127,8 +127,31 @@ impl CState<'_> {
     }
 }
 
-fn cond(pod: &Pod, ty: &str, ok: bool, reason: Option<&str>, msg: Option<String>) -> Value {
+/// A condition we own. Its transition time comes from the status this agent last wrote
+/// (`ours`) when there is one, else from the pod: the pod object a worker holds lags
+/// behind its own writes, and taking the time from it made every write look like a
+/// new transition, so each pod's status was patched again and again (7 writes per pod
+/// at 100 pods) until the watch caught up.
+fn cond(
+    pod: &Pod,
+    ours: Option<&Value>,
+    ty: &str,
+    ok: bool,
+    reason: Option<&str>,
+    msg: Option<String>,
+) -> Value {
     let status = if ok { "True" } else { "False" };
+    let mine = ours
+        .and_then(|o| o["conditions"].as_array())
+        .and_then(|cs| cs.iter().find(|c| c["type"] == ty));
+    if let Some(m) = mine {
+        let since = if m["status"] == status && m["lastTransitionTime"].is_string() {
+            m["lastTransitionTime"].clone()
+        } else {
+            json!(now())
+        };
+        return with_reason(ty, status, since, reason, msg);
+    }
     let old = pod
         .status
         .as_ref()
@@ -142,6 +165,16 @@ fn cond(pod: &Pod, ty: &str, ok: bool, reason: Option<&str>, msg: Option<String>
             .unwrap_or_else(|| json!(now())),
         _ => json!(now()),
     };
+    with_reason(ty, status, since, reason, msg)
+}
+
+fn with_reason(
+    ty: &str,
+    status: &str,
+    since: Value,
+    reason: Option<&str>,
+    msg: Option<String>,
+) -> Value {
     let mut c =
         json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
     if let Some(r) = reason {
@@ -212,7 +245,8 @@ pub fn phase(pod: &Pod, v: &PodView, inits_done: bool) -> &'static str {
     "Pending"
 }
 
-pub fn build(pod: &Pod, v: &PodView, phase: &str, inits_done: bool) -> Value {
+/// The pod's status; `ours` is the status this agent last wrote for it, if any.
+pub fn build(pod: &Pod, ours: Option<&Value>, v: &PodView, phase: &str, inits_done: bool) -> Value {
     let terminal = phase == "Succeeded" || phase == "Failed";
     let init_json: Vec<Value> = v.init.iter().map(|c| c.json().0).collect();
     let cont_json: Vec<Value> = v.containers.iter().map(|c| c.json().0).collect();
@@ -277,24 +311,33 @@ pub fn build(pod: &Pod, v: &PodView, phase: &str, inits_done: bool) -> Value {
         .and_then(|s| s.conditions.as_ref())
         .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"))
         .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
-        .unwrap_or_else(|| cond(pod, "PodScheduled", true, None, None));
+        .unwrap_or_else(|| cond(pod, None, "PodScheduled", true, None, None));
     let mut conditions = vec![
         cond(
             pod,
+            ours,
             "PodReadyToStartContainers",
             v.sandbox_ready,
             None,
             None,
         ),
-        cond(pod, "Initialized", inits_done, init_reason, init_msg),
+        cond(pod, ours, "Initialized", inits_done, init_reason, init_msg),
         cond(
             pod,
+            ours,
             "Ready",
             containers_ready && gates_ok,
             cr_reason,
             cr_msg.clone(),
         ),
-        cond(pod, "ContainersReady", containers_ready, cr_reason, cr_msg),
+        cond(
+            pod,
+            ours,
+            "ContainersReady",
+            containers_ready,
+            cr_reason,
+            cr_msg,
+        ),
         scheduled,
     ];
     // Conditions others own (readiness gates, DisruptionTarget) are kept.
@@ -342,4 +385,52 @@ pub fn build(pod: &Pod, v: &PodView, phase: &str, inits_done: bool) -> Value {
         );
     }
     st
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod_with_ready(status: &str, since: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "status": {"conditions": [
+                {"type": "Ready", "status": status, "lastTransitionTime": since}
+            ]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn transition_time_follows_our_last_write_not_a_lagging_pod() {
+        // The worker wrote Ready=True at 12:00:05; its pod object still says False.
+        let pod = pod_with_ready("False", "2026-01-01T12:00:00Z");
+        let ours = json!({"conditions": [
+            {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T12:00:05Z"}
+        ]});
+        let c = cond(&pod, Some(&ours), "Ready", true, None, None);
+        assert_eq!(c["lastTransitionTime"], "2026-01-01T12:00:05Z");
+        assert_eq!(c["status"], "True");
+        // A real transition since our write gets a new time.
+        let c = cond(
+            &pod,
+            Some(&ours),
+            "Ready",
+            false,
+            Some("ContainersNotReady"),
+            None,
+        );
+        assert_ne!(c["lastTransitionTime"], "2026-01-01T12:00:05Z");
+        assert_eq!(c["reason"], "ContainersNotReady");
+    }
+
+    #[test]
+    fn without_a_write_of_ours_the_pod_is_the_reference() {
+        // After an agent restart: the pod's time is kept while the status holds.
+        let pod = pod_with_ready("True", "2026-01-01T12:00:00Z");
+        let c = cond(&pod, None, "Ready", true, None, None);
+        assert_eq!(c["lastTransitionTime"], "2026-01-01T12:00:00Z");
+        let c = cond(&pod, None, "Ready", false, None, None);
+        assert_ne!(c["lastTransitionTime"], "2026-01-01T12:00:00Z");
+    }
 }

@@ -926,7 +926,7 @@ impl Worker {
                 .map(|p| if p == "Failed" { "Failed" } else { "Succeeded" })
                 .unwrap_or(phase);
         }
-        let st = status::build(pod, &view, phase, inits_done);
+        let st = status::build(pod, self.last_status.as_ref(), &view, phase, inits_done);
         drop(view);
         if phase == "Succeeded" || phase == "Failed" {
             if !self.terminal {
