@@ -59,6 +59,7 @@ impl Options {
                     addresses: vec![node_ip],
                     pod_cidrs: vec![(IpAddr::from([10, 244, 0, 0]), 16)],
                     localhost_nodeports: true,
+                    zone: None,
                 },
                 min_sync_interval: Duration::from_millis(200),
                 full_sync_interval: Duration::from_secs(3600),

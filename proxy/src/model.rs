@@ -24,7 +24,12 @@ pub struct NodeInfo {
     pub pod_cidrs: Vec<(IpAddr, u8)>,
     /// NodePorts on 127.0.0.1 as kube-proxy's iptables mode does.
     pub localhost_nodeports: bool,
+    /// The node's `topology.kubernetes.io/zone` label (for topology hints).
+    pub zone: Option<String>,
 }
+
+/// The Node label that names its zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
@@ -61,6 +66,10 @@ pub struct Endpoint {
     pub terminating: bool,
     /// On this node (for the `Local` traffic policies).
     pub local: bool,
+    /// Topology hints: the zones (`hints.forZones`) and nodes (`hints.forNodes`)
+    /// that should use this endpoint; empty when the slice gives none.
+    pub for_zones: Vec<String>,
+    pub for_nodes: Vec<String>,
 }
 
 /// One port of one Service, with everything needed to render its rules.
@@ -80,6 +89,52 @@ pub struct ServicePortRule {
     pub internal_local: bool,
     /// All endpoints of this port seen in the slices (deduplicated by ip:port).
     pub endpoints: Vec<Endpoint>,
+    /// Which topology hints cluster traffic follows on this node (computed from
+    /// the endpoints and the node's name and zone).
+    pub topology: Topology,
+}
+
+/// kube-proxy's topology modes for cluster-wide traffic: when every ready
+/// endpoint carries hints and one of them names this node (or its zone), only
+/// the endpoints hinted for it are used; otherwise every endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Topology {
+    #[default]
+    All,
+    SameNode(String),
+    SameZone(String),
+}
+
+impl Topology {
+    /// kube-proxy's `topologyModeFromHints`: node hints (trafficDistribution
+    /// PreferSameNode) first, then zone hints; hints are ignored unless every
+    /// ready endpoint has them and one matches.
+    pub fn from_hints(endpoints: &[Endpoint], node: &NodeInfo) -> Topology {
+        let ready: Vec<&Endpoint> = endpoints.iter().filter(|e| e.ready).collect();
+        if ready.is_empty() {
+            return Topology::All;
+        }
+        if ready.iter().all(|e| !e.for_nodes.is_empty())
+            && ready.iter().any(|e| e.for_nodes.contains(&node.name))
+        {
+            return Topology::SameNode(node.name.clone());
+        }
+        if let Some(zone) = &node.zone
+            && ready.iter().all(|e| !e.for_zones.is_empty())
+            && ready.iter().any(|e| e.for_zones.contains(zone))
+        {
+            return Topology::SameZone(zone.clone());
+        }
+        Topology::All
+    }
+
+    fn admits(&self, e: &Endpoint) -> bool {
+        match self {
+            Topology::All => true,
+            Topology::SameNode(n) => e.for_nodes.contains(n),
+            Topology::SameZone(z) => e.for_zones.contains(z),
+        }
+    }
 }
 
 impl ServicePortRule {
@@ -99,12 +154,19 @@ impl ServicePortRule {
     }
 
     /// Endpoints that traffic may go to, applying kube-proxy's fallback:
-    /// ready endpoints; if none, serving-and-terminating ones.
+    /// ready endpoints; if none, serving-and-terminating ones. Cluster-wide
+    /// views (`only_local` false) follow the topology hints.
     pub fn usable(&self, only_local: bool) -> Vec<&Endpoint> {
         let pool: Vec<&Endpoint> = self
             .endpoints
             .iter()
-            .filter(|e| !only_local || e.local)
+            .filter(|e| {
+                if only_local {
+                    e.local
+                } else {
+                    self.topology.admits(e)
+                }
+            })
             .collect();
         let ready: Vec<&Endpoint> = pool.iter().copied().filter(|e| e.ready).collect();
         if !ready.is_empty() {
@@ -303,6 +365,15 @@ pub fn build_service(svc: &Service, slices: &[&EndpointSlice], node: &NodeInfo, 
                 let serving = c.serving.unwrap_or(ready);
                 let terminating = c.terminating.unwrap_or(false);
                 let local = ep.node_name.as_deref() == Some(node.name.as_str());
+                let hints = ep.hints.as_ref();
+                let for_zones: Vec<String> = hints
+                    .and_then(|h| h.for_zones.as_ref())
+                    .map(|z| z.iter().map(|z| z.name.clone()).collect())
+                    .unwrap_or_default();
+                let for_nodes: Vec<String> = hints
+                    .and_then(|h| h.for_nodes.as_ref())
+                    .map(|n| n.iter().map(|n| n.name.clone()).collect())
+                    .unwrap_or_default();
                 for a in &ep.addresses {
                     let Some(ip) = parse_ip(a) else { continue };
                     if endpoints.iter().any(|e| e.ip == ip && e.port == target) {
@@ -315,11 +386,14 @@ pub fn build_service(svc: &Service, slices: &[&EndpointSlice], node: &NodeInfo, 
                         serving,
                         terminating,
                         local,
+                        for_zones: for_zones.clone(),
+                        for_nodes: for_nodes.clone(),
                     });
                 }
             }
         }
         endpoints.sort();
+        let topology = Topology::from_hints(&endpoints, node);
         out.ports.push(ServicePortRule {
             namespace: ns.clone(),
             name: name.clone(),
@@ -337,6 +411,7 @@ pub fn build_service(svc: &Service, slices: &[&EndpointSlice], node: &NodeInfo, 
             external_local,
             internal_local,
             endpoints,
+            topology,
         });
     }
 }

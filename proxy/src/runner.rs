@@ -329,9 +329,13 @@ pub async fn run(
     if cfg.program_rules && cfg.node.localhost_nodeports {
         apply::enable_route_localnet()?;
     }
-    let mut syncer = Syncer::new(cfg.node.clone(), cfg.full_sync_interval);
+    let mut node = cfg.node.clone();
+    if node.zone.is_none() {
+        node.zone = node_zone(&client, &node.name).await;
+    }
+    let mut syncer = Syncer::new(node.clone(), cfg.full_sync_interval);
     syncer.explain = cfg.explain;
-    let mut ports = Ports::new(cfg.node.clone());
+    let mut ports = Ports::new(node);
     let mut last_sync: Option<Instant> = None;
     loop {
         if let Some(t) = last_sync {
@@ -387,6 +391,21 @@ pub async fn run(
             Duration::from_secs(30)
         };
         let _ = tokio::time::timeout(wait, notify.notified()).await;
+    }
+}
+
+/// This node's zone label, for topology hints (none if the Node cannot be read:
+/// hints are then ignored, as kube-proxy does on a node without a zone).
+async fn node_zone(client: &kube::Client, name: &str) -> Option<String> {
+    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    match api.get_opt(name).await {
+        Ok(n) => n
+            .and_then(|n| n.metadata.labels)
+            .and_then(|l| l.get(model::ZONE_LABEL).cloned()),
+        Err(e) => {
+            tracing::warn!("reading node {name} for its zone (topology hints ignored): {e}");
+            None
+        }
     }
 }
 

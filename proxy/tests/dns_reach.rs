@@ -26,6 +26,7 @@ fn node(name: &str) -> model::NodeInfo {
         addresses: vec![NODE_IP.parse().expect("ip")],
         pod_cidrs: vec![("10.244.0.0".parse().expect("ip"), 16)],
         localhost_nodeports: true,
+        zone: None,
     }
 }
 

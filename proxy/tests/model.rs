@@ -16,6 +16,7 @@ fn node() -> NodeInfo {
             ("fd00:244::".parse().expect("ip"), 64),
         ],
         localhost_nodeports: true,
+        zone: None,
     }
 }
 
@@ -492,4 +493,72 @@ fn incremental_ports_and_state_match_a_rebuild() {
     slices.remove(1);
     step(&mut ports, &mut state, &svcs, &slices, "b");
     check(&ports, &state, &svcs, &slices, "b deleted");
+}
+
+/// Topology hints as kube-proxy honours them: only when every ready endpoint has
+/// them and one names this node's zone (or this node); otherwise all endpoints.
+#[test]
+fn topology_hints_narrow_cluster_traffic_only_when_complete() {
+    use k8s_openapi::api::discovery::v1::{EndpointHints, ForNode, ForZone};
+    let svc = service(
+        "ns",
+        "a",
+        json!({"type": "NodePort", "clusterIP": "10.96.0.5", "ports": [{"port": 80, "nodePort": 30080}]}),
+    );
+    let hinted = |zones: &[Option<&str>], nodes: &[Option<&str>]| {
+        let mut sl = slice(
+            "ns",
+            "a",
+            "",
+            80,
+            &[
+                ("10.244.0.2", true, "n1"),
+                ("10.244.1.2", true, "n2"),
+                ("10.244.2.2", true, "n3"),
+            ],
+        );
+        for ((ep, z), n) in sl.endpoints.iter_mut().zip(zones).zip(nodes) {
+            ep.hints = Some(EndpointHints {
+                for_zones: z.map(|z| vec![ForZone { name: z.into() }]),
+                for_nodes: n.map(|n| vec![ForNode { name: n.into() }]),
+            });
+        }
+        sl
+    };
+    let in_zone = |zone: Option<&str>| NodeInfo {
+        zone: zone.map(Into::into),
+        ..node()
+    };
+    let used = |sl: &k8s_openapi::api::discovery::v1::EndpointSlice, n: &NodeInfo| {
+        let rs = model::build(std::slice::from_ref(&svc), std::slice::from_ref(sl), n);
+        let ips: Vec<String> = rs.ports[0]
+            .usable(false)
+            .iter()
+            .map(|e| e.ip.to_string())
+            .collect();
+        (ips, nft::render(&rs, n))
+    };
+    let zones = hinted(&[Some("z1"), Some("z2"), Some("z1")], &[None, None, None]);
+    let (ips, text) = used(&zones, &in_zone(Some("z1")));
+    assert_eq!(ips, ["10.244.0.2", "10.244.2.2"]);
+    assert!(
+        text.contains("10.96.0.5 . tcp . 80 : goto pick-2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tcp . 30080 : goto pick-nodeport-2"),
+        "{text}"
+    );
+    // A zone no endpoint is hinted for, or a node without a zone: all endpoints.
+    assert_eq!(used(&zones, &in_zone(Some("z9"))).0.len(), 3);
+    assert_eq!(used(&zones, &in_zone(None)).0.len(), 3);
+    // One ready endpoint without hints: hints are ignored.
+    let partial = hinted(&[Some("z1"), None, Some("z1")], &[None, None, None]);
+    assert_eq!(used(&partial, &in_zone(Some("z1"))).0.len(), 3);
+    // Node hints (trafficDistribution PreferSameNode) come first.
+    let nodes = hinted(
+        &[Some("z1"), Some("z1"), Some("z1")],
+        &[Some("n1"), Some("n2"), Some("n3")],
+    );
+    assert_eq!(used(&nodes, &in_zone(Some("z1"))).0, ["10.244.0.2"]);
 }

@@ -25,6 +25,7 @@ fn node_info() -> model::NodeInfo {
             ("fd00:244::".parse().expect("ip"), 64),
         ],
         localhost_nodeports: true,
+        zone: None,
     }
 }
 

@@ -98,6 +98,7 @@ fn node_info() -> model::NodeInfo {
         addresses: vec!["192.168.77.1".parse().expect("ip")],
         pod_cidrs: vec![("10.244.0.0".parse().expect("ip"), 16)],
         localhost_nodeports: true,
+        zone: None,
     }
 }
 

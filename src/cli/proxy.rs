@@ -146,6 +146,7 @@ pub fn run(_data_dir: &Path, args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 addresses: args.node_ips,
                 pod_cidrs,
                 localhost_nodeports: !args.no_localhost_nodeports,
+                zone: None,
             },
             min_sync_interval: Duration::from_millis(args.min_sync_ms),
             full_sync_interval: Duration::from_secs(args.full_sync_period_s),
