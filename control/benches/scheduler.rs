@@ -9,6 +9,11 @@
 //!
 //! Create-to-bind is measured as acceptance 06 does: from the moment the create call
 //! returned to the moment a watch (in this process) shows `spec.nodeName`.
+//!
+//! First, without a server, the decision alone: the same nodes and pods fed straight to
+//! the scheduler's cache, each pod decided and assumed in turn (bare pods, then pods of
+//! one ReplicaSet, which default spreading scores), timed per pod in wall and CPU time.
+//! `HULL_BENCH_DECIDE_ONLY=1` stops after that.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -40,6 +45,56 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
         return Duration::ZERO;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The scheduler's decision alone: `nodes` hollow nodes in its cache, `pods` pods
+/// decided and assumed one after another. Returns the mean per pod.
+fn decide_only(nodes: usize, pods: usize, owned: bool) -> Duration {
+    use hull_control::scheduler::cache::{Cache, NodeInfo, PodInfo};
+    use hull_control::scheduler::decide::{Decision, decide};
+    let mut cache = Cache::default();
+    let now = jiff::Timestamp::now();
+    let expiry = now + jiff::SignedDuration::from_secs(3600);
+    let res = json!({"cpu": "64", "memory": "256Gi", "pods": "110"});
+    for i in 0..nodes {
+        let name = format!("h{i}");
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "status": {"capacity": res, "allocatable": res,
+                "conditions": [{"type": "Ready", "status": "True"}]}}))
+        .expect("node");
+        cache.upsert_node(NodeInfo::from_node(&node));
+        cache.lease_expiry.insert(name, expiry);
+    }
+    let owner = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs",
+        "uid": "5a0a4b6e-0000-4000-8000-000000000001", "controller": true}]);
+    let mut next = 0;
+    let cpu = hull_control::scheduler::metrics::ThreadCpu::start();
+    let t = Instant::now();
+    for k in 0..pods {
+        let mut pod = json!({"metadata": {"name": format!("p{k}"), "namespace": "bench",
+            "uid": format!("u{k}")},
+            "spec": {"containers": [{"name": "c", "image": "busybox",
+                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]}});
+        if owned {
+            pod["metadata"]["ownerReferences"] = owner.clone();
+        }
+        let pod: Pod = serde_json::from_value(pod).expect("pod");
+        let info = cache.upsert_pod(PodInfo::from_pod(pod));
+        match decide(&cache, info.clone(), &mut next) {
+            Decision::Node(n) => cache.assume(&info.key, &n),
+            Decision::Unschedulable(m) => panic!("{}: {m}", info.key),
+        }
+    }
+    let (wall, cpu) = (t.elapsed(), cpu.elapsed());
+    println!(
+        "decision alone ({} pods): {nodes} nodes, {pods} pods: {:.0} µs per pod ({:.0} µs CPU), {:.0} pods/s",
+        if owned { "one ReplicaSet's" } else { "bare" },
+        wall.as_secs_f64() * 1e6 / pods as f64,
+        cpu.as_secs_f64() * 1e6 / pods as f64,
+        pods as f64 / wall.as_secs_f64().max(1e-9),
+    );
+    wall / u32::try_from(pods.max(1)).unwrap_or(u32::MAX)
 }
 
 fn start_server(
@@ -129,6 +184,17 @@ fn main() {
     let nodes = env("HULL_BENCH_NODES", 5000);
     let pods = env("HULL_BENCH_PODS", 30000);
     let burst = env("HULL_BENCH_BURST", 3000).max(1);
+    println!(
+        "load average: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    decide_only(nodes, pods, false);
+    decide_only(nodes, pods, true);
+    if std::env::var_os("HULL_BENCH_DECIDE_ONLY").is_some() {
+        return;
+    }
     let tmp = tempfile::Builder::new()
         .prefix(&format!("hull-bench-sched-{}-", std::process::id()))
         .tempdir()

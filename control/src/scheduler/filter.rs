@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{Toleration, TopologySpreadConstraint};
 use super::affinity::{InterPod, Spread};
 use super::cache::{Cache, NodeInfo, PodInfo, Readiness, ports_conflict};
 use super::labels;
+use super::resources::Resources;
 
 /// Why one node cannot take the pod. `resolvable` reasons are ones preemption could
 /// clear (resources, ports, anti-affinity, spread); the others it cannot.
@@ -33,6 +34,15 @@ impl Reason {
         }
     }
 }
+
+/// What an empty node uses (borrowed, so a node without pods costs no clone).
+static NOTHING: Resources = Resources {
+    milli_cpu: 0,
+    memory: 0,
+    ephemeral_storage: 0,
+    pods: 0,
+    scalar: std::collections::BTreeMap::new(),
+};
 
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -153,7 +163,7 @@ impl PodState {
         let mut out = Vec::new();
         let alloc = &node.allocatable;
         let req = &self.pod.requests;
-        let used = usage.map(|u| u.requested.clone()).unwrap_or_default();
+        let used = usage.map_or(&NOTHING, |u| &u.requested);
         let count = usage.map_or(0, |u| u.pods.len()) as i64;
         if count + 1 > alloc.pods {
             out.push(Reason::soft("Too many pods"));

@@ -5,7 +5,7 @@
 //! Events are written by other tasks so a decision never waits on the API:
 //! - [`cache`]: nodes, Leases, pods and what bound (or assumed) pods use per node;
 //! - [`queue`]: active / backoff / unschedulable pods;
-//! - [`filter`] then [`score`] over a sample of the nodes (kube's
+//! - [`decide`]: one decision, [`filter`] then [`score`] over a sample of the nodes (kube's
 //!   `percentageOfNodesToScore`), with [`labels`] (selectors, node affinity,
 //!   tolerations), [`affinity`] (inter-pod affinity, topology spread) and [`resources`]
 //!   (requests vs allocatable);
@@ -15,6 +15,7 @@
 
 pub mod affinity;
 pub mod cache;
+pub mod decide;
 pub mod events;
 pub mod filter;
 pub mod labels;
@@ -35,13 +36,11 @@ use kube::api::PostParams;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource};
-use rand::Rng;
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::manager::{Context, LoopFuture};
 use cache::{Cache, NodeInfo, PodInfo};
-use filter::PodState;
 
 /// The `spec.schedulerName` this scheduler serves.
 pub const SCHEDULER_NAME: &str = "default-scheduler";
@@ -376,16 +375,21 @@ impl Scheduler {
         if self.queue.lens().2 == 0 {
             return;
         }
-        let waiting_on_pods = self.cache.pods.values().any(|p| {
-            p.node_name.is_none()
-                && p.pod.spec.as_ref().is_some_and(|s| {
-                    s.topology_spread_constraints
-                        .as_ref()
-                        .is_some_and(|c| !c.is_empty())
-                        || s.affinity
+        // Only the parked pods: walking every pod here, once per binding, made a burst
+        // quadratic whenever a single pod was unschedulable.
+        let pods = &self.cache.pods;
+        let waiting_on_pods = self.queue.unschedulable_keys().any(|k| {
+            pods.get(k).is_some_and(|p| {
+                p.node_name.is_none()
+                    && p.pod.spec.as_ref().is_some_and(|s| {
+                        s.topology_spread_constraints
                             .as_ref()
-                            .is_some_and(|a| a.pod_affinity.is_some())
-                })
+                            .is_some_and(|c| !c.is_empty())
+                            || s.affinity
+                                .as_ref()
+                                .is_some_and(|a| a.pod_affinity.is_some())
+                    })
+            })
         });
         if waiting_on_pods {
             self.queue.move_all();
@@ -439,82 +443,25 @@ impl Scheduler {
             return;
         }
         let started = std::time::Instant::now();
-        let st = PodState::new(&self.cache, pod.clone());
-        let total = self.cache.order.len();
-        let want = feasible_to_find(total);
-        let start = if total == 0 {
-            0
-        } else {
-            self.next_start % total
-        };
-        let mut feasible: Vec<&NodeInfo> = Vec::new();
-        let mut failed = Vec::new();
-        let mut processed = 0;
-        for i in 0..total {
-            let name = &self.cache.order[(start + i) % total];
-            let Some(node) = self.cache.nodes.get(name) else {
-                continue;
-            };
-            processed += 1;
-            match st.filter(&self.cache, node) {
-                Ok(()) => {
-                    feasible.push(node);
-                    if feasible.len() >= want {
-                        break;
-                    }
-                }
-                Err(reasons) => failed.push(reasons),
+        let cpu = metrics::ThreadCpu::start();
+        let decision = decide::decide(&self.cache, pod.clone(), &mut self.next_start);
+        let chosen = match decision {
+            decide::Decision::Node(node) => node,
+            decide::Decision::Unschedulable(msg) => {
+                tracing::debug!(pod = %key, "unschedulable: {msg}");
+                let condition = self.last_failure.get(key) != Some(&msg);
+                self.last_failure.insert(key.to_string(), msg.clone());
+                self.queue.unschedulable(key);
+                metrics::METRICS.attempt(started.elapsed(), cpu.elapsed(), false);
+                self.writer.send(events::Write::FailedScheduling {
+                    pod,
+                    message: msg,
+                    condition,
+                });
+                return;
             }
-        }
-        self.next_start = if total == 0 {
-            0
-        } else {
-            (start + processed) % total
         };
-        if feasible.is_empty() {
-            let never = pod
-                .pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.preemption_policy.as_deref())
-                == Some("Never");
-            let msg = message::unschedulable(total, &failed, never);
-            tracing::debug!(pod = %key, "unschedulable: {msg}");
-            let condition = self.last_failure.get(key) != Some(&msg);
-            self.last_failure.insert(key.to_string(), msg.clone());
-            self.queue.unschedulable(key);
-            metrics::METRICS.attempt(started.elapsed(), false);
-            self.writer.send(events::Write::FailedScheduling {
-                pod,
-                message: msg,
-                condition,
-            });
-            return;
-        }
-        let chosen = if feasible.len() == 1 {
-            feasible[0].name.clone()
-        } else {
-            let scorer = score::Scorer::new(&self.cache, &st);
-            let raws: Vec<score::Raw> = feasible.iter().map(|n| scorer.raw(n)).collect();
-            let totals = score::totals(&raws);
-            // The best score wins; ties are broken at random (reservoir sampling) so
-            // equal nodes share the load.
-            let mut rng = rand::rng();
-            let (mut best, mut best_score, mut ties) = (0, f64::MIN, 0u32);
-            for (i, s) in totals.iter().enumerate() {
-                if *s > best_score + 1e-9 {
-                    (best, best_score, ties) = (i, *s, 1);
-                } else if (*s - best_score).abs() <= 1e-9 {
-                    ties += 1;
-                    if rng.random_range(0..ties) == 0 {
-                        best = i;
-                    }
-                }
-            }
-            feasible[best].name.clone()
-        };
-        drop(st);
-        metrics::METRICS.attempt(started.elapsed(), true);
+        metrics::METRICS.attempt(started.elapsed(), cpu.elapsed(), true);
         self.cache.assume(key, &chosen);
         self.inflight.insert(key.to_string());
         self.spawn_bind(pod, chosen);

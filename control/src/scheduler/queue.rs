@@ -144,6 +144,11 @@ impl Queue {
         }
     }
 
+    /// The pods parked as unschedulable.
+    pub fn unschedulable_keys(&self) -> impl Iterator<Item = &str> {
+        self.unschedulable.keys().map(String::as_str)
+    }
+
     /// Counts, for logs and tests: (active, backoff, unschedulable).
     pub fn lens(&self) -> (usize, usize, usize) {
         (

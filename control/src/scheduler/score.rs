@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 
-use super::cache::{Cache, NodeInfo, normalize_image};
+use k8s_openapi::api::core::v1::PreferredSchedulingTerm;
+
+use super::cache::{Cache, Map, NodeInfo, ZONE, normalize_image};
 use super::filter::PodState;
 use super::labels;
 
@@ -21,18 +23,17 @@ const MB: f64 = 1024.0 * 1024.0;
 const IMAGE_MIN: f64 = 23.0 * MB;
 const IMAGE_MAX_PER_CONTAINER: f64 = 1000.0 * MB;
 
-/// The zone label default spreading uses next to the node itself.
-const ZONE: &str = "topology.kubernetes.io/zone";
-
 /// Per-attempt scoring context shared by every node.
 pub struct Scorer<'a> {
     cache: &'a Cache,
     st: &'a PodState,
     images: Vec<String>,
     /// Default spreading (no constraints of its own, but a controller owner): the
-    /// owner's pods per zone.
+    /// owner's pods per node and per zone.
+    owner_nodes: Option<&'a Map<String, u32>>,
     owner_zones: Option<HashMap<&'a str, i64>>,
     soft_spread: bool,
+    preferred: &'a [PreferredSchedulingTerm],
 }
 
 /// The raw per-plugin scores of one node (before normalization).
@@ -59,31 +60,48 @@ impl<'a> Scorer<'a> {
         let explicit = spec
             .and_then(|s| s.topology_spread_constraints.as_ref())
             .is_some_and(|c| !c.is_empty());
+        let owner_nodes = st.pod.owner.as_ref().and_then(|uid| cache.owners.get(uid));
         let owner_zones = match (&st.pod.owner, explicit) {
-            (Some(uid), false) => {
+            (Some(_), false) => {
                 let mut zones: HashMap<&str, i64> = HashMap::new();
-                for (node, n) in cache.owners.get(uid).into_iter().flatten() {
-                    if let Some(z) = cache.nodes.get(node).and_then(|n| n.labels.get(ZONE)) {
-                        *zones.entry(z.as_str()).or_insert(0) += i64::from(*n);
+                // Only when some node has a zone: otherwise this walk (one lookup per
+                // node holding the owner's pods) finds nothing, at every decision.
+                if cache.zoned_nodes > 0 {
+                    for (node, n) in owner_nodes.into_iter().flatten() {
+                        if let Some(z) = cache.nodes.get(node).and_then(|n| n.labels.get(ZONE)) {
+                            *zones.entry(z.as_str()).or_insert(0) += i64::from(*n);
+                        }
                     }
                 }
                 Some(zones)
             }
             _ => None,
         };
+        let preferred = spec
+            .and_then(|s| s.affinity.as_ref())
+            .and_then(|a| a.node_affinity.as_ref())
+            .and_then(|n| {
+                n.preferred_during_scheduling_ignored_during_execution
+                    .as_deref()
+            })
+            .unwrap_or_default();
         Scorer {
             cache,
             st,
             images,
+            owner_nodes,
             owner_zones,
             soft_spread: st.spread.iter().any(|s| !s.hard),
+            preferred,
         }
     }
 
     pub fn raw(&self, node: &NodeInfo) -> Raw {
-        let usage = self.cache.usage.get(&node.name);
-        let mut used = usage.map(|u| u.nonzero.clone()).unwrap_or_default();
-        used.add(&self.st.pod.nonzero);
+        let (mut cpu, mut mem) = (self.st.pod.nonzero.milli_cpu, self.st.pod.nonzero.memory);
+        if let Some(u) = self.cache.usage.get(&node.name) {
+            cpu = cpu.saturating_add(u.nonzero.milli_cpu);
+            mem = mem.saturating_add(u.nonzero.memory);
+        }
         let alloc = &node.allocatable;
         let frac = |used: i64, alloc: i64| {
             if alloc <= 0 {
@@ -92,23 +110,10 @@ impl<'a> Scorer<'a> {
                 (used as f64 / alloc as f64).min(1.0)
             }
         };
-        let (fc, fm) = (
-            frac(used.milli_cpu, alloc.milli_cpu),
-            frac(used.memory, alloc.memory),
-        );
-        let pod = &self.st.pod.pod;
-        let preferred = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.affinity.as_ref())
-            .and_then(|a| a.node_affinity.as_ref())
-            .and_then(|n| {
-                n.preferred_during_scheduling_ignored_during_execution
-                    .as_ref()
-            });
-        let node_affinity = preferred
-            .into_iter()
-            .flatten()
+        let (fc, fm) = (frac(cpu, alloc.milli_cpu), frac(mem, alloc.memory));
+        let node_affinity = self
+            .preferred
+            .iter()
             .filter(|p| labels::term_matches(&p.preference, &node.name, &node.labels))
             .map(|p| f64::from(p.weight))
             .sum();
@@ -163,19 +168,19 @@ impl<'a> Scorer<'a> {
             return Some(sum);
         }
         let zones = self.owner_zones.as_ref()?;
-        let uid = self.st.pod.owner.as_ref()?;
         let here = self
-            .cache
-            .owners
-            .get(uid)
+            .owner_nodes
             .and_then(|m| m.get(&node.name))
             .map_or(0, |n| i64::from(*n));
-        let zone = node
-            .labels
-            .get(ZONE)
-            .and_then(|z| zones.get(z.as_str()))
-            .copied()
-            .unwrap_or(0);
+        let zone = if zones.is_empty() {
+            0
+        } else {
+            node.labels
+                .get(ZONE)
+                .and_then(|z| zones.get(z.as_str()))
+                .copied()
+                .unwrap_or(0)
+        };
         Some((here + zone) as f64)
     }
 }
