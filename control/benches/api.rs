@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api_support::{Etcd, Server};
+use api_support::Server;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
@@ -262,7 +262,7 @@ async fn bench_etcd(url: &str, n: usize, watchers: usize) -> Results {
     for _ in 0..watchers {
         let (mut c, tx, k) = (c.clone(), tx.clone(), keys[0].clone());
         tasks.push(tokio::spawn(async move {
-            let (_w, mut st) = c.watch(k.as_str(), None).await.expect("watch");
+            let mut st = c.watch(k.as_str(), None).await.expect("watch");
             while let Ok(Some(resp)) = st.message().await {
                 for ev in resp.events() {
                     if let Some(kv) = ev.kv() {

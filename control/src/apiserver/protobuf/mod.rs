@@ -439,9 +439,6 @@ mod tests {
         field(2, &qty, &mut entry);
         let mut spec = Vec::new();
         field(1, &entry, &mut spec);
-        let mut ts = Vec::new();
-        ts.push(8);
-        ts.push(0);
         let mut raw = Vec::new();
         field(1, &meta, &mut raw);
         field(2, &spec, &mut raw);

@@ -259,7 +259,7 @@ pub fn forbidden(user: &UserInfo, attrs: &Attributes<'_>, reason: &str) -> ApiEr
     if let Some(n) = attrs.name.filter(|n| !n.is_empty()) {
         details["name"] = n.into();
     }
-    e.details = Some(details);
+    e.details = Some(Box::new(details));
     e
 }
 

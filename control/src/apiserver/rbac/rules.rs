@@ -61,7 +61,7 @@ pub fn allows(rule: &PolicyRule, attrs: &Attributes<'_>) -> bool {
 pub fn subject_matches(s: &Subject, user: &UserInfo, binding_ns: Option<&str>) -> bool {
     match s.kind.as_str() {
         "User" => s.name == user.name,
-        "Group" => user.groups.iter().any(|g| *g == s.name),
+        "Group" => user.groups.contains(&s.name),
         "ServiceAccount" => {
             let ns = s
                 .namespace

@@ -124,18 +124,16 @@ pub async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
     }
 }
 
+/// What a resource path names: the resource, then namespace, name and subresource.
+type ParsedPath = (
+    &'static ResourceInfo,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 /// Splits `/api/v1/...` or `/apis/g/v/...` into the resource request it names.
-fn parse_path(
-    path: &str,
-) -> Result<
-    (
-        &'static ResourceInfo,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    ),
-    ApiError,
-> {
+fn parse_path(path: &str) -> Result<ParsedPath, ApiError> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match segs.as_slice() {
         ["api", v, rest @ ..] => ("", *v, rest),
@@ -204,11 +202,7 @@ fn verb_of(method: &Method, has_name: bool, watch: bool) -> Option<&'static str>
 /// discovery or other non-resource URL; non-resource requests are authorized by path.
 pub fn is_resource_path(path: &str) -> bool {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match segs.as_slice() {
-        ["api", _, _, ..] => true,
-        ["apis", _, _, _, ..] => true,
-        _ => false,
-    }
+    matches!(segs.as_slice(), ["api", _, _, ..] | ["apis", _, _, _, ..])
 }
 
 /// A list or watch narrowed by `fieldSelector=metadata.name=X` is authorized with that

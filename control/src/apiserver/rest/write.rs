@@ -147,10 +147,11 @@ pub async fn finish_create(
         );
         m.insert("generation".into(), Value::from(1));
     }
-    if r.status_is_subresource() && r.kind != "Namespace" {
-        if let Some(m) = obj.as_object_mut() {
-            m.remove("status");
-        }
+    if r.status_is_subresource()
+        && r.kind != "Namespace"
+        && let Some(m) = obj.as_object_mut()
+    {
+        m.remove("status");
     }
     for attempt in 0..8 {
         let mut candidate = obj.clone();
