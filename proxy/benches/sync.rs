@@ -287,12 +287,16 @@ fn request_medians(ns: &Netns, addrs: Vec<String>) -> Vec<Duration> {
 }
 
 /// The kernel's floor for a ClusterIP: one DNAT rule for FLOOR_IP in a table of
-/// its own (no maps, no jumps), beside hull's table in the same netns.
+/// its own (no maps, no jumps), beside hull's table in the same netns. It picks
+/// among the same 10 listeners as the Services do (a listener thread that just
+/// served a request answers faster than one woken after a while).
 const FLOOR_IP: &str = "10.255.0.1";
 
 fn floor_table() -> String {
+    let arms: Vec<String> = (0..EPS).map(|k| format!("{k} : {}", 8000 + k)).collect();
     format!(
-        "table ip hull-bench-floor {{\n\tchain out {{\n\t\ttype nat hook output priority -101; policy accept;\n\t\tip daddr {FLOOR_IP} tcp dport 80 dnat to {POD}:8000\n\t}}\n}}\n"
+        "table ip hull-bench-floor {{\n\tchain out {{\n\t\ttype nat hook output priority -101; policy accept;\n\t\tip daddr {FLOOR_IP} tcp dport 80 dnat to {POD} : numgen random mod {EPS} map {{ {} }}\n\t}}\n}}\n",
+        arms.join(", ")
     )
 }
 

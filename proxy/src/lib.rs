@@ -3,6 +3,7 @@
 //! Module map:
 //! - `model`: Services + EndpointSlices + node facts → desired service ports (pure).
 //! - `ports`: the model kept current per changed Service (which port ids changed).
+//! - `pick`: the chains service ports share: pick-N (random draw) and endpoint slots.
 //! - `nft`: a service port's rules (a fragment) and the fixed chains, as nft text.
 //! - `state`: per-port fragments → full or incremental `nft -f` transactions.
 //! - `syncer`: one sync step: full or incremental transaction, conntrack cleanup.
@@ -23,6 +24,7 @@ pub mod dns_server;
 pub mod dns_service;
 pub mod model;
 pub mod nft;
+pub mod pick;
 pub mod ports;
 pub mod runner;
 pub mod state;

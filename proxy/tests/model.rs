@@ -455,7 +455,7 @@ fn incremental_ports_and_state_match_a_rebuild() {
     };
     check(&ports, &state, &svcs, &slices, "start");
 
-    let mut step = |ports: &mut Ports,
+    let step = |ports: &mut Ports,
                     state: &mut State,
                     svcs: &[k8s_openapi::api::core::v1::Service],
                     slices: &[k8s_openapi::api::discovery::v1::EndpointSlice],
