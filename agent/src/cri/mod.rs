@@ -14,6 +14,7 @@
 //! - `container`: CreateContainer's OCI spec from a CRI config, and container lifecycle.
 //! - `spec`: CRI `ContainerConfig` → OCI runtime spec edits (mounts, security, resources).
 //! - `exec`: running a command in a container through a re-exec'd helper (stdio pipes).
+//! - `events`: GetContainerEvents (created/started/stopped/deleted, with statuses).
 //! - `locks`: per-pod locks serializing mutations of one sandbox and its containers.
 //! - `runtime_service` / `image_service`: the tonic service impls.
 //! - `spdy`: SPDY/3.1 framing (what `crictl exec` and kubelet streaming speak).
@@ -26,6 +27,7 @@
 pub mod config;
 pub mod container;
 pub mod error;
+pub mod events;
 pub mod exec;
 pub mod image_service;
 pub mod locks;

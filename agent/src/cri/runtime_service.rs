@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::config::Config;
 use super::error::{CriError, Result};
+use super::events::{Events, Kind};
 use super::locks::PodLocks;
 use super::{container, exec, network, records, sandbox, streaming};
 
@@ -26,6 +27,7 @@ pub struct Cri {
     pub locks: Arc<PodLocks>,
     pub images: Arc<RwLock<ImageStore>>,
     pub streaming: Arc<streaming::Streaming>,
+    pub events: Arc<Events>,
 }
 
 /// Which pod's lock a mutation takes.
@@ -245,6 +247,8 @@ impl RuntimeService for Cri {
         let id = self
             .locked("RunPodSandbox", Key::New, move |s| sandbox::run(&s.cfg, c))
             .await?;
+        self.events.sandbox(Kind::Created, &id);
+        self.events.sandbox(Kind::Started, &id);
         ok(RunPodSandboxResponse { pod_sandbox_id: id })
     }
 
@@ -254,7 +258,9 @@ impl RuntimeService for Cri {
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
         let id = r.into_inner().pod_sandbox_id;
         self.locked("StopPodSandbox", Key::Sandbox(id.clone()), move |s| {
-            sandbox::stop(&s.cfg, &id)
+            sandbox::stop(&s.cfg, &id)?;
+            s.events.sandbox(Kind::Stopped, &id);
+            Ok(())
         })
         .await?;
         ok(StopPodSandboxResponse {})
@@ -266,7 +272,12 @@ impl RuntimeService for Cri {
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
         let id = r.into_inner().pod_sandbox_id;
         self.locked("RemovePodSandbox", Key::Sandbox(id.clone()), move |s| {
-            sandbox::remove(&s.cfg, &id)
+            let known = sandbox::load(&s.cfg, &id).map(|r| r.id);
+            sandbox::remove(&s.cfg, &id)?;
+            if let Ok(id) = known {
+                s.events.sandbox(Kind::Deleted, &id);
+            }
+            Ok(())
         })
         .await?;
         ok(RemovePodSandboxResponse {})
@@ -309,7 +320,12 @@ impl RuntimeService for Cri {
                     .images
                     .read()
                     .map_err(|_| CriError::Internal("image store lock poisoned".into()))?;
-                container::create(&s.cfg, &store, &sid, c)
+                let id = container::create(&s.cfg, &store, &sid, c)?;
+                let pod = container::load(&s.cfg, &id)
+                    .map(|r| r.sandbox_id)
+                    .unwrap_or(sid);
+                s.events.container(Kind::Created, &id, &pod);
+                Ok(id)
             })
             .await?;
         ok(CreateContainerResponse { container_id: id })
@@ -321,7 +337,11 @@ impl RuntimeService for Cri {
     ) -> Result<Response<StartContainerResponse>, Status> {
         let id = r.into_inner().container_id;
         self.locked("StartContainer", Key::Container(id.clone()), move |s| {
-            container::start(&s.cfg, &id)
+            container::start(&s.cfg, &id)?;
+            if let Ok(r) = container::load(&s.cfg, &id) {
+                s.events.container(Kind::Started, &r.id, &r.sandbox_id);
+            }
+            Ok(())
         })
         .await?;
         ok(StartContainerResponse {})
@@ -333,8 +353,14 @@ impl RuntimeService for Cri {
     ) -> Result<Response<StopContainerResponse>, Status> {
         let r = r.into_inner();
         // Not under the lock: a long grace period must not block other pods.
-        self.read(move |s| container::stop(&s.cfg, &r.container_id, r.timeout))
-            .await?;
+        self.read(move |s| {
+            container::stop(&s.cfg, &r.container_id, r.timeout)?;
+            if let Ok(c) = container::load(&s.cfg, &r.container_id) {
+                s.events.container(Kind::Stopped, &c.id, &c.sandbox_id);
+            }
+            Ok(())
+        })
+        .await?;
         ok(StopContainerResponse {})
     }
 
@@ -344,7 +370,12 @@ impl RuntimeService for Cri {
     ) -> Result<Response<RemoveContainerResponse>, Status> {
         let id = r.into_inner().container_id;
         self.locked("RemoveContainer", Key::Container(id.clone()), move |s| {
-            container::remove(&s.cfg, &id)
+            let known = container::load(&s.cfg, &id);
+            container::remove(&s.cfg, &id)?;
+            if let Ok(r) = known {
+                s.events.container(Kind::Deleted, &r.id, &r.sandbox_id);
+            }
+            Ok(())
         })
         .await?;
         ok(RemoveContainerResponse {})
@@ -617,9 +648,26 @@ impl RuntimeService for Cri {
         &self,
         _r: Request<GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(Status::unimplemented(
-            "container events are not built yet in hull",
-        ))
+        let mut events = self.events.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let ev = match events.recv().await {
+                    Ok(ev) => Ok(ev),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "container events subscriber fell behind");
+                        continue;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if tx.send(ev).await.is_err() {
+                    return; // the client went away
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn list_metric_descriptors(

@@ -85,6 +85,7 @@ pub async fn serve_until(cfg: Config, shutdown: impl Future<Output = ()>) -> Res
         locks: Default::default(),
         images: Arc::new(RwLock::new(store)),
         streaming,
+        events: super::events::Events::start(cfg.clone()),
     };
     tracing::info!(socket = %cfg.socket.display(), streaming = %cri.streaming.addr, "CRI server ready");
     tonic::transport::Server::builder()
