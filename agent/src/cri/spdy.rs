@@ -231,9 +231,13 @@ pub struct Conn {
 
 impl Conn {
     /// Starts on an upgraded socket; `leftover` is what was read past the HTTP head.
-    pub fn start(sock: tokio::net::TcpStream, leftover: Vec<u8>) -> Conn {
+    /// `sock` is the TCP socket, or a WebSocket tunnel (`websocket::tunnel`).
+    pub fn start<S>(sock: S, leftover: Vec<u8>) -> Conn
+    where
+        S: AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
         use tokio::io::AsyncWriteExt;
-        let (rd, mut wr) = sock.into_split();
+        let (rd, mut wr) = tokio::io::split(sock);
         let (out, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
         let writer = tokio::spawn(async move {
             while let Some(f) = out_rx.recv().await {

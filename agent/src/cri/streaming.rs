@@ -193,7 +193,36 @@ impl Streaming {
         };
         let ws_key = get("sec-websocket-key");
         if upgrade.iter().any(|u| u.eq_ignore_ascii_case("websocket"))
-            && !matches!(pending, Pending::PortForward { .. })
+            && let Pending::PortForward { sandbox_id, ports } = &pending
+            && let Some(key) = ws_key.first()
+        {
+            let offered = get("sec-websocket-protocol");
+            if !offered
+                .iter()
+                .any(|o| o == websocket::SPDY_TUNNEL_PORTFORWARD)
+            {
+                let msg = format!(
+                    "port forwarding over WebSocket speaks {:?}; the client offered {offered:?}",
+                    websocket::SPDY_TUNNEL_PORTFORWARD
+                );
+                let _ = sock.write_all(format!("HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}", msg.len()).as_bytes()).await;
+                return Err(msg);
+            }
+            let sb = sandbox::load(&self.cfg, sandbox_id).map_err(|e| e.to_string())?;
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {}\r\n\r\n",
+                websocket::accept_key(key),
+                websocket::SPDY_TUNNEL_PORTFORWARD
+            );
+            sock.write_all(resp.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            let inner = websocket::tunnel(sock, buf[head_len..].to_vec(), false);
+            let conn = spdy::Conn::start(inner, Vec::new());
+            portforward::serve_spdy(conn, sb.netns.clone(), ports.clone(), pod_name(&sb)).await;
+            return Ok(());
+        }
+        if upgrade.iter().any(|u| u.eq_ignore_ascii_case("websocket"))
             && let Some(key) = ws_key.first()
         {
             let offered = get("sec-websocket-protocol");
@@ -222,7 +251,7 @@ impl Streaming {
             return Ok(());
         }
         if !upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1")) {
-            let msg = "hull's streaming server speaks SPDY/3.1 (WebSocket is not built yet)";
+            let msg = "hull's streaming server speaks SPDY/3.1 or WebSocket";
             let _ = sock.write_all(format!("HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}", msg.len()).as_bytes()).await;
             return Err(msg.into());
         }
@@ -252,13 +281,7 @@ impl Streaming {
         match pending {
             Pending::PortForward { sandbox_id, ports } => {
                 let sb = sandbox::load(&self.cfg, &sandbox_id).map_err(|e| e.to_string())?;
-                let pod = sb
-                    .config
-                    .metadata
-                    .as_ref()
-                    .map(|m| format!("{}_{}", m.name, m.namespace))
-                    .unwrap_or(sandbox_id);
-                portforward::serve_spdy(conn, sb.netns.clone(), ports, pod).await;
+                portforward::serve_spdy(conn, sb.netns.clone(), ports, pod_name(&sb)).await;
                 Ok(())
             }
             p => {
@@ -295,4 +318,13 @@ impl Streaming {
             }
         })
     }
+}
+
+/// `name_namespace`, as port-forward errors name the pod.
+fn pod_name(sb: &records::SandboxRecord) -> String {
+    sb.config
+        .metadata
+        .as_ref()
+        .map(|m| format!("{}_{}", m.name, m.namespace))
+        .unwrap_or_else(|| sb.id.clone())
 }

@@ -3,13 +3,17 @@
 //! message starts with a channel byte — 0 stdin, 1 stdout, 2 stderr, 3 error (the exit
 //! Status), 4 resize — and v5 adds 255, "close": `[255, 0]` ends stdin.
 //!
+//! Port forwarding over WebSocket is SPDY tunneled through binary messages
+//! (`SPDY/3.1+portforward.k8s.io`, what kubectl ≥ 1.30 asks for first): `tunnel` turns
+//! the messages back into a byte stream for the SPDY port-forward server.
+//!
 //! RFC 6455 framing by hand (the handshake hash, masked client frames, unmasked server
 //! frames, ping/pong, close), as far as these channels need it.
 
 use std::time::Duration;
 
 use base64::Engine;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -17,6 +21,8 @@ use super::remotecommand::{Io, Out, status_json};
 
 /// The protocols offered, in order of preference.
 pub const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// Port forwarding: SPDY/3.1 `portforward.k8s.io` inside WebSocket binary messages.
+pub const SPDY_TUNNEL_PORTFORWARD: &str = "SPDY/3.1+portforward.k8s.io";
 
 const OP_CONT: u8 = 0;
 const OP_TEXT: u8 = 1;
@@ -115,6 +121,66 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         }
     }
     Ok(Some((fin, op, data)))
+}
+
+/// Carries a byte stream over a WebSocket whose binary messages hold arbitrary pieces
+/// of it (Kubernetes' SPDY tunneling): what the peer sends comes out of the returned
+/// stream, what is written into it goes out as binary messages. `client` masks the
+/// frames (the client side, for tests). `leftover` is what was read past the HTTP head.
+pub fn tunnel<S>(sock: S, leftover: Vec<u8>, client: bool) -> DuplexStream
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let mk = move |op: u8, data: &[u8]| {
+        if client {
+            client_frame(op, data)
+        } else {
+            frame(op, data)
+        }
+    };
+    let (local, remote) = tokio::io::duplex(256 * 1024);
+    let (mut from_peer, mut to_peer) = tokio::io::split(remote);
+    let (rd, mut wr) = tokio::io::split(sock);
+    let (out, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        while let Some(f) = out_rx.recv().await {
+            if wr.write_all(&f).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let pong = out.clone();
+    tokio::spawn(async move {
+        let mut r = AsyncReadExt::chain(std::io::Cursor::new(leftover), rd);
+        while let Ok(Some((_, op, data))) = read_frame(&mut r).await {
+            match op {
+                OP_BIN | OP_TEXT | OP_CONT if to_peer.write_all(&data).await.is_err() => break,
+                OP_BIN | OP_TEXT | OP_CONT => {}
+                OP_PING => {
+                    let _ = pong.send(mk(10, &data));
+                }
+                OP_CLOSE => break,
+                _ => {}
+            }
+        }
+        let _ = to_peer.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match from_peer.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if out.send(mk(OP_BIN, &buf[..n])).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = out.send(mk(OP_CLOSE, &1000u16.to_be_bytes()));
+    });
+    local
 }
 
 /// One channel message as a binary frame.
