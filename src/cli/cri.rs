@@ -46,6 +46,12 @@ pub struct CriArgs {
 
 pub fn run(data_dir: &Path, args: CriArgs) -> anyhow::Result<ExitCode> {
     let code = |c: i32| ExitCode::from(c.clamp(0, 255) as u8);
+    // CVE-2019-5736: the monitors create containers and the exec helper enters them, so
+    // every mode runs from a copy of the binary nothing in a container can write. The
+    // server spawns its helpers from /proc/self/exe (that copy), so they need no
+    // re-exec of their own; the path on disk is kept for finding hull-bridge beside it.
+    cri::config::remember_exe_on_disk();
+    hull_runtime::sealed_exe::ensure().context("re-exec hull from a sealed copy")?;
     if let Some(s) = &args.internal_monitor {
         return Ok(code(cri::monitor::main(s)));
     }

@@ -28,9 +28,17 @@ pub struct Config {
 
 impl Config {
     pub fn new(data_dir: &Path, socket: &Path) -> Config {
-        let hull_exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("hull"));
+        let on_disk = exe_on_disk();
+        // Running from a sealed copy (`sealed_exe`), current_exe() names a file inside a
+        // detached mount or a memfd: helpers are spawned through /proc/self/exe, which is
+        // that copy, so they run sealed too.
+        let hull_exe = if hull_runtime::sealed_exe::is_running_sealed() {
+            PathBuf::from("/proc/self/exe")
+        } else {
+            on_disk.clone()
+        };
         let mut bins = Vec::new();
-        if let Some(d) = hull_exe.parent() {
+        if let Some(d) = on_disk.parent() {
             bins.push(d.to_path_buf());
         }
         bins.push(PathBuf::from("/opt/cni/bin"));
@@ -70,4 +78,32 @@ impl Config {
     pub fn ipam_dir(&self) -> PathBuf {
         self.data_dir.join("cni/networks")
     }
+}
+
+/// Where `remember_exe_on_disk` keeps the binary's path across the sealed re-exec.
+const EXE_ON_DISK_ENV: &str = "HULL_EXE_ON_DISK";
+
+/// Records this binary's path on disk in the environment, before
+/// `hull_runtime::sealed_exe::ensure` re-execs from a copy whose path says nothing of
+/// where the file lives. Call it while the process is single-threaded (at start-up).
+pub fn remember_exe_on_disk() {
+    if hull_runtime::sealed_exe::is_running_sealed() {
+        return;
+    }
+    if let Ok(p) = std::env::current_exe() {
+        // SAFETY: called at start-up, before any thread exists that could read the
+        // environment concurrently.
+        unsafe { std::env::set_var(EXE_ON_DISK_ENV, p) };
+    }
+}
+
+/// The `hull` binary's path on disk: what `remember_exe_on_disk` recorded when running
+/// from a sealed copy, else `current_exe()`. Only used to find hull-bridge beside it.
+fn exe_on_disk() -> PathBuf {
+    if hull_runtime::sealed_exe::is_running_sealed()
+        && let Some(p) = std::env::var_os(EXE_ON_DISK_ENV)
+    {
+        return PathBuf::from(p);
+    }
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("hull"))
 }
