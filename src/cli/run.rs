@@ -120,6 +120,9 @@ fn generated_id() -> String {
 }
 
 pub fn run(data_dir: &Path, args: RunArgs) -> Result<ExitCode> {
+    // The container's init is cloned from this process: run from a copy of the binary
+    // nothing in the container can write (CVE-2019-5736), as hull-runtime does.
+    hull_runtime::sealed_exe::ensure().context("re-exec hull from a sealed copy")?;
     let mut store = ImageStore::open(data_dir)?;
     args.registry.apply(&mut store, Some(&args.image))?;
     clean_stale(&store)?;
