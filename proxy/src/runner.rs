@@ -380,6 +380,11 @@ pub async fn run(
                 }
             }
         } else {
+            // DNS only: nothing consumes the changed Services; do not let them pile up.
+            if let Ok(mut d) = dirty.lock() {
+                d.services.clear();
+                d.all = false;
+            }
             metrics.healthy.store(true, Ordering::Relaxed);
         }
         last_sync = Some(Instant::now());

@@ -14,7 +14,7 @@
 //!   refilled) or deleted, sets added or deleted, map elements added or deleted —
 //!   so affinity sets of untouched endpoints keep their clients.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -222,16 +222,35 @@ impl State {
     /// `None` when nothing changed. Only valid when [`State::same_base`] holds;
     /// otherwise the fixed chains differ and only [`State::render_full`] will do.
     pub fn render_diff(&self, old: &State) -> Option<String> {
+        self.render_diff_of(old, None)
+    }
+
+    /// [`State::render_diff`], looking only at the ports `ids` when given (the
+    /// only ones that can differ when `self` is [`State::update`] of `old` by them).
+    pub fn render_diff_of(&self, old: &State, ids: Option<&BTreeSet<String>>) -> Option<String> {
         let mut changed: Vec<(Option<&Port>, Option<&Port>)> = Vec::new();
-        for (id, o) in &old.ports {
-            match self.ports.get(id) {
-                Some(n) if Arc::ptr_eq(o, n) => {}
-                n => changed.push((Some(&**o), n.map(|n| &**n))),
+        match ids {
+            Some(ids) => {
+                for id in ids {
+                    match (old.ports.get(id), self.ports.get(id)) {
+                        (Some(o), Some(n)) if Arc::ptr_eq(o, n) => {}
+                        (None, None) => {}
+                        (o, n) => changed.push((o.map(|o| &**o), n.map(|n| &**n))),
+                    }
+                }
             }
-        }
-        for (id, n) in &self.ports {
-            if !old.ports.contains_key(id) {
-                changed.push((None, Some(&**n)));
+            None => {
+                for (id, o) in &old.ports {
+                    match self.ports.get(id) {
+                        Some(n) if Arc::ptr_eq(o, n) => {}
+                        n => changed.push((Some(&**o), n.map(|n| &**n))),
+                    }
+                }
+                for (id, n) in &self.ports {
+                    if !old.ports.contains_key(id) {
+                        changed.push((None, Some(&**n)));
+                    }
+                }
             }
         }
         let mut s = String::new();

@@ -88,7 +88,7 @@ impl Syncer {
         let t0 = Instant::now();
         let state = State::build(&rs.ports, &self.node, self.applied.as_ref());
         self.timings.state = t0.elapsed();
-        self.commit(state, &rs.ports)
+        self.commit(state, &rs.ports, None)
     }
 
     /// Bring the kernel to `ports`, of which only the ids in `changed` differ
@@ -99,27 +99,33 @@ impl Syncer {
         changed: Option<&BTreeSet<String>>,
     ) -> Result<Outcome, ApplyError> {
         let t0 = Instant::now();
-        let state = match (changed, &self.applied) {
-            (Some(ids), Some(prev)) if prev.for_node(&self.node) => {
-                State::update(prev, ids.iter().map(|id| (id.as_str(), ports.get(id))))
-            }
-            _ => State::build(ports.iter(), &self.node, self.applied.as_ref()),
+        let (state, only) = match (changed, &self.applied) {
+            (Some(ids), Some(prev)) if prev.for_node(&self.node) => (
+                State::update(prev, ids.iter().map(|id| (id.as_str(), ports.get(id)))),
+                Some(ids),
+            ),
+            _ => (
+                State::build(ports.iter(), &self.node, self.applied.as_ref()),
+                None,
+            ),
         };
         self.timings.state = t0.elapsed();
-        self.commit(state, ports.iter())
+        self.commit(state, ports.iter(), only)
     }
 
+    /// Apply `state`; `only`: the port ids that can differ from the applied state.
     fn commit<'a>(
         &mut self,
         state: State,
         ports: impl IntoIterator<Item = &'a ServicePortRule>,
+        only: Option<&BTreeSet<String>>,
     ) -> Result<Outcome, ApplyError> {
         let t0 = Instant::now();
         let due = self
             .last_full
             .is_none_or(|t| t.elapsed() >= self.full_interval);
         let (text, outcome) = match &self.applied {
-            Some(old) if !due && state.same_base(old) => match state.render_diff(old) {
+            Some(old) if !due && state.same_base(old) => match state.render_diff_of(old, only) {
                 None => return Ok(Outcome::Unchanged),
                 Some(t) => (t, Outcome::Partial),
             },

@@ -456,10 +456,10 @@ fn incremental_ports_and_state_match_a_rebuild() {
     check(&ports, &state, &svcs, &slices, "start");
 
     let step = |ports: &mut Ports,
-                    state: &mut State,
-                    svcs: &[k8s_openapi::api::core::v1::Service],
-                    slices: &[k8s_openapi::api::discovery::v1::EndpointSlice],
-                    name: &str| {
+                state: &mut State,
+                svcs: &[k8s_openapi::api::core::v1::Service],
+                slices: &[k8s_openapi::api::discovery::v1::EndpointSlice],
+                name: &str| {
         let s = svcs
             .iter()
             .find(|s| s.metadata.name.as_deref() == Some(name));
@@ -471,7 +471,14 @@ fn incremental_ports_and_state_match_a_rebuild() {
             .update(("ns".into(), name.into()), s, &mine)
             .into_iter()
             .collect();
+        let prev = state.clone();
         *state = State::update(state, ids.iter().map(|id| (id.as_str(), ports.get(id))));
+        // Looking at the changed ids only finds what a walk over every port finds.
+        assert_eq!(
+            state.render_diff_of(&prev, Some(&ids)),
+            state.render_diff(&prev),
+            "{name}: diff"
+        );
         ids
     };
     // An endpoint leaves a (the last user of the 2-endpoint pick chain for a while).
