@@ -1,8 +1,9 @@
 //! Restarts, probes and termination on one real node (see node_support):
 //! CrashLoopBackOff with growing restarts, a liveness failure restarting the container,
 //! a readiness failure taking the pod out of Ready, httpGet/tcpSocket probes, Job-like
-//! pods ending Succeeded / Failed, and preStop before SIGTERM with SIGKILL after the
-//! grace period.
+//! pods ending Succeeded / Failed, preStop before SIGTERM with SIGKILL after the
+//! grace period, and the pods' Events (Pulled, Created, Started, Unhealthy, Killing,
+//! BackOff) as `kubectl describe pod` lists them.
 
 mod node_support;
 
@@ -10,6 +11,36 @@ use std::time::Instant;
 
 use node_support::*;
 use serde_json::json;
+
+/// Waits until the Events about pod `name` include every `reason` (with its type and
+/// the container's field path); returns them.
+fn wait_events(
+    c: &Cluster,
+    name: &str,
+    want: &[(&str, &str)],
+) -> Vec<k8s_openapi::api::core::v1::Event> {
+    use k8s_openapi::api::core::v1::Event;
+    let api: kube::Api<Event> = kube::Api::namespaced(c.client.clone(), "default");
+    wait_for(&format!("events {want:?} of pod {name}"), 60, || {
+        let evs: Vec<Event> =
+            c.rt.block_on(api.list(&Default::default()))
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|e| e.involved_object.name.as_deref() == Some(name))
+                .collect();
+        let has = |(ty, reason): &(&str, &str)| {
+            evs.iter().any(|e| {
+                e.reason.as_deref() == Some(*reason)
+                    && e.type_.as_deref() == Some(*ty)
+                    && e.involved_object.kind.as_deref() == Some("Pod")
+                    && e.involved_object.field_path.as_deref() == Some("spec.containers{c}")
+                    && e.source.as_ref().and_then(|s| s.component.as_deref()) == Some("kubelet")
+            })
+        };
+        want.iter().all(has).then_some(evs)
+    })
+}
 
 fn waiting_reason(p: &k8s_openapi::api::core::v1::Pod, c: &str) -> Option<String> {
     cstatus(p, c)?
@@ -121,6 +152,31 @@ fn restarts_probes_and_termination() {
             .and_then(|l| l.terminated.as_ref())
             .is_some()
     );
+    let evs = wait_events(
+        &c,
+        "live",
+        &[
+            ("Normal", "Pulled"),
+            ("Normal", "Created"),
+            ("Normal", "Started"),
+            ("Warning", "Unhealthy"),
+            ("Normal", "Killing"),
+        ],
+    );
+    let msgs: Vec<&str> = evs.iter().filter_map(|e| e.message.as_deref()).collect();
+    assert!(
+        msgs.iter().any(|m| m.starts_with("Liveness probe failed")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.contains(&"Container c failed liveness probe, will be restarted"),
+        "{msgs:?}"
+    );
+    let started = evs
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("Started"))
+        .unwrap();
+    assert_eq!(started.message.as_deref(), Some("Started container c"));
 
     // Crash: restarts grow, then CrashLoopBackOff with the last exit recorded.
     let p = c.wait_pod("crash", "CrashLoopBackOff with 2 restarts", 90, |p| {
@@ -134,6 +190,13 @@ fn restarts_probes_and_termination() {
         .and_then(|l| l.terminated.as_ref())
         .expect("lastState.terminated");
     assert_eq!((last.exit_code, last.reason.as_deref()), (3, Some("Error")));
+    let evs = wait_events(&c, "crash", &[("Warning", "BackOff")]);
+    assert!(
+        evs.iter().any(|e| e.message.as_deref().is_some_and(
+            |m| m.starts_with("Back-off restarting failed container c in pod crash_default(")
+        )),
+        "{evs:?}"
+    );
     assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
     assert_eq!(cond(&p, "Ready").as_deref(), Some("False"));
     c.wait_pod("onfail", "OnFailure restarts", 90, |p| {

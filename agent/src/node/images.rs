@@ -7,6 +7,7 @@ use kube::api::Api;
 use serde_json::Value;
 
 use super::cri_client::Cri;
+use super::events::{NORMAL, Recorder, WARNING};
 
 /// `latest` (or no tag and no digest) → Always, else IfNotPresent.
 pub fn policy(c: &Container) -> String {
@@ -90,12 +91,16 @@ async fn auth_for(client: &kube::Client, pod: &Pod, image: &str) -> Option<AuthC
 
 /// Makes the image of `c` present as its policy asks. Err: (reason, message) for the
 /// container's waiting state.
+/// Makes the image of `c` present per its pull policy, recording kubelet's Events
+/// (`Pulling`, `Pulled`, `Failed`).
 pub async fn ensure(
     cri: &Cri,
     client: &kube::Client,
+    events: &Recorder,
     pod: &Pod,
     c: &Container,
 ) -> Result<(), (String, String)> {
+    let ev = |type_, reason: &str, msg: String| events.pod(pod, Some(&c.name), type_, reason, msg);
     let image = c.image.clone().unwrap_or_default();
     if image.is_empty() {
         return Err(("InvalidImageName".into(), "container has no image".into()));
@@ -116,15 +121,23 @@ pub async fn ensure(
         .unwrap_or(false);
     match policy.as_str() {
         "Never" if !present => {
-            return Err((
-                "ErrImageNeverPull".into(),
-                format!("Container image \"{image}\" is not present with pull policy of Never"),
-            ));
+            let msg =
+                format!("Container image \"{image}\" is not present with pull policy of Never");
+            ev(WARNING, "ErrImageNeverPull", msg.clone());
+            return Err(("ErrImageNeverPull".into(), msg));
         }
-        "Never" => return Ok(()),
-        "IfNotPresent" if present => return Ok(()),
+        "Never" | "IfNotPresent" if present => {
+            ev(
+                NORMAL,
+                "Pulled",
+                format!("Container image \"{image}\" already present on machine"),
+            );
+            return Ok(());
+        }
         _ => {}
     }
+    ev(NORMAL, "Pulling", format!("Pulling image \"{image}\""));
+    let t = std::time::Instant::now();
     let auth = auth_for(client, pod, &image).await;
     match img
         .pull_image(PullImageRequest {
@@ -134,13 +147,28 @@ pub async fn ensure(
         })
         .await
     {
-        Ok(_) => Ok(()),
-        Err(e) => Err((
-            "ErrImagePull".into(),
-            format!(
+        Ok(_) => {
+            ev(
+                NORMAL,
+                "Pulled",
+                format!(
+                    "Successfully pulled image \"{image}\" in {:.3}s",
+                    t.elapsed().as_secs_f64()
+                ),
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let msg = format!(
                 "failed to pull and unpack image \"{image}\": {}",
                 e.message()
-            ),
-        )),
+            );
+            ev(
+                WARNING,
+                "Failed",
+                format!("Failed to pull image \"{image}\": {msg}"),
+            );
+            Err(("ErrImagePull".into(), msg))
+        }
     }
 }

@@ -11,6 +11,7 @@
 //! - `env`, `volumes`, `atomic`: container environment and volumes.
 //! - `probe`: probes and lifecycle hook actions.
 //! - `images`: pulls per imagePullPolicy with imagePullSecrets.
+//! - `events`: pod Events as kubelet records them (queued, folded, never waited on).
 //! - `resources`, `quantity`, `cgroups`: QoS, CRI resources, pod cgroups.
 
 mod atomic;
@@ -18,6 +19,7 @@ pub mod cgroups;
 mod cri_client;
 mod cri_spec;
 mod env;
+mod events;
 mod images;
 pub mod machine;
 mod node_status;
@@ -168,6 +170,7 @@ pub async fn run(
     let ctx = Arc::new(worker::Ctx {
         client: client.clone(),
         cri: cri.clone(),
+        events: events::Recorder::spawn(client.clone(), opts.node_name.clone()),
         host_ip: node_status::node_ip(&opts).to_string(),
         runtime: version.runtime_name.clone(),
         services: store,

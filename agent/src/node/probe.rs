@@ -209,6 +209,7 @@ enum Kind {
 impl Probes {
     /// Starts the probes of `c` (container `id`); `ready_hint` seeds readiness when the
     /// agent re-adopts a container it had already reported ready.
+    /// `unhealthy` hears each failed probe run ("Liveness probe failed: ...").
     pub fn start(
         cri: &Cri,
         c: &Container,
@@ -216,6 +217,7 @@ impl Probes {
         pod_ip: &str,
         ready_hint: bool,
         wake: Arc<Notify>,
+        unhealthy: Unhealthy,
     ) -> Probes {
         let has_startup = c.startup_probe.as_ref().and_then(probe_action).is_some();
         let has_ready = c.readiness_probe.as_ref().and_then(probe_action).is_some();
@@ -234,16 +236,26 @@ impl Probes {
             if probe_action(&p).is_none() {
                 continue;
             }
-            let (cri, c, id, ip, res, wake) = (
+            let (cri, c, id, ip, res, wake, unhealthy) = (
                 cri.clone(),
                 c.clone(),
                 id.to_string(),
                 pod_ip.to_string(),
                 results.clone(),
                 wake.clone(),
+                unhealthy.clone(),
             );
             tasks.push(tokio::spawn(async move {
-                probe_loop(kind, &p, &cri, &c, &id, &ip, &res, &wake).await;
+                let ctx = LoopCtx {
+                    cri: &cri,
+                    c: &c,
+                    id: &id,
+                    ip: &ip,
+                    res: &res,
+                    wake: &wake,
+                    unhealthy: &unhealthy,
+                };
+                probe_loop(kind, &p, ctx).await;
             }));
         }
         Probes { results, tasks }
@@ -258,17 +270,29 @@ impl Probes {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn probe_loop(
-    kind: Kind,
-    p: &Probe,
-    cri: &Cri,
-    c: &Container,
-    id: &str,
-    ip: &str,
-    res: &Mutex<Results>,
-    wake: &Notify,
-) {
+/// Told the message of each failed probe run (kubelet's `Unhealthy` Event).
+pub type Unhealthy = Arc<dyn Fn(String) + Send + Sync>;
+
+struct LoopCtx<'a> {
+    cri: &'a Cri,
+    c: &'a Container,
+    id: &'a str,
+    ip: &'a str,
+    res: &'a Mutex<Results>,
+    wake: &'a Notify,
+    unhealthy: &'a Unhealthy,
+}
+
+async fn probe_loop(kind: Kind, p: &Probe, x: LoopCtx<'_>) {
+    let LoopCtx {
+        cri,
+        c,
+        id,
+        ip,
+        res,
+        wake,
+        unhealthy,
+    } = x;
     let Some(action_of) = Some(p) else { return };
     let period = Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
     let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
@@ -299,9 +323,15 @@ async fn probe_loop(
                 ok_run += 1;
                 fail_run = 0;
             }
-            Err(_) => {
+            Err(e) => {
                 fail_run += 1;
                 ok_run = 0;
+                let what = match kind {
+                    Kind::Startup => "Startup",
+                    Kind::Liveness => "Liveness",
+                    Kind::Readiness => "Readiness",
+                };
+                unhealthy(format!("{what} probe failed: {e}"));
             }
         }
         if let Ok(mut r) = res.lock() {

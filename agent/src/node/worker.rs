@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use super::cri_client::Cri;
 use super::cri_spec::{self, CONTAINER_NAME, POD_UID};
 use super::env::{self, Facts};
+use super::events::{self, NORMAL, WARNING};
 use super::probe::{self, Action, Probes};
 use super::status::{self, CState, PodView, is_exited, is_running};
 use super::volumes::{self, HostVolume, Setup, Tokens};
@@ -34,6 +35,7 @@ const MIN_GRACE: i64 = 2;
 pub struct Ctx {
     pub client: kube::Client,
     pub cri: Cri,
+    pub events: events::Recorder,
     pub opts: Options,
     pub host_ip: String,
     pub runtime: String,
@@ -562,7 +564,22 @@ impl Worker {
         } else {
             pod_ips.first().cloned().unwrap_or_default()
         };
-        let p = Probes::start(&self.ctx.cri, c, &st.id, &ip, hint, self.wake.clone());
+        let (rec, on, name) = (
+            self.ctx.events.clone(),
+            Arc::new(pod.clone()),
+            c.name.clone(),
+        );
+        let unhealthy: probe::Unhealthy =
+            Arc::new(move |msg| rec.pod(&on, Some(&name), WARNING, "Unhealthy", msg));
+        let p = Probes::start(
+            &self.ctx.cri,
+            c,
+            &st.id,
+            &ip,
+            hint,
+            self.wake.clone(),
+            unhealthy,
+        );
         crt.probes = Some((st.id.clone(), p));
     }
 
@@ -588,6 +605,18 @@ impl Worker {
             return false;
         };
         info!(pod = %self.uid, container = %name, "{reason}; restarting");
+        let what = if reason.starts_with("Startup") {
+            "startup"
+        } else {
+            "liveness"
+        };
+        self.ctx.events.pod(
+            pod,
+            Some(&name),
+            NORMAL,
+            "Killing",
+            format!("Container {name} failed {what} probe, will be restarted"),
+        );
         self.drop_probes(&name);
         let _ = self
             .ctx
@@ -622,6 +651,16 @@ impl Worker {
                     && r == "ErrImagePull"
                 {
                     *r = "ImagePullBackOff".into();
+                    self.ctx.events.pod(
+                        pod,
+                        Some(&c.name),
+                        NORMAL,
+                        "BackOff",
+                        format!(
+                            "Back-off pulling image \"{}\"",
+                            c.image.as_deref().unwrap_or_default()
+                        ),
+                    );
                 }
                 return Ok(false);
             }
@@ -636,6 +675,25 @@ impl Worker {
                 Some(d) if since_exit < d => {
                     let left = d - since_exit;
                     *next = Some(next.map_or(left, |n| n.min(left)));
+                    if crt
+                        .waiting
+                        .as_ref()
+                        .is_none_or(|(r, _)| r != "CrashLoopBackOff")
+                    {
+                        self.ctx.events.pod(
+                            pod,
+                            Some(&c.name),
+                            WARNING,
+                            "BackOff",
+                            format!(
+                                "Back-off restarting failed container {} in pod {}_{}({})",
+                                c.name,
+                                pod.metadata.name.as_deref().unwrap_or_default(),
+                                pod.metadata.namespace.as_deref().unwrap_or_default(),
+                                self.uid
+                            ),
+                        );
+                    }
                     crt.waiting = Some((
                         "CrashLoopBackOff".into(),
                         format!(
@@ -667,6 +725,14 @@ impl Worker {
             }
             Err((reason, msg)) => {
                 warn!(pod = %self.uid, container = %c.name, "{reason}: {msg}");
+                let m = if reason == "CreateContainerConfigError" || reason == "ErrImagePull" {
+                    format!("Error: {reason}")
+                } else {
+                    format!("Error: {msg}")
+                };
+                self.ctx
+                    .events
+                    .pod(pod, Some(&c.name), WARNING, "Failed", m);
                 let crt = self.cs.entry(c.name.clone()).or_default();
                 let d = crt
                     .retry_delay
@@ -690,7 +756,7 @@ impl Worker {
         attempt: u32,
     ) -> Result<(), (String, String)> {
         let t0 = Instant::now();
-        images::ensure(&self.ctx.cri, &self.ctx.client, pod, c).await?;
+        images::ensure(&self.ctx.cri, &self.ctx.client, &self.ctx.events, pod, c).await?;
         let t_image = t0.elapsed();
         let cfg_err = |m: String| ("CreateContainerConfigError".to_string(), m);
         let services: Vec<Service> = self
@@ -739,6 +805,10 @@ impl Worker {
             .into_inner()
             .container_id;
         let t_create = t0.elapsed();
+        let ev = |type_, reason: &str, msg: String| {
+            self.ctx.events.pod(pod, Some(&c.name), type_, reason, msg)
+        };
+        ev(NORMAL, "Created", format!("Created container: {}", c.name));
         if let Err(e) = rt
             .start_container(StartContainerRequest {
                 container_id: id.clone(),
@@ -750,6 +820,7 @@ impl Worker {
                 .await;
             return Err(("RunContainerError".into(), e.message().to_string()));
         }
+        ev(NORMAL, "Started", format!("Started container {}", c.name));
         debug!(
             pod = %self.uid,
             container = %c.name,
@@ -782,6 +853,11 @@ impl Worker {
             .await
             {
                 warn!(pod = %self.uid, container = %c.name, "PostStartHook failed: {e}");
+                ev(
+                    WARNING,
+                    "FailedPostStartHook",
+                    format!("PostStartHook failed: {e}"),
+                );
                 let _ = rt
                     .stop_container(StopContainerRequest {
                         container_id: id,
@@ -1008,6 +1084,16 @@ impl Worker {
                 .find(|k| k.name == name)
                 .cloned();
             let ip = ip.clone();
+            if let Some(p) = pod {
+                ctx.events.pod(
+                    p,
+                    Some(&name),
+                    NORMAL,
+                    "Killing",
+                    format!("Stopping container {name}"),
+                );
+            }
+            let report = pod.map(|p| (Arc::new(p.clone()), ctx.events.clone()));
             async move {
                 if let Some(kc) = &kc
                     && let Some(h) = kc
@@ -1023,7 +1109,18 @@ impl Worker {
                     )
                     .await
                     {
-                        Ok(Err(e)) => warn!(container = %name, "PreStopHook failed: {e}"),
+                        Ok(Err(e)) => {
+                            warn!(container = %name, "PreStopHook failed: {e}");
+                            if let Some((p, rec)) = &report {
+                                rec.pod(
+                                    p,
+                                    Some(&name),
+                                    WARNING,
+                                    "FailedPreStopHook",
+                                    format!("PreStopHook failed: {e}"),
+                                );
+                            }
+                        }
                         Err(_) => {
                             warn!(container = %name, "PreStopHook did not finish in {grace}s")
                         }
