@@ -5,7 +5,7 @@
 use base64::Engine;
 use hull_runtime::image::auth::Credentials;
 use hull_runtime::image::pull::Quiet;
-use hull_runtime::image::{ImageRecord, Reference};
+use hull_runtime::image::{ImageRecord, ImageStore, Reference};
 use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::*;
 use tonic::{Request, Response, Status};
@@ -14,27 +14,62 @@ use super::error::CriError;
 use super::records::now_ns;
 use super::runtime_service::{Cri, Key, dir_usage};
 
-fn to_image(r: &ImageRecord) -> Image {
-    let repo = r.name.split('@').next().unwrap_or(&r.name);
-    let base = match repo.rfind(':') {
-        Some(i) if !repo[i..].contains('/') => &repo[..i],
-        _ => repo,
+/// The CRI image for the record `r`, with the tags and digests of every record of the
+/// same image (one image pulled under several names is one image with several
+/// repoTags, as containerd lists it), and the user its config runs as.
+fn to_image(store: &ImageStore, r: &ImageRecord, all: &[ImageRecord]) -> Image {
+    let mut repo_tags = Vec::new();
+    let mut repo_digests = Vec::new();
+    for x in all.iter().filter(|x| x.config_digest == r.config_digest) {
+        let repo = x.name.split('@').next().unwrap_or(&x.name);
+        let base = match repo.rfind(':') {
+            Some(i) if !repo[i..].contains('/') => &repo[..i],
+            _ => repo,
+        };
+        if !x.name.contains('@') && !repo_tags.contains(&x.name) {
+            repo_tags.push(x.name.clone());
+        }
+        let d = format!("{base}@{}", x.manifest_digest);
+        if !repo_digests.contains(&d) {
+            repo_digests.push(d);
+        }
+    }
+    // The image's USER: a numeric uid, else a name (a group after ':' is not part of it).
+    let user = store
+        .config(r)
+        .ok()
+        .and_then(|c| c.config)
+        .and_then(|c| c.user)
+        .unwrap_or_default();
+    let user = user.split(':').next().unwrap_or_default();
+    let (uid, username) = match user.parse::<i64>() {
+        Ok(n) => (Some(Int64Value { value: n }), String::new()),
+        Err(_) => (None, user.to_string()),
     };
     Image {
         id: r.config_digest.clone(),
-        repo_tags: if r.name.contains('@') {
-            vec![]
-        } else {
-            vec![r.name.clone()]
-        },
-        repo_digests: vec![format!("{base}@{}", r.manifest_digest)],
+        repo_tags,
+        repo_digests,
         size: r.size,
+        uid,
+        username,
         spec: Some(ImageSpec {
             image: r.config_digest.clone(),
             ..Default::default()
         }),
         ..Default::default()
     }
+}
+
+/// One entry per image (records sharing a config digest are one image).
+fn list_images(store: &ImageStore) -> Result<Vec<Image>, CriError> {
+    let all = store.list()?;
+    let mut seen = std::collections::HashSet::new();
+    Ok(all
+        .iter()
+        .filter(|r| seen.insert(r.config_digest.clone()))
+        .map(|r| to_image(store, r, &all))
+        .collect())
 }
 
 fn credentials(a: &AuthConfig) -> Result<Option<Credentials>, CriError> {
@@ -73,7 +108,7 @@ impl ImageService for Cri {
                     .images
                     .read()
                     .map_err(|_| CriError::Internal("image store lock poisoned".into()))?;
-                Ok(st.list()?.iter().map(to_image).collect())
+                list_images(&st)
             })
             .await?;
         Ok(Response::new(ListImagesResponse { images }))
@@ -93,7 +128,8 @@ impl ImageService for Cri {
                     .images
                     .read()
                     .map_err(|_| CriError::Internal("image store lock poisoned".into()))?;
-                Ok(st.get(&name).ok().map(|r| to_image(&r)))
+                let all = st.list()?;
+                Ok(st.get(&name).ok().map(|r| to_image(&st, &r, &all)))
             })
             .await?;
         Ok(Response::new(ImageStatusResponse {
@@ -164,12 +200,28 @@ impl ImageService for Cri {
                 .images
                 .write()
                 .map_err(|_| CriError::Internal("image store lock poisoned".into()))?;
-            match st.remove(&name, false) {
-                Ok(_) | Err(hull_runtime::image::Error::NotFound(_)) => Ok(()),
-                Err(e) => Err(CriError::FailedPrecondition(format!(
-                    "remove image {name}: {e}"
-                ))),
+            // By id, every name of the image goes (as containerd removes an image by id).
+            let hex = name.strip_prefix("sha256:").unwrap_or(&name);
+            let mut names: Vec<String> = st
+                .list()?
+                .into_iter()
+                .filter(|r| r.config_digest.strip_prefix("sha256:") == Some(hex))
+                .map(|r| r.name)
+                .collect();
+            if names.is_empty() {
+                names.push(name.clone());
             }
+            for n in names {
+                match st.remove(&n, false) {
+                    Ok(_) | Err(hull_runtime::image::Error::NotFound(_)) => {}
+                    Err(e) => {
+                        return Err(CriError::FailedPrecondition(format!(
+                            "remove image {n}: {e}"
+                        )));
+                    }
+                }
+            }
+            Ok(())
         })
         .await?;
         Ok(Response::new(RemoveImageResponse {}))

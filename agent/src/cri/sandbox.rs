@@ -175,6 +175,14 @@ pub fn run(cfg: &Config, c: PodSandboxConfig) -> Result<String> {
             "config.metadata.name: must not be empty".into(),
         ));
     }
+    // sethostname(2) takes at most 64 bytes (HOST_NAME_MAX).
+    if c.hostname.len() > 64 {
+        return Err(CriError::InvalidArgument(format!(
+            "config.hostname: {:?} is {} bytes, longer than the kernel's 64",
+            c.hostname,
+            c.hostname.len()
+        )));
+    }
     let id = records::new_id()?;
     let d = dir(cfg, &id);
     fs::create_dir_all(&d).map_err(CriError::io(format!("create {}", d.display())))?;
@@ -207,14 +215,10 @@ fn build(cfg: &Config, rec: &mut SandboxRecord, d: &Path) -> Result<()> {
     let c = rec.config.clone();
     let nso = ns_options(&c);
     save_json(&d.join("sandbox.json"), rec)?;
-    let hostname = if host_network(&c) {
+    // No hostname asked for: the node's, as containerd does (kubelet always sets one).
+    let hostname = if host_network(&c) || c.hostname.is_empty() {
         nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    } else if c.hostname.is_empty() {
-        c.metadata
-            .as_ref()
-            .map(|m| m.name.clone())
             .unwrap_or_default()
     } else {
         c.hostname.clone()
