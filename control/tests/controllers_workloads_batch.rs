@@ -48,7 +48,6 @@ fn cond(j: &Value, t: &str) -> Value {
 }
 
 #[test]
-#[ignore = "timed out in the full release suite on 2026-11-25 (passed when run alone); to be investigated"]
 fn job_completions_parallelism_and_failures() {
     let s = Server::start("job");
     let ns = format!("wl-job-{}", std::process::id());
@@ -171,7 +170,6 @@ fn job_completions_parallelism_and_failures() {
 }
 
 #[test]
-#[ignore = "timed out in the full release suite on 2026-11-25 (passed when run alone); to be investigated"]
 fn cronjob_fires_forbids_and_keeps_history() {
     let s = Server::start("cron");
     let ns = format!("wl-cron-{}", std::process::id());

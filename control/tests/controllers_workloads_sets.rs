@@ -149,12 +149,7 @@ spec:
     }
 }
 
-// Hull's StatefulSet validation now accepts a volumeMount naming a volumeClaimTemplate (as
-// Kubernetes does), and this test passed alone (release, 2026-11-25 22:10); two runs of the
-// whole file with --include-ignored then hit the session's 300 s bound under a load
-// average of 8, so it stays parked until it has run green in the full suite.
 #[test]
-#[ignore = "passed alone; not yet seen green in the full suite (see comment)"]
 fn statefulset_order_claims_and_partition() {
     let s = Server::start("sts");
     let ns = format!("wl-sts-{}", std::process::id());

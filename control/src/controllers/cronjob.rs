@@ -224,7 +224,12 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action> {
         }
         if let Some(t) = due {
             let policy = spec.concurrency_policy.as_deref().unwrap_or("Allow");
-            if policy == "Forbid" && !active.is_empty() {
+            let made = job_for(&cj, &name, t).name_any();
+            if active.iter().any(|j| j.name_any() == made) {
+                // This time's Job exists: a pass that saw an older CronJob (before its
+                // lastScheduleTime was written) must not count it as a skipped run.
+                last_schedule = Some(Time(t));
+            } else if policy == "Forbid" && !active.is_empty() {
                 tracing::debug!(cronjob = %name, "Forbid: a job is still running, skipping {t}");
             } else {
                 if policy == "Replace" {
@@ -296,9 +301,13 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action> {
         || last_schedule != status.last_schedule_time
         || last_success != status.last_successful_time
     {
-        util::patch_status(
+        // Guarded by the resourceVersion this pass read: a pass working from an older
+        // CronJob than the store's gets a conflict (and a retry on the newer one) instead
+        // of writing back the times a newer pass already moved forward.
+        util::patch_status_at(
             &cj_api,
             &name,
+            cj.resource_version(),
             json!({"active": if refs.is_empty() { serde_json::Value::Null } else { json!(refs) },
                    "lastScheduleTime": last_schedule, "lastSuccessfulTime": last_success}),
         )

@@ -89,6 +89,10 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
     let all = util::list_in(&pods_api).await?;
     let pods = util::claim(&pods_api, job.as_ref(), &sel, all).await?;
     let status = job.status.clone().unwrap_or_default();
+    // Counts carry over from the status this pass read, so every status write is guarded by
+    // its resourceVersion: a pass that read an older Job (the cache lags the writes) must
+    // fail and retry, not write back counts from before pods left the tracking finalizer.
+    let mut rv = job.resource_version();
 
     // Count finished pods exactly once (see the module docs).
     let mut uncounted = status.uncounted_terminated_pods.clone().unwrap_or_default();
@@ -125,7 +129,13 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
         s.dedup();
         f.sort();
         f.dedup();
-        util::patch_status(&jobs, &name, json!({"uncountedTerminatedPods": uncounted})).await?;
+        rv = util::patch_status_at(
+            &jobs,
+            &name,
+            rv,
+            json!({"uncountedTerminatedPods": uncounted}),
+        )
+        .await?;
         for p in new_succeeded.iter().chain(new_failed.iter()) {
             remove_finalizer(&pods_api, p).await?;
         }
@@ -334,7 +344,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
         })
     });
     if changed {
-        util::patch_status(&jobs, &name, new_status).await?;
+        util::patch_status_at(&jobs, &name, rv, new_status).await?;
     }
 
     // TTL after finishing.

@@ -516,6 +516,33 @@ where
     }
 }
 
+/// Writes an object's status subresource only if the object is still at `rv` (the
+/// version its status was computed from): a stale pass gets a 409, which fails the
+/// reconcile and retries it on the newer object. Returns the written object's
+/// resourceVersion, for a second write in the same pass.
+pub async fn patch_status_at<K>(
+    api: &Api<K>,
+    name: &str,
+    rv: Option<String>,
+    status: serde_json::Value,
+) -> Result<Option<String>>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut patch = json!({ "status": status });
+    if let Some(rv) = rv {
+        patch["metadata"] = json!({ "resourceVersion": rv });
+    }
+    match api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(obj) => Ok(obj.meta().resource_version.clone()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,7 @@ impl Server {
         opts.manager.node_monitor_grace_period = Duration::from_secs(3600);
         let clock = opts.manager.clock.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        init_log();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -239,6 +240,29 @@ pub fn name(v: &Value) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
+}
+
+/// `HULL_TEST_LOG=<file>` sends the in-process server's tracing (filter from `RUST_LOG`,
+/// default debug for the controllers) to that file: a failure under load can then be read
+/// after the fact.
+fn init_log() {
+    let Some(path) = std::env::var_os("HULL_TEST_LOG") else {
+        return;
+    };
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    else {
+        return;
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("hull_control=debug"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .try_init();
 }
 
 pub fn is_ready(p: &Value) -> bool {
