@@ -164,6 +164,11 @@ echo main-done > /shared/from-main; exec sleep 3600"#;
     let n = c.rt.block_on(nodes.get(&c.node)).unwrap();
     let ns = n.status.clone().unwrap();
     assert!(ns.capacity.as_ref().unwrap().contains_key("cpu"));
+    assert_eq!(
+        ns.capacity.as_ref().unwrap().get("pods").map(|q| q.0.as_str()),
+        Some("150"),
+        "--max-pods 150 is the Node's capacity.pods"
+    );
     assert!(ns.allocatable.as_ref().unwrap().contains_key("memory"));
     assert_eq!(
         ns.node_info.as_ref().unwrap().container_runtime_version,

@@ -241,10 +241,13 @@ async fn bench_etcd(url: &str, n: usize, watchers: usize) -> Results {
     }
     r.gets_per_sec = done.load(std::sync::atomic::Ordering::Relaxed) as f64 / 3.0;
 
+    // A range of 10k objects is ~11 MiB, over gRPC's default 4 MiB: lifted as hull's etcd
+    // store (and kube-apiserver) lift it.
+    let mut kv = c.kv_client().max_decoding_message_size(i32::MAX as usize);
     let mut lat = Lat::default();
     for _ in 0..10 {
         let t = Instant::now();
-        let resp = c
+        let resp = kv
             .get(
                 prefix.as_str(),
                 Some(etcd_client::GetOptions::new().with_prefix()),

@@ -77,6 +77,12 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 10250)]
     pub kubelet_port: u16,
 
+    /// Pods this node takes (its `capacity.pods`), as kubelet's --max-pods; the
+    /// node's /24 pod network bounds it at 254.
+    #[arg(long, default_value_t = hull_agent::node::machine::MAX_PODS,
+          value_parser = clap::value_parser!(u32).range(1..=254))]
+    pub max_pods: u32,
+
     /// Cluster CA certificate and key: serve the kubelet API with a certificate from them.
     #[arg(long, requires = "ca_key")]
     pub ca_cert: Option<PathBuf>,
@@ -287,6 +293,7 @@ pub fn run(data_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> {
         opts.cluster_domain = args.cluster_domain.clone();
         opts.node_ip = Some(node_ip);
         opts.kubelet_port = args.kubelet_port;
+        opts.max_pods = args.max_pods;
         let (tx, rx) = tokio::sync::watch::channel(false);
         let kubelet = match kubelet_api_options(&args, &client, &data_dir, &node_name, node_ip, socket).await? {
             Some(api) => {

@@ -61,6 +61,8 @@ pub struct Options {
     pub node_ip: Option<IpAddr>,
     /// The kubelet API port advertised in `status.daemonEndpoints`.
     pub kubelet_port: u16,
+    /// Pods this node takes (`capacity.pods`, kubelet's `--max-pods`).
+    pub max_pods: u32,
 }
 
 impl Options {
@@ -73,6 +75,7 @@ impl Options {
             cluster_domain: "cluster.local".into(),
             node_ip: None,
             kubelet_port: 10250,
+            max_pods: machine::MAX_PODS,
         }
     }
 }

@@ -126,13 +126,13 @@ impl Reporter {
         let capacity = json!({
             "cpu": q(cpus), "memory": format!("{mem_total}Ki"),
             "ephemeral-storage": format!("{}Ki", disk_total / 1024),
-            "pods": q(machine::MAX_PODS), "hugepages-2Mi": "0", "hugepages-1Gi": "0",
+            "pods": q(opts.max_pods), "hugepages-2Mi": "0", "hugepages-1Gi": "0",
         });
         let allocatable = json!({
             "cpu": q(cpus),
             "memory": format!("{}Ki", mem_total.saturating_sub(machine::EVICTION_MEMORY_KI)),
             "ephemeral-storage": format!("{}Ki", disk_total / 1024 * 9 / 10),
-            "pods": q(machine::MAX_PODS), "hugepages-2Mi": "0", "hugepages-1Gi": "0",
+            "pods": q(opts.max_pods), "hugepages-2Mi": "0", "hugepages-1Gi": "0",
         });
         let mem_pressure = mem_avail < machine::EVICTION_MEMORY_KI;
         let disk_pressure = disk_total > 0 && disk_avail < disk_total / 10;

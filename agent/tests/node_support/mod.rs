@@ -202,6 +202,9 @@ impl Cluster {
                 "0",
                 // Tests of the agent alone: no service proxy or DNS in the host namespace.
                 "--no-proxy",
+                // Not kubelet's default, so the Node's capacity shows the flag was used.
+                "--max-pods",
+                "150",
                 "--data-dir",
                 self.agent_data.to_str().unwrap(),
             ],

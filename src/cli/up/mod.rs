@@ -55,6 +55,12 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 10250)]
     pub kubelet_port: u16,
 
+    /// Pods the node takes (its `capacity.pods`), as kubelet's --max-pods; the pod
+    /// network's /24 per node bounds it at 254.
+    #[arg(long, default_value_t = hull_agent::node::machine::MAX_PODS,
+          value_parser = clap::value_parser!(u32).range(1..=254))]
+    pub max_pods: u32,
+
     /// The pod network; the node gets a /24 of it.
     #[arg(long, default_value = "10.244.0.0/16")]
     pub cluster_cidr: String,

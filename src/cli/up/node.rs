@@ -22,6 +22,7 @@ pub fn spawn(
     opts.cluster_domain = args.cluster_domain.clone();
     opts.node_ip = Some(node_ip);
     opts.kubelet_port = args.kubelet_port;
+    opts.max_pods = args.max_pods;
     let mut api = kubelet_api::Options::new(
         node_name,
         data_dir.join("ca.crt"),
