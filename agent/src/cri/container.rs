@@ -486,6 +486,15 @@ pub fn reopen_log(cfg: &Config, id: &str) -> Result<()> {
     })?;
     // SAFETY: signalling the monitor (found as the parent of the container's init).
     unsafe { libc::kill(pid, libc::SIGUSR1) };
+    // Answer once the monitor has the new file open, as containerd does (log rotation
+    // renames the old file and expects the new one when the call returns).
+    if !rec.log_path.is_empty() {
+        let p = Path::new(&rec.log_path);
+        let t = Instant::now();
+        while !p.exists() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     Ok(())
 }
 

@@ -49,15 +49,20 @@ fn cap_name(c: &str) -> String {
     }
 }
 
-/// Every capability the running kernel knows (for `privileged` and `ALL`).
+/// Every capability the running kernel knows and this process may still grant (for
+/// `privileged` and `ALL`): the server's bounding set, as containerd gives privileged
+/// containers its own current capabilities. A cap dropped from the host's bounding set
+/// (here CAP_SYS_RESOURCE) cannot be raised, and asking for it fails the capset.
 fn all_caps() -> Vec<String> {
     let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40);
+    let bounding = caps::read(None, caps::CapSet::Bounding).ok();
     caps::all()
         .into_iter()
         .filter(|c| c.index() as u32 <= last)
+        .filter(|c| bounding.as_ref().is_none_or(|b| b.contains(c)))
         .map(|c| c.to_string())
         .collect()
 }
@@ -161,6 +166,27 @@ pub fn apply(
         clean_abs(&c.working_dir, "working_dir")?;
         spec["process"]["cwd"] = json!(c.working_dir);
     }
+    // Without a user of its own the container keeps the image's (from the bundle's
+    // spec), but the supplemental groups still apply.
+    let user = user.or_else(|| {
+        (!sc.supplemental_groups.is_empty()).then(|| {
+            let u = &spec["process"]["user"];
+            let id = |k: &str| {
+                u[k].as_u64()
+                    .and_then(|v| u32::try_from(v).ok())
+                    .unwrap_or(0)
+            };
+            let extra = u["additionalGids"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|g| g.as_u64().and_then(|v| u32::try_from(v).ok()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (id("uid"), id("gid"), extra)
+        })
+    });
     if let Some((uid, gid, extra)) = user {
         let mut groups = extra;
         for (i, g) in sc.supplemental_groups.iter().enumerate() {
