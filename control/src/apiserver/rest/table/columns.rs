@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Cell, Col, age, arr, c, human_duration, i, or_none, s};
+use super::{Cell, Printer, age, arr, c, human_duration, i, or_none, s};
 
 fn selector_string(sel: Option<&Value>) -> String {
     let Some(sel) = sel else {
@@ -205,7 +205,7 @@ fn node_row(o: &Value) -> Vec<Cell> {
 }
 
 /// Column definitions and a row function per kind.
-pub(super) fn columns(kind: &str) -> (Vec<Col>, fn(&Value) -> Vec<Cell>) {
+pub(super) fn columns(kind: &str) -> Printer {
     match kind {
         "Pod" => (
             vec![

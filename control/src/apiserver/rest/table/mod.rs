@@ -12,6 +12,9 @@ use columns::columns;
 
 type Cell = Value;
 
+/// A kind's columns and the function that fills a row of them.
+type Printer = (Vec<Col>, fn(&Value) -> Vec<Cell>);
+
 struct Col {
     name: &'static str,
     ty: &'static str,

@@ -2,11 +2,11 @@
 
 use serde_json::{Value, json};
 
-use super::{Cell, Col, age, arr, c, human_duration, i, or_none, s};
+use super::{Printer, age, arr, c, human_duration, i, or_none, s};
 
 /// The columns and row function of `kind`; Name / Created At for kinds kubectl has no
 /// printer for.
-pub(super) fn columns(kind: &str) -> (Vec<Col>, fn(&Value) -> Vec<Cell>) {
+pub(super) fn columns(kind: &str) -> Printer {
     match kind {
         "Namespace" => (vec![c("Status", "string", 0), c("Age", "string", 0)], |o| {
             vec![
