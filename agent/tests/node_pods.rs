@@ -165,7 +165,11 @@ echo main-done > /shared/from-main; exec sleep 3600"#;
     let ns = n.status.clone().unwrap();
     assert!(ns.capacity.as_ref().unwrap().contains_key("cpu"));
     assert_eq!(
-        ns.capacity.as_ref().unwrap().get("pods").map(|q| q.0.as_str()),
+        ns.capacity
+            .as_ref()
+            .unwrap()
+            .get("pods")
+            .map(|q| q.0.as_str()),
         Some("150"),
         "--max-pods 150 is the Node's capacity.pods"
     );
