@@ -14,6 +14,8 @@ pub enum ApplyError {
     Spawn { bin: String, source: std::io::Error },
     #[error("nft refused the transaction (previous rules stay in force): {stderr}")]
     Refused { stderr: String },
+    #[error(transparent)]
+    Netlink(#[from] crate::netlink::NetlinkError),
     #[error("writing {path}: {source}")]
     Sysctl {
         path: String,
@@ -57,11 +59,14 @@ pub fn cleanup() -> Result<(), ApplyError> {
     nft_apply(&nft::render_cleanup())
 }
 
-/// `nft list table ip|ip6 hull-proxy`, or `None` if it does not exist.
+/// `nft list table ip|ip6 <live hull table>`, or `None` if there is none.
 pub fn list_table(family: nft::Family) -> Result<Option<String>, ApplyError> {
+    let Some(table) = crate::fullsync::live_table(family)? else {
+        return Ok(None);
+    };
     let bin = nft_bin();
     let out = Command::new(&bin)
-        .args(["list", "table", family.table_family(), nft::TABLE])
+        .args(["list", "table", family.table_family(), table])
         .output()
         .map_err(|source| ApplyError::Spawn { bin, source })?;
     Ok(out

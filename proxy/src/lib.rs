@@ -3,9 +3,12 @@
 //! Module map:
 //! - `model`: Services + EndpointSlices + node facts → desired service ports (pure).
 //! - `ports`: the model kept current per changed Service (which port ids changed).
+//! - `element`: map/set elements, typed: as nft text and as the kernel's bytes.
 //! - `pick`: the chains service ports share: pick-N (random draw) and endpoint slots.
 //! - `nft`: a service port's rules (a fragment) and the fixed chains, as nft text.
 //! - `state`: per-port fragments → full or incremental `nft -f` transactions.
+//! - `fullsync`: a full sync: next table beside the live one, elements over netlink, swap.
+//! - `netlink`: nf_tables set elements written over netlink (NFT_MSG_NEWSETELEM batches).
 //! - `syncer`: one sync step: full or incremental transaction, conntrack cleanup.
 //! - `apply`: runs `nft`, cleanup, route_localnet.
 //! - `dns_model`: Services/EndpointSlices/Pods → cluster DNS answers (pure).
@@ -22,7 +25,10 @@ pub mod daemon;
 pub mod dns_model;
 pub mod dns_server;
 pub mod dns_service;
+pub mod element;
+pub mod fullsync;
 pub mod model;
+pub mod netlink;
 pub mod nft;
 pub mod pick;
 pub mod ports;

@@ -54,6 +54,14 @@ impl Protocol {
             Self::Sctp => "sctp",
         }
     }
+    /// The IP protocol number (`meta l4proto`).
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+            Self::Sctp => 132,
+        }
+    }
 }
 
 /// One backend of a service port.

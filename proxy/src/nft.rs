@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+pub use crate::element::{Dest, Key, REJECT_CHAIN, Verdict};
 use crate::model::{Endpoint, NodeInfo, RuleSet, ServicePortRule};
 pub use crate::pick::{Pick, PickKind, Slot, slots};
 pub use crate::state::State;
@@ -63,7 +64,9 @@ pub fn render_cleanup() -> String {
     let mut s = String::new();
     for f in [Family::V4, Family::V6] {
         let t = f.table_family();
-        let _ = writeln!(s, "add table {t} {TABLE}\ndelete table {t} {TABLE}");
+        for table in crate::fullsync::TABLES {
+            let _ = writeln!(s, "add table {t} {table}\ndelete table {t} {table}");
+        }
     }
     s
 }
@@ -110,9 +113,9 @@ pub struct Fragment {
     /// its declaration, so a set is only ever added or deleted, never changed.
     pub sets: Vec<(String, String)>,
     /// Elements of each map in [`MAPS`]: (key, verdict).
-    pub maps: [Vec<(String, String)>; 4],
+    pub maps: [Vec<(Key, Verdict)>; 4],
     /// Elements of the endpoint slot maps: (slot, key, endpoint).
-    pub endpoints: Vec<(Slot, String, String)>,
+    pub endpoints: Vec<(Slot, Key, Dest)>,
     /// The shared pick chains its verdicts go to.
     pub picks: Vec<Pick>,
     /// Its endpoints' addresses (deduplicated).
@@ -172,11 +175,11 @@ enum Target {
 }
 
 impl Target {
-    fn verdict(&self) -> String {
+    fn verdict(&self) -> Verdict {
         match self {
-            Target::Chain(c) => format!("goto {c}"),
-            Target::Reject => "goto reject-chain".to_string(),
-            Target::Drop => "drop".to_string(),
+            Target::Chain(c) => Verdict::Chain(c.clone()),
+            Target::Reject => Verdict::reject(),
+            Target::Drop => Verdict::Drop,
         }
     }
 }
@@ -191,18 +194,13 @@ pub fn pod_cidrs(node: &NodeInfo, f: Family) -> Vec<String> {
 }
 
 /// Elements `key : endpoint k` of the slot maps `k`.
-fn endpoint_elems(
-    out: &mut Vec<(Slot, String, String)>,
-    nodeport: bool,
-    key: &str,
-    eps: &[Endpoint],
-) {
+fn endpoint_elems(out: &mut Vec<(Slot, Key, Dest)>, nodeport: bool, key: Key, eps: &[Endpoint]) {
     for (k, e) in eps.iter().enumerate() {
-        out.push((
-            Slot { nodeport, k },
-            key.to_string(),
-            format!("{} . {}", e.ip, e.port),
-        ));
+        let dest = Dest {
+            addr: e.ip,
+            port: e.port,
+        };
+        out.push((Slot { nodeport, k }, key, dest));
     }
 }
 
@@ -248,7 +246,12 @@ fn shared(
     local: &[Endpoint],
     f: Family,
 ) {
-    let proto = r.protocol.nft();
+    let proto = r.protocol;
+    let key = |addr: Option<IpAddr>| Key {
+        addr,
+        proto,
+        port: r.port,
+    };
     let cluster = if r.internal_local { local } else { all };
     let cluster_verdict = match (all.is_empty(), cluster.is_empty()) {
         (true, _) => Err(Target::Reject),
@@ -259,14 +262,14 @@ fn shared(
                 n: cluster.len(),
             };
             st.picks.push(p);
-            Ok(format!("goto {}", p.chain()))
+            Ok(Verdict::Pick(p))
         }
     };
     for ip in cips {
-        let key = format!("{ip} . {proto} . {}", r.port);
+        let key = key(Some(*ip));
         match &cluster_verdict {
             Ok(v) => {
-                endpoint_elems(&mut st.endpoints, false, &key, cluster);
+                endpoint_elems(&mut st.endpoints, false, key, cluster);
                 st.maps[0].push((key, v.clone()));
             }
             Err(t) => st.maps[2].push((key, t.verdict())),
@@ -277,7 +280,7 @@ fn shared(
     }
     let n = all.len();
     for ip in r.external_ips.iter().filter(|ip| f.has(ip)) {
-        let key = format!("{ip} . {proto} . {}", r.port);
+        let key = key(Some(*ip));
         if n == 0 {
             st.maps[2].push((key, Target::Reject.verdict()));
             continue;
@@ -289,11 +292,15 @@ fn shared(
         if !st.picks.contains(&p) {
             st.picks.push(p);
         }
-        endpoint_elems(&mut st.endpoints, false, &key, all);
-        st.maps[0].push((key, format!("goto {}", p.chain())));
+        endpoint_elems(&mut st.endpoints, false, key, all);
+        st.maps[0].push((key, Verdict::Pick(p)));
     }
     if let Some(np) = r.node_port {
-        let key = format!("{proto} . {np}");
+        let key = Key {
+            addr: None,
+            proto,
+            port: np,
+        };
         if n == 0 {
             st.maps[3].push((key, Target::Reject.verdict()));
             return;
@@ -303,8 +310,8 @@ fn shared(
             n,
         };
         st.picks.push(p);
-        endpoint_elems(&mut st.endpoints, true, &key, all);
-        st.maps[1].push((key, format!("goto {}", p.chain())));
+        endpoint_elems(&mut st.endpoints, true, key, all);
+        st.maps[1].push((key, Verdict::Pick(p)));
     }
 }
 
@@ -413,8 +420,13 @@ fn chained(
         (true, false, false) => Target::Chain(loc.clone()),
         (false, false, _) => Target::Chain(svc.clone()),
     };
+    let key = |addr: Option<IpAddr>, port: u16| Key {
+        addr,
+        proto: r.protocol,
+        port,
+    };
     for ip in cips {
-        let key = format!("{ip} . {proto} . {}", r.port);
+        let key = key(Some(*ip), r.port);
         match &cluster_target {
             Target::Chain(_) => service_ips.push((key, cluster_target.verdict())),
             _ => noep_ips.push((key, cluster_target.verdict())),
@@ -458,17 +470,17 @@ fn chained(
         _ => (&mut *noep_ips, &mut *noep_nodeports),
     };
     for ip in r.external_ips.iter().filter(|ip| f.has(ip)) {
-        ips_map.push((format!("{ip} . {proto} . {}", r.port), ext_target.verdict()));
+        ips_map.push((key(Some(*ip), r.port), ext_target.verdict()));
     }
     if let Some(np) = r.node_port {
-        np_map.push((format!("{proto} . {np}"), ext_target.verdict()));
+        np_map.push((key(None, np), ext_target.verdict()));
     }
 }
 
-/// One family's table, defined whole, from its fragments (in id order), the pick
-/// chains they use and their endpoints' addresses. Map elements are merged:
-/// should two ports claim the same key (two Services on one externalIP:port), the
-/// later one wins rather than the kernel refusing the set.
+/// One family's table, from its fragments (in id order), the pick chains they
+/// use and their endpoints' addresses. Map elements are merged: should two ports
+/// claim the same key (two Services on one externalIP:port), the later one wins
+/// rather than the kernel refusing the set.
 pub struct TableParts<'a, I: Iterator<Item = &'a Fragment> + Clone> {
     pub frags: I,
     pub picks: Vec<Pick>,
@@ -477,8 +489,148 @@ pub struct TableParts<'a, I: Iterator<Item = &'a Fragment> + Clone> {
     pub localhost_nodeports: bool,
 }
 
-pub fn render_table<'a, I>(s: &mut String, parts: TableParts<'a, I>, f: Family)
-where
+/// Every element of one family's table, merged over the fragments.
+pub struct Elements<'a> {
+    pub maps: [BTreeMap<&'a Key, &'a Verdict>; 4],
+    pub slots: BTreeMap<Slot, BTreeMap<&'a Key, &'a Dest>>,
+    pub hairpin: Vec<IpAddr>,
+}
+
+impl<'a> Elements<'a> {
+    pub fn merge(
+        frags: impl Iterator<Item = &'a Fragment>,
+        slots: &std::collections::BTreeSet<Slot>,
+        hairpin: Vec<IpAddr>,
+    ) -> Elements<'a> {
+        let mut maps: [BTreeMap<&Key, &Verdict>; 4] = Default::default();
+        let mut slot_maps: BTreeMap<Slot, BTreeMap<&Key, &Dest>> =
+            slots.iter().map(|sl| (*sl, BTreeMap::new())).collect();
+        for fr in frags {
+            for (m, elems) in maps.iter_mut().zip(&fr.maps) {
+                m.extend(elems.iter().map(|(k, v)| (k, v)));
+            }
+            for (sl, k, v) in &fr.endpoints {
+                if let Some(m) = slot_maps.get_mut(sl) {
+                    m.insert(k, v);
+                }
+            }
+        }
+        Elements {
+            maps,
+            slots: slot_maps,
+            hairpin,
+        }
+    }
+}
+
+/// The chains that hook into the kernel: (name, hook declaration, rules). They
+/// only jump to the table's other chains, so a full sync can build everything
+/// else first and add these last, in the transaction that drops the old table.
+pub fn hook_chains() -> Vec<(&'static str, &'static str, Vec<String>)> {
+    let new = "ct state new jump";
+    vec![
+        (
+            "nat-prerouting",
+            "type nat hook prerouting priority dstnat; policy accept;",
+            vec!["jump services".into()],
+        ),
+        (
+            "nat-output",
+            "type nat hook output priority -100; policy accept;",
+            vec!["jump services".into()],
+        ),
+        (
+            "nat-postrouting",
+            "type nat hook postrouting priority srcnat; policy accept;",
+            vec!["jump masquerading".into()],
+        ),
+        (
+            "filter-input",
+            "type filter hook input priority -110; policy accept;",
+            vec![
+                format!("{new} endpoints-check"),
+                format!("{new} nodeport-endpoints-check"),
+            ],
+        ),
+        (
+            "filter-forward",
+            "type filter hook forward priority -110; policy accept;",
+            vec![format!("{new} endpoints-check")],
+        ),
+        (
+            "filter-output",
+            "type filter hook output priority -110; policy accept;",
+            vec![format!("{new} endpoints-check")],
+        ),
+    ]
+}
+
+/// The fixed chains that do not hook: (name, rules).
+fn fixed_chains(f: Family, localhost_nodeports: bool) -> Vec<(&'static str, Vec<String>)> {
+    let a = f.table_family();
+    // NodePorts answer on every local address; on 127.0.0.1 only when asked
+    // (needs route_localnet), never on ::1 (IPv6 has no route_localnet).
+    let np_guard = if f == Family::V4 && localhost_nodeports {
+        String::new()
+    } else {
+        format!("{a} daddr != {} ", f.loopback())
+    };
+    vec![
+        (
+            "mark-for-masquerade",
+            vec![format!("meta mark set meta mark | {MASQ_MARK:#x}")],
+        ),
+        (
+            "masquerading",
+            vec![
+                format!("ct status dnat {a} saddr . {a} daddr @{HAIRPIN} jump mark-for-masquerade"),
+                format!("meta mark & {MASQ_MARK:#x} == 0 return"),
+                format!("meta mark set meta mark ^ {MASQ_MARK:#x}"),
+                "masquerade fully-random".into(),
+            ],
+        ),
+        (
+            "services",
+            vec![
+                format!("{a} daddr . meta l4proto . th dport vmap @service-ips"),
+                format!(
+                    "fib daddr type local {np_guard}meta l4proto . th dport vmap @service-nodeports"
+                ),
+            ],
+        ),
+        (
+            "endpoints-check",
+            vec![format!(
+                "{a} daddr . meta l4proto . th dport vmap @no-endpoint-services"
+            )],
+        ),
+        (
+            "nodeport-endpoints-check",
+            vec![format!(
+                "fib daddr type local {np_guard}meta l4proto . th dport vmap @no-endpoint-nodeports"
+            )],
+        ),
+        (REJECT_CHAIN, vec!["reject".into()]),
+    ]
+}
+
+/// How much of the table [`render_table`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Everything: elements inline, hooks included (one `nft -f`).
+    Whole,
+    /// Everything but the map/set elements and the hook chains: the elements
+    /// are loaded over netlink and the hooks added afterwards (see `fullsync.rs`).
+    Skeleton,
+}
+
+pub fn render_table<'a, I>(
+    s: &mut String,
+    parts: TableParts<'a, I>,
+    f: Family,
+    table: &str,
+    part: Part,
+) where
     I: Iterator<Item = &'a Fragment> + Clone,
 {
     let TableParts {
@@ -489,103 +641,97 @@ where
         localhost_nodeports,
     } = parts;
     let t = f.table_family();
-    let a = t;
     let ty = f.addr_type();
     let _ = writeln!(
         s,
-        "add table {t} {TABLE}\ndelete table {t} {TABLE}\ntable {t} {TABLE} {{"
+        "add table {t} {table}\ndelete table {t} {table}\ntable {t} {table} {{"
     );
     let _ = writeln!(
         s,
         "\tcomment \"hull service proxy; rewritten whole on a full sync, in parts in between\""
     );
     let slots = slots(&picks);
-    let mut maps: [BTreeMap<&str, &str>; 4] = Default::default();
-    let mut slot_maps: BTreeMap<Slot, BTreeMap<&str, &str>> =
-        slots.iter().map(|sl| (*sl, BTreeMap::new())).collect();
-    for fr in frags.clone() {
-        for (m, elems) in maps.iter_mut().zip(&fr.maps) {
-            m.extend(elems.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        }
-        for (sl, k, v) in &fr.endpoints {
-            if let Some(m) = slot_maps.get_mut(sl) {
-                m.insert(k.as_str(), v.as_str());
-            }
-        }
-    }
-    let mut map = |name: &str, ty: &str, elems: &BTreeMap<&str, &str>| {
+    let elems = match part {
+        Part::Whole => Some(Elements::merge(frags.clone(), &slots, hairpin)),
+        Part::Skeleton => None,
+    };
+    let mut map = |name: &str, ty: &str, elems: Option<Vec<String>>| {
         let _ = write!(s, "\tmap {name} {{ {ty};");
-        if !elems.is_empty() {
+        if let Some(elems) = elems.filter(|e| !e.is_empty()) {
             s.push_str(" elements = { ");
-            for (i, (k, v)) in elems.iter().enumerate() {
-                if i > 0 {
-                    s.push_str(",\n\t\t");
-                }
-                let _ = write!(s, "{k} : {v}");
-            }
+            s.push_str(&elems.join(",\n\t\t"));
             s.push_str(" }");
         }
         s.push_str(" }\n");
     };
-    for (i, (name, elems)) in MAPS.iter().zip(&maps).enumerate() {
-        map(name, &map_type(i, f), elems);
+    for (i, name) in MAPS.iter().enumerate() {
+        let e = elems.as_ref().map(|e| {
+            e.maps[i]
+                .iter()
+                .map(|(k, v)| format!("{k} : {v}"))
+                .collect()
+        });
+        map(name, &map_type(i, f), e);
     }
-    for (sl, elems) in &slot_maps {
-        map(&sl.map(), &sl.map_type(f), elems);
+    for sl in &slots {
+        let e = elems.as_ref().map(|e| {
+            e.slots
+                .get(sl)
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k} : {v}"))
+                .collect()
+        });
+        map(&sl.map(), &sl.map_type(f), e);
     }
     let _ = write!(s, "\tset {HAIRPIN} {{ type {ty} . {ty};");
-    if !hairpin.is_empty() {
+    if let Some(e) = elems.as_ref().filter(|e| !e.hairpin.is_empty()) {
+        let v: Vec<String> = e.hairpin.iter().map(|ip| format!("{ip} . {ip}")).collect();
         s.push_str(" elements = { ");
-        for (i, ip) in hairpin.iter().enumerate() {
-            if i > 0 {
-                s.push_str(",\n\t\t");
-            }
-            let _ = write!(s, "{ip} . {ip}");
-        }
+        s.push_str(&v.join(",\n\t\t"));
         s.push_str(" }");
     }
     s.push_str(" }\n");
     for (name, decl) in frags.clone().flat_map(|fr| &fr.sets) {
         let _ = writeln!(s, "\tset {name} {{ {decl} }}");
     }
-
-    // NodePorts answer on every local address; on 127.0.0.1 only when asked
-    // (needs route_localnet), never on ::1 (IPv6 has no route_localnet).
-    let np_guard = if f == Family::V4 && localhost_nodeports {
-        String::new()
-    } else {
-        format!("{a} daddr != {} ", f.loopback())
-    };
-    let _ = writeln!(
-        s,
-        "\tchain mark-for-masquerade {{\n\t\tmeta mark set meta mark | {MASQ_MARK:#x}\n\t}}\n\
-         \tchain masquerading {{\n\t\tct status dnat {a} saddr . {a} daddr @{HAIRPIN} jump mark-for-masquerade\n\t\tmeta mark & {MASQ_MARK:#x} == 0 return\n\t\tmeta mark set meta mark ^ {MASQ_MARK:#x}\n\t\tmasquerade fully-random\n\t}}\n\
-         \tchain services {{\n\t\t{a} daddr . meta l4proto . th dport vmap @service-ips\n\t\tfib daddr type local {np_guard}meta l4proto . th dport vmap @service-nodeports\n\t}}\n\
-         \tchain endpoints-check {{\n\t\t{a} daddr . meta l4proto . th dport vmap @no-endpoint-services\n\t}}\n\
-         \tchain nodeport-endpoints-check {{\n\t\tfib daddr type local {np_guard}meta l4proto . th dport vmap @no-endpoint-nodeports\n\t}}\n\
-         \tchain reject-chain {{\n\t\treject\n\t}}\n\
-         \tchain nat-prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\tjump services\n\t}}\n\
-         \tchain nat-output {{\n\t\ttype nat hook output priority -100; policy accept;\n\t\tjump services\n\t}}\n\
-         \tchain nat-postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tjump masquerading\n\t}}\n\
-         \tchain filter-input {{\n\t\ttype filter hook input priority -110; policy accept;\n\t\tct state new jump endpoints-check\n\t\tct state new jump nodeport-endpoints-check\n\t}}\n\
-         \tchain filter-forward {{\n\t\ttype filter hook forward priority -110; policy accept;\n\t\tct state new jump endpoints-check\n\t}}\n\
-         \tchain filter-output {{\n\t\ttype filter hook output priority -110; policy accept;\n\t\tct state new jump endpoints-check\n\t}}"
-    );
-    let mut chain = |name: &str, rules: &[String]| {
+    let mut chain = |name: &str, hook: Option<&str>, rules: &[String]| {
         let _ = writeln!(s, "\tchain {name} {{");
+        if let Some(h) = hook {
+            let _ = writeln!(s, "\t\t{h}");
+        }
         for r in rules {
             let _ = writeln!(s, "\t\t{r}");
         }
         s.push_str("\t}\n");
     };
+    for (name, rules) in fixed_chains(f, localhost_nodeports) {
+        chain(name, None, &rules);
+    }
+    if part == Part::Whole {
+        for (name, hook, rules) in hook_chains() {
+            chain(name, Some(hook), &rules);
+        }
+    }
     for sl in &slots {
-        chain(&sl.chain(), &sl.rules(f));
+        chain(&sl.chain(), None, &sl.rules(f));
     }
     for p in &picks {
-        chain(&p.chain(), &p.rules(pod_cidrs, f));
+        chain(&p.chain(), None, &p.rules(pod_cidrs, f));
     }
     for (name, rules) in frags.flat_map(|fr| &fr.chains) {
-        chain(name, rules);
+        chain(name, None, rules);
     }
     s.push_str("}\n");
+}
+
+/// The hook chains of `table`, as commands: the last step of a full sync.
+pub fn render_hooks(s: &mut String, f: Family, table: &str) {
+    let t = f.table_family();
+    for (name, hook, rules) in hook_chains() {
+        let _ = writeln!(s, "add chain {t} {table} {name} {{ {hook} }}");
+        for r in rules {
+            let _ = writeln!(s, "add rule {t} {table} {name} {r}");
+        }
+    }
 }

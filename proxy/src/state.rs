@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::model::{NodeInfo, ServicePortRule};
-use crate::nft::{self, Family, Fragment, HAIRPIN, MAPS, Pick, Slot, TABLE};
+use crate::nft::{self, Dest, Family, Fragment, HAIRPIN, Key, MAPS, Part, Pick, Slot, Verdict};
 
 /// One service port: its rule and its fragment in each family.
 #[derive(Debug, PartialEq, Eq)]
@@ -87,6 +87,9 @@ impl Shared {
 /// The desired content of both tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
+    /// The table (in both families) this state is written to: a full sync
+    /// builds the next one beside the live one and swaps (see `fullsync.rs`).
+    pub table: &'static str,
     /// The fixed chains and every fragment depend on these node facts.
     localhost_nodeports: bool,
     pod_cidrs: Vec<(IpAddr, u8)>,
@@ -112,6 +115,7 @@ impl State {
         prev: Option<&State>,
     ) -> State {
         let mut st = State {
+            table: prev.map_or(nft::TABLE, |p| p.table),
             localhost_nodeports: node.localhost_nodeports,
             pod_cidrs: node.pod_cidrs.clone(),
             ports: BTreeMap::new(),
@@ -194,7 +198,16 @@ impl State {
 
     /// Both tables, defined whole.
     pub fn render_full(&self) -> String {
-        let mut s = String::with_capacity(1024 + self.ports.len() * 700);
+        self.render(Part::Whole)
+    }
+
+    /// Both tables, `part` of them (see [`Part`]).
+    pub fn render(&self, part: Part) -> String {
+        let cap = match part {
+            Part::Whole => 1024 + self.ports.len() * 700,
+            Part::Skeleton => 4096,
+        };
+        let mut s = String::with_capacity(cap);
         for f in [Family::V4, Family::V6] {
             let shared = &self.shared[fam_index(f)];
             let cidrs = self.cidrs(f);
@@ -205,9 +218,19 @@ impl State {
                 pod_cidrs: &cidrs,
                 localhost_nodeports: self.localhost_nodeports,
             };
-            nft::render_table(&mut s, parts, f);
+            nft::render_table(&mut s, parts, f, self.table, part);
         }
         s
+    }
+
+    /// One family's merged elements (what a full sync loads over netlink).
+    pub fn elements(&self, f: Family) -> nft::Elements<'_> {
+        let shared = &self.shared[fam_index(f)];
+        nft::Elements::merge(
+            self.ports.values().map(|p| p.family(f)),
+            &nft::slots(shared.picks.keys()),
+            shared.hairpin.keys().copied().collect(),
+        )
     }
 
     fn cidrs(&self, f: Family) -> Vec<String> {
@@ -302,7 +325,7 @@ impl State {
             }
             d.hairpin_add = keys_not_in(&ns.hairpin, &os.hairpin);
             d.hairpin_delete = keys_not_in(&os.hairpin, &ns.hairpin);
-            d.render(&mut s, f);
+            d.render(&mut s, f, self.table);
         }
         (!s.is_empty()).then_some(s)
     }
@@ -321,9 +344,9 @@ fn keys_not_in<K: Ord + Copy>(a: &BTreeMap<K, u32>, b: &BTreeMap<K, u32>) -> Vec
 /// The commands of one family's incremental transaction, by stage.
 #[derive(Default)]
 struct Diff<'a> {
-    delete_elems: [Vec<&'a str>; 4],
-    delete_slot_elems: BTreeMap<Slot, Vec<&'a str>>,
-    add_slot_elems: BTreeMap<Slot, Vec<(&'a str, &'a str)>>,
+    delete_elems: [Vec<&'a Key>; 4],
+    delete_slot_elems: BTreeMap<Slot, Vec<&'a Key>>,
+    add_slot_elems: BTreeMap<Slot, Vec<(&'a Key, &'a Dest)>>,
     /// Slot maps that come (with their declaration) or go.
     add_maps: Vec<(String, String)>,
     delete_maps: Vec<String>,
@@ -335,7 +358,7 @@ struct Diff<'a> {
     fill: Vec<(&'a str, &'a [String])>,
     delete_chains: Vec<&'a str>,
     delete_sets: Vec<&'a str>,
-    add_elems: [Vec<(&'a str, &'a str)>; 4],
+    add_elems: [Vec<(&'a Key, &'a Verdict)>; 4],
 }
 
 impl<'a> Diff<'a> {
@@ -344,18 +367,18 @@ impl<'a> Diff<'a> {
             let (o, n) = (&old.maps[i], &new.maps[i]);
             for (k, v) in o {
                 if !n.iter().any(|(nk, nv)| nk == k && nv == v) {
-                    self.delete_elems[i].push(k.as_str());
+                    self.delete_elems[i].push(k);
                 }
             }
             for (k, v) in n {
                 if !o.iter().any(|(ok, ov)| ok == k && ov == v) {
-                    self.add_elems[i].push((k.as_str(), v.as_str()));
+                    self.add_elems[i].push((k, v));
                 }
             }
         }
-        let key = |(sl, k, v): &'a (Slot, String, String)| (*sl, k.as_str(), v.as_str());
-        let olds: HashSet<(Slot, &str, &str)> = old.endpoints.iter().map(key).collect();
-        let news: HashSet<(Slot, &str, &str)> = new.endpoints.iter().map(key).collect();
+        let key = |(sl, k, v): &'a (Slot, Key, Dest)| (*sl, k, v);
+        let olds: HashSet<(Slot, &Key, &Dest)> = old.endpoints.iter().map(key).collect();
+        let news: HashSet<(Slot, &Key, &Dest)> = new.endpoints.iter().map(key).collect();
         for (sl, k, _) in old.endpoints.iter().map(key).filter(|e| !news.contains(e)) {
             self.delete_slot_elems.entry(sl).or_default().push(k);
         }
@@ -396,21 +419,20 @@ impl<'a> Diff<'a> {
     /// Order matters inside the transaction: nothing may be deleted while a rule
     /// or an element still refers to it, and nothing may be referred to before it
     /// exists.
-    fn render(&self, s: &mut String, f: Family) {
-        let t = format!("{} {TABLE}", f.table_family());
+    fn render(&self, s: &mut String, f: Family, table: &str) {
+        let t = format!("{} {table}", f.table_family());
+        let keys = |ks: &[&Key]| -> String {
+            let v: Vec<String> = ks.iter().map(ToString::to_string).collect();
+            v.join(", ")
+        };
         // 1. Map elements that go away or change their verdict or endpoint.
-        for (name, keys) in MAPS.iter().zip(&self.delete_elems) {
-            if !keys.is_empty() {
-                let _ = writeln!(s, "delete element {t} {name} {{ {} }}", keys.join(", "));
+        for (name, ks) in MAPS.iter().zip(&self.delete_elems) {
+            if !ks.is_empty() {
+                let _ = writeln!(s, "delete element {t} {name} {{ {} }}", keys(ks));
             }
         }
-        for (sl, keys) in &self.delete_slot_elems {
-            let _ = writeln!(
-                s,
-                "delete element {t} {} {{ {} }}",
-                sl.map(),
-                keys.join(", ")
-            );
+        for (sl, ks) in &self.delete_slot_elems {
+            let _ = writeln!(s, "delete element {t} {} {{ {} }}", sl.map(), keys(ks));
         }
         // 2. New chains exist; changed and removed chains are emptied (which drops
         //    their references to other chains and sets).
@@ -463,17 +485,22 @@ impl<'a> Diff<'a> {
                 pairs(&self.hairpin_add)
             );
         }
-        let pairs = |elems: &[(&str, &str)]| -> String {
+        fn elem_pairs<V: std::fmt::Display>(elems: &[(&Key, &V)]) -> String {
             let v: Vec<String> = elems.iter().map(|(k, v)| format!("{k} : {v}")).collect();
             v.join(", ")
-        };
+        }
         for (name, elems) in MAPS.iter().zip(&self.add_elems) {
             if !elems.is_empty() {
-                let _ = writeln!(s, "add element {t} {name} {{ {} }}", pairs(elems));
+                let _ = writeln!(s, "add element {t} {name} {{ {} }}", elem_pairs(elems));
             }
         }
         for (sl, elems) in &self.add_slot_elems {
-            let _ = writeln!(s, "add element {t} {} {{ {} }}", sl.map(), pairs(elems));
+            let _ = writeln!(
+                s,
+                "add element {t} {} {{ {} }}",
+                sl.map(),
+                elem_pairs(elems)
+            );
         }
     }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::apply::{self, ApplyError};
 use crate::conntrack::{self, UdpFlow};
+use crate::fullsync;
 use crate::model::{NodeInfo, RuleSet, ServicePortRule};
 use crate::nft::State;
 use crate::ports::Ports;
@@ -116,7 +117,7 @@ impl Syncer {
     /// Apply `state`; `only`: the port ids that can differ from the applied state.
     fn commit<'a>(
         &mut self,
-        state: State,
+        mut state: State,
         ports: impl IntoIterator<Item = &'a ServicePortRule>,
         only: Option<&BTreeSet<String>>,
     ) -> Result<Outcome, ApplyError> {
@@ -127,24 +128,32 @@ impl Syncer {
         let (text, outcome) = match &self.applied {
             Some(old) if !due && state.same_base(old) => match state.render_diff_of(old, only) {
                 None => return Ok(Outcome::Unchanged),
-                Some(t) => (t, Outcome::Partial),
+                Some(t) => (Some(t), Outcome::Partial),
             },
-            _ => (state.render_full(), Outcome::Full),
+            // The full text is only for reading: a full sync loads the elements
+            // over netlink (see `fullsync.rs`).
+            _ => (self.explain.then(|| state.render_full()), Outcome::Full),
         };
         self.timings.render = t0.elapsed();
         let t1 = Instant::now();
-        if self.explain {
+        if self.explain
+            && let Some(text) = &text
+        {
+            let how = if outcome == Outcome::Full {
+                "full sync (what the tables hold after it; written as nft -f of the \
+                 chains, netlink batches of the elements, then one swap transaction)"
+            } else {
+                "incremental nft -f transaction"
+            };
             println!(
-                "# hull proxy: {} nft -f transaction ({} service ports)\n{text}",
-                if outcome == Outcome::Full {
-                    "full"
-                } else {
-                    "incremental"
-                },
+                "# hull proxy: {how} ({} service ports)\n{text}",
                 state.ports.len()
             );
         }
-        let applied = apply::nft_apply(&text);
+        let applied = match (outcome, &text) {
+            (Outcome::Partial, Some(text)) => apply::nft_apply(text),
+            _ => fullsync::apply(&mut state, self.applied.as_ref().map(|s| s.table)),
+        };
         self.timings.apply = t1.elapsed();
         if let Err(e) = applied {
             self.applied = None;

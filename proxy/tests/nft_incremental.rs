@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Netns, service, slice};
+use common::{Netns, live, normalized, service, slice};
 use hull_proxy::syncer::{Outcome, Syncer};
 use hull_proxy::{apply, model, nft};
 use k8s_openapi::api::core::v1::Service;
@@ -27,63 +26,6 @@ fn node_info() -> model::NodeInfo {
         localhost_nodeports: true,
         zone: None,
     }
-}
-
-/// `nft -j list table` of both families with handles dropped, rules grouped by
-/// chain (in order) and set/map elements sorted: equal iff the tables hold the
-/// same rules, whatever order they were created in.
-fn normalized(ns: &Netns) -> BTreeMap<String, Value> {
-    let name = ns.0.clone();
-    let mut out = BTreeMap::new();
-    for fam in ["ip", "ip6"] {
-        let o = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &name,
-                "nft",
-                "-j",
-                "list",
-                "table",
-                fam,
-                nft::TABLE,
-            ])
-            .output()
-            .expect("nft -j");
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let v: Value = serde_json::from_slice(&o.stdout).expect("nft json");
-        let mut rules: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        for item in v["nftables"].as_array().expect("nftables array") {
-            let Some((kind, body)) = item.as_object().and_then(|o| o.iter().next()) else {
-                continue;
-            };
-            let mut body = body.clone();
-            if let Some(o) = body.as_object_mut() {
-                o.remove("handle");
-            }
-            match kind.as_str() {
-                "rule" => {
-                    let chain = body["chain"].as_str().unwrap_or_default().to_string();
-                    rules
-                        .entry(format!("{fam} {chain}"))
-                        .or_default()
-                        .push(body["expr"].clone());
-                }
-                "chain" | "set" | "map" => {
-                    if let Some(elems) = body.get_mut("elem").and_then(Value::as_array_mut) {
-                        elems.sort_by_key(|e| e.to_string());
-                    }
-                    let n = body["name"].as_str().unwrap_or_default().to_string();
-                    out.insert(format!("{fam} {kind} {n}"), body);
-                }
-                _ => {}
-            }
-        }
-        for (chain, exprs) in rules {
-            out.insert(format!("rules {chain}"), Value::Array(exprs));
-        }
-    }
-    out
 }
 
 fn apply_full(ns: &Netns, rs: &model::RuleSet) {
@@ -269,7 +211,7 @@ fn affinity_survives_unrelated_changes_and_drift_is_repaired() {
         "add",
         "element",
         "ip",
-        nft::TABLE,
+        live(&ns, nft::Family::V4),
         set,
         "{ 192.168.9.9 }",
     ]);
@@ -283,7 +225,7 @@ fn affinity_survives_unrelated_changes_and_drift_is_repaired() {
                 "list",
                 "set",
                 "ip",
-                nft::TABLE,
+                live(ns, nft::Family::V4),
                 set,
             ])
             .output()
@@ -318,7 +260,7 @@ fn affinity_survives_unrelated_changes_and_drift_is_repaired() {
         "delete",
         "element",
         "ip",
-        nft::TABLE,
+        live(&ns, nft::Family::V4),
         "service-ips",
         "{ 10.96.1.2 . tcp . 80 }",
     ]);

@@ -2,13 +2,15 @@
 //! into a netns, and k8s object builders.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::process::Command;
 
+use hull_proxy::{fullsync, nft};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde_json::json;
+use serde_json::{Value, json};
 
 pub fn sh(args: &[&str]) {
     let st = Command::new(args[0])
@@ -82,4 +84,63 @@ pub fn slice(
         "ports": [{"name": port_name, "port": port, "protocol": "TCP"}]
     }))
     .expect("slice json")
+}
+
+/// `nft -j list table` of both families with handles dropped, rules grouped by
+/// chain (in order) and set/map elements sorted: equal iff the tables hold the
+/// same rules, whatever order they were created in.
+pub fn normalized(ns: &Netns) -> BTreeMap<String, Value> {
+    let name = ns.0.clone();
+    let mut out = BTreeMap::new();
+    for (fam, f) in [("ip", nft::Family::V4), ("ip6", nft::Family::V6)] {
+        let table = live(ns, f);
+        let o = Command::new("ip")
+            .args([
+                "netns", "exec", &name, "nft", "-j", "list", "table", fam, table,
+            ])
+            .output()
+            .expect("nft -j");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: Value = serde_json::from_slice(&o.stdout).expect("nft json");
+        let mut rules: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for item in v["nftables"].as_array().expect("nftables array") {
+            let Some((kind, body)) = item.as_object().and_then(|o| o.iter().next()) else {
+                continue;
+            };
+            let mut body = body.clone();
+            if let Some(o) = body.as_object_mut() {
+                // A full sync swaps between hull's two table names.
+                o.remove("handle");
+                o.remove("table");
+            }
+            match kind.as_str() {
+                "rule" => {
+                    let chain = body["chain"].as_str().unwrap_or_default().to_string();
+                    rules
+                        .entry(format!("{fam} {chain}"))
+                        .or_default()
+                        .push(body["expr"].clone());
+                }
+                "chain" | "set" | "map" => {
+                    if let Some(elems) = body.get_mut("elem").and_then(Value::as_array_mut) {
+                        elems.sort_by_key(|e| e.to_string());
+                    }
+                    let n = body["name"].as_str().unwrap_or_default().to_string();
+                    out.insert(format!("{fam} {kind} {n}"), body);
+                }
+                _ => {}
+            }
+        }
+        for (chain, exprs) in rules {
+            out.insert(format!("rules {chain}"), Value::Array(exprs));
+        }
+    }
+    out
+}
+
+/// The hull table packets go through in `ns`.
+pub fn live(ns: &Netns, f: nft::Family) -> &'static str {
+    ns.run(move || fullsync::live_table(f))
+        .expect("nft list chains")
+        .expect("a hull table")
 }
