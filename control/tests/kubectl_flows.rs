@@ -185,10 +185,25 @@ fn flows(s: &Server) {
         s.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
         "6"
     );
-    let current = s.ok(&["get", "deploy", "web", "-o", "yaml"]);
+    // The Deployment controller writes status while the scale-up settles; a replace
+    // carrying the resourceVersion read before such a write gets a 409, as it would
+    // against Kubernetes. Re-read and retry, as a user (or client-go's RetryOnConflict) does.
     let replaced = work.join("replace.yaml");
-    std::fs::write(&replaced, current.replace("replicas: 6", "replicas: 1")).expect("write");
-    s.ok(&["replace", "-f", &replaced.to_string_lossy()]);
+    let mut tries = 0;
+    loop {
+        let current = s.ok(&["get", "deploy", "web", "-o", "yaml"]);
+        std::fs::write(&replaced, current.replace("replicas: 6", "replicas: 1")).expect("write");
+        let out = s.kubectl(&["replace", "-f", &replaced.to_string_lossy()]);
+        if out.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        tries += 1;
+        assert!(
+            err.contains("the object has been modified") && tries < 10,
+            "replace: {err}"
+        );
+    }
     assert_eq!(
         s.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
         "1"

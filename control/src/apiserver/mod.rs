@@ -8,13 +8,15 @@
 //! [`bootstrap_token`] node join tokens; [`csr`] CertificateSigningRequest rules;
 //! [`reviews`] access/rules/token reviews; [`master_endpoints`] the `kubernetes` Service; [`rbac`] authorization (Node + RBAC, the
 //! default roles); [`registry`] the served resources;
-//! [`discovery`] discovery documents; [`openapi`] OpenAPI v2/v3; [`protobuf`] protobuf request
-//! bodies; [`status`] Status errors;
+//! [`conversion`] versions stored in another version's form; [`discovery`] discovery
+//! documents; [`openapi`] OpenAPI v2/v3; [`protobuf`] protobuf request bodies; [`status`]
+//! Status errors;
 //! [`rest`] the resource handlers; [`serve`] the listener, routing and shutdown.
 
 pub mod auth;
 pub mod authn;
 pub mod bootstrap_token;
+pub mod conversion;
 pub mod csr;
 pub mod discovery;
 pub mod kubeconfig;

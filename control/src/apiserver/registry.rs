@@ -55,13 +55,9 @@ impl ResourceInfo {
 
     /// The key prefix in the store, with a trailing slash (`/registry/pods/`).
     pub fn storage_prefix(&self) -> String {
-        // events.k8s.io/v1 Events have another wire shape than core/v1 Events; keep them
-        // apart rather than converting between the two.
-        if self.group == "events.k8s.io" {
-            "/registry/events.k8s.io/events/".to_string()
-        } else {
-            format!("/registry/{}/", self.plural)
-        }
+        // events.k8s.io/v1 Events are stored as core/v1 Events (see `conversion`), as
+        // kube-apiserver stores both under /registry/events/.
+        format!("/registry/{}/", self.plural)
     }
 
     /// The store key of one object.

@@ -95,6 +95,15 @@ async fn bootstrap(store: &Arc<dyn Store>) -> Result<(), ServerError> {
             }
         }
     }
+    match super::conversion::migrate_legacy_events(store.as_ref()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            events = n,
+            "moved events.k8s.io/v1 Events into core storage"
+        ),
+        // Events are best effort: the old ones stay where they were, the server runs.
+        Err(e) => tracing::warn!(error = %e, "moving events.k8s.io/v1 Events: {e}"),
+    }
     Ok(())
 }
 

@@ -4,9 +4,11 @@
 //!
 //! Modules: [`names`] name/key syntax; [`pod`] pod specs and templates; [`workloads`]
 //! apps/batch kinds; [`core`] Services, ConfigMaps, Secrets, Namespaces, quotas, ...;
+//! [`events`] core/v1 and events.k8s.io/v1 Events;
 //! [`other`] networking, autoscaling, storage, RBAC, discovery and coordination kinds.
 
 pub mod core;
+pub mod events;
 pub mod names;
 pub mod other;
 pub mod pod;
@@ -44,6 +46,7 @@ pub fn validate(kind: &str, new: &Value, old: Option<&Value>) -> Result<(), Inva
         }
         "Job" => workloads::validate_job(new, old, &mut errs),
         "CronJob" => workloads::validate_cron_job(new, &mut errs),
+        "Event" => events::validate(new, old, &mut errs),
         _ => {
             core::validate(kind, new, old, &mut errs);
             other::validate(kind, new, old, &mut errs);

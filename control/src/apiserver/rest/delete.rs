@@ -87,7 +87,7 @@ async fn delete_one(
             .get(&key)
             .await?
             .ok_or_else(|| ApiError::not_found(r.group, r.plural, name))?;
-        let mut obj = object::from_stored(&kv)?;
+        let mut obj = object::read(rq.r, &kv)?;
         if let Some(uid) = &opts.uid {
             let actual = object::meta_str(&obj, "uid").unwrap_or("");
             if uid != actual {
@@ -140,7 +140,7 @@ async fn delete_one(
             }
             match state.store.delete(&key, Some(kv.mod_revision)).await {
                 Ok((_, last)) => {
-                    let gone = object::from_stored(&last)?;
+                    let gone = object::read(rq.r, &last)?;
                     admit::deleted(state, rq, &gone).await;
                     return Ok((StatusCode::OK, gone));
                 }
@@ -176,7 +176,7 @@ async fn delete_one(
         }
         match state
             .store
-            .update(&key, object::to_stored(&obj)?, kv.mod_revision)
+            .update(&key, object::to_storage_bytes(rq.r, &obj)?, kv.mod_revision)
             .await
         {
             Ok(rev) => {
@@ -232,7 +232,7 @@ pub async fn delete_collection(
         .await?;
     let mut items = Vec::new();
     for kv in &page.items {
-        let obj = object::from_stored(kv)?;
+        let obj = object::read(rq.r, kv)?;
         if !labels.matches(&obj) || !fields.matches(&obj) {
             continue;
         }

@@ -95,7 +95,7 @@ pub async fn collect(state: &ApiState, rq: &Req) -> Result<Listed, ApiError> {
         rev = page.revision;
         let n = page.items.len();
         for (i, kv) in page.items.iter().enumerate() {
-            let obj = object::from_stored(kv)?;
+            let obj = object::read(rq.r, kv)?;
             if !labels.matches(&obj) || !fields.matches(&obj) {
                 continue;
             }

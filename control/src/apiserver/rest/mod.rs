@@ -331,7 +331,7 @@ pub async fn load(state: &ApiState, rq: &Req) -> Result<(Value, i64), ApiError> 
         .get(&rq.key())
         .await?
         .ok_or_else(|| ApiError::not_found(rq.r.group, rq.r.plural, rq.name()))?;
-    Ok((object::from_stored(&kv)?, kv.mod_revision))
+    Ok((object::read(rq.r, &kv)?, kv.mod_revision))
 }
 
 async fn get(state: &ApiState, rq: &Req) -> Result<Response, ApiError> {

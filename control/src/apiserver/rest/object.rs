@@ -4,9 +4,9 @@
 
 use serde_json::{Map, Value};
 
-use crate::apiserver::openapi;
 use crate::apiserver::registry::ResourceInfo;
 use crate::apiserver::status::ApiError;
+use crate::apiserver::{conversion, openapi};
 use crate::store::KeyValue;
 
 /// Decodes a request body by its `Content-Type` (JSON unless it says YAML).
@@ -189,6 +189,21 @@ pub fn from_stored(kv: &KeyValue) -> Result<Value, ApiError> {
         Value::String(kv.mod_revision.to_string()),
     );
     Ok(v)
+}
+
+/// The stored object as `r`'s version shows it (converted when the version is stored in
+/// another's form, see [`conversion`](crate::apiserver::conversion)).
+pub fn read(r: &ResourceInfo, kv: &KeyValue) -> Result<Value, ApiError> {
+    Ok(conversion::from_storage(r, from_stored(kv)?))
+}
+
+/// The bytes stored for an object of `r`'s version: its storage form.
+pub fn to_storage_bytes(r: &ResourceInfo, obj: &Value) -> Result<Vec<u8>, ApiError> {
+    if conversion::converted(r) {
+        to_stored(&conversion::to_storage(r, obj.clone()))
+    } else {
+        to_stored(obj)
+    }
 }
 
 /// Parses a resourceVersion string (empty → None).

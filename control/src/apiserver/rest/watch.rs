@@ -33,12 +33,15 @@ const SHARED_LINES: usize = 1024;
 /// Every pod write reaches a dozen watchers (scheduler, workload controllers, endpoints,
 /// garbage collector, node agents); parsing the stored JSON and encoding it again for each
 /// was most of the API server's CPU under scheduling load. Such a watcher's line is a pure
-/// function of the event's type, key, revision and value, so it is looked up by all four
+/// function of the resource's group and the event's type, key, revision and value, so it is
+/// looked up by all five
 /// (values compared in full: several in-process servers may share revision numbers).
 struct SharedLines(std::sync::Mutex<std::collections::VecDeque<SharedLine>>);
 
 struct SharedLine {
     kind: &'static str,
+    /// The watched resource's group: one stored Event is two lines (core, events.k8s.io).
+    group: &'static str,
     revision: i64,
     key: String,
     value: Vec<u8>,
@@ -56,6 +59,7 @@ impl SharedLines {
                 .find(|l| {
                     l.revision == kv.mod_revision
                         && l.kind == kind
+                        && l.group == shaper.r.group
                         && l.key == kv.key
                         && l.value == kv.value
                 })
@@ -64,13 +68,14 @@ impl SharedLines {
         if found.is_some() {
             return found;
         }
-        let line = shaper.line(kind, object::from_stored(kv).ok()?);
+        let line = shaper.line(kind, object::read(shaper.r, kv).ok()?);
         if let Ok(mut lines) = self.0.lock() {
             if lines.len() >= SHARED_LINES {
                 lines.pop_front();
             }
             lines.push_back(SharedLine {
                 kind,
+                group: shaper.r.group,
                 revision: kv.mod_revision,
                 key: kv.key.clone(),
                 value: kv.value.clone(),
@@ -154,7 +159,7 @@ pub async fn watch(state: &Arc<ApiState>, rq: Req) -> Result<Response, ApiError>
     let after = if send_initial {
         let page = store.list(&prefix, None, 0, 0).await?;
         for kv in &page.items {
-            let obj = object::from_stored(kv)?;
+            let obj = object::read(rq.r, kv)?;
             if labels.matches(&obj) && fields.matches(&obj) {
                 initial.push(obj);
             }
@@ -218,7 +223,7 @@ pub async fn watch(state: &Arc<ApiState>, rq: Req) -> Result<Response, ApiError>
                         };
                         LINES.line(kind, kv, &shaper)
                     } else {
-                        translate(&ev, &labels, &fields).map(|(kind, obj)| shaper.line(kind, obj))
+                        translate(shaper.r, &ev, &labels, &fields).map(|(kind, obj)| shaper.line(kind, obj))
                     };
                     let Some(line) = line else { continue };
                     if !send(line).await { return; }
@@ -243,6 +248,7 @@ fn tokio_stream_from(
 
 /// A store event as the watcher sees it through its selectors.
 fn translate(
+    r: &ResourceInfo,
     ev: &WatchEvent,
     labels: &LabelSelector,
     fields: &FieldSelector,
@@ -250,10 +256,10 @@ fn translate(
     let matches = |o: &Value| labels.matches(o) && fields.matches(o);
     match ev {
         WatchEvent::Put { kv, prev } => {
-            let obj = object::from_stored(kv).ok()?;
+            let obj = object::read(r, kv).ok()?;
             let was = prev
                 .as_ref()
-                .and_then(|p| object::from_stored(p).ok())
+                .and_then(|p| object::read(r, p).ok())
                 .is_some_and(|p| matches(&p));
             match (was, matches(&obj)) {
                 (false, true) => Some(("ADDED", obj)),
@@ -263,7 +269,7 @@ fn translate(
             }
         }
         WatchEvent::Delete { kv } => {
-            let obj = object::from_stored(kv).ok()?;
+            let obj = object::read(r, kv).ok()?;
             matches(&obj).then_some(("DELETED", obj))
         }
     }

@@ -170,7 +170,7 @@ pub async fn finish_create(
             admit::settle(state, &admitted, false).await;
             return Ok((json_response(StatusCode::CREATED, &candidate), candidate));
         }
-        let written = match object::to_stored(&candidate) {
+        let written = match object::to_storage_bytes(rq.r, &candidate) {
             Ok(bytes) => state.store.create(&key, bytes).await,
             Err(e) => {
                 admit::settle(state, &admitted, false).await;
@@ -329,7 +329,7 @@ pub async fn finish_update(
                     .and_then(Value::as_array)
                     .is_none_or(|f| f.is_empty())
             });
-    let written = match object::to_stored(&obj) {
+    let written = match object::to_storage_bytes(rq.r, &obj) {
         Ok(bytes) => state.store.update(&key, bytes, rev).await,
         Err(e) => {
             admit::settle(state, &admitted, false).await;
@@ -343,7 +343,7 @@ pub async fn finish_update(
             if finalized {
                 // The last finalizer is gone from an object being deleted: delete it now.
                 if let Ok((_, kv)) = state.store.delete(&key, Some(new_rev)).await {
-                    admit::deleted(state, rq, &object::from_stored(&kv)?).await;
+                    admit::deleted(state, rq, &object::read(rq.r, &kv)?).await;
                 }
             }
             Ok(json_response(StatusCode::OK, &obj))
@@ -392,7 +392,7 @@ pub async fn patch(state: &ApiState, rq: &Req, body: bytes::Bytes) -> Result<Res
             }
             return Err(ApiError::not_found(rq.r.group, rq.r.plural, rq.name()));
         };
-        let old = object::from_stored(&kv)?;
+        let old = object::read(rq.r, &kv)?;
         // The patch applies to the object without its resourceVersion, so a
         // resourceVersion in the result can only have come from the patch: that one is a
         // precondition; without it a lost race is retried against the newer object.

@@ -82,6 +82,7 @@ pub(super) fn columns(kind: &str) -> Printer {
             |o| {
                 let last = o
                     .get("lastTimestamp")
+                    .or_else(|| o.get("deprecatedLastTimestamp"))
                     .filter(|v| !v.is_null())
                     .or_else(|| o.get("eventTime"))
                     .or_else(|| o.pointer("/metadata/creationTimestamp"));
