@@ -312,31 +312,57 @@ fn main() {
         ..Default::default()
     };
     println!(
-        "{:>7} {:>12} {:>12} {:>14} {:>8} | {:>13} {:>13} {:>13} {:>13}",
+        "{:>7} {:>11} {:>11} {:>11} {:>11} | {:>11} {:>11} | {:>14} {:>8} {:>8} | {:>11} {:>11} {:>11} {:>11}",
         "svcs",
-        "hull render",
-        "hull apply",
+        "hull full",
+        "model",
+        "state",
+        "apply",
+        "text rndr",
+        "nft -f",
         "iptables-rst",
-        "ratio",
-        "hull 1st pkt",
-        "hull last",
-        "ipt 1st pkt",
+        "ipt/hull",
+        "text/hull",
+        "1st pkt",
+        "last",
+        "ipt 1st",
         "ipt last"
     );
     let mut latency = Vec::new();
     let mut changes = Vec::new();
     for n in sizes {
         let (mut svcs, mut slices) = objects(n);
+        // The previous path, for comparison: the whole table as nft -f text.
         let t = Instant::now();
         let rs = model::build(&svcs, &slices, &node_info);
         let text = nft::render(&rs, &node_info);
-        let render = t.elapsed();
-        let (node, _pod) = lab(&format!("h{n}"));
-        let hull_apply = node.run(move || {
+        let text_render = t.elapsed();
+        drop(rs);
+        let text_ns = Netns::new(&format!("t{n}"));
+        let text_apply = text_ns.run(move || {
             let t = Instant::now();
             apply::nft_apply(&text).expect("nft apply");
             t.elapsed()
         });
+        drop(text_ns);
+        // hull's full sync as the daemon runs it: every Service's ports from the
+        // objects, then the syncer (state, skeleton by nft -f, elements over
+        // netlink, swap).
+        let (node, _pod) = lab(&format!("h{n}"));
+        let t = Instant::now();
+        let mut ports = Ports::new(node_info.clone());
+        ports.rebuild(&svcs, &slices);
+        let model_time = t.elapsed();
+        let mut sy = Syncer::new(node_info.clone(), Duration::MAX);
+        let (sync_time, timings) = node.run(move || {
+            let t = Instant::now();
+            assert_eq!(
+                sy.sync_ports(&ports, None).expect("full sync"),
+                Outcome::Full
+            );
+            (t.elapsed(), sy.last_timings())
+        });
+        let hull_total = model_time + sync_time;
         let h_first = connect_median(&node, format!("{}:80", cip(0)));
         let h_last = connect_median(&node, format!("{}:80", cip(n - 1)));
         node.run(|| apply::nft_apply(&floor_table()).expect("floor table"));
@@ -362,13 +388,17 @@ fn main() {
         let ipt = pipe(&inode, &["iptables-legacy-restore"], iptables_text(n));
         let i_first = connect_median(&inode, format!("{}:80", cip(0)));
         let i_last = connect_median(&inode, format!("{}:80", cip(n - 1)));
-        let hull_total = render + hull_apply;
         println!(
-            "{n:>7} {:>10.1}ms {:>10.1}ms {:>12.1}ms {:>7.2}x | {:>11.1}us {:>11.1}us {:>11.1}us {:>11.1}us",
-            render.as_secs_f64() * 1e3,
-            hull_apply.as_secs_f64() * 1e3,
+            "{n:>7} {:>9.1}ms {:>9.1}ms {:>9.1}ms {:>9.1}ms | {:>9.1}ms {:>9.1}ms | {:>12.1}ms {:>7.2}x {:>7.2}x | {:>9.1}us {:>9.1}us {:>9.1}us {:>9.1}us",
+            hull_total.as_secs_f64() * 1e3,
+            model_time.as_secs_f64() * 1e3,
+            (timings.state + timings.render).as_secs_f64() * 1e3,
+            timings.apply.as_secs_f64() * 1e3,
+            text_render.as_secs_f64() * 1e3,
+            text_apply.as_secs_f64() * 1e3,
             ipt.as_secs_f64() * 1e3,
             ipt.as_secs_f64() / hull_total.as_secs_f64(),
+            (text_render + text_apply).as_secs_f64() / hull_total.as_secs_f64(),
             h_first.as_secs_f64() * 1e6,
             h_last.as_secs_f64() * 1e6,
             i_first.as_secs_f64() * 1e6,
@@ -450,7 +480,7 @@ fn main() {
         ));
     }
     println!(
-        "ratio = iptables-legacy-restore time / hull (render + nft apply); 1st/last pkt = median TCP connect to the first/last Service"
+        "hull full = model + state + apply (skeleton nft -f, elements over netlink, swap), as the daemon's full sync; text = the whole table as nft -f text (the previous path); ipt/hull, text/hull = their time / hull full; 1st/last pkt = median TCP connect to the first/last Service"
     );
     println!(
         "\nrequest latency (connect + 1-byte request/reply, median of 400, interleaved) through the last ClusterIP, through a lone DNAT rule (the kernel's floor), and to the pod IP directly"

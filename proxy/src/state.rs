@@ -99,6 +99,18 @@ pub struct State {
     pub shared: [Shared; 2],
 }
 
+/// What [`State::change`] replaced: each changed port's previous fragment
+/// (`None`: it did not exist), the pick counts, and whether each address the
+/// changes touched was in the hairpin set.
+#[derive(Debug, Default)]
+pub struct Before {
+    ports: BTreeMap<String, Option<Arc<Port>>>,
+    picks: [BTreeMap<Pick, u32>; 2],
+    hairpin: [BTreeMap<IpAddr, bool>; 2],
+}
+
+const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
+
 fn fam_index(f: Family) -> usize {
     match f {
         Family::V4 => 0,
@@ -145,24 +157,7 @@ impl State {
         changes: impl IntoIterator<Item = (&'a str, Option<&'a ServicePortRule>)>,
     ) -> State {
         let mut st = prev.clone();
-        let cidrs4 = st.cidrs(Family::V4);
-        let cidrs6 = st.cidrs(Family::V6);
-        for (id, rule) in changes {
-            let old = match rule {
-                None => st.ports.remove(id),
-                Some(r) if st.ports.get(id).is_some_and(|p| p.rule == *r) => continue,
-                Some(r) => {
-                    let p = Arc::new(Port::new(r, &cidrs4, &cidrs6));
-                    st.shared[0].add(&p.v4);
-                    st.shared[1].add(&p.v6);
-                    st.ports.insert(id.to_string(), p)
-                }
-            };
-            if let Some(o) = old {
-                st.shared[0].remove(&o.v4);
-                st.shared[1].remove(&o.v6);
-            }
-        }
+        st.change(changes);
         st
     }
 
@@ -276,32 +271,47 @@ impl State {
                 }
             }
         }
+        let old_picks = [&old.shared[0].picks, &old.shared[1].picks];
+        let hairpin = [0, 1].map(|i| {
+            let (os, ns) = (&old.shared[i].hairpin, &self.shared[i].hairpin);
+            (keys_not_in(ns, os), keys_not_in(os, ns))
+        });
+        self.render_changes(&changed, old_picks, hairpin)
+    }
+
+    /// The transaction for the changed ports `changed` (old, new), given the
+    /// pick counts before and the hairpin addresses (added, deleted) per family.
+    fn render_changes(
+        &self,
+        changed: &[(Option<&Port>, Option<&Port>)],
+        old_picks: [&BTreeMap<Pick, u32>; 2],
+        hairpin: [(Vec<IpAddr>, Vec<IpAddr>); 2],
+    ) -> Option<String> {
         let mut s = String::new();
-        for f in [Family::V4, Family::V6] {
+        for (f, (hairpin_add, hairpin_delete)) in [Family::V4, Family::V6].into_iter().zip(hairpin)
+        {
             let empty = Fragment::default();
             let mut d = Diff::default();
-            for (o, n) in &changed {
+            for (o, n) in changed {
                 let o = o.map_or(&empty, |p| p.family(f));
                 let n = n.map_or(&empty, |p| p.family(f));
                 if o != n {
                     d.fragment(o, n);
                 }
             }
-            let (os, ns) = (&old.shared[fam_index(f)], &self.shared[fam_index(f)]);
+            let (os, ns) = (old_picks[fam_index(f)], &self.shared[fam_index(f)].picks);
             let cidrs = self.cidrs(f);
             let pick_rules: Vec<(String, Vec<String>)> = ns
-                .picks
                 .keys()
-                .filter(|p| !os.picks.contains_key(p))
+                .filter(|p| !os.contains_key(p))
                 .map(|p| (p.chain(), p.rules(&cidrs, f)))
                 .collect();
             let gone_picks: Vec<String> = os
-                .picks
                 .keys()
-                .filter(|p| !ns.picks.contains_key(p))
+                .filter(|p| !ns.contains_key(p))
                 .map(Pick::chain)
                 .collect();
-            let (old_slots, new_slots) = (nft::slots(os.picks.keys()), nft::slots(ns.picks.keys()));
+            let (old_slots, new_slots) = (nft::slots(os.keys()), nft::slots(ns.keys()));
             let slot_rules: Vec<(String, Vec<String>)> = new_slots
                 .difference(&old_slots)
                 .map(|sl| (sl.chain(), sl.rules(f)))
@@ -323,11 +333,83 @@ impl State {
                 d.flush_chains.push(name);
                 d.delete_chains.push(name);
             }
-            d.hairpin_add = keys_not_in(&ns.hairpin, &os.hairpin);
-            d.hairpin_delete = keys_not_in(&os.hairpin, &ns.hairpin);
+            d.hairpin_add = hairpin_add;
+            d.hairpin_delete = hairpin_delete;
             d.render(&mut s, f, self.table);
         }
         (!s.is_empty()).then_some(s)
+    }
+
+    /// Apply `changes` (port id → its new rule, `None`: removed) in place, at
+    /// the cost of the changes: nothing is copied but the few pick counts.
+    /// Returns what [`State::render_diff_since`] needs of the state before.
+    pub fn change<'a>(
+        &mut self,
+        changes: impl IntoIterator<Item = (&'a str, Option<&'a ServicePortRule>)>,
+    ) -> Before {
+        let mut before = Before {
+            ports: BTreeMap::new(),
+            picks: [self.shared[0].picks.clone(), self.shared[1].picks.clone()],
+            hairpin: Default::default(),
+        };
+        let cidrs4 = self.cidrs(Family::V4);
+        let cidrs6 = self.cidrs(Family::V6);
+        for (id, rule) in changes {
+            let new = match rule {
+                None => None,
+                Some(r) if self.ports.get(id).is_some_and(|p| p.rule == *r) => continue,
+                Some(r) => Some(Arc::new(Port::new(r, &cidrs4, &cidrs6))),
+            };
+            let old = match &new {
+                None => self.ports.remove(id),
+                Some(p) => self.ports.insert(id.to_string(), p.clone()),
+            };
+            before.ports.entry(id.to_string()).or_insert(old.clone());
+            for (i, shared) in self.shared.iter_mut().enumerate() {
+                let frags = [old.as_ref(), new.as_ref()];
+                for fr in frags.into_iter().flatten().map(|p| p.family(FAMILIES[i])) {
+                    for ip in &fr.hairpin {
+                        before.hairpin[i]
+                            .entry(*ip)
+                            .or_insert_with(|| shared.hairpin.contains_key(ip));
+                    }
+                }
+                if let Some(n) = &new {
+                    shared.add(n.family(FAMILIES[i]));
+                }
+                if let Some(o) = &old {
+                    shared.remove(o.family(FAMILIES[i]));
+                }
+            }
+        }
+        before
+    }
+
+    /// The transaction from the state before [`State::change`] to this one, or
+    /// `None` when nothing changed.
+    pub fn render_diff_since(&self, before: &Before) -> Option<String> {
+        let changed: Vec<(Option<&Port>, Option<&Port>)> = before
+            .ports
+            .iter()
+            .filter_map(|(id, o)| match (o, self.ports.get(id)) {
+                (Some(o), Some(n)) if Arc::ptr_eq(o, n) => None,
+                (None, None) => None,
+                (o, n) => Some((o.as_deref(), n.map(|n| &**n))),
+            })
+            .collect();
+        let hairpin = [0, 1].map(|i| {
+            let now = &self.shared[i].hairpin;
+            let (mut add, mut del) = (Vec::new(), Vec::new());
+            for (ip, was) in &before.hairpin[i] {
+                match (was, now.contains_key(ip)) {
+                    (false, true) => add.push(*ip),
+                    (true, false) => del.push(*ip),
+                    _ => {}
+                }
+            }
+            (add, del)
+        });
+        self.render_changes(&changed, [&before.picks[0], &before.picks[1]], hairpin)
     }
 
     /// Whether the fixed part of the tables is the same (else only a full sync

@@ -89,7 +89,7 @@ impl Syncer {
         let t0 = Instant::now();
         let state = State::build(&rs.ports, &self.node, self.applied.as_ref());
         self.timings.state = t0.elapsed();
-        self.commit(state, &rs.ports, None)
+        self.commit(state, &rs.ports)
     }
 
     /// Bring the kernel to `ports`, of which only the ids in `changed` differ
@@ -100,33 +100,47 @@ impl Syncer {
         changed: Option<&BTreeSet<String>>,
     ) -> Result<Outcome, ApplyError> {
         let t0 = Instant::now();
-        let (state, only) = match (changed, &self.applied) {
-            (Some(ids), Some(prev)) if prev.for_node(&self.node) => (
-                State::update(prev, ids.iter().map(|id| (id.as_str(), ports.get(id)))),
-                Some(ids),
-            ),
-            _ => (
-                State::build(ports.iter(), &self.node, self.applied.as_ref()),
-                None,
-            ),
-        };
+        if let Some(ids) = changed
+            && !self.full_due()
+            && self
+                .applied
+                .as_ref()
+                .is_some_and(|p| p.for_node(&self.node))
+            && let Some(mut state) = self.applied.take()
+        {
+            // The applied state is changed in place (a failed transaction drops
+            // it anyway: the next sync is a full one).
+            let before = state.change(ids.iter().map(|id| (id.as_str(), ports.get(id))));
+            self.timings.state = t0.elapsed();
+            let t1 = Instant::now();
+            let text = state.render_diff_since(&before);
+            self.timings.render = t1.elapsed();
+            let Some(text) = text else {
+                self.applied = Some(state);
+                return Ok(Outcome::Unchanged);
+            };
+            return self.write(state, Some(text), Outcome::Partial, ports.iter());
+        }
+        let state = State::build(ports.iter(), &self.node, self.applied.as_ref());
         self.timings.state = t0.elapsed();
-        self.commit(state, ports.iter(), only)
+        self.commit(state, ports.iter())
     }
 
-    /// Apply `state`; `only`: the port ids that can differ from the applied state.
+    fn full_due(&self) -> bool {
+        self.last_full
+            .is_none_or(|t| t.elapsed() >= self.full_interval)
+    }
+
+    /// Apply `state`: the difference to the applied state, or the whole tables.
     fn commit<'a>(
         &mut self,
-        mut state: State,
+        state: State,
         ports: impl IntoIterator<Item = &'a ServicePortRule>,
-        only: Option<&BTreeSet<String>>,
     ) -> Result<Outcome, ApplyError> {
         let t0 = Instant::now();
-        let due = self
-            .last_full
-            .is_none_or(|t| t.elapsed() >= self.full_interval);
+        let due = self.full_due();
         let (text, outcome) = match &self.applied {
-            Some(old) if !due && state.same_base(old) => match state.render_diff_of(old, only) {
+            Some(old) if !due && state.same_base(old) => match state.render_diff(old) {
                 None => return Ok(Outcome::Unchanged),
                 Some(t) => (Some(t), Outcome::Partial),
             },
@@ -135,6 +149,18 @@ impl Syncer {
             _ => (self.explain.then(|| state.render_full()), Outcome::Full),
         };
         self.timings.render = t0.elapsed();
+        self.write(state, text, outcome, ports)
+    }
+
+    /// Write `state` to the kernel: `text` is the incremental transaction
+    /// (Partial) or, with `--explain`, the full table for reading (Full).
+    fn write<'a>(
+        &mut self,
+        mut state: State,
+        text: Option<String>,
+        outcome: Outcome,
+        ports: impl IntoIterator<Item = &'a ServicePortRule>,
+    ) -> Result<Outcome, ApplyError> {
         let t1 = Instant::now();
         if self.explain
             && let Some(text) = &text

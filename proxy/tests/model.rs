@@ -479,6 +479,21 @@ fn incremental_ports_and_state_match_a_rebuild() {
             state.render_diff(&prev),
             "{name}: diff"
         );
+        // The daemon's path: the same change made in place, diffed from what it
+        // replaced, gives the same state and the same transaction.
+        let mut in_place = prev.clone();
+        let before = in_place.change(ids.iter().map(|id| (id.as_str(), ports.get(id))));
+        assert_eq!(
+            in_place.render_diff_since(&before),
+            state.render_diff(&prev),
+            "{name}: in place"
+        );
+        assert_eq!(
+            in_place.render_full(),
+            state.render_full(),
+            "{name}: in-place state"
+        );
+        assert_eq!(in_place.shared, state.shared, "{name}: in-place counts");
         ids
     };
     // An endpoint leaves a (the last user of the 2-endpoint pick chain for a while).

@@ -5,10 +5,12 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
 use common::{Netns, live, normalized, service, slice};
+use hull_proxy::ports::Ports;
 use hull_proxy::syncer::{Outcome, Syncer};
 use hull_proxy::{apply, model, nft};
 use k8s_openapi::api::core::v1::Service;
@@ -158,7 +160,13 @@ fn steps() -> Vec<(Vec<Service>, Vec<EndpointSlice>)> {
 fn incremental_syncs_leave_what_a_full_sync_writes() {
     let inc = Netns::new("inc");
     let full = Netns::new("full");
+    // The daemon's path beside it: Ports updated per Service, the applied state
+    // changed in place by the changed port ids.
+    let daemon = Netns::new("inc-d");
     let mut sy = Syncer::new(node_info(), Duration::MAX);
+    let mut dsy = Some(Syncer::new(node_info(), Duration::MAX));
+    let mut ports = Some(Ports::new(node_info()));
+    let mut names: BTreeSet<String> = BTreeSet::new();
     for (i, (svcs, slices)) in steps().into_iter().enumerate() {
         let rs = model::build(&svcs, &slices, &node_info());
         assert!(rs.skipped.is_empty(), "step {i}: {:?}", rs.skipped);
@@ -169,8 +177,37 @@ fn incremental_syncs_leave_what_a_full_sync_writes() {
             Outcome::Partial
         };
         assert_eq!(outcome, want, "step {i}");
+
+        let mut p = ports.take().expect("ports");
+        names.extend(svcs.iter().filter_map(|s| s.metadata.name.clone()));
+        let mut changed = BTreeSet::new();
+        for name in &names {
+            let svc = svcs.iter().find(|s| s.metadata.name.as_ref() == Some(name));
+            let mine: Vec<_> = slices
+                .iter()
+                .filter(|s| model::slice_service(s) == Some(("ns", name.as_str())))
+                .collect();
+            changed.extend(p.update(("ns".into(), name.clone()), svc, &mine));
+        }
+        let mut d = dsy.take().expect("syncer");
+        let (d, p, outcome) = daemon.run(move || {
+            let ids = (i > 0).then_some(&changed);
+            let o = d.sync_ports(&p, ids);
+            (d, p, o)
+        });
+        assert_eq!(
+            outcome.unwrap_or_else(|e| panic!("step {i}: {e}")),
+            want,
+            "step {i} (in place)"
+        );
+        (dsy, ports) = (Some(d), Some(p));
+
         apply_full(&full, &rs);
         let (a, b) = (normalized(&inc), normalized(&full));
+        assert!(
+            normalized(&daemon) == b,
+            "step {i}: the in-place path differs from a full sync"
+        );
         assert!(
             i == 4 || a.keys().any(|k| k.starts_with("rules ip svc-")),
             "step {i}: the listing has no service chains: {a:?}"
