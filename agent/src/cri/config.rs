@@ -24,6 +24,10 @@ pub struct Config {
     pub registry_mirrors: Vec<String>,
     /// The `hull` executable re-exec'd as monitor, pause and exec helper.
     pub hull_exe: PathBuf,
+    /// `hull-shim` (beside `hull` on disk, or `HULL_SHIM`): what pause processes and
+    /// monitors run as once a container exists. None: the `hull` binary does (more
+    /// memory per pod). See `shim`.
+    pub shim_exe: Option<PathBuf>,
 }
 
 impl Config {
@@ -37,6 +41,7 @@ impl Config {
         } else {
             on_disk.clone()
         };
+        let shim_exe = super::shim::find(&on_disk);
         let mut bins = Vec::new();
         if let Some(d) = on_disk.parent() {
             bins.push(d.to_path_buf());
@@ -52,6 +57,7 @@ impl Config {
             streaming_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             registry_mirrors: Vec::new(),
             hull_exe,
+            shim_exe,
         }
     }
 

@@ -277,18 +277,39 @@ fn build(
         oci_root: cfg.oci_root(),
         id: rec.id.clone(),
         bundle: bundle.dir.clone(),
-        log_path: (!rec.log_path.is_empty()).then(|| PathBuf::from(&rec.log_path)),
+        log_path: Some(output_path(cfg, rec)),
+        // No log path asked for: output still goes to a private file (Attach reads
+        // it), kept small by starting over past the cap.
+        log_cap: rec.log_path.is_empty().then_some(PRIVATE_LOG_CAP),
         exit_path: dir(cfg, &rec.id).join("exit.json"),
         cgroups_path: v["linux"]["cgroupsPath"].as_str().map(String::from),
         stdin_fifo: c.stdin.then(|| dir(cfg, &rec.id).join("stdin")),
+        shim_fd: super::shim::exe_fd(cfg),
     };
     let json = serde_json::to_string(&mspec).map_err(|e| CriError::Internal(e.to_string()))?;
-    let (_pid, report) = sandbox::spawn_helper(cfg, "--internal-monitor", &json)?;
+    let (_pid, report) = sandbox::spawn_helper(
+        sandbox::hull_helper(cfg, "--internal-monitor", &json),
+        "container monitor",
+        mspec.shim_fd,
+    )?;
     if !report.starts_with("ok") {
         let msg = report.strip_prefix("error: ").unwrap_or(&report);
         return Err(CriError::Internal(format!("create container: {msg}")));
     }
     Ok(())
+}
+
+/// Where a container's private output file starts over (containers without a log path).
+const PRIVATE_LOG_CAP: u64 = 1 << 20;
+
+/// The file the monitor writes the container's output to in the CRI format: the log
+/// path the caller gave, else a private one in the record dir (what Attach follows).
+pub fn output_path(cfg: &Config, rec: &ContainerRecord) -> PathBuf {
+    if rec.log_path.is_empty() {
+        dir(cfg, &rec.id).join("output.log")
+    } else {
+        PathBuf::from(&rec.log_path)
+    }
 }
 
 /// The container's CRI state and, when exited, its exit record.

@@ -9,7 +9,9 @@
 //! - `pause`: hull's own pause process (holds a pod's UTS/IPC namespaces; no image).
 //! - `monitor`: the per-container monitor (conmon's role): parent of the container,
 //!   writes the CRI log, records the exit status, outlives the server.
-//! - `logfmt`: the CRI log line format.
+//! - `shim`: finding `hull-shim` (the small binary pause and monitors run as) and
+//!   running it from a view of it nothing can write.
+//! - `logfmt`: the CRI log line format (also compiled into `hull-shim`).
 //! - `sandbox`: RunPodSandbox/Stop/Remove/Status/List on records + kernel.
 //! - `container`: CreateContainer's OCI spec from a CRI config, and container lifecycle.
 //! - `spec`: CRI `ContainerConfig` → OCI runtime spec edits (mounts, security, resources).
@@ -42,6 +44,7 @@ pub mod remotecommand;
 pub mod runtime_service;
 pub mod sandbox;
 pub mod server;
+pub mod shim;
 pub mod spdy;
 pub mod spec;
 pub mod streaming;

@@ -1,5 +1,8 @@
 //! The per-container monitor (conmon's role): the `hull` binary re-exec'd as
 //! `hull cri --internal-monitor SPEC`, in its own session so it outlives the server.
+//! With hull-shim (`shim`), this process only creates the container and then execs
+//! `hull-shim monitor`, which does the rest below in a small process; without it, the
+//! rest runs here.
 //!
 //! It creates the container through `hull_runtime` with its stdout/stderr on pipes it
 //! holds, becomes the subreaper that inherits the init, writes every line to the CRI
@@ -25,12 +28,20 @@ pub struct MonitorSpec {
     pub id: String,
     pub bundle: PathBuf,
     pub log_path: Option<PathBuf>,
+    /// The log starts over (truncated) once past this size (a private log nobody
+    /// rotates, for containers without a log path).
+    #[serde(default)]
+    pub log_cap: Option<u64>,
     pub exit_path: PathBuf,
     pub cgroups_path: Option<String>,
     /// For containers with `stdin`: a FIFO that becomes the init's stdin, which Attach
     /// writes to.
     #[serde(default)]
     pub stdin_fifo: Option<PathBuf>,
+    /// An inherited fd of `hull-shim` (`shim::exe_fd`): once the container exists, the
+    /// monitor execs it to do the rest (logs, reaping, exit.json) in a small process.
+    #[serde(default)]
+    pub shim_fd: Option<i32>,
 }
 
 static REOPEN: AtomicBool = AtomicBool::new(false);
@@ -45,6 +56,7 @@ const MAX_LINE: usize = 16 * 1024;
 struct Log {
     path: Option<PathBuf>,
     file: Mutex<Option<File>>,
+    cap: Option<u64>,
 }
 
 impl Log {
@@ -59,6 +71,11 @@ impl Log {
         }
         if let Some(file) = f.as_mut() {
             let _ = file.write_all(&logfmt::entry(SystemTime::now(), stream, partial, msg));
+            if let Some(cap) = self.cap
+                && file.metadata().is_ok_and(|m| m.len() > cap)
+            {
+                let _ = file.set_len(0);
+            }
         }
     }
 }
@@ -129,6 +146,11 @@ pub fn main(spec_json: &str) -> i32 {
 fn run(spec_json: &str, report: &mut File) -> Result<(), String> {
     let spec: MonitorSpec =
         serde_json::from_str(spec_json).map_err(|e| format!("monitor spec: {e}"))?;
+    if let Some(fd) = spec.shim_fd {
+        // The container's init must not inherit it.
+        // SAFETY: setting close-on-exec on an fd the server gave us.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
     // SAFETY: prctl/signal with plain arguments.
     unsafe {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
@@ -165,9 +187,14 @@ fn run(spec_json: &str, report: &mut File) -> Result<(), String> {
     let _ = dup_onto(&null, 1);
     let _ = dup_onto(&null, 2);
     let st = created.map_err(|e| e.to_string())?;
+    if let Some(fd) = spec.shim_fd {
+        // Only returns if the exec failed: then this process goes on as the monitor.
+        exec_shim(fd, &spec, st.pid, [&out_r, &err_r, &*report]);
+    }
     let log = Arc::new(Log {
         file: Mutex::new(spec.log_path.as_deref().and_then(Log::open)),
         path: spec.log_path.clone(),
+        cap: spec.log_cap,
     });
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     for (src, name) in [(out_r, "stdout"), (err_r, "stderr")] {
@@ -200,6 +227,66 @@ fn run(spec_json: &str, report: &mut File) -> Result<(), String> {
         },
     )
     .map_err(|e| e.to_string())
+}
+
+/// Replaces this process with `hull-shim monitor`, handing over the pipes' read ends
+/// and the report fd (same numbers, close-on-exec cleared). The pid stays, so the
+/// init stays our child and we its subreaper; returns only if the exec failed.
+fn exec_shim(shim_fd: i32, spec: &MonitorSpec, init: i32, fds: [&File; 3]) {
+    let [out, err, report] = fds.map(|f| f.as_raw_fd());
+    let oom_file =
+        hull_runtime::cgroups::CgroupManager::new(spec.cgroups_path.as_deref(), &spec.id)
+            .ok()
+            .and_then(|cg| {
+                let p = cg.paths();
+                p.get("memory")
+                    .map(|d| d.join("memory.oom_control"))
+                    .or_else(|| p.get("unified").map(|d| d.join("memory.events")))
+            });
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "hull-shim".into(),
+        "monitor".into(),
+        "--init".into(),
+        init.to_string().into(),
+        "--stdout-fd".into(),
+        out.to_string().into(),
+        "--stderr-fd".into(),
+        err.to_string().into(),
+        "--report-fd".into(),
+        report.to_string().into(),
+        "--exit".into(),
+        spec.exit_path.clone().into(),
+    ];
+    if let Some(l) = &spec.log_path {
+        args.extend(["--log".into(), l.clone().into()]);
+    }
+    if let Some(c) = spec.log_cap {
+        args.extend(["--log-cap".into(), c.to_string().into()]);
+    }
+    if let Some(o) = oom_file {
+        args.extend(["--oom-file".into(), o.into()]);
+    }
+    let Ok(argv) = args
+        .into_iter()
+        .map(|a| std::ffi::CString::new(std::os::unix::ffi::OsStringExt::into_vec(a)))
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return;
+    };
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: clearing close-on-exec on our own fds, then fexecve with NULL-terminated
+    // arrays of C strings that outlive the call.
+    unsafe {
+        for fd in [out, err, report] {
+            libc::fcntl(fd, libc::F_SETFD, 0);
+        }
+        libc::fexecve(shim_fd, argv_p.as_ptr(), envp.as_ptr());
+        for fd in [out, err, report] {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
 }
 
 /// The stdin FIFO, opened read-write so neither side blocks on open and the init

@@ -1,6 +1,7 @@
-//! hull's pause process: the `hull` binary re-exec'd (`hull cri --internal-pause`). It
-//! joins the pod's netns, makes the pod's UTS and IPC namespaces, sets the hostname
-//! and namespaced sysctls, reports, then sleeps reaping children until told to stop.
+//! hull's pause process: `hull-shim pause` (see `shim`), or without hull-shim the `hull`
+//! binary re-exec'd (`hull cri --internal-pause`, this module's `main`). It joins the
+//! pod's netns, makes the pod's UTS and IPC namespaces, sets the hostname and
+//! namespaced sysctls, reports, then sleeps reaping children until told to stop.
 //! No image is involved, so pods start offline.
 
 use std::io::Write;
@@ -17,6 +18,30 @@ pub struct PauseSpec {
     pub new_ipc: bool,
     pub hostname: String,
     pub sysctls: Vec<(String, String)>,
+}
+
+impl PauseSpec {
+    /// The same spec as `hull-shim pause` arguments.
+    pub fn shim_args(&self) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(ns) = &self.netns {
+            a.extend(["--netns".into(), ns.clone().into_os_string()]);
+        }
+        if self.new_uts {
+            a.extend([
+                "--new-uts".into(),
+                "--hostname".into(),
+                self.hostname.clone().into(),
+            ]);
+        }
+        if self.new_ipc {
+            a.push("--new-ipc".into());
+        }
+        for (k, v) in &self.sysctls {
+            a.extend(["--sysctl".into(), format!("{k}={v}").into()]);
+        }
+        a
+    }
 }
 
 fn setup(spec: &PauseSpec) -> Result<(), String> {

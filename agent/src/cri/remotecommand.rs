@@ -197,6 +197,14 @@ pub async fn start_attach(
             if n > 0 {
                 continue;
             }
+            // A private log (no log path) starts over when full: follow it to the start.
+            if let (Ok(m), Ok(pos)) = (f.metadata().await, f.stream_position().await)
+                && m.len() < pos
+            {
+                let _ = f.seek(std::io::SeekFrom::Start(0)).await;
+                pending.clear();
+                continue;
+            }
             if exited {
                 let code = std::fs::read_to_string(&exit_path)
                     .ok()

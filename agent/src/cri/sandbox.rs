@@ -103,25 +103,31 @@ pub fn kill_wait(pid: i32, start: u64) {
     }
 }
 
-/// Starts `hull cri <mode> <json>` in its own session and reads its one-line report;
-/// a thread reaps it when it exits (while we are still its parent).
-pub fn spawn_helper(cfg: &Config, mode: &str, json: &str) -> Result<(i32, String)> {
+/// `hull cri <mode> <json>`: the `hull` binary as a helper.
+pub fn hull_helper(cfg: &Config, mode: &str, json: &str) -> Command {
     let mut cmd = Command::new(&cfg.hull_exe);
-    cmd.args(["cri", mode, json])
-        .stdin(Stdio::null())
+    cmd.args(["cri", mode, json]);
+    cmd
+}
+
+/// Starts a helper (`cmd`) in its own session and reads its one-line report; a thread
+/// reaps it when it exits (while we are still its parent). `inherit` is an fd of ours
+/// the helper keeps (close-on-exec cleared in the child only).
+pub fn spawn_helper(mut cmd: Command, what: &str, inherit: Option<i32>) -> Result<(i32, String)> {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe.
+    // SAFETY: setsid and fcntl are async-signal-safe.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::setsid();
+            if let Some(fd) = inherit {
+                libc::fcntl(fd, libc::F_SETFD, 0);
+            }
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(CriError::io(format!(
-        "spawn {} cri {mode}",
-        cfg.hull_exe.display()
-    )))?;
+    let mut child = cmd.spawn().map_err(CriError::io(format!("spawn {what}")))?;
     let pid = child.id() as i32;
     let mut line = String::new();
     if let Some(out) = child.stdout.take() {
@@ -247,8 +253,18 @@ fn build(cfg: &Config, rec: &mut SandboxRecord, d: &Path) -> Result<()> {
         hostname,
         sysctls,
     };
-    let json = serde_json::to_string(&spec).map_err(|e| CriError::Internal(e.to_string()))?;
-    let (pid, report) = spawn_helper(cfg, "--internal-pause", &json)?;
+    let cmd = match super::shim::command(cfg, "pause") {
+        Some(mut cmd) => {
+            cmd.args(spec.shim_args());
+            cmd
+        }
+        None => {
+            let json =
+                serde_json::to_string(&spec).map_err(|e| CriError::Internal(e.to_string()))?;
+            hull_helper(cfg, "--internal-pause", &json)
+        }
+    };
+    let (pid, report) = spawn_helper(cmd, "pause process", None)?;
     rec.pause_pid = pid;
     rec.pause_start = hull_runtime::state::proc_stat(pid)
         .map(|(_, t)| t)
@@ -366,10 +382,12 @@ pub fn list(cfg: &Config, f: Option<PodSandboxFilter>) -> Vec<PodSandbox> {
         let Ok(rec) = load_json::<SandboxRecord>(&dir(cfg, &id).join("sandbox.json")) else {
             continue;
         };
+        // The labels first: the state costs a read of /proc.
+        if !labels_match(&rec.config.labels, &f.label_selector) {
+            continue;
+        }
         let state = state_of(&rec);
-        if f.state.as_ref().is_some_and(|s| s.state != state)
-            || !labels_match(&rec.config.labels, &f.label_selector)
-        {
+        if f.state.as_ref().is_some_and(|s| s.state != state) {
             continue;
         }
         out.push(PodSandbox {

@@ -305,7 +305,7 @@ impl Streaming {
                     let dir = container::dir(&cfg, &rec.id);
                     let fifo = dir.join("stdin");
                     remotecommand::start_attach(
-                        rec.log_path.clone().into(),
+                        container::output_path(&cfg, &rec),
                         fifo.exists().then_some(fifo),
                         dir.join("exit.json"),
                         want,

@@ -74,6 +74,12 @@ impl CriServer {
     }
 }
 
+impl CriServer {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+}
+
 impl Drop for CriServer {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -19,6 +19,8 @@ int main(int argc, char **argv) {
         strncat(cmd, i ? argv[i] : basename(argv[0]), sizeof cmd - strlen(cmd) - 1);
     }
     printf("Command line: '%s'\n", cmd);
+    /* Named before the retitle below rewrites argv[0]. */
+    snprintf(pidfile, sizeof pidfile, "/var/run/%s.pid", basename(argv[0]));
     if (strcmp(basename(argv[0]), "nginx") == 0) {
         /* argv strings are contiguous: overwrite them in place, as setproctitle does. */
         size_t room = argv[argc - 1] + strlen(argv[argc - 1]) - argv[0];
@@ -34,7 +36,6 @@ int main(int argc, char **argv) {
     setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
     struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_port = htons(port), .sin6_addr = in6addr_any};
     if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 64)) { perror("bind/listen"); return 1; }
-    snprintf(pidfile, sizeof pidfile, "/var/run/%s.pid", basename(argv[0]));
     FILE *f = fopen(pidfile, "w");
     if (f) { fprintf(f, "%d\n", getpid()); fclose(f); }
     static const char body[] = "<html><body>critest web server</body></html>\n";

@@ -1,0 +1,154 @@
+//! hull-shim (as root, real containers): the pod's pause process and the containers'
+//! monitors run as the small `hull-shim` binary built beside `hull`, from an executable
+//! nothing can open for writing; the monitor writes full and partial CRI log lines,
+//! is found again by a restarted server (ReopenContainerLog after a kill -9), records
+//! the exit code, and nothing of it is left after the pod is removed.
+
+mod streaming_support;
+
+use k8s_cri::v1::*;
+use streaming_support::{CriServer, PodEnv, connect, hull_bin};
+
+/// (comm, RSS in KiB) of a process.
+fn comm_rss(pid: i32) -> (String, u64) {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (comm.trim().to_string(), rss)
+}
+
+fn ppid(pid: i32) -> i32 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    s.rsplit_once(") ")
+        .unwrap()
+        .1
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn status(
+    rt: &mut runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    id: &str,
+) -> ContainerStatus {
+    rt.container_status(ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_monitors_run_as_hull_shim() {
+    let shim = hull_bin().with_file_name("hull-shim");
+    assert!(
+        shim.is_file(),
+        "hull-shim is not built at {} (cargo build -p hull-shim)",
+        shim.display()
+    );
+    let mut env = PodEnv::new("cri-shim", "default", "shimpod").await;
+    let data = env.scratch.path("data");
+    let conf = env.scratch.path("net.d");
+    let cfg = hull_agent::cri::Config::new(&data, &env.sock);
+    let pause = hull_agent::cri::sandbox::load(&cfg, &env.sandbox)
+        .unwrap()
+        .pause_pid;
+
+    // Two lines, a 20000-byte line (a 16 KiB `P` piece, then the rest), the pod's
+    // hostname (set by the pause process), then it waits for /tmp/go and exits 7.
+    let script = "echo one; echo two >&2; head -c 20000 /dev/zero | tr '\\0' x; echo; \
+                  hostname; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo after; exit 7";
+    let id = env.run("lines", script, false, 0).await;
+    let text = env.wait_log("lines/0.log", " stdout F shimpod").await;
+    let entries: Vec<(&str, &str, usize)> = text
+        .lines()
+        .map(|l| {
+            let p: Vec<&str> = l.splitn(4, ' ').collect();
+            (p[1], p[2], p.get(3).map_or(0, |m| m.len()))
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            ("stdout", "F", 3),
+            ("stderr", "F", 3),
+            ("stdout", "P", 16384),
+            ("stdout", "F", 20000 - 16384),
+            ("stdout", "F", 7),
+        ],
+        "{text}"
+    );
+
+    // The init's parent (its monitor) and the pause process are hull-shim, each a
+    // small fraction of the server's RSS, and their executable is not writable.
+    let init = hull_runtime::container::state(&cfg.oci_root(), &id)
+        .unwrap()
+        .pid;
+    let monitor = ppid(init);
+    let server_pid = env.server.as_ref().unwrap().pid();
+    let server_rss = comm_rss(server_pid).1;
+    for (what, p) in [("monitor", monitor), ("pause", pause)] {
+        let (comm, rss) = comm_rss(p);
+        assert_eq!(comm, "hull-shim", "{what} (pid {p}) runs as {comm}");
+        assert!(
+            rss * 3 < server_rss,
+            "{what} RSS {rss} KiB is not small beside the server's {server_rss} KiB"
+        );
+        let w = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/{p}/exe"));
+        assert!(w.is_err(), "{what}'s executable opens for writing");
+    }
+
+    // kill -9 of the server; a new one finds the same monitor for ReopenContainerLog.
+    env.server.take();
+    env.server = Some(CriServer::start(&data, &env.sock, &conf));
+    env.rt = connect(&env.sock).await.0;
+    let log = env.logs.join("lines/0.log");
+    std::fs::rename(&log, env.logs.join("lines/0.log.1")).unwrap();
+    env.rt
+        .reopen_container_log(ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        log.exists(),
+        "ReopenContainerLog returned before the new log existed"
+    );
+    assert_eq!(ppid(init), monitor, "the init changed parents");
+    std::fs::write(format!("/proc/{init}/root/tmp/go"), b"").unwrap();
+    let text = env.wait_log("lines/0.log", " stdout F after").await;
+    assert!(text.ends_with(" stdout F after\n"), "{text}");
+    let t = std::time::Instant::now();
+    let mut s = status(&mut env.rt, &id).await;
+    while s.state != 2 && t.elapsed() < std::time::Duration::from_secs(60) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        s = status(&mut env.rt, &id).await;
+    }
+    assert_eq!((s.state, s.exit_code, s.reason.as_str()), (2, 7, "Error"));
+    assert!(s.finished_at > s.started_at, "{s:?}");
+
+    env.teardown().await;
+    for p in [monitor, pause] {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let running = stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'));
+        assert!(
+            !running || comm_rss(p).0 != "hull-shim",
+            "hull-shim {p} left running"
+        );
+    }
+}

@@ -1,0 +1,323 @@
+//! `hull-shim monitor --init PID --stdout-fd N --stderr-fd N --report-fd N --exit PATH
+//! [--log PATH [--log-cap BYTES]] [--oom-file PATH]`: what `hull cri --internal-monitor` execs into once
+//! the container exists, keeping its pid (so the init stays its child and it stays
+//! the init's subreaper) and the read ends of the container's stdout/stderr pipes.
+//!
+//! One thread, one poll(2) over the two pipes and a signalfd (SIGCHLD: reap; SIGUSR1:
+//! reopen the log, for ReopenContainerLog). Each line goes to the log in the CRI format;
+//! when the init exits, what is still in the pipes is written (2 s at most: a daemon the
+//! container left behind may hold them open for ever), then `exit.json`: the runc-style
+//! status (code, or 128 + signal), the time, and whether the cgroup saw an OOM kill.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::{Args, logfmt};
+
+/// Lines longer than this are split into `P` entries (containerd's buffer size).
+const MAX_LINE: usize = 16 * 1024;
+/// How long output still in the pipes is drained after the init exits.
+const DRAIN: Duration = Duration::from_secs(2);
+
+struct Stream {
+    name: &'static str,
+    src: Option<File>,
+    buf: Vec<u8>,
+}
+
+struct Log {
+    path: Option<PathBuf>,
+    file: Option<File>,
+    /// Past this size the log starts over (a private log nobody rotates).
+    cap: Option<u64>,
+}
+
+impl Log {
+    fn reopen(&mut self) {
+        self.file = self
+            .path
+            .as_deref()
+            .and_then(|p| OpenOptions::new().create(true).append(true).open(p).ok());
+    }
+    fn write(&mut self, stream: &str, partial: bool, msg: &[u8]) {
+        if self.path.is_some() && self.file.is_none() {
+            self.reopen();
+        }
+        if let Some(f) = self.file.as_mut() {
+            let _ = f.write_all(&logfmt::entry(SystemTime::now(), stream, partial, msg));
+            if let Some(cap) = self.cap
+                && f.metadata().is_ok_and(|m| m.len() > cap)
+            {
+                let _ = f.set_len(0);
+            }
+        }
+    }
+}
+
+impl Stream {
+    /// Reads what is there; false once the pipe is closed.
+    fn read(&mut self, log: &mut Log) -> bool {
+        let Some(src) = self.src.as_mut() else {
+            return false;
+        };
+        let mut chunk = [0u8; 8192];
+        let n = match src.read(&mut chunk) {
+            Ok(0) => 0,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return true,
+            Err(_) => 0,
+        };
+        if n == 0 {
+            self.src = None;
+            if !self.buf.is_empty() {
+                log.write(self.name, false, &self.buf);
+                self.buf.clear();
+            }
+            return false;
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        let mut start = 0;
+        while let Some(pos) = self.buf[start..].iter().position(|&b| b == b'\n') {
+            log.write(self.name, false, &self.buf[start..start + pos]);
+            start += pos + 1;
+        }
+        while self.buf.len() - start >= MAX_LINE {
+            log.write(self.name, true, &self.buf[start..start + MAX_LINE]);
+            start += MAX_LINE;
+        }
+        self.buf.drain(..start);
+        true
+    }
+}
+
+fn owned(fd: i32) -> File {
+    // SAFETY: the fd was handed to us by the exec'ing monitor and nothing else owns it.
+    let f = unsafe { File::from(OwnedFd::from_raw_fd(fd)) };
+    // SAFETY: setting CLOEXEC on our own fd.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    f
+}
+
+/// A signalfd for SIGCHLD and SIGUSR1, blocked so they are only seen through it.
+fn signals() -> Result<File, String> {
+    // SAFETY: sigset manipulation on a local, then sigprocmask/signalfd; results checked.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(format!("sigprocmask: {}", std::io::Error::last_os_error()));
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(format!("signalfd: {}", std::io::Error::last_os_error()));
+        }
+        Ok(File::from(OwnedFd::from_raw_fd(fd)))
+    }
+}
+
+/// Drains the signalfd; whether SIGUSR1 was among what it held.
+fn take_signals(sfd: &mut File) -> bool {
+    let mut usr1 = false;
+    let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+    while let Ok(n) = sfd.read(&mut info) {
+        if n < info.len() {
+            break;
+        }
+        let signo = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
+        usr1 |= signo == libc::SIGUSR1 as u32;
+    }
+    usr1
+}
+
+/// Reaps every exited child (we are their subreaper); the init's status if it is one.
+fn reap(init: i32) -> Option<i32> {
+    let mut code = None;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid into a local.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            // ECHILD with the init never seen: it is not ours; nothing will tell us more.
+            if pid < 0 && code.is_none() && !alive(init) {
+                return Some(255);
+            }
+            return code;
+        }
+        if pid == init {
+            if libc::WIFEXITED(status) {
+                code = Some(libc::WEXITSTATUS(status));
+            } else if libc::WIFSIGNALED(status) {
+                code = Some(128 + libc::WTERMSIG(status));
+            }
+        }
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks existence.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// `oom_kill N` of the cgroup's memory.events (v2) or memory.oom_control (v1).
+fn oom_killed(file: Option<&str>) -> bool {
+    let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()) else {
+        return false;
+    };
+    text.lines()
+        .filter_map(|l| l.strip_prefix("oom_kill "))
+        .any(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
+}
+
+/// exit.json, the shape of `records::ExitRecord`, written whole by rename.
+fn write_exit(path: &Path, code: i32, oom: bool) -> std::io::Result<()> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    let json = format!(
+        "{{\n  \"exit_code\": {code},\n  \"finished_at\": {now},\n  \"oom_killed\": {oom}\n}}"
+    );
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, json)?;
+    std::fs::rename(&tmp, path)
+}
+
+pub fn main(argv: impl Iterator<Item = String>) -> u8 {
+    let with_value = [
+        "init",
+        "stdout-fd",
+        "stderr-fd",
+        "report-fd",
+        "exit",
+        "log",
+        "log-cap",
+        "oom-file",
+    ];
+    let args = match Args::parse(argv, &with_value) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("hull-shim monitor: {e}");
+            return 2;
+        }
+    };
+    // The report fd first, so every later failure reaches the server.
+    let mut report = match args.fd("report-fd") {
+        Ok(fd) => owned(fd),
+        Err(e) => {
+            eprintln!("hull-shim monitor: {e}");
+            return 2;
+        }
+    };
+    match run(&args, &mut report) {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = writeln!(report, "error: {e}");
+            1
+        }
+    }
+}
+
+fn run(args: &Args, report: &mut File) -> Result<(), String> {
+    let init: i32 = args
+        .get("init")
+        .and_then(|p| p.parse().ok())
+        .filter(|p| *p > 0)
+        .ok_or("--init: not a pid")?;
+    let exit_path = PathBuf::from(args.get("exit").ok_or("--exit missing")?);
+    let mut streams = [
+        Stream {
+            name: "stdout",
+            src: Some(owned(args.fd("stdout-fd")?)),
+            buf: Vec::new(),
+        },
+        Stream {
+            name: "stderr",
+            src: Some(owned(args.fd("stderr-fd")?)),
+            buf: Vec::new(),
+        },
+    ];
+    // SAFETY: prctl/signal with plain arguments. Subreaper survives execve; set again
+    // in case this program was started some other way.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    let mut sfd = signals()?;
+    let mut log = Log {
+        path: args.get("log").map(PathBuf::from),
+        file: None,
+        cap: args.get("log-cap").and_then(|c| c.parse().ok()),
+    };
+    log.reopen();
+    // Signals are routed to the signalfd now, so the server may send SIGUSR1.
+    let _ = writeln!(report, "ok {init}");
+    // Closing the report lets the server's CreateContainer return.
+    // SAFETY: replacing the report fd with /dev/null.
+    if let Ok(null) = File::open("/dev/null") {
+        unsafe { libc::dup2(null.as_raw_fd(), report.as_raw_fd()) };
+    }
+    let mut code = reap(init);
+    let mut drain_until: Option<Instant> = None;
+    loop {
+        if code.is_some() {
+            let until = *drain_until.get_or_insert_with(|| Instant::now() + DRAIN);
+            if streams.iter().all(|s| s.src.is_none()) || Instant::now() >= until {
+                break;
+            }
+        }
+        let mut pfds: Vec<libc::pollfd> = streams
+            .iter()
+            .filter_map(|s| s.src.as_ref())
+            .map(|f| f.as_raw_fd())
+            .chain([sfd.as_raw_fd()])
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let timeout = match drain_until {
+            Some(u) => u.saturating_duration_since(Instant::now()).as_millis() as i32,
+            None => -1,
+        };
+        // SAFETY: pfds is a live array of pollfd of the given length.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(format!("poll: {e}"));
+        }
+        for p in pfds.iter().filter(|p| p.revents != 0) {
+            if p.fd == sfd.as_raw_fd() {
+                if take_signals(&mut sfd) {
+                    log.reopen();
+                }
+                if code.is_none() {
+                    code = reap(init);
+                }
+                continue;
+            }
+            if let Some(s) = streams
+                .iter_mut()
+                .find(|s| s.src.as_ref().is_some_and(|f| f.as_raw_fd() == p.fd))
+            {
+                s.read(&mut log);
+            }
+        }
+    }
+    // A pipe something still holds open may end in a partial line: keep it too.
+    for s in streams.iter_mut().filter(|s| !s.buf.is_empty()) {
+        log.write(s.name, false, &s.buf);
+    }
+    let code = code.unwrap_or(255);
+    write_exit(&exit_path, code, oom_killed(args.get("oom-file")))
+        .map_err(|e| format!("write {}: {e}", exit_path.display()))
+}
