@@ -43,18 +43,14 @@ pub fn daemonsets(ctx: Arc<Context>) -> crate::manager::LoopFuture {
         let store = controller.store();
         // Any node change may change where every DaemonSet should run.
         let controller = controller
-            .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
-            .watches(
-                Api::<Node>::all(client.clone()),
-                watcher::Config::default(),
-                move |_n: Node| {
-                    store
-                        .state()
-                        .iter()
-                        .map(|d| ObjectRef::from_obj(d.as_ref()))
-                        .collect::<Vec<_>>()
-                },
-            );
+            .owns_shared_stream(ctx.informers.pods.objects())
+            .watches_shared_stream(ctx.informers.nodes.objects(), move |_n: Arc<Node>| {
+                store
+                    .state()
+                    .iter()
+                    .map(|d| ObjectRef::from_obj(d.as_ref()))
+                    .collect::<Vec<_>>()
+            });
         let c = Arc::new(Ctx {
             client: client.clone(),
             recorder: Recorder::new(client, COMPONENT),

@@ -214,9 +214,8 @@ async fn run(ctx: Arc<Context>) {
         },
     );
     let (q, svcs) = (queue.clone(), services.clone());
-    let (pods, pod_informer) = util::informer(
-        Api::<Pod>::all(ctx.client.clone()),
-        watcher::Config::default(),
+    let (pods, pod_informer) = util::subscribe(
+        &ctx.informers.pods,
         move |old: Option<&Pod>, new: Option<&Pod>| enqueue_services_of_pod(&svcs, &q, old, new),
     );
     let q = queue.clone();

@@ -71,9 +71,8 @@ async fn run(ctx: Arc<Context>) {
         },
     );
     let (q, svcs) = (queue.clone(), services.clone());
-    let (pods, pod_informer) = util::informer(
-        Api::<Pod>::all(ctx.client.clone()),
-        watcher::Config::default(),
+    let (pods, pod_informer) = util::subscribe(
+        &ctx.informers.pods,
         move |old: Option<&Pod>, new: Option<&Pod>| {
             ep::enqueue_services_of_pod(&svcs, &q, old, new)
         },
@@ -98,9 +97,8 @@ async fn run(ctx: Arc<Context>) {
             }
         },
     );
-    let (nodes, node_informer) = util::informer(
-        Api::<Node>::all(ctx.client.clone()),
-        watcher::Config::default(),
+    let (nodes, node_informer) = util::subscribe(
+        &ctx.informers.nodes,
         |_: Option<&Node>, _: Option<&Node>| {},
     );
     let tracker: Arc<Tracker> = Arc::new(Mutex::new(HashMap::new()));

@@ -26,6 +26,7 @@ use kube::runtime::watcher::{self, watcher};
 use serde_json::json;
 
 use super::util::{self, Queue, SyncResult};
+use crate::manager::informers::{Change, SharedInformer};
 use crate::manager::{Context, LoopFuture};
 
 pub const NAME: &str = "garbage-collector-controller";
@@ -107,7 +108,14 @@ async fn run(ctx: Arc<Context>) {
                     lock(&graph).kinds.insert(id.clone(), kind.clone());
                     if watched.insert(id) {
                         pending += 1;
-                        watches.spawn(watch_kind(ctx.client.clone(), kind, graph.clone(), queue.clone(), synced_tx.clone()));
+                        let (g, q, tx) = (graph.clone(), queue.clone(), synced_tx.clone());
+                        // Pods and Nodes come from the manager's shared informers: their
+                        // watches are the hot ones, and each extra watch costs the server.
+                        match (kind.ar.group.as_str(), kind.ar.plural.as_str()) {
+                            ("", "pods") => watches.spawn(watch_shared(&ctx.informers.pods, kind, g, q, tx)),
+                            ("", "nodes") => watches.spawn(watch_shared(&ctx.informers.nodes, kind, g, q, tx)),
+                            _ => watches.spawn(watch_kind(ctx.client.clone(), kind, g, q, tx)),
+                        };
                     }
                 }
             }
@@ -186,6 +194,47 @@ async fn watch_kind(
                 if !told {
                     told = true;
                     let _ = synced.send(());
+                }
+            }
+        }
+    }
+}
+
+/// [`watch_kind`] fed by one of the manager's shared informers.
+fn watch_shared<K>(
+    shared: &SharedInformer<K>,
+    kind: Arc<Kind>,
+    graph: Shared,
+    queue: Arc<Queue<Work>>,
+    synced: tokio::sync::mpsc::UnboundedSender<()>,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Clone + Default + Eq + std::hash::Hash + Send + Sync,
+{
+    let mut changes = shared.subscribe();
+    let meta = |o: &K| PartialObjectMeta::<DynamicObject> {
+        types: None,
+        metadata: o.meta().clone(),
+        _phantom: std::marker::PhantomData,
+    };
+    async move {
+        let mut told = false;
+        while let Some(change) = changes.recv().await {
+            match change {
+                Change::Apply { new, .. } => apply(&graph, &queue, &kind, &meta(&new)),
+                Change::Delete(old) => remove(&graph, &queue, &meta(&old)),
+                Change::Synced => {
+                    if !told {
+                        told = true;
+                        let _ = synced.send(());
+                    }
                 }
             }
         }

@@ -42,7 +42,7 @@ pub fn jobs(ctx: Arc<Context>) -> crate::manager::LoopFuture {
         let clock = ctx.options.clock.clone();
         let controller =
             Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
-                .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
+                .owns_shared_stream(ctx.informers.pods.objects())
                 .reconcile_all_on(clock.advances());
         let c = Arc::new(Ctx {
             client: client.clone(),

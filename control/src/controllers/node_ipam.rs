@@ -12,7 +12,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use serde_json::json;
 
 use super::util::{self, Queue, Recorder, SyncResult};
@@ -179,14 +178,14 @@ async fn run(ctx: Arc<Context>) {
         };
     let queue: Arc<Queue<String>> = Queue::new();
     let q = queue.clone();
-    let (nodes, informer) = util::informer(
-        Api::<Node>::all(ctx.client.clone()),
-        watcher::Config::default(),
-        move |_, new: Option<&Node>| match new {
-            Some(n) => q.add(util::key_of(n)),
-            None => q.add(String::new()),
-        },
-    );
+    let (nodes, informer) =
+        util::subscribe(
+            &ctx.informers.nodes,
+            move |_, new: Option<&Node>| match new {
+                Some(n) => q.add(util::key_of(n)),
+                None => q.add(String::new()),
+            },
+        );
     let state = Arc::new(Mutex::new(State {
         ranges,
         held: HashMap::new(),

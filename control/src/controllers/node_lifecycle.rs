@@ -24,7 +24,6 @@ use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use serde_json::json;
 
 use super::util::{self, Queue, Recorder, SyncResult};
@@ -69,25 +68,20 @@ fn pod_key(p: &Pod) -> (String, String) {
 async fn run(ctx: Arc<Context>) {
     let queue: Arc<Queue<String>> = Queue::new();
     let q = queue.clone();
-    let (nodes, node_informer) = util::informer(
-        Api::<Node>::all(ctx.client.clone()),
-        watcher::Config::default(),
-        move |_, new: Option<&Node>| {
+    let (nodes, node_informer) =
+        util::subscribe(&ctx.informers.nodes, move |_, new: Option<&Node>| {
             if let Some(n) = new {
                 q.add(util::key_of(n));
             }
-        },
-    );
-    let (leases, lease_informer) = util::informer(
-        Api::<Lease>::namespaced(ctx.client.clone(), LEASE_NAMESPACE),
-        watcher::Config::default(),
+        });
+    let (leases, lease_informer) = util::subscribe(
+        &ctx.informers.node_leases,
         |_: Option<&Lease>, _: Option<&Lease>| {},
     );
     let index: Arc<Mutex<PodsByNode>> = Arc::default();
     let (idx, q) = (index.clone(), queue.clone());
-    let (pods, pod_informer) = util::informer(
-        Api::<Pod>::all(ctx.client.clone()),
-        watcher::Config::default(),
+    let (pods, pod_informer) = util::subscribe(
+        &ctx.informers.pods,
         move |old: Option<&Pod>, new: Option<&Pod>| {
             let mut idx = idx.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(o) = old

@@ -125,13 +125,12 @@ pub fn replication_controllers(ctx: Arc<Context>) -> crate::manager::LoopFuture 
 async fn run<K: ReplicaOwner>(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let owners: Api<K> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client.clone());
     let controller = Controller::new(owners, watcher::Config::default());
     let store = controller.store();
     // Orphans are claimed by whichever owner's selector matches them.
     let controller = controller
-        .owns(pods.clone(), watcher::Config::default())
-        .watches(pods, watcher::Config::default(), move |pod: Pod| {
+        .owns_shared_stream(ctx.informers.pods.objects())
+        .watches_shared_stream(ctx.informers.pods.objects(), move |pod: Arc<Pod>| {
             if util::controller_of(&pod.metadata).is_some() {
                 return Vec::new();
             }

@@ -41,7 +41,7 @@ pub fn statefulsets(ctx: Arc<Context>) -> crate::manager::LoopFuture {
             Api::<StatefulSet>::all(client.clone()),
             watcher::Config::default(),
         )
-        .owns(Api::<Pod>::all(client.clone()), watcher::Config::default());
+        .owns_shared_stream(ctx.informers.pods.objects());
         let c = Arc::new(Ctx {
             client: client.clone(),
             recorder: Recorder::new(client, COMPONENT),

@@ -22,6 +22,8 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
+use crate::manager::informers::{Change, SharedInformer};
+
 /// Called with (old, new) for every change a watch shows: (None, Some) added,
 /// (Some, Some) updated, (Some, None) deleted. Runs on the informer's task: keep it short
 /// (enqueue keys).
@@ -96,6 +98,29 @@ where
         }
     };
     (store, run)
+}
+
+/// [`informer`] on the manager's shared watch of `K` (Pods, Nodes, node Leases): the
+/// shared store, and the future that calls `handler` for each change.
+pub fn subscribe<K>(
+    shared: &SharedInformer<K>,
+    handler: impl Handler<K>,
+) -> (Store<K>, impl Future<Output = ()> + Send + 'static)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Clone + Default + Eq + Hash + Send + Sync,
+{
+    let mut changes = shared.subscribe();
+    let run = async move {
+        while let Some(change) = changes.recv().await {
+            match change {
+                Change::Apply { old, new } => handler(old.as_deref(), Some(&new)),
+                Change::Delete(old) => handler(Some(&old), None),
+                Change::Synced => {}
+            }
+        }
+    };
+    (shared.store(), run)
 }
 
 /// `namespace/name` (or `name`) of an object: the work queues' key.

@@ -5,7 +5,11 @@
 //! kube-scheduler or kube-controller-manager would, so nothing here reads the store.
 //! Several servers may run against one etcd: [`leader`] elects one of them on a
 //! `coordination.k8s.io` Lease, and only the leader runs the loops.
+//! - [`leader`]: the leader election;
+//! - [`informers`]: one shared watch per hot resource (Pods, Nodes, node Leases) that
+//!   every loop subscribes to.
 
+pub mod informers;
 pub mod leader;
 
 use std::future::Future;
@@ -60,10 +64,13 @@ impl Default for ManagerOptions {
     }
 }
 
-/// What every loop is handed.
+/// What every loop is handed (one per leadership term).
 pub struct Context {
     pub client: kube::Client,
     pub options: ManagerOptions,
+    /// The term's shared informers: subscribe instead of watching Pods, Nodes or node
+    /// Leases yourself.
+    pub informers: informers::Informers,
 }
 
 /// A control loop: runs until the future is dropped (when leadership is lost or on shutdown).
@@ -83,12 +90,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        options: options.clone(),
-    });
     let elector = leader::LeaderElector::new(
-        client,
+        client.clone(),
         "kube-system",
         "hull-controller-manager",
         &options.identity,
@@ -102,7 +105,18 @@ pub async fn run(
             () = elector.acquire() => {}
         }
         tracing::info!(identity = %options.identity, "leading: starting the control loops");
+        let ctx = Arc::new(Context {
+            client: client.clone(),
+            options: options.clone(),
+            informers: informers::Informers::new(&client),
+        });
         let mut tasks = tokio::task::JoinSet::new();
+        for (name, watch) in ctx.informers.watches() {
+            tasks.spawn(async move {
+                watch.await;
+                tracing::warn!(informer = name, "shared informer returned");
+            });
+        }
         for (name, start) in loops() {
             let ctx = ctx.clone();
             tasks.spawn(async move {

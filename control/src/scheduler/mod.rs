@@ -39,6 +39,7 @@ use kube::{Api, Resource};
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::manager::informers::{Change, Informers, SharedInformer};
 use crate::manager::{Context, LoopFuture};
 use cache::{Cache, NodeInfo, PodInfo};
 
@@ -51,7 +52,7 @@ const MIN_FEASIBLE: usize = 100;
 
 /// The manager's entry point (loop name "scheduler").
 pub fn run(ctx: Arc<Context>) -> LoopFuture {
-    Box::pin(async move { Scheduler::new(&ctx).run().await })
+    Box::pin(async move { Scheduler::new(&ctx).run(&ctx.informers).await })
 }
 
 /// How many feasible nodes to find before scoring: all below 100 nodes, else an
@@ -69,11 +70,21 @@ enum Input {
     Pod(Box<Event<Pod>>),
     Lease(Event<Lease>),
     Namespace(Event<Namespace>),
+    /// A shared informer's store holds a full list.
+    Synced(Kind),
     Bound {
         key: String,
         node: String,
         result: Result<(), BindError>,
     },
+}
+
+/// The kinds the scheduler takes from the manager's shared informers.
+#[derive(Clone, Copy)]
+enum Kind {
+    Nodes,
+    Pods,
+    Leases,
 }
 
 enum BindError {
@@ -155,15 +166,40 @@ impl Scheduler {
         });
     }
 
-    async fn run(mut self) {
-        let c = self.client.clone();
-        self.watch(Api::<Node>::all(c.clone()), |e| Input::Node(Box::new(e)));
-        self.watch(Api::<Pod>::all(c.clone()), |e| Input::Pod(Box::new(e)));
-        self.watch(
-            Api::<Lease>::namespaced(c.clone(), "kube-node-lease"),
-            Input::Lease,
-        );
-        self.watch(Api::<Namespace>::all(c), Input::Namespace);
+    /// Feeds a shared informer's changes in as watch events (the informer already turned
+    /// a relist into explicit deletions, so `Synced` only marks the list complete).
+    fn subscribe<K>(&mut self, shared: &SharedInformer<K>, kind: Kind, wrap: fn(Event<K>) -> Input)
+    where
+        K: Resource
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + std::marker::Sync
+            + 'static,
+        K::DynamicType: Clone + Default + Eq + std::hash::Hash + Send + std::marker::Sync,
+    {
+        let tx = self.tx.clone();
+        let mut changes = shared.subscribe();
+        self.tasks.spawn(async move {
+            while let Some(change) = changes.recv().await {
+                let input = match change {
+                    Change::Apply { new, .. } => wrap(Event::Apply(Arc::unwrap_or_clone(new))),
+                    Change::Delete(old) => wrap(Event::Delete(Arc::unwrap_or_clone(old))),
+                    Change::Synced => Input::Synced(kind),
+                };
+                if tx.send(input).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    async fn run(mut self, informers: &Informers) {
+        self.subscribe(&informers.nodes, Kind::Nodes, |e| Input::Node(Box::new(e)));
+        self.subscribe(&informers.pods, Kind::Pods, |e| Input::Pod(Box::new(e)));
+        self.subscribe(&informers.node_leases, Kind::Leases, Input::Lease);
+        self.watch(Api::<Namespace>::all(self.client.clone()), Input::Namespace);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -217,6 +253,15 @@ impl Scheduler {
                 }
             }
             Input::Bound { key, node, result } => self.on_bound(key, node, result),
+            Input::Synced(Kind::Nodes) => {
+                self.sync.nodes = true;
+                self.queue.move_all();
+            }
+            Input::Synced(Kind::Pods) => self.sync.pods = true,
+            Input::Synced(Kind::Leases) => {
+                self.sync.leases = true;
+                self.queue.move_all();
+            }
         }
     }
 
