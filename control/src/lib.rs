@@ -9,7 +9,8 @@
 //!   managedFields.
 //! - [`apiserver`]: the HTTPS API server — TLS/CA, kubeconfig, authentication,
 //!   discovery, OpenAPI, REST handlers (CRUD, watch, Table printing, subresources).
-//! - [`manager`]: the controller manager — leader election and the loops it runs.
+//! - [`manager`]: the controller manager — leader election, the shared informers (one
+//!   watch per hot resource for every loop) and the loops it runs.
 //! - [`controllers`]: one module per controller (and the list the manager starts).
 //! - [`scheduler`]: the scheduler loop — cache, queue, filters, scores, bindings.
 
