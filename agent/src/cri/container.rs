@@ -317,7 +317,15 @@ pub fn state(cfg: &Config, rec: &ContainerRecord) -> (i32, Option<ExitRecord>) {
     if let Some(x) = exit_record(cfg, &rec.id) {
         return (EXITED, Some(x));
     }
-    match hull_runtime::container::state(&cfg.oci_root(), &rec.id) {
+    // Not the runtime's `container::state`: its freezer check reads and parses
+    // /proc/self/mountinfo per call (per container per List), and Paused is RUNNING to
+    // the CRI anyway.
+    let root = cfg.oci_root();
+    let st = hull_runtime::state::load(&root, &rec.id).map(|mut st| {
+        hull_runtime::state::refresh(&root, &mut st, |_| false);
+        st
+    });
+    match st {
         Ok(st) => match st.status {
             Status::Created | Status::Creating => (CREATED, None),
             Status::Running | Status::Paused => (RUNNING, None),
@@ -451,13 +459,14 @@ pub fn list(cfg: &Config, f: Option<ContainerFilter>) -> Vec<Container> {
         let Ok(rec) = load_json::<ContainerRecord>(&dir(cfg, &id).join("container.json")) else {
             continue;
         };
-        if !f.pod_sandbox_id.is_empty() && !rec.sandbox_id.starts_with(&f.pod_sandbox_id) {
+        // The record's own fields first: the state costs reads of the kernel.
+        if (!f.pod_sandbox_id.is_empty() && !rec.sandbox_id.starts_with(&f.pod_sandbox_id))
+            || !labels_match(&rec.config.labels, &f.label_selector)
+        {
             continue;
         }
         let (st, _) = state(cfg, &rec);
-        if f.state.as_ref().is_some_and(|s| s.state != st)
-            || !labels_match(&rec.config.labels, &f.label_selector)
-        {
+        if f.state.as_ref().is_some_and(|s| s.state != st) {
             continue;
         }
         out.push(Container {

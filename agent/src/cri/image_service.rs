@@ -72,6 +72,63 @@ fn list_images(store: &ImageStore) -> Result<Vec<Image>, CriError> {
         .collect())
 }
 
+/// ImageStatus by name without listing every image: the CRI image of each record's
+/// name, built once per version of the store's `images.json` (a pull or removal
+/// replaces it), so the agent's status call per container start is a map lookup.
+/// Names the index does not hold (digests, ids, prefixes) take the store's own lookup.
+mod by_name {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use hull_runtime::image::{ImageStore, Reference};
+    use k8s_cri::v1::Image;
+
+    use super::super::records::{self, Ident};
+    use super::{CriError, to_image};
+
+    type Index = (Ident, Arc<HashMap<String, Image>>);
+
+    static INDEX: Mutex<Option<Index>> = Mutex::new(None);
+
+    pub fn status(st: &ImageStore, name: &str) -> Result<Option<Image>, CriError> {
+        // Read before the records: an index built from newer records than this
+        // identity is only rebuilt once more, never trusted for too long.
+        let now = records::ident(&st.root().join("images.json"));
+        let key = Reference::parse(name).map(|r| r.to_string()).ok();
+        let index = match now {
+            Some(now) => {
+                let held = INDEX
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .filter(|(at, _)| *at == now)
+                    .map(|(_, m)| m.clone());
+                match held {
+                    Some(m) => Some(m),
+                    None => {
+                        let all = st.list()?;
+                        let m: HashMap<String, Image> = all
+                            .iter()
+                            .map(|r| (r.name.clone(), to_image(st, r, &all)))
+                            .collect();
+                        let m = Arc::new(m);
+                        *INDEX.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, m.clone()));
+                        Some(m)
+                    }
+                }
+            }
+            None => None,
+        };
+        if let (Some(m), Some(k)) = (&index, &key)
+            && let Some(img) = m.get(k)
+        {
+            return Ok(Some(img.clone()));
+        }
+        let all = st.list()?;
+        Ok(st.get(name).ok().map(|r| to_image(st, &r, &all)))
+    }
+}
+
 fn credentials(a: &AuthConfig) -> Result<Option<Credentials>, CriError> {
     if !a.username.is_empty() {
         return Ok(Some(Credentials {
@@ -128,8 +185,7 @@ impl ImageService for Cri {
                     .images
                     .read()
                     .map_err(|_| CriError::Internal("image store lock poisoned".into()))?;
-                let all = st.list()?;
-                Ok(st.get(&name).ok().map(|r| to_image(&st, &r, &all)))
+                by_name::status(&st, &name)
             })
             .await?;
         Ok(Response::new(ImageStatusResponse {
@@ -249,5 +305,67 @@ impl ImageService for Cri {
             image_filesystems: vec![fs],
             container_filesystems: vec![],
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// The status index follows the store: an image imported under a second name is
+    /// found by it (with both tags), a removed name is gone, and the answers match the
+    /// store's own lookup.
+    #[test]
+    fn status_by_name_follows_imports_and_removals() {
+        let d = std::env::temp_dir().join(format!("hull-imgidx-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let _rm = Rm(d.clone());
+        let layout = d.join("layout");
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/images/mkimage.py"
+        );
+        let made = std::process::Command::new("python3")
+            .args([script, &layout.display().to_string(), "busybox", "1"])
+            .status()
+            .expect("run mkimage.py");
+        assert!(made.success(), "mkimage.py failed");
+        let st = ImageStore::open(&d.join("store")).expect("open store");
+        let a = hull_runtime::image::import::import(&st, &layout, Some("localhost/idx-a"))
+            .expect("import a")
+            .remove(0);
+        let got = by_name::status(&st, &a.name)
+            .unwrap()
+            .expect("a is present");
+        assert_eq!(got.id, a.config_digest);
+        assert!(by_name::status(&st, "localhost/idx-b:1").unwrap().is_none());
+
+        let b = hull_runtime::image::import::import(&st, &layout, Some("localhost/idx-b"))
+            .expect("import b")
+            .remove(0);
+        assert_ne!(a.name, b.name);
+        let got = by_name::status(&st, &b.name)
+            .unwrap()
+            .expect("b is present");
+        assert_eq!(got.id, a.config_digest);
+        let mut tags = got.repo_tags.clone();
+        tags.sort();
+        assert_eq!(tags, vec![a.name.clone(), b.name.clone()]);
+        // By id (not an index key): the store's own lookup.
+        assert!(by_name::status(&st, &a.config_digest).unwrap().is_some());
+
+        st.remove(&a.name, false).expect("remove a");
+        assert!(by_name::status(&st, &a.name).unwrap().is_none());
+        let got = by_name::status(&st, &b.name).unwrap().expect("b stays");
+        assert_eq!(got.repo_tags, vec![b.name.clone()]);
     }
 }

@@ -163,8 +163,10 @@ mod cache {
 
     use super::{ContainerRecord, ExitRecord, SandboxRecord};
 
-    #[derive(Clone, Copy, PartialEq, Eq)]
-    struct Ident {
+    /// Which version of a file: equal identities, equal contents (renames and
+    /// rewrites in place both change it).
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    pub struct Ident {
         dev: u64,
         ino: u64,
         size: u64,
@@ -173,7 +175,7 @@ mod cache {
     }
 
     impl Ident {
-        fn of(m: &std::fs::Metadata) -> Ident {
+        pub fn of(m: &std::fs::Metadata) -> Ident {
             Ident {
                 dev: m.dev(),
                 ino: m.ino(),
@@ -236,6 +238,13 @@ mod cache {
     pub fn len_under(dir: &Path) -> usize {
         map().keys().filter(|p| p.starts_with(dir)).count()
     }
+}
+
+pub use cache::Ident;
+
+/// The identity of the file at `path` now (None: not there).
+pub fn ident(path: &Path) -> Option<Ident> {
+    fs::metadata(path).ok().map(|m| Ident::of(&m))
 }
 
 pub fn is_id(s: &str) -> bool {

@@ -1,6 +1,8 @@
 //! Image pulls per imagePullPolicy (Kubernetes' defaults), with credentials from the
 //! pod's imagePullSecrets (`kubernetes.io/dockerconfigjson` and `dockercfg`).
 
+use std::collections::HashSet;
+
 use k8s_cri::v1::{AuthConfig, ImageSpec, ImageStatusRequest, PullImageRequest};
 use k8s_openapi::api::core::v1::{Container, Pod, Secret};
 use kube::api::Api;
@@ -89,16 +91,59 @@ async fn auth_for(client: &kube::Client, pod: &Pod, image: &str) -> Option<AuthC
     None
 }
 
-/// Makes the image of `c` present as its policy asks. Err: (reason, message) for the
-/// container's waiting state.
+/// The images of `pod`'s containers (init containers too) that the runtime has, asked
+/// for all at once (one ImageStatus per distinct image). Images whose policy pulls
+/// always are not asked for.
+pub async fn present(cri: &Cri, pod: &Pod) -> HashSet<String> {
+    let mut names: Vec<String> = Vec::new();
+    let spec = pod.spec.as_ref();
+    let all = spec.into_iter().flat_map(|s| {
+        s.init_containers
+            .iter()
+            .flatten()
+            .chain(s.containers.iter())
+    });
+    for c in all {
+        let Some(image) = c.image.as_deref().filter(|i| !i.is_empty()) else {
+            continue;
+        };
+        if policy(c) != "Always" && !names.iter().any(|n| n == image) {
+            names.push(image.to_string());
+        }
+    }
+    let asks = names.into_iter().map(|image| {
+        let mut img = cri.img.clone();
+        async move {
+            let found = img
+                .image_status(ImageStatusRequest {
+                    image: Some(ImageSpec {
+                        image: image.clone(),
+                        ..Default::default()
+                    }),
+                    verbose: false,
+                })
+                .await
+                .is_ok_and(|r| r.into_inner().image.is_some());
+            found.then_some(image)
+        }
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 /// Makes the image of `c` present per its pull policy, recording kubelet's Events
-/// (`Pulling`, `Pulled`, `Failed`).
+/// (`Pulling`, `Pulled`, `Failed`). `known_present`: the runtime was just seen to have
+/// it (no ImageStatus then). Err: (reason, message) for the container's waiting state.
 pub async fn ensure(
     cri: &Cri,
     client: &kube::Client,
     events: &Recorder,
     pod: &Pod,
     c: &Container,
+    known_present: bool,
 ) -> Result<(), (String, String)> {
     let ev = |type_, reason: &str, msg: String| events.pod(pod, Some(&c.name), type_, reason, msg);
     let image = c.image.clone().unwrap_or_default();
@@ -111,14 +156,16 @@ pub async fn ensure(
     };
     let policy = policy(c);
     let mut img = cri.img.clone();
-    let present = img
-        .image_status(ImageStatusRequest {
-            image: Some(spec.clone()),
-            verbose: false,
-        })
-        .await
-        .map(|r| r.into_inner().image.is_some())
-        .unwrap_or(false);
+    // `Always` pulls whatever is present: no need to ask.
+    let present = known_present
+        || (policy != "Always"
+            && img
+                .image_status(ImageStatusRequest {
+                    image: Some(spec.clone()),
+                    verbose: false,
+                })
+                .await
+                .is_ok_and(|r| r.into_inner().image.is_some()));
     match policy.as_str() {
         "Never" if !present => {
             let msg =

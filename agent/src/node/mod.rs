@@ -6,6 +6,7 @@
 //! - `cri_client`: the gRPC client on the runtime's unix socket.
 //! - `pods`: the pod watch, one worker per pod, the CRI relist (PLEG), orphans.
 //! - `worker`: one pod's convergence, restarts/backoff, status, graceful termination.
+//! - `snapshot`: the CRI view of one pod (full, or brought up to date after a step).
 //! - `cri_spec`: Pod → PodSandboxConfig / ContainerConfig.
 //! - `status`: pod status as kubelet writes it.
 //! - `env`, `volumes`, `atomic`: container environment and volumes.
@@ -27,6 +28,7 @@ mod pods;
 mod probe;
 pub mod quantity;
 mod resources;
+mod snapshot;
 mod status;
 mod volumes;
 mod worker;

@@ -3,7 +3,7 @@
 //! CrashLoopBackOff, runs probes and hooks, writes the pod's status, and on deletion
 //! stops everything gracefully, cleans up and deletes the Pod object.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,6 +19,7 @@ use super::cri_spec::{self, CONTAINER_NAME, POD_UID};
 use super::env::{self, Facts};
 use super::events::{self, NORMAL, WARNING};
 use super::probe::{self, Action, Probes};
+use super::snapshot::{self, Snapshot};
 use super::status::{self, CState, PodView, is_exited, is_running};
 use super::volumes::{self, HostVolume, Setup, Tokens};
 use super::{Options, cgroups, images};
@@ -67,26 +68,18 @@ type Row = (
     Option<(String, String)>,
 );
 
-/// The CRI view of one pod this round.
-struct Snapshot {
-    sandbox: Option<PodSandbox>,
-    stale_sandboxes: Vec<String>,
-    pod_ips: Vec<String>,
-    /// Per container name: statuses oldest → newest.
-    by_name: HashMap<String, Vec<ContainerStatus>>,
-    max_sandbox_attempt: Option<u32>,
+/// How a step's effect is seen.
+enum Step {
+    /// Nothing changed: the view stands.
+    Done,
+    /// The step brought the view up to date itself.
+    Known,
+    /// Something changed that only a full view shows.
+    Look,
 }
 
-impl Snapshot {
-    fn latest(&self, name: &str) -> Option<&ContainerStatus> {
-        self.by_name.get(name).and_then(|v| v.last())
-    }
-    fn previous(&self, name: &str) -> Option<&ContainerStatus> {
-        self.by_name
-            .get(name)
-            .and_then(|v| v.len().checked_sub(2).and_then(|i| v.get(i)))
-    }
-}
+/// How long an image lookup made beside RunPodSandbox stands for the containers' start.
+const PRESENT_FOR: Duration = Duration::from_secs(10);
 
 pub struct Worker {
     ctx: Arc<Ctx>,
@@ -102,6 +95,12 @@ pub struct Worker {
     /// When the worker was made (the pod's first event here): phase timings are
     /// logged at debug level relative to it.
     born: Instant,
+    /// Containers (name, id) the current step started.
+    started: Vec<(String, String)>,
+    /// The current step changed something its own view does not show.
+    look_again: bool,
+    /// The pod's images found present while its sandbox was being made.
+    present: Option<(HashSet<String>, Instant)>,
 }
 
 fn now_ns() -> i64 {
@@ -156,6 +155,9 @@ impl Worker {
             start_time: None,
             terminal: false,
             born: Instant::now(),
+            started: Vec::new(),
+            look_again: false,
+            present: None,
         }
     }
 
@@ -189,128 +191,6 @@ impl Worker {
                 _ = tokio::time::sleep(sleep) => {},
             }
         }
-    }
-
-    async fn snapshot(&self) -> Result<Snapshot, String> {
-        let mut rt = self.ctx.cri.rt.clone();
-        let sel = HashMap::from([(POD_UID.to_string(), self.uid.clone())]);
-        let sbs = rt
-            .list_pod_sandbox(ListPodSandboxRequest {
-                filter: Some(PodSandboxFilter {
-                    label_selector: sel.clone(),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .map_err(|e| format!("ListPodSandbox: {}", e.message()))?
-            .into_inner()
-            .items;
-        let max_sandbox_attempt = sbs
-            .iter()
-            .filter_map(|s| s.metadata.as_ref().map(|m| m.attempt))
-            .max();
-        let ready = sbs
-            .iter()
-            .rev()
-            .find(|s| s.state == PodSandboxState::SandboxReady as i32)
-            .cloned();
-        let stale = sbs
-            .iter()
-            .filter(|s| Some(&s.id) != ready.as_ref().map(|r| &r.id))
-            .map(|s| s.id.clone())
-            .collect();
-        let mut snap = Snapshot {
-            sandbox: ready,
-            stale_sandboxes: stale,
-            pod_ips: Vec::new(),
-            by_name: HashMap::new(),
-            max_sandbox_attempt,
-        };
-        // Containers come from the ready sandbox, else from the newest one: a finished
-        // pod (sandbox stopped) keeps reporting how its containers ended.
-        let Some(sb) = snap.sandbox.clone().or_else(|| sbs.last().cloned()) else {
-            return Ok(snap);
-        };
-        // The sandbox's IPs and its containers are asked for at once: under load each
-        // CRI round trip is what a pod start waits on.
-        let mut rt2 = rt.clone();
-        let ready = snap.sandbox.is_some();
-        let sb_id = sb.id.clone();
-        let net = async move {
-            if !ready {
-                return None;
-            }
-            rt2.pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: sb_id,
-                verbose: false,
-            })
-            .await
-            .ok()
-            .and_then(|st| st.into_inner().status.and_then(|s| s.network))
-        };
-        let list = rt.list_containers(ListContainersRequest {
-            filter: Some(ContainerFilter {
-                pod_sandbox_id: sb.id.clone(),
-                label_selector: sel,
-                ..Default::default()
-            }),
-        });
-        let (net, cs) = tokio::join!(net, list);
-        if let Some(n) = net {
-            if !n.ip.is_empty() {
-                snap.pod_ips.push(n.ip);
-            }
-            snap.pod_ips
-                .extend(n.additional_ips.into_iter().map(|i| i.ip));
-        }
-        let cs = cs
-            .map_err(|e| format!("ListContainers: {}", e.message()))?
-            .into_inner()
-            .containers;
-        let mut by: HashMap<String, Vec<Container>> = HashMap::new();
-        for c in cs {
-            let name = c.labels.get(CONTAINER_NAME).cloned().unwrap_or_default();
-            by.entry(name).or_default().push(c);
-        }
-        for (name, mut list) in by {
-            list.sort_by_key(|c| {
-                (
-                    c.metadata.as_ref().map(|m| m.attempt).unwrap_or(0),
-                    c.created_at,
-                )
-            });
-            // Older dead attempts are not needed for status or logs: kubelet keeps one.
-            while list.len() > 2 {
-                let old = list.remove(0);
-                if old.state != ContainerState::ContainerRunning as i32 {
-                    let _ = rt
-                        .remove_container(RemoveContainerRequest {
-                            container_id: old.id,
-                        })
-                        .await;
-                }
-            }
-            let asks = list.into_iter().map(|c| {
-                let mut rt = rt.clone();
-                async move {
-                    rt.container_status(ContainerStatusRequest {
-                        container_id: c.id.clone(),
-                        verbose: false,
-                    })
-                    .await
-                    .map_err(|e| debug!("ContainerStatus {}: {}", c.id, e.message()))
-                    .ok()
-                    .and_then(|s| s.into_inner().status)
-                }
-            });
-            let sts: Vec<ContainerStatus> = futures::future::join_all(asks)
-                .await
-                .into_iter()
-                .flatten()
-                .collect();
-            snap.by_name.insert(name, sts);
-        }
-        Ok(snap)
     }
 
     fn facts<'a>(&'a self, pod_ips: &'a [String]) -> Facts<'a> {
@@ -370,13 +250,18 @@ impl Worker {
         let mut next: Option<Duration> = None;
         let mut sandbox_err: Option<String> = None;
         let mut snap = None;
+        // The view the last step left up to date, when it could (else a full one).
+        let mut known: Option<Snapshot> = None;
         for _round in 0..4 {
-            let s = match self.snapshot().await {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(pod = %self.uid, "{e}");
-                    return Some(Duration::from_secs(1));
-                }
+            let mut s = match known.take() {
+                Some(s) => s,
+                None => match snapshot::take(&self.ctx.cri, &self.uid).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(pod = %self.uid, "{e}");
+                        return Some(Duration::from_secs(1));
+                    }
+                },
             };
             if self.terminal {
                 if let Some(sb) = &s.sandbox {
@@ -393,9 +278,10 @@ impl Worker {
                 snap = Some(s);
                 break;
             }
-            match self.act(pod, &s, &mut next).await {
-                Ok(true) => continue,
-                Ok(false) => {
+            match self.act(pod, &mut s, &mut next).await {
+                Ok(Step::Look) => continue,
+                Ok(Step::Known) => known = Some(s),
+                Ok(Step::Done) => {
                     snap = Some(s);
                     break;
                 }
@@ -422,8 +308,86 @@ impl Worker {
         next
     }
 
-    /// Does the next step; Ok(true) when it changed something (look again).
+    /// Does the next step, and says how to see its effect.
     async fn act(
+        &mut self,
+        pod: &Arc<Pod>,
+        s: &mut Snapshot,
+        next: &mut Option<Duration>,
+    ) -> Result<Step, String> {
+        if s.sandbox.is_none() {
+            return self.make_sandbox(pod, s).await;
+        }
+        self.started.clear();
+        self.look_again = false;
+        if !self.converge(pod, s, next).await? {
+            return Ok(Step::Done);
+        }
+        if self.look_again || self.started.is_empty() {
+            return Ok(Step::Look);
+        }
+        let started = std::mem::take(&mut self.started);
+        Ok(if snapshot::add_started(&self.ctx.cri, s, &started).await {
+            Step::Known
+        } else {
+            Step::Look
+        })
+    }
+
+    /// No live sandbox: kills what is left of old ones, then makes a new one while the
+    /// volumes are prepared and the images looked up.
+    async fn make_sandbox(&mut self, pod: &Arc<Pod>, s: &mut Snapshot) -> Result<Step, String> {
+        let mut rt = self.ctx.cri.rt.clone();
+        for id in &s.stale_sandboxes {
+            let _ = rt
+                .stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: id.clone(),
+                })
+                .await;
+        }
+        let attempt = s.max_sandbox_attempt.map(|a| a + 1).unwrap_or(0);
+        let cfg = cri_spec::sandbox(pod, &self.ctx.opts, attempt);
+        std::fs::create_dir_all(&cfg.log_directory)
+            .map_err(|e| format!("create {}: {e}", cfg.log_directory))?;
+        let t = Instant::now();
+        // The volumes (API reads, token requests) are prepared and the images looked
+        // up while the runtime makes the sandbox: none needs another, and all wait
+        // on others.
+        let sandbox = rt.run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(cfg),
+            runtime_handler: String::new(),
+        });
+        let ctx = self.ctx.clone();
+        let look = images::present(&ctx.cri, pod);
+        let (vols, sandbox, present) = tokio::join!(self.volumes(pod, &[], true), sandbox, look);
+        let id = sandbox
+            .map_err(|e| format!("Failed to create pod sandbox: {}", e.message()))?
+            .into_inner()
+            .pod_sandbox_id;
+        vols?;
+        self.present = Some((present, Instant::now()));
+        debug!(pod = %self.uid, at_ms = self.born.elapsed().as_millis() as u64, took_ms = t.elapsed().as_millis() as u64, "RunPodSandbox done");
+        for id in &s.stale_sandboxes {
+            let _ = rt
+                .remove_pod_sandbox(RemovePodSandboxRequest {
+                    pod_sandbox_id: id.clone(),
+                })
+                .await;
+        }
+        Ok(
+            match snapshot::of_new_sandbox(&self.ctx.cri, &id, attempt).await {
+                Some(new) => {
+                    *s = new;
+                    Step::Known
+                }
+                None => Step::Look,
+            },
+        )
+    }
+
+    /// Init containers in order, then the containers: started, restarted, or killed
+    /// when unhealthy. True when it changed something.
+    async fn converge(
         &mut self,
         pod: &Arc<Pod>,
         s: &Snapshot,
@@ -431,37 +395,7 @@ impl Worker {
     ) -> Result<bool, String> {
         let mut rt = self.ctx.cri.rt.clone();
         let Some(sb) = &s.sandbox else {
-            // No live sandbox: kill what is left of old ones, then make a new one.
-            for id in &s.stale_sandboxes {
-                let _ = rt
-                    .stop_pod_sandbox(StopPodSandboxRequest {
-                        pod_sandbox_id: id.clone(),
-                    })
-                    .await;
-            }
-            let attempt = s.max_sandbox_attempt.map(|a| a + 1).unwrap_or(0);
-            let cfg = cri_spec::sandbox(pod, &self.ctx.opts, attempt);
-            std::fs::create_dir_all(&cfg.log_directory)
-                .map_err(|e| format!("create {}: {e}", cfg.log_directory))?;
-            let t = Instant::now();
-            // The volumes (API reads, token requests) are prepared while the runtime
-            // makes the sandbox: neither needs the other, and both wait on others.
-            let sandbox = rt.run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(cfg),
-                runtime_handler: String::new(),
-            });
-            let (vols, sandbox) = tokio::join!(self.volumes(pod, &[], true), sandbox);
-            sandbox.map_err(|e| format!("Failed to create pod sandbox: {}", e.message()))?;
-            vols?;
-            debug!(pod = %self.uid, at_ms = self.born.elapsed().as_millis() as u64, took_ms = t.elapsed().as_millis() as u64, "RunPodSandbox done");
-            for id in &s.stale_sandboxes {
-                let _ = rt
-                    .remove_pod_sandbox(RemovePodSandboxRequest {
-                        pod_sandbox_id: id.clone(),
-                    })
-                    .await;
-            }
-            return Ok(true);
+            return Ok(false);
         };
         let spec = pod.spec.clone().unwrap_or_default();
         let policy = restart_policy(pod).to_string();
@@ -628,6 +562,7 @@ impl Worker {
                 timeout: grace_of(pod),
             })
             .await;
+        self.look_again = true;
         true
     }
 
@@ -756,7 +691,20 @@ impl Worker {
         attempt: u32,
     ) -> Result<(), (String, String)> {
         let t0 = Instant::now();
-        images::ensure(&self.ctx.cri, &self.ctx.client, &self.ctx.events, pod, c).await?;
+        let image = c.image.as_deref().unwrap_or_default();
+        let known = self
+            .present
+            .as_ref()
+            .is_some_and(|(p, at)| at.elapsed() < PRESENT_FOR && p.contains(image));
+        images::ensure(
+            &self.ctx.cri,
+            &self.ctx.client,
+            &self.ctx.events,
+            pod,
+            c,
+            known,
+        )
+        .await?;
         let t_image = t0.elapsed();
         let cfg_err = |m: String| ("CreateContainerConfigError".to_string(), m);
         let services: Vec<Service> = self
@@ -867,6 +815,7 @@ impl Worker {
                 return Err(("PostStartHookError".into(), e));
             }
         }
+        self.started.push((c.name.clone(), id));
         Ok(())
     }
 
