@@ -13,12 +13,29 @@ use kube::api::Api;
 use kube::runtime::watcher;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::cri_spec::POD_UID;
 use super::worker::{Ctx, Worker, cleanup_pod};
 
 const RELIST: Duration = Duration::from_secs(1);
+/// How long the set of pods must stay unchanged before freed memory goes back.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// Gives the allocator's free pages back to the kernel. glibc keeps what a burst of
+/// pod starts or deletions freed in its per-thread arenas (the CRI's blocking threads
+/// each get one): measured after 100 pods came and went, `hull up` held 229 MiB RSS,
+/// 127 MiB after a trim. Returns whether anything was released.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_memory() -> bool {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() -> bool {
+    false
+}
 
 struct Handle {
     tx: watch::Sender<Option<Arc<Pod>>>,
@@ -32,6 +49,8 @@ pub struct Manager {
     /// CRI state at the last relist: object id → (state, pod uid).
     seen: HashMap<String, (i32, String)>,
     cleaning: HashMap<String, JoinHandle<()>>,
+    /// When the set of workers last changed, while memory has not been released since.
+    changed: Option<std::time::Instant>,
 }
 
 impl Manager {
@@ -41,6 +60,7 @@ impl Manager {
             workers: HashMap::new(),
             seen: HashMap::new(),
             cleaning: HashMap::new(),
+            changed: None,
         }
     }
 
@@ -64,6 +84,7 @@ impl Manager {
         let wake = w.wake.clone();
         let task = tokio::spawn(w.run());
         self.workers.insert(uid, Handle { tx, wake, task });
+        self.changed = Some(std::time::Instant::now());
     }
 
     fn gone(&mut self, uid: &str) {
@@ -107,10 +128,22 @@ impl Manager {
                     }
                     None => break,
                 },
-                _ = relist.tick() => self.relist().await,
+                _ = relist.tick() => {
+                    self.relist().await;
+                    if self.changed.is_some_and(|t| t.elapsed() >= SETTLE) {
+                        self.changed = None;
+                        let t = std::time::Instant::now();
+                        let released = tokio::task::spawn_blocking(release_free_memory).await;
+                        debug!(?released, took_us = t.elapsed().as_micros() as u64, "released free memory");
+                    }
+                }
             }
+            let before = self.workers.len() + self.cleaning.len();
             self.workers.retain(|_, h| !h.task.is_finished());
             self.cleaning.retain(|_, t| !t.is_finished());
+            if self.workers.len() + self.cleaning.len() != before {
+                self.changed = Some(std::time::Instant::now());
+            }
         }
         for (_, h) in self.workers.drain() {
             h.task.abort();
