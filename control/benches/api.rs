@@ -9,6 +9,9 @@
 //! Workload (ConfigMaps of ~1 KiB): create N one at a time, GET them one at a time, GET
 //! throughput with 16 concurrent clients for 3 s, LIST all N (10 times), and watch
 //! fan-out: W watchers, 20 updates, latency from the write to each watcher's event.
+//! Then N Pods (a web container with ports, env, resources and probes, as admitted and
+//! defaulted by hull: ~3 KiB each) and LIST all of them 10 times; etcd alone ranges over
+//! N copies of the same stored bytes.
 
 #[path = "../tests/api_support/mod.rs"]
 mod api_support;
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use api_support::Server;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
 
 #[derive(Default, Clone)]
@@ -71,6 +74,65 @@ fn cm(name: &str) -> ConfigMap {
         data: Some(BTreeMap::from([("v".to_string(), payload())])),
         ..Default::default()
     }
+}
+
+/// The stored JSON of one benchmark Pod as hull admitted it (the etcd-alone peer ranges
+/// over copies of it, so both list the same bytes).
+static POD_JSON: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": "web", "tier": "front", "bench": "list"}},
+        "spec": {
+            "nodeName": "node-a",
+            "containers": [{
+                "name": "web", "image": "registry.local/library/nginx:1.27",
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "env": [{"name": "MODE", "value": "production"},
+                        {"name": "LOG_LEVEL", "value": "info"}],
+                "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
+                              "limits": {"memory": "256Mi"}},
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
+            }],
+        },
+    }))
+    .expect("pod")
+}
+
+/// Creates `n` Pods with 16 concurrent clients, then LISTs them all 10 times.
+async fn list_pods(c: &kube::Client, ns: &str, n: usize) -> (Duration, Duration) {
+    let pods: Api<Pod> = Api::namespaced(c.clone(), ns);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (pods, next) = (pods.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return;
+                }
+                let created = pods
+                    .create(&PostParams::default(), &pod(&format!("web-{i:06}")))
+                    .await
+                    .expect("create pod");
+                if i == 0 {
+                    let _ = POD_JSON.set(serde_json::to_vec(&created).expect("json"));
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("creator");
+    }
+    let mut lat = Lat::default();
+    for _ in 0..10 {
+        let t = Instant::now();
+        let l = pods.list(&ListParams::default()).await.expect("list pods");
+        assert_eq!(l.items.len(), n);
+        lat.0.push(t.elapsed());
+    }
+    (lat.pct(0.5), lat.pct(0.99))
 }
 
 async fn bench_hull(s: &Server, n: usize, watchers: usize) -> Results {
@@ -185,6 +247,7 @@ async fn bench_hull(s: &Server, n: usize, watchers: usize) -> Results {
         s.abort();
     }
     r.ops.insert("watch event", (lat.pct(0.5), lat.pct(0.99)));
+    r.ops.insert("list pods", list_pods(&c, &ns, n).await);
     r
 }
 
@@ -298,6 +361,34 @@ async fn bench_etcd(url: &str, n: usize, watchers: usize) -> Results {
         t.abort();
     }
     r.ops.insert("watch event", (lat.pct(0.5), lat.pct(0.99)));
+
+    let pod_prefix = format!("/bench-pods-{}/", std::process::id());
+    let pod_value = POD_JSON.get().cloned().unwrap_or_default();
+    for i in 0..n {
+        c.put(format!("{pod_prefix}web-{i:06}"), pod_value.clone(), None)
+            .await
+            .expect("put pod");
+    }
+    let mut lat = Lat::default();
+    for _ in 0..10 {
+        let t = Instant::now();
+        let resp = kv
+            .get(
+                pod_prefix.as_str(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+            .expect("range pods");
+        assert_eq!(resp.kvs().len(), n);
+        lat.0.push(t.elapsed());
+    }
+    r.ops.insert("list pods", (lat.pct(0.5), lat.pct(0.99)));
+    let _ = c
+        .delete(
+            pod_prefix.as_str(),
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await;
     let _ = c
         .delete(
             prefix.as_str(),
@@ -337,12 +428,15 @@ fn main() {
         rt.block_on(bench_etcd(&etcd.url.clone(), n, watchers)),
     ));
 
-    println!("\nAPI benchmark: {n} ConfigMaps (~1 KiB), {watchers} watchers; p50 / p99 in ms");
+    println!(
+        "\nAPI benchmark: {n} ConfigMaps (~1 KiB), {n} Pods ({} B stored), {watchers} watchers; p50 / p99 in ms",
+        POD_JSON.get().map_or(0, Vec::len)
+    );
     println!(
         "{:<14} {:>20} {:>20} {:>20}",
         "op", rows[0].0, rows[1].0, rows[2].0
     );
-    for op in ["create", "get", "list", "watch event"] {
+    for op in ["create", "get", "list", "list pods", "watch event"] {
         let cell = |r: &Results| {
             let (p50, p99) = r.ops.get(op).copied().unwrap_or_default();
             format!("{:.2} / {:.2}", ms(p50), ms(p99))
@@ -359,7 +453,7 @@ fn main() {
         "GET/s (16)", rows[0].1.gets_per_sec, rows[1].1.gets_per_sec, rows[2].1.gets_per_sec
     );
     println!("\nratios (p50; < 1 means faster than the peer):");
-    for op in ["create", "get", "list", "watch event"] {
+    for op in ["create", "get", "list", "list pods", "watch event"] {
         let p = |i: usize| ms(rows[i].1.ops.get(op).map(|x| x.0).unwrap_or_default());
         println!(
             "{op:<14} hull/sqlite : hull/etcd = {:.2}   hull/sqlite : etcd = {:.2}   hull/etcd : etcd = {:.2}",

@@ -10,9 +10,10 @@ use serde_json::{Value, json};
 
 use super::object;
 use super::selector::{FieldSelector, LabelSelector};
-use super::{ApiState, Req, json_response, table};
+use super::{ApiState, Req, json_bytes_response, json_response, table};
+use crate::apiserver::conversion;
 use crate::apiserver::status::ApiError;
-use crate::store::StoreError;
+use crate::store::{KeyValue, StoreError};
 
 /// Where the next page starts: the snapshot revision and the last key returned.
 fn encode_continue(rev: i64, key: &str) -> String {
@@ -30,9 +31,9 @@ fn decode_continue(token: &str) -> Result<(i64, String), ApiError> {
     Ok((rev, start.to_string()))
 }
 
-/// The outcome of a filtered list.
+/// The outcome of a filtered list: the stored values of the matching objects.
 pub struct Listed {
-    pub items: Vec<Value>,
+    pub items: Vec<KeyValue>,
     pub revision: i64,
     pub continue_token: Option<String>,
     pub remaining: Option<i64>,
@@ -95,11 +96,13 @@ pub async fn collect(state: &ApiState, rq: &Req) -> Result<Listed, ApiError> {
         rev = page.revision;
         let n = page.items.len();
         for (i, kv) in page.items.iter().enumerate() {
-            let obj = object::read(rq.r, kv)?;
-            if !labels.matches(&obj) || !fields.matches(&obj) {
-                continue;
+            if filtering {
+                let obj = object::read(rq.r, kv)?;
+                if !labels.matches(&obj) || !fields.matches(&obj) {
+                    continue;
+                }
             }
-            items.push(obj);
+            items.push(kv.clone());
             if limit > 0 && items.len() == limit {
                 let more = i + 1 < n || page.remaining > 0;
                 let token = more.then(|| encode_continue(rev, &kv.key));
@@ -133,18 +136,46 @@ pub async fn list(state: &ApiState, rq: &Req) -> Result<Response, ApiError> {
     if let Some(n) = listed.remaining {
         meta["remainingItemCount"] = json!(n);
     }
-    if rq.wants_table() {
-        let mut t = table::table(rq.r, &listed.items, None, rq.q("includeObject"));
-        t["metadata"] = meta;
-        return Ok(json_response(StatusCode::OK, &t));
+    if rq.wants_table() || conversion::converted(rq.r) {
+        let items = listed
+            .items
+            .iter()
+            .map(|kv| object::read(rq.r, kv))
+            .collect::<Result<Vec<_>, _>>()?;
+        if rq.wants_table() {
+            let mut t = table::table(rq.r, &items, None, rq.q("includeObject"));
+            t["metadata"] = meta;
+            return Ok(json_response(StatusCode::OK, &t));
+        }
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "kind": rq.r.list_kind,
+                "apiVersion": rq.r.api_version(),
+                "metadata": meta,
+                "items": items,
+            }),
+        ));
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "kind": rq.r.list_kind,
-            "apiVersion": rq.r.api_version(),
-            "metadata": meta,
-            "items": listed.items,
-        }),
-    ))
+    // The list as `json_response` would encode it, with every item spliced from its
+    // stored bytes (see `object::append_stored`).
+    let size: usize = listed.items.iter().map(|kv| kv.value.len() + 32).sum();
+    let mut body = Vec::with_capacity(size + 256);
+    let head = json!({
+        "kind": rq.r.list_kind,
+        "apiVersion": rq.r.api_version(),
+        "metadata": meta,
+    });
+    serde_json::to_writer(&mut body, &head)
+        .map_err(|e| ApiError::internal(format!("encoding list: {e}")))?;
+    body.pop(); // the head's closing brace: the items follow
+    body.extend_from_slice(b",\"items\":[");
+    for (i, kv) in listed.items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        object::append_stored(kv, &mut body)?;
+    }
+    body.extend_from_slice(b"]}");
+    Ok(json_bytes_response(StatusCode::OK, body))
 }
