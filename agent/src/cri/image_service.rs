@@ -348,6 +348,9 @@ mod tests {
             .expect("a is present");
         assert_eq!(got.id, a.config_digest);
         assert!(by_name::status(&st, "localhost/idx-b:1").unwrap().is_none());
+        // By id (not an index key): the store's own lookup.
+        let by_id = by_name::status(&st, &a.config_digest).unwrap();
+        assert_eq!(by_id.map(|i| i.id), Some(a.config_digest.clone()));
 
         let b = hull_runtime::image::import::import(&st, &layout, Some("localhost/idx-b"))
             .expect("import b")
@@ -360,8 +363,6 @@ mod tests {
         let mut tags = got.repo_tags.clone();
         tags.sort();
         assert_eq!(tags, vec![a.name.clone(), b.name.clone()]);
-        // By id (not an index key): the store's own lookup.
-        assert!(by_name::status(&st, &a.config_digest).unwrap().is_some());
 
         st.remove(&a.name, false).expect("remove a");
         assert!(by_name::status(&st, &a.name).unwrap().is_none());
