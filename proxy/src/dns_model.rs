@@ -4,13 +4,12 @@
 //!
 //! Pure: lookups return typed answers; `dns_server` turns them into packets.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Service, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-
-use crate::model::SERVICE_NAME_LABEL;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QType {
@@ -58,12 +57,30 @@ struct SvcDns {
     endpoints: Vec<(IpAddr, Option<String>)>,
 }
 
+/// (namespace, name) of a Service or a Pod.
+pub type ObjKey = (String, String);
+
+/// PTR names, by the object that claims them (an address claimed twice keeps a
+/// name until its last claimant goes).
+type Ptrs = BTreeMap<IpAddr, BTreeMap<ObjKey, String>>;
+
+/// The answers, kept per object: a changed Service (with its slices) or Pod
+/// replaces only its own part, so a change costs the same at 10 000 Services
+/// as at ten.
 #[derive(Debug, Clone, Default)]
 pub struct DnsModel {
     zone: String,
-    services: BTreeMap<(String, String), SvcDns>,
-    namespaces: BTreeSet<String>,
-    ptr: BTreeMap<IpAddr, String>,
+    services: BTreeMap<ObjKey, SvcDns>,
+    /// Namespaces with Services, and how many (an existing namespace is an
+    /// empty non-terminal name: NODATA rather than NXDOMAIN).
+    namespaces: BTreeMap<String, usize>,
+    /// PTR names of Service addresses and headless endpoints; they win over…
+    svc_ptr: Ptrs,
+    /// …the `a-b-c-d.<ns>.pod` names of pod IPs.
+    pod_ptr: Ptrs,
+    /// The addresses each Service / Pod put in the PTR maps, to take them out.
+    svc_ptr_of: HashMap<ObjKey, Vec<IpAddr>>,
+    pod_ptr_of: HashMap<ObjKey, Vec<IpAddr>>,
 }
 
 fn dashed(ip: &IpAddr) -> String {
@@ -73,131 +90,117 @@ fn dashed(ip: &IpAddr) -> String {
     }
 }
 
+fn key_of(m: &ObjectMeta) -> Option<ObjKey> {
+    Some((m.namespace.clone()?, m.name.clone()?))
+}
+
+fn set_ptrs(
+    ptrs: &mut Ptrs,
+    of: &mut HashMap<ObjKey, Vec<IpAddr>>,
+    key: &ObjKey,
+    new: Vec<(IpAddr, String)>,
+) {
+    for ip in of.remove(key).unwrap_or_default() {
+        if let Some(m) = ptrs.get_mut(&ip) {
+            m.remove(key);
+            if m.is_empty() {
+                ptrs.remove(&ip);
+            }
+        }
+    }
+    if new.is_empty() {
+        return;
+    }
+    let ips = new.iter().map(|(ip, _)| *ip).collect();
+    for (ip, name) in new {
+        ptrs.entry(ip).or_default().insert(key.clone(), name);
+    }
+    of.insert(key.clone(), ips);
+}
+
 impl DnsModel {
+    pub fn new(zone: &str) -> Self {
+        DnsModel {
+            zone: zone.trim_end_matches('.').to_ascii_lowercase(),
+            ..Default::default()
+        }
+    }
+
     pub fn build<'a>(
         zone: &str,
         services: impl IntoIterator<Item = &'a Service>,
         slices: impl IntoIterator<Item = &'a EndpointSlice>,
         pods: impl IntoIterator<Item = &'a Pod>,
     ) -> Self {
-        let zone = zone.trim_end_matches('.').to_ascii_lowercase();
-        let mut m = DnsModel {
-            zone,
-            ..Default::default()
-        };
+        let mut m = DnsModel::new(zone);
+        let by_service = crate::model::slices_by_service(slices);
         for svc in services {
-            let (Some(ns), Some(name)) =
-                (svc.metadata.namespace.clone(), svc.metadata.name.clone())
-            else {
+            let Some(key) = key_of(&svc.metadata) else {
                 continue;
             };
-            let Some(spec) = &svc.spec else { continue };
-            let mut d = SvcDns::default();
-            if spec.type_.as_deref() == Some("ExternalName") {
-                d.external_name = spec
-                    .external_name
-                    .clone()
-                    .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
-            }
-            let ips = spec
-                .cluster_ips
-                .clone()
-                .filter(|v| !v.is_empty())
-                .or_else(|| spec.cluster_ip.clone().map(|i| vec![i]));
-            d.cluster_ips = ips
-                .into_iter()
-                .flatten()
-                .filter_map(|s| s.parse().ok())
-                .collect();
-            for p in spec.ports.iter().flatten() {
-                if let (Some(pn), Ok(port)) = (p.name.clone(), u16::try_from(p.port)) {
-                    d.ports.push((
-                        pn,
-                        p.protocol
-                            .clone()
-                            .unwrap_or_else(|| "TCP".into())
-                            .to_ascii_lowercase(),
-                        port,
-                    ));
-                }
-            }
-            for ip in &d.cluster_ips {
-                m.ptr.insert(*ip, format!("{name}.{ns}.svc.{}", m.zone));
-            }
-            m.namespaces.insert(ns.clone());
-            m.services.insert((ns, name), d);
-        }
-        for s in slices {
-            let Some(ns) = s.metadata.namespace.clone() else {
-                continue;
-            };
-            let Some(svc) = s
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                .cloned()
-            else {
-                continue;
-            };
-            let Some(d) = m.services.get_mut(&(ns.clone(), svc.clone())) else {
-                continue;
-            };
-            let headless = d.cluster_ips.is_empty();
-            if headless && d.ports.is_empty() {
-                // Headless Services take their SRV ports from the slices.
-                for p in s.ports.iter().flatten() {
-                    if let (Some(pn), Some(port)) =
-                        (p.name.clone(), p.port.and_then(|p| u16::try_from(p).ok()))
-                    {
-                        d.ports.push((
-                            pn,
-                            p.protocol
-                                .clone()
-                                .unwrap_or_else(|| "TCP".into())
-                                .to_ascii_lowercase(),
-                            port,
-                        ));
-                    }
-                }
-            }
-            for ep in &s.endpoints {
-                if !ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true) {
-                    continue;
-                }
-                for a in &ep.addresses {
-                    let Ok(ip) = a.parse::<IpAddr>() else {
-                        continue;
-                    };
-                    let host = ep.hostname.clone().map(|h| h.to_ascii_lowercase());
-                    if headless {
-                        let label = host.clone().unwrap_or_else(|| dashed(&ip));
-                        m.ptr
-                            .insert(ip, format!("{label}.{svc}.{ns}.svc.{}", m.zone));
-                    }
-                    if !d.endpoints.iter().any(|(i, _)| *i == ip) {
-                        d.endpoints.push((ip, host));
-                    }
-                }
-            }
+            let mine = by_service
+                .get(&(key.0.as_str(), key.1.as_str()))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            m.set_service(&key, Some(svc), mine);
         }
         for p in pods {
-            let Some(ns) = p.metadata.namespace.clone() else {
-                continue;
-            };
-            for ip in p
-                .status
-                .iter()
-                .flat_map(|s| s.pod_ips.iter().flatten())
-                .filter_map(|i| i.ip.parse::<IpAddr>().ok())
-            {
-                let zone = m.zone.clone();
-                m.ptr
-                    .entry(ip)
-                    .or_insert_with(|| format!("{}.{ns}.pod.{zone}", dashed(&ip)));
+            if let Some(key) = key_of(&p.metadata) {
+                m.set_pod(&key, Some(p));
             }
         }
         m
+    }
+
+    /// Replace what Service `key` answers (`svc` None: it is gone), given the
+    /// EndpointSlices that name it.
+    pub fn set_service(&mut self, key: &ObjKey, svc: Option<&Service>, slices: &[&EndpointSlice]) {
+        let (ns, name) = key;
+        let built = svc.and_then(|s| s.spec.as_ref()).map(|spec| {
+            let mut ptrs = Vec::new();
+            let d = svc_dns(&self.zone, ns, name, spec, slices, &mut ptrs);
+            (d, ptrs)
+        });
+        let (d, ptrs) = match built {
+            Some((d, p)) => (Some(d), p),
+            None => (None, Vec::new()),
+        };
+        set_ptrs(&mut self.svc_ptr, &mut self.svc_ptr_of, key, ptrs);
+        let had = match d {
+            Some(d) => self.services.insert(key.clone(), d).is_some(),
+            None => self.services.remove(key).is_some(),
+        };
+        let has = self.services.contains_key(key);
+        if has && !had {
+            *self.namespaces.entry(ns.clone()).or_default() += 1;
+        } else if had
+            && !has
+            && let Some(c) = self.namespaces.get_mut(ns)
+        {
+            *c -= 1;
+            if *c == 0 {
+                self.namespaces.remove(ns);
+            }
+        }
+    }
+
+    /// Replace the PTR names of Pod `key` (`pod` None: it is gone).
+    pub fn set_pod(&mut self, key: &ObjKey, pod: Option<&Pod>) {
+        let zone = &self.zone;
+        let ptrs: Vec<(IpAddr, String)> = pod
+            .into_iter()
+            .flat_map(|p| p.status.iter().flat_map(|s| s.pod_ips.iter().flatten()))
+            .filter_map(|i| i.ip.parse::<IpAddr>().ok())
+            .map(|ip| (ip, format!("{}.{}.pod.{zone}", dashed(&ip), key.0)))
+            .collect();
+        set_ptrs(&mut self.pod_ptr, &mut self.pod_ptr_of, key, ptrs);
+    }
+
+    fn ptr(&self, ip: &IpAddr) -> Option<&String> {
+        self.svc_ptr
+            .get(ip)
+            .or_else(|| self.pod_ptr.get(ip))
+            .and_then(|m| m.values().next())
     }
 
     pub fn zone(&self) -> &str {
@@ -235,7 +238,7 @@ impl DnsModel {
     fn lookup_one(&self, qname: &str, qtype: QType) -> Lookup {
         let name = qname.trim_end_matches('.').to_ascii_lowercase();
         if let Some(ip) = parse_reverse(&name) {
-            return match self.ptr.get(&ip) {
+            return match self.ptr(&ip) {
                 Some(target) if matches!(qtype, QType::Ptr | QType::Any) => {
                     Lookup::Records(vec![Rec {
                         name,
@@ -281,7 +284,7 @@ impl DnsModel {
         match labels.as_slice() {
             [] | ["svc"] | ["pod"] => Lookup::NoData,
             [ns, "svc"] | [ns, "pod"] => {
-                if self.namespaces.contains(*ns) {
+                if self.namespaces.contains_key(*ns) {
                     Lookup::NoData
                 } else {
                     Lookup::NxDomain
@@ -366,6 +369,80 @@ impl DnsModel {
             _ => Lookup::NxDomain,
         }
     }
+}
+
+/// One Service's answers from its spec and slices; its PTR names go to `ptrs`.
+fn svc_dns(
+    zone: &str,
+    ns: &str,
+    name: &str,
+    spec: &ServiceSpec,
+    slices: &[&EndpointSlice],
+    ptrs: &mut Vec<(IpAddr, String)>,
+) -> SvcDns {
+    let mut d = SvcDns::default();
+    if spec.type_.as_deref() == Some("ExternalName") {
+        d.external_name = spec
+            .external_name
+            .clone()
+            .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+    }
+    let ips = spec
+        .cluster_ips
+        .clone()
+        .filter(|v| !v.is_empty())
+        .or_else(|| spec.cluster_ip.clone().map(|i| vec![i]));
+    d.cluster_ips = ips
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let port_of = |name: &Option<String>, proto: &Option<String>, port: Option<u16>| {
+        Some((
+            name.clone()?,
+            proto
+                .clone()
+                .unwrap_or_else(|| "TCP".into())
+                .to_ascii_lowercase(),
+            port?,
+        ))
+    };
+    for p in spec.ports.iter().flatten() {
+        d.ports
+            .extend(port_of(&p.name, &p.protocol, u16::try_from(p.port).ok()));
+    }
+    for ip in &d.cluster_ips {
+        ptrs.push((*ip, format!("{name}.{ns}.svc.{zone}")));
+    }
+    let headless = d.cluster_ips.is_empty();
+    for s in slices {
+        if headless && d.ports.is_empty() {
+            // Headless Services take their SRV ports from the slices.
+            for p in s.ports.iter().flatten() {
+                let port = p.port.and_then(|p| u16::try_from(p).ok());
+                d.ports.extend(port_of(&p.name, &p.protocol, port));
+            }
+        }
+        for ep in &s.endpoints {
+            if !ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true) {
+                continue;
+            }
+            for a in &ep.addresses {
+                let Ok(ip) = a.parse::<IpAddr>() else {
+                    continue;
+                };
+                let host = ep.hostname.clone().map(|h| h.to_ascii_lowercase());
+                if headless {
+                    let label = host.clone().unwrap_or_else(|| dashed(&ip));
+                    ptrs.push((ip, format!("{label}.{name}.{ns}.svc.{zone}")));
+                }
+                if !d.endpoints.iter().any(|(i, _)| *i == ip) {
+                    d.endpoints.push((ip, host));
+                }
+            }
+        }
+    }
+    d
 }
 
 fn undash(s: &str) -> Option<IpAddr> {

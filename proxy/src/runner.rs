@@ -200,6 +200,9 @@ where
 struct Dirty {
     all: bool,
     services: BTreeSet<ServiceKey>,
+    /// Pods whose addresses may have changed (DNS PTR names), or all of them.
+    pods: BTreeSet<ServiceKey>,
+    pods_all: bool,
     slices: SliceIndex,
     /// The index being rebuilt by a relist of EndpointSlices (swapped in when it is done).
     relisting: Option<SliceIndex>,
@@ -261,6 +264,20 @@ fn on_service_event(dirty: &Mutex<Dirty>, ev: &watcher::Event<Service>) {
     }
 }
 
+fn on_pod_event(dirty: &Mutex<Dirty>, ev: &watcher::Event<Pod>) {
+    let Ok(mut d) = dirty.lock() else { return };
+    match ev {
+        watcher::Event::Apply(p) | watcher::Event::Delete(p) => {
+            d.pods.insert((
+                p.metadata.namespace.clone().unwrap_or_default(),
+                p.metadata.name.clone().unwrap_or_default(),
+            ));
+        }
+        watcher::Event::InitDone => d.pods_all = true,
+        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+    }
+}
+
 fn on_slice_event(dirty: &Mutex<Dirty>, ev: &watcher::Event<EndpointSlice>) {
     let Ok(mut d) = dirty.lock() else { return };
     let d = &mut *d;
@@ -299,6 +316,7 @@ pub async fn run(
     let notify = Arc::new(Notify::new());
     let dirty = Arc::new(Mutex::new(Dirty {
         all: true,
+        pods_all: true,
         ..Default::default()
     }));
     let d1 = dirty.clone();
@@ -313,9 +331,12 @@ pub async fn run(
         notify.clone(),
         move |ev| on_slice_event(&d2, ev),
     );
-    let pods_watch = dns
-        .is_some()
-        .then(|| watch(Api::<Pod>::all(client.clone()), notify.clone(), |_| {}));
+    let d3 = dirty.clone();
+    let pods_watch = dns.is_some().then(|| {
+        watch(Api::<Pod>::all(client.clone()), notify.clone(), move |ev| {
+            on_pod_event(&d3, ev)
+        })
+    });
     let pods = pods_watch.as_ref().map(|(s, _)| s.clone());
     // Held by this future: dropping it (shutdown) stops the watches too.
     let mut watches = tokio::task::JoinSet::new();
@@ -344,19 +365,16 @@ pub async fn run(
                 tokio::time::sleep(cfg.min_sync_interval - since).await;
             }
         }
+        let batch = take_dirty(&dirty);
         if let Some(dns) = &dns {
-            let services = svcs.state();
-            let eps = slices.state();
-            let pods = pods.as_ref().map(Store::state).unwrap_or_default();
-            let m = DnsModel::build(
+            update_dns(
+                dns,
+                &batch,
+                &svcs,
+                &slices,
+                pods.as_ref(),
                 &cfg.cluster_domain,
-                services.iter().map(|a| &**a),
-                eps.iter().map(|a| &**a),
-                pods.iter().map(|a| &**a),
             );
-            if let Ok(mut g) = dns.write() {
-                *g = m;
-            }
         }
         if cfg.update_lb_status {
             update_lb_status(&client, &svcs.state(), &cfg.node).await;
@@ -364,7 +382,7 @@ pub async fn run(
         let mut retry = false;
         if cfg.program_rules {
             let started = Instant::now();
-            let changed = update_ports(&mut ports, &dirty, &svcs, &slices);
+            let changed = update_ports(&mut ports, &batch, &svcs, &slices);
             let res = tokio::task::block_in_place(|| syncer.sync_ports(&ports, changed.as_ref()));
             match res {
                 Ok(Outcome::Unchanged) => {}
@@ -380,11 +398,6 @@ pub async fn run(
                 }
             }
         } else {
-            // DNS only: nothing consumes the changed Services; do not let them pile up.
-            if let Ok(mut d) = dirty.lock() {
-                d.services.clear();
-                d.all = false;
-            }
             metrics.healthy.store(true, Ordering::Relaxed);
         }
         last_sync = Some(Instant::now());
@@ -414,29 +427,106 @@ async fn node_zone(client: &kube::Client, name: &str) -> Option<String> {
     }
 }
 
-/// Bring `ports` up to date with what the watches reported since the last call.
-/// Returns the ids of the ports that changed, or `None` after a rebuild of all.
+/// What the watches reported since the last sync.
+struct Batch {
+    /// Everything may have changed (start, relist).
+    all: bool,
+    /// The changed Services, each with the names of the slices that name it.
+    services: Vec<(ServiceKey, Vec<String>)>,
+    pods_all: bool,
+    pods: BTreeSet<ServiceKey>,
+}
+
+fn take_dirty(dirty: &Mutex<Dirty>) -> Batch {
+    let Ok(mut d) = dirty.lock() else {
+        return Batch {
+            all: true,
+            services: Vec::new(),
+            pods_all: true,
+            pods: BTreeSet::new(),
+        };
+    };
+    let keys = std::mem::take(&mut d.services);
+    let services = keys
+        .into_iter()
+        .map(|k| {
+            let n = d.slices.of_service.get(&k).cloned().unwrap_or_default();
+            (k, n.into_iter().collect())
+        })
+        .collect();
+    Batch {
+        all: std::mem::take(&mut d.all),
+        services,
+        pods_all: std::mem::take(&mut d.pods_all),
+        pods: std::mem::take(&mut d.pods),
+    }
+}
+
+/// The slices of Service `(ns, name)` among `names`, from the store.
+fn slices_of(
+    slices: &Store<EndpointSlice>,
+    (ns, name): &ServiceKey,
+    names: &[String],
+) -> Vec<Arc<EndpointSlice>> {
+    names
+        .iter()
+        .filter_map(|n| slices.get(&ObjectRef::new(n).within(ns)))
+        // The index may run ahead of or behind the store by an event: keep
+        // only slices that still name this Service.
+        .filter(|s| model::slice_service(s) == Some((ns.as_str(), name.as_str())))
+        .collect()
+}
+
+/// Bring the DNS model up to date: the changed Services and Pods only, or a
+/// new model after a relist (built outside the lock, then swapped in).
+fn update_dns(
+    dns: &RwLock<DnsModel>,
+    batch: &Batch,
+    svcs: &Store<Service>,
+    slices: &Store<EndpointSlice>,
+    pods: Option<&Store<Pod>>,
+    zone: &str,
+) {
+    if batch.all || batch.pods_all {
+        let services = svcs.state();
+        let eps = slices.state();
+        let pods = pods.map(Store::state).unwrap_or_default();
+        let m = DnsModel::build(
+            zone,
+            services.iter().map(|a| &**a),
+            eps.iter().map(|a| &**a),
+            pods.iter().map(|a| &**a),
+        );
+        if let Ok(mut g) = dns.write() {
+            *g = m;
+        }
+        return;
+    }
+    if batch.services.is_empty() && batch.pods.is_empty() {
+        return;
+    }
+    let Ok(mut g) = dns.write() else { return };
+    for (key, names) in &batch.services {
+        let svc = svcs.get(&ObjectRef::new(&key.1).within(&key.0));
+        let mine = slices_of(slices, key, names);
+        let refs: Vec<&EndpointSlice> = mine.iter().map(|a| &**a).collect();
+        g.set_service(key, svc.as_deref(), &refs);
+    }
+    for key in &batch.pods {
+        let pod = pods.and_then(|p| p.get(&ObjectRef::new(&key.1).within(&key.0)));
+        g.set_pod(key, pod.as_deref());
+    }
+}
+
+/// Bring `ports` up to date with `batch`. Returns the ids of the ports that
+/// changed, or `None` after a rebuild of all.
 fn update_ports(
     ports: &mut Ports,
-    dirty: &Mutex<Dirty>,
+    batch: &Batch,
     svcs: &Store<Service>,
     slices: &Store<EndpointSlice>,
 ) -> Option<BTreeSet<String>> {
-    let (all, keys, slice_names) = {
-        let Ok(mut d) = dirty.lock() else {
-            return None;
-        };
-        let keys = std::mem::take(&mut d.services);
-        let names: Vec<(ServiceKey, Vec<String>)> = keys
-            .iter()
-            .map(|k| {
-                let n = d.slices.of_service.get(k).cloned().unwrap_or_default();
-                (k.clone(), n.into_iter().collect())
-            })
-            .collect();
-        (std::mem::take(&mut d.all), keys, names)
-    };
-    if all {
+    if batch.all {
         let services = svcs.state();
         let eps = slices.state();
         ports.rebuild(services.iter().map(|a| &**a), eps.iter().map(|a| &**a));
@@ -446,17 +536,13 @@ fn update_ports(
         return None;
     }
     let mut changed = BTreeSet::new();
-    for ((ns, name), names) in slice_names {
-        let svc = svcs.get(&ObjectRef::new(&name).within(&ns));
-        let mine: Vec<Arc<EndpointSlice>> = names
-            .iter()
-            .filter_map(|n| slices.get(&ObjectRef::new(n).within(&ns)))
-            // The index may run ahead of or behind the store by an event: keep
-            // only slices that still name this Service.
-            .filter(|s| model::slice_service(s) == Some((ns.as_str(), name.as_str())))
-            .collect();
+    let mut keys = BTreeSet::new();
+    for (key, names) in &batch.services {
+        let svc = svcs.get(&ObjectRef::new(&key.1).within(&key.0));
+        let mine = slices_of(slices, key, names);
         let refs: Vec<&EndpointSlice> = mine.iter().map(|a| &**a).collect();
-        changed.extend(ports.update((ns, name), svc.as_deref(), &refs));
+        changed.extend(ports.update(key.clone(), svc.as_deref(), &refs));
+        keys.insert(key.clone());
     }
     for s in ports.skipped_of(&keys) {
         tracing::warn!("skipping {}: {}", s.object, s.reason);

@@ -485,3 +485,145 @@ fn large_answers_truncate_over_udp_and_come_whole_over_tcp() {
     assert!(!m.metadata.truncation);
     assert_eq!(ips(&m).len(), 60);
 }
+
+/// The daemon's path: the model updated per changed Service (with its slices)
+/// and per changed Pod answers every name as a model rebuilt from all objects.
+#[test]
+fn per_object_updates_answer_as_a_rebuild() {
+    use hull_proxy::dns_model::{Lookup, QType};
+    use hull_proxy::model::slices_by_service;
+    let svc = |ns: &str, name: &str, ip: &str| {
+        service(
+            ns,
+            name,
+            json!({"clusterIP": ip, "ports": [{"name": "sql", "port": 5432}]}),
+        )
+    };
+    let pod = |name: &str, ip: &str| -> Pod {
+        serde_json::from_value(json!({"metadata": {"namespace": "default", "name": name}, "status": {"podIPs": [{"ip": ip}]}}))
+            .expect("pod")
+    };
+    let mut pg = slice(
+        "db",
+        "pg",
+        "sql",
+        5432,
+        &[("10.244.1.5", true, "n"), ("10.244.1.6", true, "n")],
+    );
+    pg.endpoints[0].hostname = Some("pg-0".into());
+    let mut services = vec![svc("db", "pg", "None"), svc("default", "web", "10.96.0.20")];
+    let mut slices = vec![pg.clone()];
+    let mut pods = vec![pod("client", "10.244.2.9")];
+
+    let queries: Vec<(&str, QType)> = vec![
+        ("web.default.svc.cluster.local", QType::A),
+        ("pg.db.svc.cluster.local", QType::A),
+        ("pg-0.pg.db.svc.cluster.local", QType::A),
+        ("_sql._tcp.pg.db.svc.cluster.local", QType::Srv),
+        ("db.svc.cluster.local", QType::A),
+        ("new.fresh.svc.cluster.local", QType::A),
+        ("fresh.svc.cluster.local", QType::A),
+        ("20.0.96.10.in-addr.arpa", QType::Ptr),
+        ("30.0.96.10.in-addr.arpa", QType::Ptr),
+        ("5.1.244.10.in-addr.arpa", QType::Ptr),
+        ("6.1.244.10.in-addr.arpa", QType::Ptr),
+        ("9.2.244.10.in-addr.arpa", QType::Ptr),
+        ("10.2.244.10.in-addr.arpa", QType::Ptr),
+    ];
+    let mut m = DnsModel::new("cluster.local");
+    let key = |ns: &str, n: &str| (ns.to_string(), n.to_string());
+    // Apply the current objects of the named Services and Pods, then compare.
+    let sync = |m: &mut DnsModel,
+                services: &[k8s_openapi::api::core::v1::Service],
+                slices: &[k8s_openapi::api::discovery::v1::EndpointSlice],
+                pods: &[Pod],
+                svc_keys: &[(String, String)],
+                pod_keys: &[(String, String)],
+                step: &str| {
+        let by = slices_by_service(slices);
+        for k in svc_keys {
+            let s = services.iter().find(|s| {
+                s.metadata.namespace.as_deref() == Some(&k.0)
+                    && s.metadata.name.as_deref() == Some(&k.1)
+            });
+            let mine = by
+                .get(&(k.0.as_str(), k.1.as_str()))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            m.set_service(k, s, mine);
+        }
+        for k in pod_keys {
+            let p = pods
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(&k.1));
+            m.set_pod(k, p);
+        }
+        let fresh = DnsModel::build("cluster.local", services, slices, pods);
+        for (q, t) in &queries {
+            assert_eq!(m.lookup(q, *t), fresh.lookup(q, *t), "{step}: {q} {t:?}");
+        }
+    };
+    sync(
+        &mut m,
+        &services,
+        &slices,
+        &pods,
+        &[key("db", "pg"), key("default", "web")],
+        &[key("default", "client")],
+        "start",
+    );
+    assert!(matches!(
+        m.lookup("pg-0.pg.db.svc.cluster.local", QType::A),
+        Lookup::Records(_)
+    ));
+
+    // pg-0 stops being ready; a new namespace gets a Service; web's address moves.
+    slices[0].endpoints[0].conditions =
+        Some(serde_json::from_value(json!({"ready": false})).expect("cond"));
+    services.push(svc("fresh", "new", "10.96.0.30"));
+    services[1] = svc("default", "web", "10.96.0.21");
+    sync(
+        &mut m,
+        &services,
+        &slices,
+        &pods,
+        &[key("db", "pg"), key("fresh", "new"), key("default", "web")],
+        &[],
+        "changes",
+    );
+    assert_eq!(
+        m.lookup("fresh.svc.cluster.local", QType::A),
+        Lookup::NoData
+    );
+
+    // The pod's address changes, then it goes; the namespace's last Service goes.
+    pods[0] = pod("client", "10.244.2.10");
+    sync(
+        &mut m,
+        &services,
+        &slices,
+        &pods,
+        &[],
+        &[key("default", "client")],
+        "pod ip",
+    );
+    pods.clear();
+    services.retain(|s| s.metadata.namespace.as_deref() != Some("fresh"));
+    sync(
+        &mut m,
+        &services,
+        &slices,
+        &pods,
+        &[key("fresh", "new")],
+        &[key("default", "client")],
+        "deletes",
+    );
+    assert_eq!(
+        m.lookup("fresh.svc.cluster.local", QType::A),
+        Lookup::NxDomain
+    );
+    assert_eq!(
+        m.lookup("10.2.244.10.in-addr.arpa", QType::Ptr),
+        Lookup::NotOurs
+    );
+}
