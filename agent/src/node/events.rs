@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::sync::mpsc;
@@ -141,7 +141,9 @@ async fn write_loop(client: kube::Client, node: String, mut rx: mpsc::Receiver<E
             count: Some(1),
             first_timestamp: Some(Time(now)),
             last_timestamp: Some(Time(now)),
-            event_time: Some(MicroTime(now)),
+            // As kubelet's (legacy) recorder: no eventTime. With one, a core/v1 Event
+            // must also name an `action` (Kubernetes' validation, now the API server's).
+            event_time: None,
             source: Some(EventSource {
                 component: Some("kubelet".into()),
                 host: Some(node.clone()),
