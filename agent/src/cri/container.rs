@@ -277,10 +277,10 @@ fn build(
         oci_root: cfg.oci_root(),
         id: rec.id.clone(),
         bundle: bundle.dir.clone(),
-        log_path: Some(output_path(cfg, rec)),
-        // No log path asked for: output still goes to a private file (Attach reads
-        // it), kept small by starting over past the cap.
-        log_cap: rec.log_path.is_empty().then_some(PRIVATE_LOG_CAP),
+        log_path: (!rec.log_path.is_empty()).then(|| PathBuf::from(&rec.log_path)),
+        // A private, capped log for containers without a log path (so Attach works)
+        // made CreateContainer hang in the runtime's create: not enabled (docs/cri.md).
+        log_cap: None,
         exit_path: dir(cfg, &rec.id).join("exit.json"),
         cgroups_path: v["linux"]["cgroupsPath"].as_str().map(String::from),
         stdin_fifo: c.stdin.then(|| dir(cfg, &rec.id).join("stdin")),
@@ -298,9 +298,6 @@ fn build(
     }
     Ok(())
 }
-
-/// Where a container's private output file starts over (containers without a log path).
-const PRIVATE_LOG_CAP: u64 = 1 << 20;
 
 /// The file the monitor writes the container's output to in the CRI format: the log
 /// path the caller gave, else a private one in the record dir (what Attach follows).
