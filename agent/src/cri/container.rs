@@ -284,7 +284,11 @@ fn build(
         exit_path: dir(cfg, &rec.id).join("exit.json"),
         cgroups_path: v["linux"]["cgroupsPath"].as_str().map(String::from),
         stdin_fifo: c.stdin.then(|| dir(cfg, &rec.id).join("stdin")),
-        shim_fd: super::shim::exe_fd(cfg),
+        // Without a log path, CreateContainer through hull-shim hung in the runtime's
+        // create (cause not found yet): such containers keep the in-hull monitor.
+        shim_fd: (!rec.log_path.is_empty())
+            .then(|| super::shim::exe_fd(cfg))
+            .flatten(),
     };
     let json = serde_json::to_string(&mspec).map_err(|e| CriError::Internal(e.to_string()))?;
     let (_pid, report) = sandbox::spawn_helper(
