@@ -5,7 +5,8 @@
 //! - `ports`: the model kept current per changed Service (which port ids changed).
 //! - `element`: map/set elements, typed: as nft text and as the kernel's bytes.
 //! - `pick`: the chains service ports share: pick-N (random draw) and endpoint slots.
-//! - `nft`: a service port's rules (a fragment) and the fixed chains, as nft text.
+//! - `nft`: a service port's rules (a fragment), as nft text.
+//! - `table`: one family's whole table as nft text (fixed and hook chains, maps, sets).
 //! - `state`: per-port fragments → full or incremental `nft -f` transactions.
 //! - `fullsync`: a full sync: next table beside the live one, elements over netlink, swap.
 //! - `netlink`: nf_tables set elements written over netlink (NFT_MSG_NEWSETELEM batches).
@@ -35,3 +36,4 @@ pub mod ports;
 pub mod runner;
 pub mod state;
 pub mod syncer;
+pub mod table;
