@@ -396,6 +396,23 @@ pub fn stop(cfg: &Config, id: &str, timeout: i64) -> Result<()> {
     Ok(())
 }
 
+/// StopContainer's signal step, for a caller that waits for the exit itself (without
+/// holding a thread for the grace period): the stop signal, or with `kill` SIGKILL to
+/// every process. The record's id to wait on, or `None` when it no longer runs.
+pub fn signal_stop(cfg: &Config, id: &str, kill: bool) -> Result<Option<String>> {
+    let rec = load(cfg, id)?;
+    if !matches!(state(cfg, &rec).0, CREATED | RUNNING) {
+        return Ok(None);
+    }
+    let root = cfg.oci_root();
+    let _ = if kill {
+        hull_runtime::container::kill(&root, &rec.id, libc::SIGKILL, true)
+    } else {
+        hull_runtime::container::kill(&root, &rec.id, rec.stop_signal, false)
+    };
+    Ok(Some(rec.id))
+}
+
 /// RemoveContainer: kills it if needed, deletes runtime state, rootfs and record.
 pub fn remove(cfg: &Config, id: &str) -> Result<()> {
     let rec = match load(cfg, id) {
