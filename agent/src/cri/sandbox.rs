@@ -110,8 +110,8 @@ pub fn hull_helper(cfg: &Config, mode: &str, json: &str) -> Command {
     cmd
 }
 
-/// Starts a helper (`cmd`) in its own session and reads its one-line report; a thread
-/// reaps it when it exits (while we are still its parent). `inherit` is an fd of ours
+/// Starts a helper (`cmd`) in its own session and reads its one-line report; the
+/// reaper waits for it when it exits (while we are still its parent). `inherit` is an fd of ours
 /// the helper keeps (close-on-exec cleared in the child only).
 pub fn spawn_helper(mut cmd: Command, what: &str, inherit: Option<i32>) -> Result<(i32, String)> {
     cmd.stdin(Stdio::null())
@@ -140,10 +140,38 @@ pub fn spawn_helper(mut cmd: Command, what: &str, inherit: Option<i32>) -> Resul
     if let Some(out) = child.stdout.take() {
         let _ = std::io::BufReader::new(out).read_line(&mut line);
     }
-    std::thread::spawn(move || {
-        let _ = child.wait();
-    });
+    reap(child);
     Ok((pid, line.trim().to_string()))
+}
+
+/// Helpers still running, reaped by one thread when they exit.
+static HELPERS: std::sync::Mutex<Vec<std::process::Child>> = std::sync::Mutex::new(Vec::new());
+
+/// Hands a helper (a pause or a container monitor, which live as long as their pod)
+/// to the reaper: one thread polling every helper with a WNOHANG wait every 200 ms,
+/// where a thread blocked in `wait` per helper made two threads per pod (500+ at 250
+/// pods). A helper that exited stays a zombie until the next round at most, which
+/// `alive` already counts as gone.
+fn reap(child: std::process::Child) {
+    static REAPER: std::sync::Once = std::sync::Once::new();
+    if let Ok(mut h) = HELPERS.lock() {
+        h.push(child);
+    }
+    REAPER.call_once(|| {
+        let started = std::thread::Builder::new()
+            .name("cri-reaper".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(Duration::from_millis(200));
+                    if let Ok(mut h) = HELPERS.lock() {
+                        h.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+                    }
+                }
+            });
+        if let Err(e) = started {
+            tracing::error!("cannot start the helper reaper thread: {e}");
+        }
+    });
 }
 
 fn write_etc_files(d: &Path, c: &PodSandboxConfig, hostname: &str) -> Result<()> {
