@@ -38,8 +38,13 @@ use writer::{Op, Write, Writer};
 
 /// Events a slow watcher may fall behind by before it re-reads the log.
 const BROADCAST_CAPACITY: usize = 1024;
-/// Idle reader connections kept for reuse.
+/// Reader connections, and so reads running at once: a read beyond them waits for one to
+/// come back rather than opening (and preparing statements on) a connection it would then
+/// close — under a burst of requests that was most of the store's CPU.
 const READER_POOL: usize = 8;
+/// Prepared statements kept per connection (rusqlite's default is 16; the list queries
+/// come in several shapes).
+const STATEMENT_CACHE: usize = 64;
 
 /// The SQLite-backed [`Store`]. Cheap to share behind an `Arc`.
 pub struct SqliteStore {
@@ -52,6 +57,8 @@ pub(super) struct Inner {
     /// connection, and only then is the lock released.
     writer: Writer,
     readers: Mutex<Vec<Connection>>,
+    /// One permit per reader connection ([`READER_POOL`]).
+    reader_slots: tokio::sync::Semaphore,
     events: broadcast::Sender<Arc<WatchEvent>>,
     /// Held for the store's life: a second process on the same file would miss our watch
     /// events and we would miss its writes.
@@ -110,6 +117,7 @@ impl SqliteStore {
             )
             .map_err(internal)?;
         writer.execute_batch(SCHEMA).map_err(internal)?;
+        writer.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         // Start at revision 1 like etcd, so no real revision is ever "0" (which means
         // "latest" / "any" to clients).
         writer
@@ -126,6 +134,7 @@ impl SqliteStore {
                 path: path.to_path_buf(),
                 writer,
                 readers: Mutex::new(Vec::new()),
+                reader_slots: tokio::sync::Semaphore::new(READER_POOL),
                 events,
                 _lock: lock,
             }),
@@ -145,14 +154,29 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.with_reader(f))
-            .await
-            .map_err(|e| StoreError::Internal(format!("sqlite reader task: {e}")))?
+        self.inner.clone().read(f).await
     }
 }
 
 impl Inner {
+    /// Runs `f` on a pooled reader connection on a blocking thread, once a connection is
+    /// free.
+    pub(super) async fn read<T, F>(self: Arc<Self>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let _slot = self
+            .reader_slots
+            .acquire()
+            .await
+            .map_err(|e| StoreError::Internal(format!("sqlite readers: {e}")))?;
+        let inner = self.clone();
+        tokio::task::spawn_blocking(move || inner.with_reader(f))
+            .await
+            .map_err(|e| StoreError::Internal(format!("sqlite reader task: {e}")))?
+    }
+
     pub(super) fn with_reader<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
@@ -170,6 +194,7 @@ impl Inner {
                 // page through read(2) into a per-connection cache.
                 c.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA mmap_size = 268435456;")
                     .map_err(internal)?;
+                c.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
                 c
             }
         };

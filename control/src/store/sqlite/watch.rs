@@ -54,12 +54,7 @@ pub(super) fn watch_stream(
             }
             if st.replaying {
                 let (inner, prefix, last) = (st.inner.clone(), st.prefix.clone(), st.last);
-                let batch = tokio::task::spawn_blocking(move || {
-                    inner.with_reader(|conn| replay(conn, &prefix, last))
-                })
-                .await
-                .map_err(|e| StoreError::Internal(format!("sqlite watch task: {e}")))
-                .and_then(|r| r);
+                let batch = inner.read(move |conn| replay(conn, &prefix, last)).await;
                 match batch {
                     Ok(rows) => {
                         st.replaying = rows.len() as i64 == REPLAY_BATCH;
@@ -99,8 +94,10 @@ pub(super) fn replay(
     }
     let mut stmt = conn
         .prepare_cached(&format!(
-            "SELECT {ROW_COLUMNS} FROM kine WHERE id > ?1 AND name >= ?2 AND (?3 IS NULL OR name < ?3) \
-             ORDER BY id LIMIT ?4"
+            "SELECT {ROW_COLUMNS} FROM kine WHERE id > CAST(?1 AS INTEGER) \
+             AND name >= CAST(?2 AS TEXT) \
+             AND (CAST(?3 AS TEXT) IS NULL OR name < CAST(?3 AS TEXT)) \
+             ORDER BY id LIMIT CAST(?4 AS INTEGER)"
         ))
         .map_err(internal)?;
     stmt.query_map(

@@ -10,16 +10,19 @@
 //! write commits at once; under load, batches form by themselves from what queued during
 //! the last sync.
 //!
-//! Each write runs in its own savepoint, so a write that fails (a refused precondition, or
-//! an SQLite error on its insert) leaves the others in the batch untouched. If the commit
-//! itself fails, every write of the batch gets that error and no event is sent. Events are
-//! broadcast after the commit, in revision order, from this one thread.
+//! A write that fails leaves the others in the batch untouched: a refused precondition
+//! fails before anything is written, and a failed insert is one statement, which SQLite
+//! undoes by itself (no savepoint needed: each is two statements more per write). An error
+//! that makes SQLite roll back the whole transaction (disk full, I/O) fails the whole
+//! batch, as a failed commit does: every write gets the error and no event is sent. Events
+//! are broadcast after the commit, in revision order, from this one thread. BEGIN and
+//! COMMIT are cached statements like the rest (`execute_batch` re-parses its text).
 
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 use tokio::sync::{broadcast, oneshot};
 
 use super::revlog::{Row, compact, insert_row, internal, latest_row, next_revision};
@@ -150,28 +153,38 @@ fn commit_batch(
     if batch.is_empty() {
         return;
     }
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => {
-            let e = internal(e);
-            for (_, reply) in batch {
-                let _ = reply.send(Err(e.clone()));
-            }
-            return;
+    if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
+        for (_, reply) in batch {
+            let _ = reply.send(Err(e.clone()));
         }
-    };
+        return;
+    }
     let mut results: Vec<(oneshot::Sender<Outcome>, Result<Row, StoreError>)> =
         Vec::with_capacity(batch.len());
+    let mut aborted: Option<StoreError> = None;
     for (write, reply) in batch {
-        let result = tx.savepoint().map_err(internal).and_then(|sp| {
-            let row = apply(&sp, write)?;
-            sp.commit().map_err(internal)?;
-            Ok(row)
-        });
+        if let Some(e) = &aborted {
+            results.push((reply, Err(e.clone())));
+            continue;
+        }
+        let result = apply(conn, write);
+        // Back in autocommit mode: SQLite rolled the transaction back on this error, taking
+        // the batch's earlier writes with it (and a later write would commit on its own).
+        if let Err(e) = &result
+            && conn.is_autocommit()
+        {
+            aborted = Some(e.clone());
+        }
         results.push((reply, result));
     }
-    if let Err(e) = tx.commit() {
-        let e = internal(e);
+    let committed = match aborted {
+        Some(e) => Err(e),
+        None => run_cached(conn, "COMMIT"),
+    };
+    if let Err(e) = committed {
+        if !conn.is_autocommit() {
+            let _ = run_cached(conn, "ROLLBACK");
+        }
         for (reply, result) in results {
             let _ = reply.send(result.and(Err(e.clone())).map(Some));
         }
@@ -186,6 +199,14 @@ fn commit_batch(
     for (reply, result) in results {
         let _ = reply.send(result.map(Some));
     }
+}
+
+/// Runs a statement without parameters or rows through the statement cache.
+fn run_cached(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut stmt| stmt.execute([]))
+        .map(|_| ())
+        .map_err(internal)
 }
 
 /// Appends the row `op` makes from the key's newest row (tombstones included), on the
