@@ -243,7 +243,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
     );
     tracing::info!(%server_url, store = %url, "hull API server listening");
     let manager = if opts.controllers {
-        let client = internal_client(&opts.data_dir, &server_url, &pki.ca_cert_pem).await?;
+        let config = internal_client(&opts.data_dir, &server_url, &pki.ca_cert_pem).await?;
         let mut stopped = state.shutdown.clone();
         let mut options = opts.manager.clone();
         if options.root_ca_pem.is_none() {
@@ -252,13 +252,12 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         if options.cluster_signing_dir.is_none() {
             options.cluster_signing_dir = Some(opts.data_dir.clone());
         }
-        Some(tokio::spawn(crate::manager::run(
-            client,
-            options,
-            async move {
+        Some(
+            crate::manager::spawn(config, options, async move {
                 let _ = stopped.wait_for(|s| *s).await;
-            },
-        )))
+            })
+            .map_err(|e| ServerError::Config(format!("controller manager runtime: {e}")))?,
+        )
     } else {
         None
     };
@@ -322,7 +321,7 @@ async fn internal_client(
     data_dir: &std::path::Path,
     server_url: &str,
     ca_pem: &str,
-) -> Result<kube::Client, ServerError> {
+) -> Result<kube::Config, ServerError> {
     let (cert, key) = tls::issue_client_cert_from_dir(
         data_dir,
         "system:kube-controller-manager",
@@ -343,7 +342,10 @@ async fn internal_client(
     }
     .await
     .map_err(ServerError::Config)?;
-    kube::Client::try_from(config).map_err(|e| ServerError::Config(e.to_string()))
+    // Checked here, built again on the manager's own runtime (a client spawns its I/O
+    // tasks on the runtime it is built on).
+    kube::Client::try_from(config.clone()).map_err(|e| ServerError::Config(e.to_string()))?;
+    Ok(config)
 }
 
 /// The routes: health and version (open), everything else behind authentication.

@@ -82,6 +82,47 @@ pub fn loops() -> Vec<(&'static str, Loop)> {
     crate::controllers::all()
 }
 
+/// Worker threads of the manager's runtime.
+const MANAGER_THREADS: usize = 2;
+
+/// Runs [`run`] on a runtime of its own, with a client built there, until `shutdown`
+/// resolves; the handle finishes when the manager has.
+///
+/// kube-controller-manager and kube-scheduler are processes of their own, scheduled by the
+/// kernel beside the API server. Sharing the API server's runtime, every task of theirs —
+/// a scheduling decision, a watch event decoded, a binding sent — waited in the same run
+/// queue as every request being served: under a burst of 16 clients creating pods the
+/// scheduler got a turn per round of all of them and bound at two thirds of the creation
+/// rate. Threads of their own get the kernel's fair share instead.
+pub fn spawn(
+    config: kube::Config,
+    options: ManagerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(MANAGER_THREADS)
+        .thread_name("hull-manager")
+        .enable_all()
+        .build()?;
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("hull-manager-main".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match kube::Client::try_from(config) {
+                    Ok(client) => run(client, options, shutdown).await,
+                    Err(e) => tracing::error!("controller manager client: {e}"),
+                }
+            });
+            // Tasks still running (a binding's request, an Event) are dropped.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            let _ = done.send(());
+        })?;
+    Ok(tokio::spawn(async move {
+        let _ = finished.await;
+    }))
+}
+
 /// Runs the manager until `shutdown` resolves: campaigns for the Lease, runs every loop
 /// while leading, and stops them the moment leadership is lost.
 pub async fn run(

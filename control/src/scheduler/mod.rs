@@ -202,6 +202,7 @@ impl Scheduler {
         self.watch(Api::<Namespace>::all(self.client.clone()), Input::Namespace);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut progress = Progress::default();
         loop {
             while let Ok(input) = self.rx.try_recv() {
                 self.handle(input);
@@ -221,6 +222,7 @@ impl Scheduler {
                 _ = tick.tick() => {
                     let pods = &self.cache.pods;
                     self.queue.tick(|k| pods.get(k).filter(|p| p.node_name.is_none()).map(|p| p.priority));
+                    progress.log(self.queue.lens(), self.inflight.len());
                 }
             }
         }
@@ -554,6 +556,36 @@ impl Scheduler {
                 result,
             });
         });
+    }
+}
+
+/// A debug line a second while pods are being scheduled: the counters, the queue and the
+/// bindings in flight — whether a backlog sits in the queue (deciding) or in flight (the
+/// API), or nowhere (the pods reach the scheduler late).
+#[derive(Default)]
+struct Progress {
+    last: Option<std::time::Instant>,
+    attempts: u64,
+}
+
+impl Progress {
+    fn log(&mut self, (active, backoff, parked): (usize, usize, usize), inflight: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &metrics::METRICS;
+        let attempts = m.scheduled.load(Relaxed) + m.unschedulable.load(Relaxed);
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+            || attempts == self.attempts
+        {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        self.attempts = attempts;
+        tracing::debug!(
+            "scheduler: {}; queue {active} active, {backoff} backoff, {parked} unschedulable; {inflight} bindings in flight",
+            m.summary()
+        );
     }
 }
 
