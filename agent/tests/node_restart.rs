@@ -165,9 +165,12 @@ fn agent_removes_what_pods_it_does_not_know_left_behind() {
     let busy = format!("{pid:08x}-busy-4000-8000-leftovers0002");
     let empty_cg = LeakedCgroup::new(&ghost, false);
     let busy_cg = LeakedCgroup::new(&busy, true);
+    // A different pod's log dir: its cleanup would take a cgroup of the same UID with
+    // it, and the cgroup above must be found by the sweep alone.
+    let logged = format!("{pid:08x}-logs-4000-8000-leftovers0003");
     let log_dir = c
         .agent_data
-        .join(format!("agent/logs/pods/default_ghost_{ghost}"));
+        .join(format!("agent/logs/pods/default_ghost_{logged}"));
     std::fs::create_dir_all(log_dir.join("c")).unwrap();
     std::fs::write(log_dir.join("c/0.log"), "old\n").unwrap();
 
