@@ -115,7 +115,10 @@ impl LeakedCgroup {
             std::fs::create_dir_all(r.join(&g.rel)).unwrap();
         }
         if busy {
-            let child = std::process::Command::new("sleep").arg("600").spawn().unwrap();
+            let child = std::process::Command::new("sleep")
+                .arg("600")
+                .spawn()
+                .unwrap();
             let pid = child.id();
             g.sleeper = Some(child);
             // One hierarchy holding a process makes the whole pod cgroup busy.
@@ -175,13 +178,18 @@ fn agent_removes_what_pods_it_does_not_know_left_behind() {
     std::fs::write(log_dir.join("c/0.log"), "old\n").unwrap();
 
     c.start_agent();
-    wait_for("the orphaned pod cgroup removed from every hierarchy", 120, || {
-        (!empty_cg.anywhere()).then_some(())
-    });
+    wait_for(
+        "the orphaned pod cgroup removed from every hierarchy",
+        120,
+        || (!empty_cg.anywhere()).then_some(()),
+    );
     wait_for("the orphaned log dir removed", 60, || {
         (!log_dir.exists()).then_some(())
     });
-    assert!(busy_cg.anywhere(), "a pod cgroup holding a process was removed");
+    assert!(
+        busy_cg.anywhere(),
+        "a pod cgroup holding a process was removed"
+    );
     // The live pod's own cgroups and container are untouched.
     assert!(
         cgroup_anywhere(&format!("hull-kubepods/besteffort/pod{live_uid}")),

@@ -378,8 +378,8 @@ impl RuntimeService for Cri {
             .read(move |s| container::signal_stop(&s.cfg, &id, timeout <= 0))
             .await?;
         if let Some(rid) = target {
-            let mut exited =
-                timeout > 0 && wait_exit(&self.cfg, &rid, Duration::from_secs(timeout as u64)).await;
+            let mut exited = timeout > 0
+                && wait_exit(&self.cfg, &rid, Duration::from_secs(timeout as u64)).await;
             if !exited {
                 if timeout > 0 {
                     let id = rid.clone();

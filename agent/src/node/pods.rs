@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_cri::v1::{ContainerEventType, GetEventsRequest, ListContainersRequest, ListPodSandboxRequest};
+use k8s_cri::v1::{
+    ContainerEventType, GetEventsRequest, ListContainersRequest, ListPodSandboxRequest,
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::watcher;
@@ -280,7 +282,10 @@ impl Manager {
         match r {
             Ok((next, removed)) => {
                 if !removed.is_empty() {
-                    info!(pods = removed.len(), "removed the cgroups of pods this node does not know");
+                    info!(
+                        pods = removed.len(),
+                        "removed the cgroups of pods this node does not know"
+                    );
                     debug!(?removed, "orphaned pod cgroups removed");
                 }
                 self.cgroup_suspects = Some(next);
