@@ -252,6 +252,12 @@ pub fn apply(
         }
     }
     spec["mounts"] = json!(mounts);
+    // A Bidirectional volume's mounts reach the host only if the container's whole tree
+    // stays shared (containerd does the same; the runtime keeps the rootfs's own bind
+    // from leaking back). Otherwise the runtime's default, rslave.
+    if c.mounts.iter().any(|m| m.propagation == 2) {
+        spec["linux"]["rootfsPropagation"] = json!("rshared");
+    }
     // Resources → the container's cgroup under the pod's.
     if let Some(r) = &linux_cfg.resources {
         let mut res = resources(r, "linux.resources")?;

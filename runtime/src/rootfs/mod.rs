@@ -116,6 +116,9 @@ pub fn prepare(ctx: &Ctx<'_>, before_cgroup: &mut dyn FnMut() -> Result<()>) -> 
         .transpose()?
         .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
     mount(None, Path::new("/"), None, prop, None)?;
+    if prop.contains(MsFlags::MS_SHARED) {
+        private_parent_mount(ctx.rootfs)?;
+    }
     mount(
         Some(ctx.rootfs),
         ctx.rootfs,
@@ -217,6 +220,24 @@ fn mount_one(ctx: &Ctx<'_>, root: i32, m: &Mount) -> Result<()> {
         let fd = resolve::open_in_root(root, dest, libc::O_PATH)
             .ctx(|| format!("reopen {}", dest.display()))?;
         mount(None, &resolve::fd_path(&fd), None, opts.propagation, None)?;
+    }
+    Ok(())
+}
+
+/// Makes the mount that holds `rootfs` private (runc's `rootfsParentMountPrivate`). With
+/// a shared tree (`rootfsPropagation: rshared`, what a Bidirectional volume needs), the
+/// rootfs's bind onto itself would otherwise propagate to the host's peer of that mount
+/// and stay there, one leaked mount per container. Only that one mount changes: the
+/// volumes' sources keep their peer groups, so mounts made in them still reach the host.
+fn private_parent_mount(rootfs: &Path) -> Result<()> {
+    for p in rootfs.ancestors() {
+        explain!("mount --make-private {} (if a mount point)", p.display());
+        // EINVAL: not a mount point; the mount holding it is further up.
+        match nix::mount::mount::<str, _, str, str>(None, p, None, MsFlags::MS_PRIVATE, None) {
+            Ok(()) => return Ok(()),
+            Err(nix::errno::Errno::EINVAL) => continue,
+            Err(e) => return Err(e).ctx(|| format!("make {} private", p.display())),
+        }
     }
     Ok(())
 }
