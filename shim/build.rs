@@ -62,7 +62,9 @@ fn static_link(out: &Path) -> Result<(), String> {
         let p = String::from_utf8_lossy(&o.stdout).trim().to_string();
         // Not found, cc echoes the bare name back.
         if p == name || !Path::new(&p).is_file() {
-            return Err(format!("{name} not found by {cc} (libc6-dev not installed?)"));
+            return Err(format!(
+                "{name} not found by {cc} (libc6-dev not installed?)"
+            ));
         }
         Ok(p)
     };

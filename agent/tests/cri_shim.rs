@@ -152,3 +152,59 @@ async fn pause_and_monitors_run_as_hull_shim() {
         );
     }
 }
+
+/// A container created without a log path (crictl without a pod log directory,
+/// critest): its monitor is hull-shim too, writing a private log Attach follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_to_a_container_without_log_path() {
+    let mut env = PodEnv::new("cri-shim-nolog", "default", "nologpod").await;
+    let id = env
+        .run_with_log(
+            "echo",
+            "echo started; while read l; do echo got:$l; done",
+            true,
+            0,
+            "",
+        )
+        .await;
+    let data = env.scratch.path("data");
+    let cfg = hull_agent::cri::Config::new(&data, &env.sock);
+    let init = hull_runtime::container::state(&cfg.oci_root(), &id)
+        .unwrap()
+        .pid;
+    assert_eq!(
+        comm_rss(ppid(init)).0,
+        "hull-shim",
+        "the monitor is not hull-shim"
+    );
+    let s = status(&mut env.rt, &id).await;
+    assert_eq!((s.state, s.log_path.as_str()), (1, ""), "{s:?}");
+
+    let url = env
+        .rt
+        .attach(AttachRequest {
+            container_id: id.clone(),
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            tty: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let (host, path) = streaming_support::url_parts(&url);
+    let tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let (mut s, _) = streaming_support::spdy_upgrade(tcp, &host, &path, &["v4.channel.k8s.io"])
+        .await
+        .unwrap();
+    for (sid, kind) in [(1, "error"), (3, "stdin"), (5, "stdout"), (7, "stderr")] {
+        s.open(sid, &[("streamtype", kind)]).await;
+    }
+    let word = format!("hello-{}", std::process::id());
+    s.send(3, format!("{word}\n").as_bytes(), false).await;
+    let out = s.read_until(5, &format!("got:{word}")).await;
+    assert!(out.contains(&format!("got:{word}\n")), "{out:?}");
+    drop(s);
+    env.teardown().await;
+}

@@ -81,7 +81,9 @@ impl Stream {
         self.buf.extend_from_slice(&chunk[..n]);
         let mut start = 0;
         while let Some(pos) = self.buf[start..].iter().position(|&b| b == b'\n') {
-            log.write(self.name, false, &self.buf[start..start + pos]);
+            for (partial, piece) in logfmt::pieces(&self.buf[start..start + pos], MAX_LINE) {
+                log.write(self.name, partial, piece);
+            }
             start += pos + 1;
         }
         while self.buf.len() - start >= MAX_LINE {

@@ -277,31 +277,52 @@ fn build(
         oci_root: cfg.oci_root(),
         id: rec.id.clone(),
         bundle: bundle.dir.clone(),
-        log_path: (!rec.log_path.is_empty()).then(|| PathBuf::from(&rec.log_path)),
-        // A private, capped log for containers without a log path (so Attach works)
-        // made CreateContainer hang in the runtime's create: not enabled (docs/cri.md).
-        log_cap: None,
+        // Without a log path, a private capped log in the record dir: Attach follows it.
+        log_path: Some(output_path(cfg, rec)),
+        log_cap: rec.log_path.is_empty().then_some(PRIVATE_LOG_CAP),
         exit_path: dir(cfg, &rec.id).join("exit.json"),
         cgroups_path: v["linux"]["cgroupsPath"].as_str().map(String::from),
         stdin_fifo: c.stdin.then(|| dir(cfg, &rec.id).join("stdin")),
-        // Without a log path, CreateContainer through hull-shim hung in the runtime's
-        // create (cause not found yet): such containers keep the in-hull monitor.
-        shim_fd: (!rec.log_path.is_empty())
-            .then(|| super::shim::exe_fd(cfg))
-            .flatten(),
+        shim_fd: super::shim::exe_fd(cfg),
     };
     let json = serde_json::to_string(&mspec).map_err(|e| CriError::Internal(e.to_string()))?;
-    let (_pid, report) = sandbox::spawn_helper(
+    let (pid, report) = sandbox::spawn_helper(
         sandbox::hull_helper(cfg, "--internal-monitor", &json),
         "container monitor",
         mspec.shim_fd,
     )?;
+    // Its pid and start time: while it lives, an exited init is still being recorded
+    // (pipes drained, then exit.json), see `state`. The pid stays through its exec.
+    if let Some((_, start)) = hull_runtime::state::proc_stat(pid) {
+        let _ = fs::write(
+            dir(cfg, &rec.id).join(MONITOR_FILE),
+            format!("{pid} {start}\n"),
+        );
+    }
     if !report.starts_with("ok") {
         let msg = report.strip_prefix("error: ").unwrap_or(&report);
         return Err(CriError::Internal(format!("create container: {msg}")));
     }
     Ok(())
 }
+
+/// `PID STARTTIME` of the container's monitor, in its record dir.
+const MONITOR_FILE: &str = "monitor";
+
+/// Whether the container's monitor is still the process it was (it writes exit.json).
+fn monitor_alive(cfg: &Config, id: &str) -> bool {
+    let Ok(text) = fs::read_to_string(dir(cfg, id).join(MONITOR_FILE)) else {
+        return false;
+    };
+    let mut f = text.split_whitespace().map(|v| v.parse::<u64>().ok());
+    match (f.next().flatten(), f.next().flatten()) {
+        (Some(pid), Some(start)) => hull_runtime::state::process_alive(pid as i32, start),
+        _ => false,
+    }
+}
+
+/// Size past which a private log (container without a log path) starts over.
+const PRIVATE_LOG_CAP: u64 = 1 << 20;
 
 /// The file the monitor writes the container's output to in the CRI format: the log
 /// path the caller gave, else a private one in the record dir (what Attach follows).
@@ -330,6 +351,10 @@ pub fn state(cfg: &Config, rec: &ContainerRecord) -> (i32, Option<ExitRecord>) {
         Ok(st) => match st.status {
             Status::Created | Status::Creating => (CREATED, None),
             Status::Running | Status::Paused => (RUNNING, None),
+            // The init is gone but its monitor is still recording the exit (draining the
+            // pipes, then exit.json): running until then, as containerd until its shim
+            // reports the exit; otherwise a status read in between got code 255.
+            Status::Stopped if monitor_alive(cfg, &rec.id) => (RUNNING, None),
             // The monitor died before recording the exit: the code is unknown.
             Status::Stopped => (
                 EXITED,

@@ -45,6 +45,22 @@ pub fn entry(t: SystemTime, stream: &str, partial: bool, msg: &[u8]) -> Vec<u8> 
     out
 }
 
+/// A complete line as (partial, piece) entries: pieces of `max` bytes tagged `P`, the
+/// rest `F`. A line that arrived whole is split like one that arrived in parts, as
+/// containerd and CRI-O do (readers size their buffers to it).
+pub fn pieces(line: &[u8], max: usize) -> impl Iterator<Item = (bool, &[u8])> {
+    let max = max.max(1);
+    let n = line.len().div_ceil(max).max(1);
+    (0..n).map(move |i| {
+        let end = if i + 1 == n {
+            line.len()
+        } else {
+            (i + 1) * max
+        };
+        (i + 1 < n, &line[i * max..end])
+    })
+}
+
 /// (stream, partial, message) of one entry, its newline already removed.
 pub fn parse(line: &[u8]) -> Option<(&str, bool, &[u8])> {
     let mut parts = line.splitn(4, |b| *b == b' ');
@@ -65,6 +81,12 @@ mod tests {
         assert_eq!(rfc3339_nano(t), "2026-01-01T00:00:00.000000005Z");
         let t = UNIX_EPOCH + Duration::new(951_825_599, 0);
         assert_eq!(rfc3339_nano(t), "2000-02-29T11:59:59.000000000Z");
+        let p: Vec<(bool, usize)> = pieces(&[b'x'; 10], 4).map(|(p, m)| (p, m.len())).collect();
+        assert_eq!(p, [(true, 4), (true, 4), (false, 2)]);
+        let p: Vec<(bool, usize)> = pieces(&[b'x'; 8], 4).map(|(p, m)| (p, m.len())).collect();
+        assert_eq!(p, [(true, 4), (false, 4)]);
+        let p: Vec<(bool, usize)> = pieces(b"", 4).map(|(p, m)| (p, m.len())).collect();
+        assert_eq!(p, [(false, 0)]);
         assert_eq!(
             entry(UNIX_EPOCH, "stdout", false, b"hi"),
             b"1970-01-01T00:00:00.000000000Z stdout F hi\n"

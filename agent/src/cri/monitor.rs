@@ -92,7 +92,9 @@ fn pump(mut src: File, stream: &'static str, log: Arc<Log>) {
         };
         buf.extend_from_slice(&chunk[..n]);
         while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-            log.write(stream, false, &buf[..pos]);
+            for (partial, piece) in logfmt::pieces(&buf[..pos], MAX_LINE) {
+                log.write(stream, partial, piece);
+            }
             buf.drain(..=pos);
         }
         while buf.len() >= MAX_LINE {

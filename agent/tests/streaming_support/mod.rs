@@ -96,7 +96,20 @@ pub async fn connect(sock: &Path) -> (RuntimeServiceClient<Channel>, ImageServic
         .connect_with_connector(tower::service_fn(move |_| {
             let s = sock.clone();
             async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(s).await?))
+                // The socket file exists from bind(2), a moment before listen(2).
+                let t = Instant::now();
+                loop {
+                    match tokio::net::UnixStream::connect(&s).await {
+                        Ok(c) => return Ok::<_, std::io::Error>(TokioIo::new(c)),
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::ConnectionRefused
+                                && t.elapsed() < Duration::from_secs(60) =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(20)).await
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
             }
         }))
         .await
@@ -206,6 +219,20 @@ impl PodEnv {
 
     /// Creates and starts a container running `script` under `sh -c`.
     pub async fn run(&mut self, name: &str, script: &str, stdin: bool, attempt: u32) -> String {
+        let log = format!("{name}/{attempt}.log");
+        self.run_with_log(name, script, stdin, attempt, &log).await
+    }
+
+    /// As `run`, with the container's log path ("" for none, as crictl without a pod
+    /// log directory and critest send).
+    pub async fn run_with_log(
+        &mut self,
+        name: &str,
+        script: &str,
+        stdin: bool,
+        attempt: u32,
+        log_path: &str,
+    ) -> String {
         let m = self.pod.metadata.clone().unwrap();
         let cfg = ContainerConfig {
             metadata: Some(ContainerMetadata {
@@ -217,7 +244,7 @@ impl PodEnv {
                 ..Default::default()
             }),
             command: vec!["/bin/sh".into(), "-c".into(), script.into()],
-            log_path: format!("{name}/{attempt}.log"),
+            log_path: log_path.into(),
             stdin,
             labels: [
                 ("io.kubernetes.pod.name", m.name.as_str()),
