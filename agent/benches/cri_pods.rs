@@ -383,6 +383,8 @@ struct Measured {
     conc_stop: Duration,
     rss_kib: f64,
     pss_kib: f64,
+    /// The container's parent alone (hull: its monitor; containerd: its shim).
+    monitor_rss_kib: f64,
     procs_per_pod: f64,
 }
 
@@ -429,10 +431,14 @@ async fn run(
         ids.push(id);
     }
     // Memory with n pods running.
-    let (mut rss, mut pss, mut count) = (0u64, 0u64, 0usize);
+    let (mut rss, mut pss, mut count, mut mon) = (0u64, 0u64, 0usize, 0u64);
     for (i, id) in ids.iter().enumerate() {
-        for p in overhead_pids(rt_name, hull_data, sock, id, &sleep_arg(ri, 1, i)) {
+        let pids = overhead_pids(rt_name, hull_data, sock, id, &sleep_arg(ri, 1, i));
+        for (k, p) in pids.into_iter().enumerate() {
             let (r, s) = mem(p);
+            if k == 0 {
+                mon += r;
+            }
             rss += r;
             pss += s;
             count += 1;
@@ -474,6 +480,7 @@ async fn run(
         conc_stop,
         rss_kib: rss as f64 / n as f64,
         pss_kib: pss as f64 / n as f64,
+        monitor_rss_kib: mon as f64 / n as f64,
         procs_per_pod: count as f64 / n as f64,
     }
 }
@@ -548,6 +555,12 @@ fn main() {
     );
     row("memory per pod (RSS)", h.rss_kib, c.rss_kib, "KiB");
     row("memory per pod (PSS)", h.pss_kib, c.pss_kib, "KiB");
+    row(
+        "container monitor alone (RSS)",
+        h.monitor_rss_kib,
+        c.monitor_rss_kib,
+        "KiB",
+    );
     println!(
         "  runtime processes per pod: hull {:.1} (monitor + pause), containerd {:.1} (shim + pause)",
         h.procs_per_pod, c.procs_per_pod

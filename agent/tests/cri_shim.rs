@@ -205,6 +205,17 @@ async fn attach_to_a_container_without_log_path() {
     s.send(3, format!("{word}\n").as_bytes(), false).await;
     let out = s.read_until(5, &format!("got:{word}")).await;
     assert!(out.contains(&format!("got:{word}\n")), "{out:?}");
+    // Closing stdin detaches (as containerd does; critest waits for the session's end):
+    // a Success status, while the container runs on.
+    s.send(3, b"", true).await;
+    let got = s.collect(1).await;
+    let text = String::from_utf8_lossy(got.get(&1).map(Vec::as_slice).unwrap_or_default());
+    assert!(text.contains("Success"), "{text:?}");
     drop(s);
+    let st = status(&mut env.rt, &id).await;
+    assert_eq!(
+        st.state, 1,
+        "the container stopped when the client detached: {st:?}"
+    );
     env.teardown().await;
 }

@@ -134,7 +134,9 @@ pub async fn start_exec(cfg: &Config, id: &str, cmd: &[String], want: Want) -> R
 }
 
 /// Attaches to a running container: its output from the CRI log (from now on), its
-/// stdin through the FIFO its monitor made (containers created with `stdin`).
+/// stdin through the FIFO its monitor made (containers created with `stdin`). The
+/// session ends when the container exits, or when the client closes its stdin (as
+/// containerd detaches then; the container keeps its FIFO and runs on).
 pub async fn start_attach(
     log_path: PathBuf,
     stdin_fifo: Option<PathBuf>,
@@ -144,18 +146,22 @@ pub async fn start_attach(
     let (otx, orx) = mpsc::channel(16);
     let (etx, erx) = oneshot::channel();
     let (ktx, mut krx) = oneshot::channel::<()>();
+    let mut stdin_closed: Option<oneshot::Receiver<()>> = None;
     let stdin = match (&stdin_fifo, want.stdin) {
         (Some(p), true) => {
             let mut w = tokio::net::unix::pipe::OpenOptions::new()
                 .open_sender(p)
                 .map_err(|e| format!("container stdin {}: {e}", p.display()))?;
             let (itx, mut irx) = mpsc::unbounded_channel::<Option<Vec<u8>>>();
+            let (ctx, crx) = oneshot::channel::<()>();
+            stdin_closed = Some(crx);
             tokio::spawn(async move {
                 while let Some(Some(d)) = irx.recv().await {
                     if w.write_all(&d).await.is_err() {
                         break;
                     }
                 }
+                let _ = ctx.send(());
             });
             Some(itx)
         }
@@ -174,6 +180,7 @@ pub async fn start_attach(
         let mut pending: Vec<u8> = Vec::new();
         let mut buf = vec![0u8; 32 * 1024];
         let mut exited = false;
+        let mut detached = false;
         loop {
             let n = f.read(&mut buf).await.unwrap_or(0);
             pending.extend_from_slice(&buf[..n]);
@@ -205,6 +212,12 @@ pub async fn start_attach(
                 pending.clear();
                 continue;
             }
+            if detached && !exited {
+                // The log is read to its end: what the container wrote before the
+                // client left has been sent.
+                let _ = etx.send(Ok(0));
+                return;
+            }
             if exited {
                 let code = std::fs::read_to_string(&exit_path)
                     .ok()
@@ -215,9 +228,21 @@ pub async fn start_attach(
                 return;
             }
             exited = exit_path.exists();
+            let detach = async {
+                match stdin_closed.as_mut() {
+                    Some(rx) => {
+                        let _ = rx.await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 _ = &mut krx => return,
+                _ = detach => {
+                    stdin_closed = None;
+                    detached = true;
+                }
             }
         }
     });
