@@ -19,6 +19,8 @@ use crate::{Args, logfmt};
 
 /// Lines longer than this are split into `P` entries (containerd's buffer size).
 const MAX_LINE: usize = 16 * 1024;
+/// How long a piece of a line waits for the rest before it is logged as a `P` entry.
+const PARTIAL_IDLE_MS: i32 = 50;
 /// How long output still in the pipes is drained after the init exits.
 const DRAIN: Duration = Duration::from_secs(2);
 
@@ -284,10 +286,14 @@ fn run(args: &Args, report: &mut File) -> Result<(), String> {
                 revents: 0,
             })
             .collect();
-        let timeout = match drain_until {
+        let mut timeout = match drain_until {
             Some(u) => u.saturating_duration_since(Instant::now()).as_millis() as i32,
             None => -1,
         };
+        let pending = streams.iter().any(|s| !s.buf.is_empty());
+        if pending && (timeout < 0 || timeout > PARTIAL_IDLE_MS) {
+            timeout = PARTIAL_IDLE_MS;
+        }
         // SAFETY: pfds is a live array of pollfd of the given length.
         let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
         if n < 0 {
@@ -296,6 +302,14 @@ fn run(args: &Args, report: &mut File) -> Result<(), String> {
                 continue;
             }
             return Err(format!("poll: {e}"));
+        }
+        if n == 0 && pending {
+            // Output without its newline (a prompt, `echo -n`): a `P` entry once the
+            // pipe is idle, so Attach (which follows the log) shows it, as conmon does.
+            for s in streams.iter_mut().filter(|s| !s.buf.is_empty()) {
+                log.write(s.name, true, &s.buf);
+                s.buf.clear();
+            }
         }
         for p in pfds.iter().filter(|p| p.revents != 0) {
             if p.fd == sfd.as_raw_fd() {
