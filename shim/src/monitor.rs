@@ -291,7 +291,7 @@ fn run(args: &Args, report: &mut File) -> Result<(), String> {
             None => -1,
         };
         let pending = streams.iter().any(|s| !s.buf.is_empty());
-        if pending && (timeout < 0 || timeout > PARTIAL_IDLE_MS) {
+        if pending && !(0..=PARTIAL_IDLE_MS).contains(&timeout) {
             timeout = PARTIAL_IDLE_MS;
         }
         // SAFETY: pfds is a live array of pollfd of the given length.
