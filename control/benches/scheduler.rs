@@ -14,6 +14,11 @@
 //! the scheduler's cache, each pod decided and assumed in turn (bare pods, then pods of
 //! one ReplicaSet, which default spreading scores), timed per pod in wall and CPU time.
 //! `HULL_BENCH_DECIDE_ONLY=1` stops after that.
+//!
+//! Last, the scheduler's own throughput, not capped by how fast one client creates pods:
+//! every pod is created while no scheduler runs (the server with its controller manager
+//! off), then the server restarts with it and the scheduler drains the backlog, as
+//! kube-scheduler does after a restart or a burst. `HULL_BENCH_BACKLOG=0` skips it.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -99,6 +104,7 @@ fn decide_only(nodes: usize, pods: usize, owned: bool) -> Duration {
 
 fn start_server(
     dir: &std::path::Path,
+    controllers: bool,
 ) -> (
     tokio::sync::oneshot::Sender<()>,
     std::thread::JoinHandle<()>,
@@ -108,7 +114,8 @@ fn start_server(
         .map(|a| a.port())
         .unwrap_or_else(|e| panic!("no free port: {e}"));
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let opts = hull_control::apiserver::Options::new(dir.to_path_buf(), addr);
+    let mut opts = hull_control::apiserver::Options::new(dir.to_path_buf(), addr);
+    opts.controllers = controllers;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -199,7 +206,7 @@ fn main() {
         .prefix(&format!("hull-bench-sched-{}-", std::process::id()))
         .tempdir()
         .expect("temp dir");
-    let (stop, server) = start_server(tmp.path());
+    let (stop, server) = start_server(tmp.path(), true);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -314,6 +321,106 @@ fn main() {
         println!(
             "note: bound pods/s is capped by how fast this one client creates pods when the \
              scheduler keeps up (p99 well under a second means it does)"
+        );
+    });
+    let _ = stop.send(());
+    let _ = server.join();
+    if std::env::var("HULL_BENCH_BACKLOG").as_deref() != Ok("0") {
+        backlog(nodes, pods);
+    }
+}
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(json!({"metadata": {"name": name},
+        "spec": {"containers": [{"name": "c", "image": "busybox",
+            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]}}))
+    .expect("pod")
+}
+
+/// The backlog run: pods created with no scheduler running, then the server restarted
+/// with its controller manager; prints how fast the pending pods get bound.
+fn backlog(nodes: usize, pods: usize) {
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("hull-bench-backlog-{}-", std::process::id()))
+        .tempdir()
+        .expect("temp dir");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let (stop, server) = start_server(tmp.path(), false);
+    rt.block_on(async {
+        let c = client(tmp.path()).await;
+        hollow_nodes(&c, nodes).await;
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": "bench"}})).expect("ns");
+        Api::<Namespace>::all(c.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("namespace");
+        let api: Api<Pod> = Api::namespaced(c, "bench");
+        futures::stream::iter(0..pods)
+            .map(|k| {
+                let api = api.clone();
+                async move {
+                    api.create(&PostParams::default(), &pod(&format!("p{k}")))
+                        .await
+                        .expect("create pod");
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+    });
+    let _ = stop.send(());
+    let _ = server.join();
+    println!();
+    println!(
+        "backlog: {pods} pending pods on {nodes} nodes, server restarted with the scheduler (load average {})",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    let start = Instant::now();
+    let (stop, server) = start_server(tmp.path(), true);
+    rt.block_on(async {
+        let c = client(tmp.path()).await;
+        let api: Api<Pod> = Api::namespaced(c, "bench");
+        let mut s = watcher::watcher(api, watcher::Config::default()).boxed();
+        let mut bound = std::collections::HashSet::new();
+        let (mut first, mut last) = (None, start);
+        let deadline = start + Duration::from_secs(600);
+        while bound.len() < pods && Instant::now() < deadline {
+            let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(5), s.next()).await else {
+                continue;
+            };
+            let (Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p))) = ev else {
+                continue;
+            };
+            if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
+                && let Some(name) = p.metadata.name
+                && bound.insert(name)
+            {
+                last = Instant::now();
+                first.get_or_insert(last);
+            }
+        }
+        let first = first.unwrap_or(last);
+        let span = last.duration_since(first).as_secs_f64().max(1e-9);
+        println!(
+            "  {} of {pods} bound; first binding {:.2} s after the server started (API up, \
+             leader elected, informers listed), last {:.2} s",
+            bound.len(),
+            first.duration_since(start).as_secs_f64(),
+            last.duration_since(start).as_secs_f64()
+        );
+        println!(
+            "  scheduler throughput: {:.0} pods/s from first to last binding, {:.0} pods/s \
+             from server start (target >= 1,000; kube-scheduler scheduler_perf ~{KUBE_SCHEDULER_PODS_PER_SEC:.0}, ratio {:.2})",
+            bound.len() as f64 / span,
+            bound.len() as f64 / last.duration_since(start).as_secs_f64().max(1e-9),
+            bound.len() as f64 / span / KUBE_SCHEDULER_PODS_PER_SEC
         );
     });
     let _ = stop.send(());
