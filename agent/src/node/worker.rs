@@ -944,12 +944,21 @@ impl Worker {
         };
         let mut phase = status::phase(pod, &view, inits_done);
         if self.terminal {
-            phase = pod
-                .status
+            // The final phase stays: the one this worker wrote (the pod object it holds
+            // may not show that write yet — a runtime event can wake the worker first,
+            // and a lagging `Running` must not turn a Failed pod into Succeeded), else
+            // the one the API has.
+            let written = self
+                .last_status
                 .as_ref()
-                .and_then(|s| s.phase.as_deref())
-                .map(|p| if p == "Failed" { "Failed" } else { "Succeeded" })
-                .unwrap_or(phase);
+                .and_then(|s| s.get("phase"))
+                .and_then(|p| p.as_str());
+            let known = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            phase = match written.or(known) {
+                Some("Failed") => "Failed",
+                Some("Succeeded") => "Succeeded",
+                _ => phase,
+            };
         }
         let st = status::build(pod, self.last_status.as_ref(), &view, phase, inits_done);
         drop(view);
