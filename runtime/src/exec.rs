@@ -149,15 +149,33 @@ fn exec_blocked(
     };
     cg.add_task(pid).map_err(|e| Error::Cgroup(e.to_string()))?;
     parent.send(tag::GO, b"")?;
-    let got = parent.expect(tag::PID)?;
-    let target = i32::from_ne_bytes(
-        got.get(..4)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| Error::Init("bad pid".into()))?,
-    );
+    // PID comes from the intermediate after its fork, READY from the new process once it
+    // is set up; nothing orders the two, and under load READY can come first.
+    let (mut target, mut ready) = (None, false);
+    while target.is_none() || !ready {
+        match parent.recv()? {
+            Some((tag::PID, got)) if target.is_none() => {
+                let t = i32::from_ne_bytes(
+                    got.get(..4)
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(|| Error::Init("bad pid".into()))?,
+                );
+                guard.pids.push(t);
+                target = Some(t);
+            }
+            Some((tag::READY, _)) if !ready => ready = true,
+            Some((tag::ERROR, m)) => {
+                return Err(Error::Init(String::from_utf8_lossy(&m).into_owned()));
+            }
+            Some((t, _)) => return Err(Error::Init(format!("unexpected message {:?}", t as char))),
+            None => return Err(Error::Init("exited during setup".into())),
+        }
+    }
+    let Some(target) = target else {
+        return Err(Error::Init("no pid from the intermediate".into()));
+    };
     let _ = waitpid(Pid::from_raw(pid), None);
     guard.pids = vec![target];
-    parent.expect(tag::READY)?;
     match parent.recv()? {
         None => {}
         Some((tag::ERROR, m)) => return Err(Error::Init(String::from_utf8_lossy(&m).into_owned())),
