@@ -82,7 +82,7 @@ pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<i32> {
         .linux()
         .as_ref()
         .and_then(|l| l.seccomp().as_ref())
-        .map(crate::seccomp::compile)
+        .map(|s| crate::seccomp::compile_in_root(s, root))
         .transpose()
         .map_err(|e| crate::error::config("linux.seccomp", e.to_string()))?;
     let p = &opts.process;

@@ -244,7 +244,7 @@ pub(crate) fn launch(
     let default_res = oci_spec::runtime::LinuxResources::default();
     let seccomp = linux
         .and_then(|l| l.seccomp().as_ref())
-        .map(crate::seccomp::compile)
+        .map(|s| crate::seccomp::compile_in_root(s, root))
         .transpose()
         .map_err(|e| crate::error::config("linux.seccomp", e.to_string()))?;
     let process = spec

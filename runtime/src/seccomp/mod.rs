@@ -4,7 +4,8 @@
 //! - `mod.rs`: [`compile`] (before fork) and [`Filter::load`] (in the child).
 //! - `profile`: [`runtime_default`], the RuntimeDefault profile Kubernetes asks for.
 //! - `notify`: passing the `SCMP_ACT_NOTIFY` listener fd to a seccomp agent.
-//! - `cache`: [`compile_cached`], compiled programs kept per profile (libseccomp is slow).
+//! - `cache`: [`compile_cached`] / [`compile_in_root`], compiled programs kept per
+//!   profile (libseccomp is slow).
 //!
 //! Compiling uses libseccomp (Debian's `libseccomp2`, through the `libseccomp` crate),
 //! as runc, crun and youki do. The pure-Rust `seccompiler` was the alternative; it
@@ -21,7 +22,7 @@ mod cache;
 pub mod notify;
 mod profile;
 
-pub use cache::compile_cached;
+pub use cache::{CACHE_DIR, compile_cached, compile_in_root};
 
 pub use profile::{runtime_default, runtime_default_for};
 
