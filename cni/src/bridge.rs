@@ -339,6 +339,7 @@ fn add_links(conf: &BridgeConf, call: &Call, ns: &NetNs, ipres: CniResult) -> Re
             hash: &hash,
             ips: &ips,
             masq: conf.ip_masq,
+            no_masq: &conf.non_masquerade()?,
             ports,
         })?;
     }

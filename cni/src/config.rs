@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::error::{CniError, Result, code};
@@ -32,6 +33,11 @@ pub struct BridgeConf {
     pub is_default_gateway: bool,
     #[serde(rename = "ipMasq", default)]
     pub ip_masq: bool,
+    /// With `ipMasq`: destinations besides the pod's own subnet that its traffic reaches
+    /// unmasqueraded — the cluster CIDR, so pods on other nodes see the client pod's own
+    /// address as Kubernetes' network model requires (ip-masq-agent's option of this name).
+    #[serde(rename = "nonMasqueradeCIDRs", default)]
+    pub non_masquerade_cidrs: Vec<String>,
     #[serde(default)]
     pub mtu: Option<u32>,
     #[serde(rename = "hairpinMode", default)]
@@ -87,6 +93,7 @@ impl BridgeConf {
         {
             return Err(CniError::config(format!("mtu: {mtu} is outside 68-65535")));
         }
+        self.non_masquerade()?;
         if let Some(mac) = self.container_mac()
             && crate::netlink::parse_mac(mac).is_none()
         {
@@ -95,6 +102,21 @@ impl BridgeConf {
             )));
         }
         Ok(())
+    }
+
+    /// `nonMasqueradeCIDRs`, parsed.
+    pub fn non_masquerade(&self) -> Result<Vec<IpNet>> {
+        self.non_masquerade_cidrs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                c.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| {
+                    CniError::config(format!(
+                        "nonMasqueradeCIDRs[{i}]: {c:?} is not an ADDRESS/LENGTH network"
+                    ))
+                })
+            })
+            .collect()
     }
 
     pub fn bridge_name(&self) -> &str {

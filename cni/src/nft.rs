@@ -12,7 +12,8 @@
 //!   chain postrouting (nat, srcnat)  DNAT'd from 127/8 or pod→pod hairpin: masquerade;
 //!                                    ip saddr vmap @masq4; ip6 saddr vmap @masq6
 //!   chain hp-H   { [ip daddr HOSTIP] meta l4proto tcp th dport 8080 dnat ip to POD:80 }
-//!   chain masq-H { ip daddr POD_SUBNET return; ip daddr 224.0.0.0/4 return; masquerade }
+//!   chain masq-H { ip daddr POD_SUBNET return; [ip daddr NON_MASQ_CIDR return;]
+//!                  ip daddr 224.0.0.0/4 return; masquerade }
 //! }
 //! ```
 //! Per-pod state is map elements plus two chains, so ADD and DEL are each one
@@ -117,6 +118,8 @@ pub struct PodRules<'a> {
     /// The pod's addresses with their subnets.
     pub ips: &'a [IpNet],
     pub masq: bool,
+    /// With `masq`: destinations that keep the pod's address (`nonMasqueradeCIDRs`).
+    pub no_masq: &'a [IpNet],
     pub ports: &'a [PortMapping],
 }
 
@@ -133,6 +136,13 @@ pub fn add_script(p: &PodRules) -> Result<String> {
                 ("ip6", "ff00::/8")
             };
             s += &format!("add rule {T} masq-{h} {fam} daddr {} return\n", net.trunc());
+            for nm in p
+                .no_masq
+                .iter()
+                .filter(|n| n.addr().is_ipv4() == net.addr().is_ipv4())
+            {
+                s += &format!("add rule {T} masq-{h} {fam} daddr {nm} return\n");
+            }
             s += &format!("add rule {T} masq-{h} {fam} daddr {mcast} return\n");
         }
         s += &format!("add rule {T} masq-{h} masquerade\n");

@@ -7,6 +7,10 @@
 //!
 //! The routes carry their own protocol number ([`PROTO`]), so a restarted agent finds
 //! exactly the routes it made — and only those — and replaces, keeps or removes them.
+//! A route hull did not make is never replaced: a peer whose pod subnet already has a
+//! route of another origin (say the kernel's route of a local bridge holding that subnet),
+//! or whose address is one of this host's own, is reported and skipped. Replacing such a
+//! route would cut the local subnet off, and the cleanup on exit would then delete it.
 
 use std::io;
 use std::net::IpAddr;
@@ -33,6 +37,9 @@ pub struct SyncReport {
     pub removed: Vec<IpNet>,
     /// Nodes whose address is not on a directly connected network.
     pub unreachable: Vec<String>,
+    /// Nodes skipped because routing to them would override this host's own networking:
+    /// (node, why).
+    pub conflicts: Vec<(String, String)>,
 }
 
 /// The directly connected (no gateway) route holding `ip` with the longest prefix: its link.
@@ -45,15 +52,45 @@ fn link_towards(routes: &[RouteEntry], ip: IpAddr) -> Option<u32> {
         .map(|(_, _, oif, _)| *oif)
 }
 
+/// Why a route to `p` must not be installed, if it must not.
+fn conflict(routes: &[RouteEntry], local: &[IpAddr], p: &PeerRoute) -> Option<String> {
+    if local.contains(&p.node_ip) {
+        return Some(format!(
+            "its address {} is one of this host's own",
+            p.node_ip
+        ));
+    }
+    let net = p.pod_cidr.trunc();
+    routes
+        .iter()
+        .find(|(n, _, _, proto)| *n == net && *proto != PROTO)
+        .map(|(_, gw, oif, proto)| {
+            let via = gw.map(|g| format!(" via {g}")).unwrap_or_default();
+            format!(
+                "its pod subnet {net} already has a route hull did not make \
+                 ({net}{via} on link {oif}, protocol {proto})"
+            )
+        })
+}
+
 /// Makes the routes tagged [`PROTO`] in this network namespace exactly `want`.
 pub fn sync(want: &[PeerRoute]) -> io::Result<SyncReport> {
     let mut nl = Netlink::open()?;
     let mut report = SyncReport::default();
+    let local: Vec<IpAddr> = nl
+        .addresses(None)?
+        .into_iter()
+        .map(|(_, a)| a.addr())
+        .collect();
     for v6 in [false, true] {
         let routes = nl.routes_with_protocol(v6)?;
         let mut wanted = Vec::new();
         for p in want.iter().filter(|p| p.pod_cidr.addr().is_ipv6() == v6) {
             if p.node_ip.is_ipv6() != v6 {
+                continue;
+            }
+            if let Some(why) = conflict(&routes, &local, p) {
+                report.conflicts.push((p.node.clone(), why));
                 continue;
             }
             match link_towards(&routes, p.node_ip) {
@@ -88,6 +125,45 @@ pub fn clear() -> io::Result<Vec<IpNet>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_hull_did_not_make_and_own_addresses_are_conflicts() {
+        let n = |s: &str| s.parse::<IpNet>().expect("net");
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let routes = vec![
+            (n("10.244.0.0/24"), None, 5, 2),
+            (n("10.244.1.0/24"), Some(ip("10.250.0.12")), 7, PROTO),
+        ];
+        let local = [ip("10.250.0.2"), ip("10.244.0.1")];
+        let peer = |cidr: &str, addr: &str| PeerRoute {
+            node: "n".into(),
+            pod_cidr: n(cidr),
+            node_ip: ip(addr),
+        };
+        let kernel = conflict(&routes, &local, &peer("10.244.0.0/24", "10.250.0.12"));
+        assert!(
+            kernel
+                .as_deref()
+                .is_some_and(|w| w.contains("10.244.0.0/24") && w.contains("protocol 2")),
+            "{kernel:?}"
+        );
+        // Host bits in the CIDR do not hide the clash.
+        assert!(conflict(&routes, &local, &peer("10.244.0.7/24", "10.250.0.12")).is_some());
+        let own = conflict(&routes, &local, &peer("10.244.2.0/24", "10.250.0.2"));
+        assert!(
+            own.as_deref()
+                .is_some_and(|w| w.contains("this host's own"))
+        );
+        // hull's own route for the prefix, and a more specific prefix, are fine.
+        assert_eq!(
+            conflict(&routes, &local, &peer("10.244.1.0/24", "10.250.0.12")),
+            None
+        );
+        assert_eq!(
+            conflict(&routes, &local, &peer("10.244.0.0/25", "10.250.0.12")),
+            None
+        );
+    }
 
     #[test]
     fn the_most_specific_connected_route_wins() {

@@ -20,13 +20,28 @@ fn add_batch_holds_per_pod_chains_and_elements() {
         "fd00::5/64".parse().expect("net"),
     ];
     let ports = [pm(8080, 80, "tcp", ""), pm(5353, 53, "UDP", "192.0.2.1")];
+    let no_masq = [
+        "10.244.0.0/16".parse().expect("net"),
+        "fd10::/56".parse().expect("net"),
+    ];
     let s = add_script(&PodRules {
         hash: "abcd1234",
         ips: &ips,
         masq: true,
+        no_masq: &no_masq,
         ports: &ports,
     })
     .expect("script");
+    // The cluster CIDR of each family keeps the pod's address, after the pod's own subnet.
+    let own = s
+        .find("masq-abcd1234 ip daddr 10.1.0.0/24 return")
+        .expect("own subnet");
+    let cluster = s
+        .find("masq-abcd1234 ip daddr 10.244.0.0/16 return")
+        .expect("cluster CIDR");
+    assert!(own < cluster);
+    assert!(s.contains("masq-abcd1234 ip6 daddr fd10::/56 return"));
+    assert!(!s.contains("ip daddr fd10::/56") && !s.contains("ip6 daddr 10.244.0.0/16"));
     assert!(s.contains("add element inet hull-cni masq4 { 10.1.0.5 : jump masq-abcd1234 }"));
     assert!(s.contains("add element inet hull-cni masq6 { fd00::5 : jump masq-abcd1234 }"));
     assert!(s.contains("add rule inet hull-cni masq-abcd1234 ip daddr 10.1.0.0/24 return"));
@@ -57,6 +72,7 @@ fn bad_port_mappings_name_the_field() {
             hash: "h",
             ips: &ips,
             masq: false,
+            no_masq: &[],
             ports: &[bad],
         })
         .expect_err("bad");

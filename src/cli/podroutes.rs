@@ -46,6 +46,9 @@ async fn apply(want: Vec<PeerRoute>, last: &mut Option<Vec<PeerRoute>>) {
             for net in &r.removed {
                 tracing::info!(%net, "pod route removed");
             }
+            for (n, why) in &r.conflicts {
+                tracing::warn!(node = %n, "no route to the node's pods: {why}");
+            }
             for n in &r.unreachable {
                 tracing::warn!(node = %n, "no directly connected route to the node: its pods are unreachable from here");
             }
