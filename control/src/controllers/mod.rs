@@ -10,6 +10,11 @@ mod deployment_status;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod garbage_collector;
+pub mod hpa;
+pub mod hpa_behavior;
+pub mod hpa_metrics;
+pub mod hpa_replicas;
+pub mod hpa_status;
 pub mod job;
 pub mod namespace;
 pub mod node_ipam;
@@ -44,6 +49,7 @@ pub fn all() -> Vec<(&'static str, Loop)> {
         ("statefulset", statefulset::statefulsets),
         ("job", job::jobs),
         ("cronjob", cronjob::cronjobs),
+        ("horizontalpodautoscaling", hpa::start),
         ("csrapproving", csr::start),
         ("scheduler", crate::scheduler::run),
     ]

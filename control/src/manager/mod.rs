@@ -40,6 +40,16 @@ pub struct ManagerOptions {
     /// The workload controllers' clock (CronJob schedules, deadlines, minReadySeconds);
     /// tests advance it instead of sleeping.
     pub clock: crate::controllers::workload_util::Clock,
+    /// The HorizontalPodAutoscaler loop (kube-controller-manager's
+    /// `--horizontal-pod-autoscaler-*` flags): how often each HPA is evaluated, how long a
+    /// scale-down waits for the highest recent recommendation to fall (HPAs without
+    /// `behavior.scaleDown.stabilizationWindowSeconds`), the tolerance around a usage ratio
+    /// of 1, and the CPU start-up grace of new pods (see `controllers::hpa_replicas`).
+    pub hpa_sync_period: Duration,
+    pub hpa_downscale_stabilization: Duration,
+    pub hpa_tolerance: f64,
+    pub hpa_cpu_initialization_period: Duration,
+    pub hpa_initial_readiness_delay: Duration,
 }
 
 impl Default for ManagerOptions {
@@ -60,6 +70,11 @@ impl Default for ManagerOptions {
             root_ca_pem: None,
             cluster_signing_dir: None,
             clock: Default::default(),
+            hpa_sync_period: Duration::from_secs(15),
+            hpa_downscale_stabilization: Duration::from_secs(300),
+            hpa_tolerance: 0.1,
+            hpa_cpu_initialization_period: Duration::from_secs(300),
+            hpa_initial_readiness_delay: Duration::from_secs(30),
         }
     }
 }

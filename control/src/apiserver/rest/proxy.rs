@@ -794,11 +794,56 @@ async fn node_metrics_get(
     .await
 }
 
-/// PodMetrics of every pod (in `ns`, named `name`) on every node.
+/// The (namespace, name) of the pods `labelSelector` (in the query) picks, `None` without
+/// one: metrics-server filters PodMetrics by their pods' labels, and the HPA controller
+/// lists them with its target's selector.
+async fn selected_pods(
+    state: &ApiState,
+    ns: Option<&str>,
+    query: Option<&str>,
+) -> Result<Option<std::collections::HashSet<(String, String)>>, ApiError> {
+    let selector = query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "labelSelector")
+        .map(|(_, v)| {
+            urlencoding::decode(&v.replace('+', " "))
+                .map(|c| c.into_owned())
+                .unwrap_or_else(|_| v.to_string())
+        })
+        .filter(|s| !s.trim().is_empty());
+    let Some(selector) = selector else {
+        return Ok(None);
+    };
+    let selector =
+        super::selector::LabelSelector::parse(&selector).map_err(ApiError::bad_request)?;
+    let r = registry::find("", "v1", "pods")
+        .ok_or_else(|| ApiError::internal("pods are not served"))?;
+    let items = state
+        .store
+        .list(&r.list_prefix(ns), None, 0, 0)
+        .await?
+        .items;
+    Ok(Some(
+        items
+            .iter()
+            .filter_map(|kv| object::from_stored(kv).ok())
+            .filter(|p| selector.matches(p))
+            .map(|p| {
+                let s = |f: &str| p["metadata"][f].as_str().unwrap_or("").to_string();
+                (s("namespace"), s("name"))
+            })
+            .collect(),
+    ))
+}
+
+/// PodMetrics of every pod (in `ns`, named `name`, among `only`) on every node.
 async fn pod_metrics(
     state: &ApiState,
     ns: Option<&str>,
     name: Option<&str>,
+    only: Option<&std::collections::HashSet<(String, String)>>,
 ) -> Result<Vec<Value>, ApiError> {
     let mut out = Vec::new();
     let mut seen: HashMap<(String, String), ()> = HashMap::new();
@@ -809,7 +854,10 @@ async fn pod_metrics(
         for p in s["pods"].as_array().cloned().unwrap_or_default() {
             let pns = p["podRef"]["namespace"].as_str().unwrap_or("").to_string();
             let pname = p["podRef"]["name"].as_str().unwrap_or("").to_string();
-            if ns.is_some_and(|x| x != pns) || name.is_some_and(|x| x != pname) {
+            if ns.is_some_and(|x| x != pns)
+                || name.is_some_and(|x| x != pname)
+                || only.is_some_and(|o| !o.contains(&(pns.clone(), pname.clone())))
+            {
                 continue;
             }
             if seen.insert((pns.clone(), pname.clone()), ()).is_some() {
@@ -836,6 +884,7 @@ async fn pod_metrics(
 
 async fn pod_metrics_all(
     State(state): State<Arc<ApiState>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
     axum::Extension(u): axum::Extension<UserInfo>,
 ) -> Response {
     run(async {
@@ -851,7 +900,18 @@ async fn pod_metrics_all(
         )?;
         Ok(json_response(
             StatusCode::OK,
-            &list("PodMetricsList", pod_metrics(&state, None, None).await?),
+            &list(
+                "PodMetricsList",
+                pod_metrics(
+                    &state,
+                    None,
+                    None,
+                    selected_pods(&state, None, query.as_deref())
+                        .await?
+                        .as_ref(),
+                )
+                .await?,
+            ),
         ))
     })
     .await
@@ -860,6 +920,7 @@ async fn pod_metrics_all(
 async fn pod_metrics_ns(
     State(state): State<Arc<ApiState>>,
     UrlPath(ns): UrlPath<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
     axum::Extension(u): axum::Extension<UserInfo>,
 ) -> Response {
     run(async {
@@ -877,7 +938,15 @@ async fn pod_metrics_ns(
             StatusCode::OK,
             &list(
                 "PodMetricsList",
-                pod_metrics(&state, Some(&ns), None).await?,
+                pod_metrics(
+                    &state,
+                    Some(&ns),
+                    None,
+                    selected_pods(&state, Some(&ns), query.as_deref())
+                        .await?
+                        .as_ref(),
+                )
+                .await?,
             ),
         ))
     })
@@ -901,7 +970,7 @@ async fn pod_metrics_get(
             Some(&name),
         )?;
         load(&state, "pods", Some(&ns), &name).await?;
-        let mut items = pod_metrics(&state, Some(&ns), Some(&name)).await?;
+        let mut items = pod_metrics(&state, Some(&ns), Some(&name), None).await?;
         let Some(m) = items.pop() else {
             return Err(ApiError::not_found("metrics.k8s.io", "pods", &name));
         };

@@ -11,16 +11,50 @@ use super::{ApiState, Req, json_response, load};
 use crate::apiserver::status::ApiError;
 use crate::patch::{self, PatchType};
 
+/// The parent's selector in label-selector syntax, as `LabelSelectorAsSelector(..).String()`
+/// prints it: requirements sorted by key, `k=v` for matchLabels, `k in (a,b)`,
+/// `k notin (a,b)`, `k`, `!k` for matchExpressions. ReplicationControllers' selectors are
+/// plain maps.
 fn selector_string(obj: &Value) -> String {
     let sel = obj.pointer("/spec/selector");
     let labels = sel
         .and_then(|s| s.get("matchLabels"))
-        .or(sel)
+        .or_else(|| sel.filter(|s| s.get("matchExpressions").is_none()))
         .and_then(Value::as_object);
-    labels
+    let mut reqs: Vec<(String, String)> = labels
         .into_iter()
         .flatten()
-        .filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}")))
+        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), format!("{k}={v}"))))
+        .collect();
+    for e in sel
+        .and_then(|s| s.get("matchExpressions"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(k) = e.get("key").and_then(Value::as_str) else {
+            continue;
+        };
+        let mut values: Vec<&str> = e
+            .get("values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        values.sort_unstable();
+        let text = match e.get("operator").and_then(Value::as_str) {
+            Some("In") => format!("{k} in ({})", values.join(",")),
+            Some("NotIn") => format!("{k} notin ({})", values.join(",")),
+            Some("Exists") => k.to_string(),
+            Some("DoesNotExist") => format!("!{k}"),
+            _ => continue,
+        };
+        reqs.push((k.to_string(), text));
+    }
+    reqs.sort();
+    reqs.into_iter()
+        .map(|(_, t)| t)
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -245,4 +279,27 @@ pub async fn eviction(
         StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_selectors_print_as_label_selectors() {
+        let rc = json!({"spec": {"selector": {"b": "2", "a": "1"}}});
+        assert_eq!(selector_string(&rc), "a=1,b=2");
+        let d = json!({"spec": {"selector": {"matchLabels": {"app": "web"}, "matchExpressions": [
+            {"key": "tier", "operator": "In", "values": ["fe", "be"]},
+            {"key": "canary", "operator": "DoesNotExist"},
+            {"key": "zone", "operator": "Exists"},
+            {"key": "env", "operator": "NotIn", "values": ["dev"]},
+        ]}}});
+        assert_eq!(
+            selector_string(&d),
+            "app=web,!canary,env notin (dev),tier in (be,fe),zone"
+        );
+        let only = json!({"spec": {"selector": {"matchExpressions": [{"key": "a", "operator": "Exists"}]}}});
+        assert_eq!(selector_string(&only), "a");
+    }
 }

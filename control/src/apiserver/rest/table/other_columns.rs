@@ -224,7 +224,7 @@ pub(super) fn columns(kind: &str) -> Printer {
                     .unwrap_or_default();
                 vec![
                     json!(r),
-                    json!("<unknown>"),
+                    json!(hpa_targets(o)),
                     json!(
                         o.pointer("/spec/minReplicas")
                             .and_then(Value::as_i64)
@@ -333,4 +333,96 @@ fn modes(o: &Value) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// kubectl's TARGETS of an HPA (`formatHPAMetrics`): each metric's current value over its
+/// target, by index into `status.currentMetrics`; at most two, then `+ N more...`.
+fn hpa_targets(o: &Value) -> String {
+    let specs = arr(o, "/spec/metrics");
+    if specs.is_empty() {
+        return "<none>".into();
+    }
+    let statuses = arr(o, "/status/currentMetrics");
+    let status = |i: usize, field: &str, path: &str| {
+        statuses
+            .get(i)
+            .and_then(|st| st.get(field))
+            .and_then(|m| m.pointer(path))
+            .filter(|v| !v.is_null())
+    };
+    let text = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => "<unknown>".into(),
+    };
+    let percent = |v: Option<&Value>| match v.and_then(Value::as_i64) {
+        Some(n) => format!("{n}%"),
+        None => "<unknown>".into(),
+    };
+    let list: Vec<String> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let kind = m.get("type").and_then(Value::as_str).unwrap_or("");
+            let field = match kind {
+                "Resource" => "resource",
+                "ContainerResource" => "containerResource",
+                "Pods" => "pods",
+                "Object" => "object",
+                "External" => "external",
+                _ => return "<unknown type>".into(),
+            };
+            let src = m.get(field).cloned().unwrap_or(Value::Null);
+            let target = |p: &str| src.pointer(p).filter(|v| !v.is_null());
+            match kind {
+                "Resource" | "ContainerResource" => {
+                    let name = text(src.get("name"));
+                    let name = if kind == "ContainerResource" {
+                        format!("{name} of container \"{}\"", text(src.get("container")))
+                    } else {
+                        name
+                    };
+                    if let Some(avg) = target("/target/averageValue") {
+                        format!(
+                            "{name}: {}/{}",
+                            text(status(i, field, "/current/averageValue")),
+                            text(Some(avg))
+                        )
+                    } else {
+                        let want = target("/target/averageUtilization")
+                            .map_or("<auto>".into(), |v| percent(Some(v)));
+                        format!(
+                            "{name}: {}/{want}",
+                            percent(status(i, field, "/current/averageUtilization"))
+                        )
+                    }
+                }
+                "Pods" => format!(
+                    "{}/{}",
+                    text(status(i, field, "/current/averageValue")),
+                    text(target("/target/averageValue"))
+                ),
+                _ => {
+                    if let Some(avg) = target("/target/averageValue") {
+                        format!(
+                            "{}/{} (avg)",
+                            text(status(i, field, "/current/averageValue")),
+                            text(Some(avg))
+                        )
+                    } else {
+                        format!(
+                            "{}/{}",
+                            text(status(i, field, "/current/value")),
+                            text(target("/target/value"))
+                        )
+                    }
+                }
+            }
+        })
+        .collect();
+    if list.len() > 2 {
+        format!("{} + {} more...", list[..2].join(", "), list.len() - 2)
+    } else {
+        list.join(", ")
+    }
 }
