@@ -284,12 +284,17 @@ fn build(
         cgroups_path: v["linux"]["cgroupsPath"].as_str().map(String::from),
         stdin_fifo: c.stdin.then(|| dir(cfg, &rec.id).join("stdin")),
         shim_fd: super::shim::exe_fd(cfg),
+        // The monitor reopens our fd: no fd to inherit, so no pre_exec closure, so std
+        // spawns it with posix_spawn instead of a fork of this process (whose page-table
+        // copy and copy-on-write faults, with TLB shootdowns across our threads, cost
+        // more than the monitor's own start-up).
+        shim_owner: Some(std::process::id() as i32),
     };
     let json = serde_json::to_string(&mspec).map_err(|e| CriError::Internal(e.to_string()))?;
     let (pid, report) = sandbox::spawn_helper(
         sandbox::hull_helper(cfg, "--internal-monitor", &json),
         "container monitor",
-        mspec.shim_fd,
+        None,
     )?;
     // Its pid and start time: while it lives, an exited init is still being recorded
     // (pipes drained, then exit.json), see `state`. The pid stays through its exec.

@@ -42,6 +42,12 @@ pub struct MonitorSpec {
     /// monitor execs it to do the rest (logs, reaping, exit.json) in a small process.
     #[serde(default)]
     pub shim_fd: Option<i32>,
+    /// When set, `shim_fd` is an fd of this process (the server), not inherited: the
+    /// monitor opens `/proc/PID/fd/N` itself, so the server can spawn it with
+    /// posix_spawn (a vfork) rather than fork its large, many-threaded self to clear
+    /// close-on-exec in the child.
+    #[serde(default)]
+    pub shim_owner: Option<i32>,
 }
 
 static REOPEN: AtomicBool = AtomicBool::new(false);
@@ -148,11 +154,16 @@ pub fn main(spec_json: &str) -> i32 {
 fn run(spec_json: &str, report: &mut File) -> Result<(), String> {
     let spec: MonitorSpec =
         serde_json::from_str(spec_json).map_err(|e| format!("monitor spec: {e}"))?;
-    if let Some(fd) = spec.shim_fd {
-        // The container's init must not inherit it.
-        // SAFETY: setting close-on-exec on an fd the server gave us.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    }
+    let shim_fd = match (spec.shim_fd, spec.shim_owner) {
+        (Some(fd), Some(owner)) => reopen_shim(owner, fd),
+        (Some(fd), None) => {
+            // The container's init must not inherit it.
+            // SAFETY: setting close-on-exec on an fd the server gave us.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            Some(fd)
+        }
+        (None, _) => None,
+    };
     // SAFETY: prctl/signal with plain arguments.
     unsafe {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
@@ -189,7 +200,7 @@ fn run(spec_json: &str, report: &mut File) -> Result<(), String> {
     let _ = dup_onto(&null, 1);
     let _ = dup_onto(&null, 2);
     let st = created.map_err(|e| e.to_string())?;
-    if let Some(fd) = spec.shim_fd {
+    if let Some(fd) = shim_fd {
         // Only returns if the exec failed: then this process goes on as the monitor.
         exec_shim(fd, &spec, st.pid, [&out_r, &err_r, &*report]);
     }
@@ -229,6 +240,15 @@ fn run(spec_json: &str, report: &mut File) -> Result<(), String> {
         },
     )
     .map_err(|e| e.to_string())
+}
+
+/// Our own close-on-exec fd of the server's (`owner`'s) hull-shim fd `fd`, or None
+/// (then this process is the monitor itself). The owner must still be our parent: if
+/// it died, its pid could name another process by now.
+fn reopen_shim(owner: i32, fd: i32) -> Option<i32> {
+    let f = File::open(format!("/proc/{owner}/fd/{fd}")).ok()?;
+    // SAFETY: getppid cannot fail.
+    (unsafe { libc::getppid() } == owner).then(|| std::os::fd::IntoRawFd::into_raw_fd(f))
 }
 
 /// Replaces this process with `hull-shim monitor`, handing over the pipes' read ends
