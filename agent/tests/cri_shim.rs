@@ -239,3 +239,138 @@ async fn attach_to_a_container_without_log_path() {
     );
     env.teardown().await;
 }
+
+/// `kubectl run -it --rm` as the kubelet does it: a container with `tty`, `stdin` and
+/// `stdinOnce` running a shell. Its monitor (hull-shim) holds the pty master; Attach's
+/// resize messages reach it over SPDY and over WebSocket (`stty size` in the shell
+/// shows them), what the shell prints reaches the CRI log as `stdout`, a detach
+/// leaves the shell running, and `exit 3` typed into it ends the attach with code 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_to_a_container_with_a_terminal() {
+    use hull_agent::cri::websocket::{client_frame, read_frame};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut env = PodEnv::new("cri-shim-tty", "default", "ttypod").await;
+    let mut cfg = env.config("term", "exec /bin/sh", true, 0, "term/0.log");
+    cfg.tty = true;
+    cfg.stdin_once = true;
+    let id = env.create_start(cfg).await;
+    let data = env.scratch.path("data");
+    let ccfg = hull_agent::cri::Config::new(&data, &env.sock);
+    let init = hull_runtime::container::state(&ccfg.oci_root(), &id)
+        .unwrap()
+        .pid;
+    let monitor = ppid(init);
+    assert_eq!(
+        comm_rss(monitor).0,
+        "hull-shim",
+        "the monitor is not hull-shim"
+    );
+    let holds_ptmx = std::fs::read_dir(format!("/proc/{monitor}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .any(|l| l.to_string_lossy().contains("ptmx"));
+    assert!(holds_ptmx, "the monitor holds no pty master");
+    let tty = std::fs::read_link(format!("/proc/{init}/fd/0")).unwrap();
+    assert!(
+        tty.to_string_lossy().starts_with("/dev/pts/"),
+        "the shell's stdin is {tty:?}"
+    );
+
+    let attach = |rt: &mut runtime_service_client::RuntimeServiceClient<_>| {
+        let req = AttachRequest {
+            container_id: id.clone(),
+            stdin: true,
+            stdout: true,
+            stderr: false,
+            tty: true,
+        };
+        let mut rt = rt.clone();
+        async move { rt.attach(req).await.unwrap().into_inner().url }
+    };
+    let pid = std::process::id();
+
+    // SPDY (crictl attach -it, kubectl's fallback): resize, then `stty size`.
+    let url = attach(&mut env.rt).await;
+    let (host, path) = streaming_support::url_parts(&url);
+    let tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let (mut s, _) = streaming_support::spdy_upgrade(tcp, &host, &path, &["v4.channel.k8s.io"])
+        .await
+        .unwrap();
+    for (sid, kind) in [(1, "error"), (3, "stdin"), (5, "stdout"), (7, "resize")] {
+        s.open(sid, &[("streamtype", kind)]).await;
+    }
+    s.send(7, br#"{"Width":132,"Height":50}"#, false).await;
+    // The terminal echoes what is typed: the quotes keep the echo from matching.
+    s.send(3, format!("stty size; echo spdy-''{pid}\n").as_bytes(), false)
+        .await;
+    let out = s.read_until(5, &format!("spdy-{pid}\r\n")).await;
+    assert!(out.contains("50 132\r\n"), "{out:?}");
+    // Detach (the client closes stdin): Success, and the shell runs on (tty + stdinOnce
+    // leaves the container's terminal open, as containerd does).
+    s.send(3, b"", true).await;
+    let got = s.collect(1).await;
+    let text = String::from_utf8_lossy(got.get(&1).map(Vec::as_slice).unwrap_or_default());
+    assert!(text.contains("Success"), "{text:?}");
+    drop(s);
+    assert_eq!(status(&mut env.rt, &id).await.state, 1, "the shell stopped");
+
+    // WebSocket v5 (kubectl 1.35's first choice): another size, then `exit 3`.
+    let url = attach(&mut env.rt).await;
+    let (host, path) = streaming_support::url_parts(&url);
+    let mut ws = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n"
+    );
+    ws.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        ws.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut msg = vec![4u8];
+    msg.extend_from_slice(br#"{"Width":100,"Height":40}"#);
+    ws.write_all(&client_frame(2, &msg)).await.unwrap();
+    let line = format!("\x00stty size; echo ws-''{pid}; exit 3\n");
+    ws.write_all(&client_frame(2, line.as_bytes()))
+        .await
+        .unwrap();
+    let (mut out, mut status_msg) = (Vec::new(), Vec::new());
+    loop {
+        let f = tokio::time::timeout(std::time::Duration::from_secs(60), read_frame(&mut ws))
+            .await
+            .expect("no WebSocket frame within 60 s")
+            .unwrap();
+        let Some((_, op, data)) = f else { break };
+        if op == 8 {
+            break;
+        }
+        match data.first() {
+            Some(1) => out.extend_from_slice(&data[1..]),
+            Some(3) => status_msg.extend_from_slice(&data[1..]),
+            _ => {}
+        }
+    }
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains(&format!("40 100\r\nws-{pid}\r\n")), "{out:?}");
+    let status_msg = String::from_utf8_lossy(&status_msg);
+    assert!(
+        status_msg.contains("NonZeroExitCode") && status_msg.contains(r#""message":"3""#),
+        "{status_msg}"
+    );
+    let s = status(&mut env.rt, &id).await;
+    assert_eq!((s.state, s.exit_code), (2, 3), "{s:?}");
+    // The terminal's output is the container's stdout in the CRI log.
+    let log = env.wait_log("term/0.log", &format!("ws-{pid}")).await;
+    // (`\r\n` from the terminal is kept: the entry ends in `\r`.)
+    assert!(
+        log.split('\n').any(|l| l.ends_with(" stdout F 50 132\r")),
+        "{log}"
+    );
+    env.teardown().await;
+}

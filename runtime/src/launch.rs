@@ -29,6 +29,10 @@ use crate::{hooks, security};
 pub struct CreateOptions {
     /// Unix socket to send the terminal's master fd to (`process.terminal: true`).
     pub console_socket: Option<PathBuf>,
+    /// An already connected console socket (one end of a socketpair), for a caller that
+    /// receives the master itself: no path to bind, nothing left on disk after a crash.
+    /// Used instead of `console_socket` when set; the caller keeps the fd.
+    pub console_fd: Option<std::os::fd::RawFd>,
     /// File to write the init's pid to.
     pub pid_file: Option<PathBuf>,
     /// Pass fds 3 .. 3+N to the container (plus LISTEN_FDS from the environment).
@@ -251,23 +255,34 @@ pub(crate) fn launch(
         .process()
         .as_ref()
         .ok_or_else(|| crate::error::config("process", "missing"))?;
-    let console = match (&opts.console_socket, process.terminal() == Some(true)) {
-        (Some(p), true) => {
+    let console = match (
+        opts.console_fd,
+        &opts.console_socket,
+        process.terminal() == Some(true),
+    ) {
+        (Some(fd), _, true) => {
+            // SAFETY: the caller's fd, borrowed only to dup it.
+            let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            Some(UnixStream::from(
+                b.try_clone_to_owned().ctx(|| format!("console fd {fd}"))?,
+            ))
+        }
+        (None, Some(p), true) => {
             Some(UnixStream::connect(p).ctx(|| format!("connect console socket {}", p.display()))?)
         }
-        (None, true) => {
+        (None, None, true) => {
             return Err(crate::error::config(
                 "process.terminal",
                 "true requires --console-socket",
             ));
         }
-        (Some(_), false) => {
+        (Some(_), _, false) | (None, Some(_), false) => {
             return Err(crate::error::config(
                 "process.terminal",
                 "false, but --console-socket was given",
             ));
         }
-        (None, false) => None,
+        (None, None, false) => None,
     };
     let plan = Plan::from_spec(linux);
     let staged = !plan.join.is_empty();

@@ -1,10 +1,13 @@
 //! `hull-shim monitor --init PID --stdout-fd N --stderr-fd N --report-fd N --exit PATH
-//! [--log PATH [--log-cap BYTES]] [--oom-file PATH]`: what `hull cri --internal-monitor` execs into once
-//! the container exists, keeping its pid (so the init stays its child and it stays
-//! the init's subreaper) and the read ends of the container's stdout/stderr pipes.
+//! [--log PATH [--log-cap BYTES]] [--oom-file PATH] [--tty-fd N [--stdin-fd N]
+//! [--ctl-fd N]]`: what `hull cri --internal-monitor` execs into once the container
+//! exists, keeping its pid (so the init stays its child and it stays the init's
+//! subreaper) and the read ends of the container's stdout/stderr pipes — or, for a
+//! container with a terminal, the pty master, the stdin FIFO it copies to the master
+//! and the `ctl` FIFO whose `resize W H` lines set the terminal's size (conmon's way).
 //!
-//! One thread, one poll(2) over the two pipes and a signalfd (SIGCHLD: reap; SIGUSR1:
-//! reopen the log, for ReopenContainerLog). Each line goes to the log in the CRI format;
+//! One thread, one poll(2) over the pipes (and the terminal's fds) and a signalfd
+//! (SIGCHLD: reap; SIGUSR1: reopen the log, for ReopenContainerLog). Each line goes to the log in the CRI format;
 //! when the init exits, what is still in the pipes is written (2 s at most: a daemon the
 //! container left behind may hold them open for ever), then `exit.json`: the runc-style
 //! status (code, or 128 + signal), the time, and whether the cgroup saw an OOM kill.
@@ -21,6 +24,8 @@ use crate::{Args, logfmt};
 const MAX_LINE: usize = 16 * 1024;
 /// How long a piece of a line waits for the rest before it is logged as a `P` entry.
 const PARTIAL_IDLE_MS: i32 = 50;
+/// Index in `streams` of a terminal's output (after the two pipes).
+const TTY_STREAM: usize = 2;
 /// How long output still in the pipes is drained after the init exits.
 const DRAIN: Duration = Duration::from_secs(2);
 
@@ -69,7 +74,15 @@ impl Stream {
         let n = match src.read(&mut chunk) {
             Ok(0) => 0,
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return true,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                return true;
+            }
+            // EIO from a pty master: every holder of the slave is gone.
             Err(_) => 0,
         };
         if n == 0 {
@@ -94,6 +107,81 @@ impl Stream {
         }
         self.buf.drain(..start);
         true
+    }
+}
+
+/// A container's terminal: the master (its output is the `stdout` stream), what the
+/// stdin FIFO brought that the master has not taken yet, and the resize FIFO.
+struct Term {
+    master: File,
+    stdin: Option<File>,
+    pending: Vec<u8>,
+    ctl: Option<File>,
+    ctl_buf: Vec<u8>,
+}
+
+impl Term {
+    /// Moves what the stdin FIFO holds to the master, without ever blocking on it (a
+    /// container that does not read its terminal must not stall its logs).
+    fn feed(&mut self) {
+        if self.pending.is_empty()
+            && let Some(src) = self.stdin.as_mut()
+        {
+            let mut b = [0u8; 4096];
+            match src.read(&mut b) {
+                Ok(0) => self.stdin = None,
+                Ok(n) => self.pending.extend_from_slice(&b[..n]),
+                Err(_) => {}
+            }
+        }
+        while !self.pending.is_empty() {
+            match (&self.master).write(&self.pending) {
+                Ok(0) => break,
+                Ok(n) => drop(self.pending.drain(..n)),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.pending.clear();
+                    self.stdin = None;
+                }
+            }
+        }
+    }
+
+    /// Applies complete `resize WIDTH HEIGHT` lines of the ctl FIFO (TIOCSWINSZ).
+    fn control(&mut self) {
+        let Some(ctl) = self.ctl.as_mut() else { return };
+        let mut b = [0u8; 512];
+        match ctl.read(&mut b) {
+            Ok(0) => self.ctl = None,
+            Ok(n) => self.ctl_buf.extend_from_slice(&b[..n]),
+            Err(_) => return,
+        }
+        while let Some(pos) = self.ctl_buf.iter().position(|&c| c == b'\n') {
+            let line: Vec<u8> = self.ctl_buf.drain(..=pos).collect();
+            let text = String::from_utf8_lossy(&line);
+            let mut f = text.split_whitespace();
+            if f.next() != Some("resize") {
+                continue;
+            }
+            let (Some(w), Some(h)) = (
+                f.next().and_then(|v| v.parse::<u16>().ok()),
+                f.next().and_then(|v| v.parse::<u16>().ok()),
+            ) else {
+                continue;
+            };
+            let ws = libc::winsize {
+                ws_row: h,
+                ws_col: w,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            // SAFETY: TIOCSWINSZ with a valid winsize on the master we hold.
+            unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        }
+        if self.ctl_buf.len() > 4096 {
+            self.ctl_buf.clear();
+        }
     }
 }
 
@@ -201,6 +289,9 @@ pub fn main(argv: impl Iterator<Item = String>) -> u8 {
         "log",
         "log-cap",
         "oom-file",
+        "tty-fd",
+        "stdin-fd",
+        "ctl-fd",
     ];
     let args = match Args::parse(argv, &with_value) {
         Ok(a) => a,
@@ -233,7 +324,7 @@ fn run(args: &Args, report: &mut File) -> Result<(), String> {
         .filter(|p| *p > 0)
         .ok_or("--init: not a pid")?;
     let exit_path = PathBuf::from(args.get("exit").ok_or("--exit missing")?);
-    let mut streams = [
+    let mut streams = vec![
         Stream {
             name: "stdout",
             src: Some(owned(args.fd("stdout-fd")?)),
@@ -245,6 +336,39 @@ fn run(args: &Args, report: &mut File) -> Result<(), String> {
             buf: Vec::new(),
         },
     ];
+    // A terminal: its output is the container's stdout (the pipes then close at once).
+    let mut term = match args.get("tty-fd") {
+        Some(_) => {
+            let master = owned(args.fd("tty-fd")?);
+            // SAFETY: O_NONBLOCK on our master (shared with the stream's dup below).
+            unsafe {
+                let fl = libc::fcntl(master.as_raw_fd(), libc::F_GETFL);
+                libc::fcntl(master.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+            }
+            let out = master
+                .try_clone()
+                .map_err(|e| format!("dup terminal: {e}"))?;
+            streams.push(Stream {
+                name: "stdout",
+                src: Some(out),
+                buf: Vec::new(),
+            });
+            let fifo = |flag: &str| -> Result<Option<File>, String> {
+                Ok(match args.get(flag) {
+                    Some(_) => Some(owned(args.fd(flag)?)),
+                    None => None,
+                })
+            };
+            Some(Term {
+                master,
+                stdin: fifo("stdin-fd")?,
+                pending: Vec::new(),
+                ctl: fifo("ctl-fd")?,
+                ctl_buf: Vec::new(),
+            })
+        }
+        None => None,
+    };
     // SAFETY: prctl/signal with plain arguments. Subreaper survives execve; set again
     // in case this program was started some other way.
     unsafe {
@@ -286,6 +410,23 @@ fn run(args: &Args, report: &mut File) -> Result<(), String> {
                 revents: 0,
             })
             .collect();
+        if let Some(t) = &term {
+            let (input, events) = match (&t.stdin, t.pending.is_empty()) {
+                (Some(f), true) => (Some(f.as_raw_fd()), libc::POLLIN),
+                (_, false) => (Some(t.master.as_raw_fd()), libc::POLLOUT),
+                (None, true) => (None, 0),
+            };
+            // The ctl FIFO first: a resize sent before some input is applied before
+            // that input reaches the terminal (fds are handled in this order).
+            let ctl = t.ctl.as_ref().map(|c| (c.as_raw_fd(), libc::POLLIN));
+            for (fd, events) in ctl.into_iter().chain(input.map(|fd| (fd, events))) {
+                pfds.push(libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                });
+            }
+        }
         let mut timeout = match drain_until {
             Some(u) => u.saturating_duration_since(Instant::now()).as_millis() as i32,
             None => -1,
@@ -321,11 +462,27 @@ fn run(args: &Args, report: &mut File) -> Result<(), String> {
                 }
                 continue;
             }
+            if let Some(t) = term.as_mut() {
+                if t.ctl.as_ref().is_some_and(|c| c.as_raw_fd() == p.fd) {
+                    t.control();
+                    continue;
+                }
+                if p.events == libc::POLLOUT
+                    || t.stdin.as_ref().is_some_and(|f| f.as_raw_fd() == p.fd)
+                {
+                    t.feed();
+                    continue;
+                }
+            }
             if let Some(s) = streams
                 .iter_mut()
                 .find(|s| s.src.as_ref().is_some_and(|f| f.as_raw_fd() == p.fd))
             {
                 s.read(&mut log);
+            }
+            if term.is_some() && streams.get(TTY_STREAM).is_some_and(|s| s.src.is_none()) {
+                // Every holder of the slave is gone: nothing more to feed or resize.
+                term = None;
             }
         }
     }

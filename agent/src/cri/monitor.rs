@@ -11,7 +11,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,67 @@ extern "C" fn on_usr1(_: libc::c_int) {
 
 /// Lines longer than this are split into `P` entries (containerd's buffer size).
 const MAX_LINE: usize = 16 * 1024;
+
+/// The resize FIFO of a container with a terminal, in its record dir: Attach writes
+/// `resize WIDTH HEIGHT` lines to it and the monitor sets the pty's size (conmon's
+/// "ctl" FIFO).
+pub const CTL_FIFO: &str = "ctl";
+
+/// Whether the bundle's `process.terminal` is set (the container's tty).
+fn terminal(bundle: &Path) -> bool {
+    std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v["process"]["terminal"] == serde_json::Value::Bool(true))
+}
+
+/// A container's terminal as its monitor holds it: the pty master (output to the log,
+/// input from the stdin FIFO) and the resize FIFO.
+struct Terminal {
+    master: File,
+    stdin: Option<File>,
+    ctl: Option<File>,
+}
+
+impl Terminal {
+    /// The in-`hull` monitor's half (without hull-shim): a thread copies the stdin FIFO
+    /// to the master, another applies resize lines.
+    fn serve(self) {
+        let Terminal { master, stdin, ctl } = self;
+        let master = Arc::new(master);
+        if let Some(mut src) = stdin {
+            let m = master.clone();
+            std::thread::spawn(move || {
+                let mut b = [0u8; 4096];
+                while let Ok(n) = src.read(&mut b) {
+                    if n == 0 || (&*m).write_all(&b[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        if let Some(ctl) = ctl {
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(ctl).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some((w, h)) = parse_resize(&line) {
+                        super::exec::resize(&*master, w, h);
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// `resize WIDTH HEIGHT`, a line of the ctl FIFO.
+pub fn parse_resize(line: &str) -> Option<(u16, u16)> {
+    let mut f = line.split_whitespace();
+    if f.next() != Some("resize") {
+        return None;
+    }
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
 
 struct Log {
     path: Option<PathBuf>,
@@ -174,10 +236,22 @@ fn run(spec_json: &str, report: &mut File) -> Result<(), String> {
     let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let null = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
-    let stdin = match &spec.stdin_fifo {
-        Some(p) => open_fifo(p)?,
-        None => null.try_clone().map_err(|e| format!("/dev/null: {e}"))?,
-    };
+    let tty = terminal(&spec.bundle);
+    let stdin_fifo = spec.stdin_fifo.as_deref().map(open_fifo).transpose()?;
+    // With a terminal the init's stdio is the pty's slave: the FIFO feeds the master.
+    let stdin = match (&stdin_fifo, tty) {
+        (Some(f), false) => f.try_clone(),
+        _ => null.try_clone(),
+    }
+    .map_err(|e| format!("stdin: {e}"))?;
+    // The init sends the pty's master over it (close-on-exec, as std makes them).
+    let console = tty
+        .then(|| UnixStream::pair().map_err(|e| format!("console socketpair: {e}")))
+        .transpose()?;
+    // The resize channel of a terminal (Attach writes `resize W H` lines to it).
+    let ctl = tty
+        .then(|| open_fifo(&spec.exit_path.with_file_name(CTL_FIFO)))
+        .transpose()?;
     dup_onto(&stdin, 0)
         .and_then(|_| dup_onto(&out_w, 1))
         .and_then(|_| dup_onto(&err_w, 2))
@@ -192,7 +266,10 @@ fn run(spec_json: &str, report: &mut File) -> Result<(), String> {
         &spec.oci_root,
         &spec.id,
         &spec.bundle,
-        &Default::default(),
+        &hull_runtime::container::CreateOptions {
+            console_fd: console.as_ref().map(|(_, theirs)| theirs.as_raw_fd()),
+            ..Default::default()
+        },
     );
     // Our copies of the write ends go, so the readers see EOF when the container's do.
     let _ = dup_onto(&null, 0);
@@ -200,9 +277,23 @@ fn run(spec_json: &str, report: &mut File) -> Result<(), String> {
     let _ = dup_onto(&null, 1);
     let _ = dup_onto(&null, 2);
     let st = created.map_err(|e| e.to_string())?;
+    // The init sent the master during create; it sits in our end of the pair.
+    let master = match &console {
+        Some((mine, _)) => Some(File::from(
+            hull_runtime::sync::recv_fd(mine.as_fd())
+                .map_err(|e| format!("receive the terminal: {e}"))?,
+        )),
+        None => None,
+    };
+    drop(console);
+    let term = master.map(|master| Terminal {
+        master,
+        stdin: stdin_fifo,
+        ctl,
+    });
     if let Some(fd) = shim_fd {
         // Only returns if the exec failed: then this process goes on as the monitor.
-        exec_shim(fd, &spec, st.pid, [&out_r, &err_r, &*report]);
+        exec_shim(fd, &spec, st.pid, [&out_r, &err_r, &*report], term.as_ref());
     }
     let log = Arc::new(Log {
         file: Mutex::new(spec.log_path.as_deref().and_then(Log::open)),
@@ -210,7 +301,14 @@ fn run(spec_json: &str, report: &mut File) -> Result<(), String> {
         cap: spec.log_cap,
     });
     let (done_tx, done_rx) = std::sync::mpsc::channel();
-    for (src, name) in [(out_r, "stdout"), (err_r, "stderr")] {
+    let mut sources = vec![(out_r, "stdout"), (err_r, "stderr")];
+    if let Some(t) = term {
+        let out = t.master.try_clone().map_err(|e| format!("terminal: {e}"))?;
+        // The pipes are not the init's stdio then: they close at once.
+        sources.push((out, "stdout"));
+        t.serve();
+    }
+    for (src, name) in sources {
         let (log, tx) = (log.clone(), done_tx.clone());
         std::thread::spawn(move || {
             pump(src, name, log);
@@ -223,7 +321,7 @@ fn run(spec_json: &str, report: &mut File) -> Result<(), String> {
     unsafe { libc::dup2(null.as_raw_fd(), report.as_raw_fd()) };
     let code = wait_init(st.pid);
     // A hostPID container's daemons may hold the pipes open for ever; do not wait on them.
-    for _ in 0..2 {
+    for _ in 0..3 {
         let _ = done_rx.recv_timeout(Duration::from_secs(2));
     }
     let oom_killed =
@@ -254,8 +352,15 @@ fn reopen_shim(owner: i32, fd: i32) -> Option<i32> {
 /// Replaces this process with `hull-shim monitor`, handing over the pipes' read ends
 /// and the report fd (same numbers, close-on-exec cleared). The pid stays, so the
 /// init stays our child and we its subreaper; returns only if the exec failed.
-fn exec_shim(shim_fd: i32, spec: &MonitorSpec, init: i32, fds: [&File; 3]) {
+fn exec_shim(
+    shim_fd: i32,
+    spec: &MonitorSpec,
+    init: i32,
+    fds: [&File; 3],
+    term: Option<&Terminal>,
+) {
     let [out, err, report] = fds.map(|f| f.as_raw_fd());
+    let mut handed = vec![out, err, report];
     let oom_file =
         hull_runtime::cgroups::CgroupManager::new(spec.cgroups_path.as_deref(), &spec.id)
             .ok()
@@ -288,6 +393,19 @@ fn exec_shim(shim_fd: i32, spec: &MonitorSpec, init: i32, fds: [&File; 3]) {
     if let Some(o) = oom_file {
         args.extend(["--oom-file".into(), o.into()]);
     }
+    if let Some(t) = term {
+        let fds = [
+            ("--tty-fd", Some(&t.master)),
+            ("--stdin-fd", t.stdin.as_ref()),
+            ("--ctl-fd", t.ctl.as_ref()),
+        ];
+        for (flag, f) in fds {
+            if let Some(f) = f {
+                args.extend([flag.into(), f.as_raw_fd().to_string().into()]);
+                handed.push(f.as_raw_fd());
+            }
+        }
+    }
     let Ok(argv) = args
         .into_iter()
         .map(|a| std::ffi::CString::new(std::os::unix::ffi::OsStringExt::into_vec(a)))
@@ -301,11 +419,11 @@ fn exec_shim(shim_fd: i32, spec: &MonitorSpec, init: i32, fds: [&File; 3]) {
     // SAFETY: clearing close-on-exec on our own fds, then fexecve with NULL-terminated
     // arrays of C strings that outlive the call.
     unsafe {
-        for fd in [out, err, report] {
+        for &fd in &handed {
             libc::fcntl(fd, libc::F_SETFD, 0);
         }
         libc::fexecve(shim_fd, argv_p.as_ptr(), envp.as_ptr());
-        for fd in [out, err, report] {
+        for &fd in &handed {
             libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
         }
     }

@@ -134,12 +134,15 @@ pub async fn start_exec(cfg: &Config, id: &str, cmd: &[String], want: Want) -> R
 }
 
 /// Attaches to a running container: its output from the CRI log (from now on), its
-/// stdin through the FIFO its monitor made (containers created with `stdin`). The
-/// session ends when the container exits, or when the client closes its stdin (as
-/// containerd detaches then; the container keeps its FIFO and runs on).
+/// stdin through the FIFO its monitor made (containers created with `stdin`; with a
+/// terminal the monitor copies it to the pty master), the terminal's size through the
+/// monitor's resize FIFO (`ctl`). The session ends when the container exits, or when
+/// the client closes its stdin (as containerd detaches then; the container keeps its
+/// FIFO and runs on).
 pub async fn start_attach(
     log_path: PathBuf,
     stdin_fifo: Option<PathBuf>,
+    ctl_fifo: Option<PathBuf>,
     exit_path: PathBuf,
     want: Want,
 ) -> Result<Io, String> {
@@ -249,9 +252,26 @@ pub async fn start_attach(
     Ok(Io {
         stdin,
         output: orx,
-        resize: None,
+        resize: ctl_fifo.filter(|_| want.tty).map(resize_through),
         exit: erx,
         kill: Some(ktx),
+    })
+}
+
+/// Resizes a container's terminal through its monitor's `ctl` FIFO. Opened per message
+/// without blocking: a monitor that is gone (no reader) makes it a no-op.
+fn resize_through(ctl: PathBuf) -> Resize {
+    Arc::new(move |w, h| {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&ctl)
+        {
+            // One line under PIPE_BUF: written whole or not at all.
+            let _ = f.write_all(format!("resize {w} {h}\n").as_bytes());
+        }
     })
 }
 

@@ -199,7 +199,8 @@ pub fn apply(
         }
         spec["process"]["user"] = json!({"uid": uid, "gid": gid, "additionalGids": groups});
     }
-    spec["process"]["terminal"] = json!(false);
+    // A tty container's monitor receives the pty master (console socket) and holds it.
+    spec["process"]["terminal"] = json!(c.tty);
     // Namespaces: the pod's net/ipc/uts through the pause process.
     let mut nss = vec![json!({"type": "mount"})];
     if !(pod.host_pid || ns.pid == NS_NODE) {

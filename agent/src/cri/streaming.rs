@@ -304,9 +304,11 @@ impl Streaming {
                     let rec = container::load(&cfg, &container_id).map_err(|e| e.to_string())?;
                     let dir = container::dir(&cfg, &rec.id);
                     let fifo = dir.join("stdin");
+                    let ctl = dir.join(super::monitor::CTL_FIFO);
                     remotecommand::start_attach(
                         container::output_path(&cfg, &rec),
                         fifo.exists().then_some(fifo),
+                        (rec.config.tty && ctl.exists()).then_some(ctl),
                         dir.join("exit.json"),
                         want,
                     )

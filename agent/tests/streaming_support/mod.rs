@@ -233,8 +233,21 @@ impl PodEnv {
         attempt: u32,
         log_path: &str,
     ) -> String {
+        let cfg = self.config(name, script, stdin, attempt, log_path);
+        self.create_start(cfg).await
+    }
+
+    /// A container config as the kubelet makes it (labels, image) running `script`.
+    pub fn config(
+        &self,
+        name: &str,
+        script: &str,
+        stdin: bool,
+        attempt: u32,
+        log_path: &str,
+    ) -> ContainerConfig {
         let m = self.pod.metadata.clone().unwrap();
-        let cfg = ContainerConfig {
+        ContainerConfig {
             metadata: Some(ContainerMetadata {
                 name: name.into(),
                 attempt,
@@ -256,7 +269,11 @@ impl PodEnv {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
             ..Default::default()
-        };
+        }
+    }
+
+    /// Creates and starts a container from `cfg`.
+    pub async fn create_start(&mut self, cfg: ContainerConfig) -> String {
         let id = self
             .rt
             .create_container(CreateContainerRequest {

@@ -219,6 +219,7 @@ fn log_error(path: &Path, format: &str, msg: &str) {
 fn create_opts(c: &CreateArgs, systemd: bool) -> CreateOptions {
     CreateOptions {
         console_socket: c.console_socket.clone(),
+        console_fd: None,
         pid_file: c.pid_file.clone(),
         preserve_fds: c.preserve_fds,
         systemd_cgroup: systemd,
