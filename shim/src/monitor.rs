@@ -391,6 +391,7 @@ fn run(args: &Args, report: &mut File) -> Result<(), String> {
         unsafe { libc::dup2(null.as_raw_fd(), report.as_raw_fd()) };
     }
     let mut code = reap(init);
+    crate::shed_startup_text();
     let mut drain_until: Option<Instant> = None;
     loop {
         if code.is_some() {

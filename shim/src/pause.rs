@@ -86,6 +86,7 @@ pub fn main(argv: impl Iterator<Item = String>) -> u8 {
         libc::signal(libc::SIGCHLD, on_chld as *const () as libc::sighandler_t);
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
+    crate::shed_startup_text();
     loop {
         // SAFETY: pause/waitpid touch no memory of ours.
         unsafe {
