@@ -302,8 +302,12 @@ async fn attach_to_a_container_with_a_terminal() {
     }
     s.send(7, br#"{"Width":132,"Height":50}"#, false).await;
     // The terminal echoes what is typed: the quotes keep the echo from matching.
-    s.send(3, format!("stty size; echo spdy-''{pid}\n").as_bytes(), false)
-        .await;
+    s.send(
+        3,
+        format!("stty size; echo spdy-''{pid}\n").as_bytes(),
+        false,
+    )
+    .await;
     let out = s.read_until(5, &format!("spdy-{pid}\r\n")).await;
     assert!(out.contains("50 132\r\n"), "{out:?}");
     // Detach (the client closes stdin): Success, and the shell runs on (tty + stdinOnce
