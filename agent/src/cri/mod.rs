@@ -16,6 +16,7 @@
 //! - `container`: CreateContainer's OCI spec from a CRI config, and container lifecycle.
 //! - `spec`: CRI `ContainerConfig` → OCI runtime spec edits (mounts, security, resources).
 //! - `exec`: running a command in a container through a re-exec'd helper (stdio pipes).
+//! - `stats`: container and pod stats (cgroups, writable layer, the pod's netns counters).
 //! - `events`: GetContainerEvents (created/started/stopped/deleted, with statuses).
 //! - `locks`: per-pod locks serializing mutations of one sandbox and its containers.
 //! - `runtime_service` / `image_service`: the tonic service impls.
@@ -47,6 +48,7 @@ pub mod server;
 pub mod shim;
 pub mod spdy;
 pub mod spec;
+pub mod stats;
 pub mod streaming;
 pub mod websocket;
 

@@ -16,7 +16,11 @@ use super::config::Config;
 use super::error::{CriError, Result};
 use super::events::{Events, Kind};
 use super::locks::PodLocks;
+use super::stats::{container_stats, sandbox_stats};
 use super::{container, exec, network, records, sandbox, streaming};
+
+/// Kept here for `image_service` (the image filesystem's usage).
+pub use super::stats::dir_usage;
 
 pub const RUNTIME_NAME: &str = "hull";
 pub const API_VERSION: &str = "v1";
@@ -118,123 +122,6 @@ impl Cri {
 
 fn ok<T>(t: T) -> Result<Response<T>, Status> {
     Ok(Response::new(t))
-}
-
-fn u64v(v: u64) -> Option<UInt64Value> {
-    Some(UInt64Value { value: v })
-}
-
-fn container_stats(cfg: &Config, rec: &records::ContainerRecord) -> ContainerStats {
-    let now = records::now_ns();
-    let mut s = ContainerStats {
-        attributes: Some(ContainerAttributes {
-            id: rec.id.clone(),
-            metadata: rec.config.metadata.clone(),
-            labels: rec.config.labels.clone(),
-            annotations: rec.config.annotations.clone(),
-        }),
-        ..Default::default()
-    };
-    if let Ok(st) = hull_runtime::container::stats(&cfg.oci_root(), &rec.id) {
-        s.cpu = Some(CpuUsage {
-            timestamp: now,
-            usage_core_nano_seconds: u64v(st.cpu.usage.total),
-            usage_nano_cores: None,
-        });
-        s.memory = Some(MemoryUsage {
-            timestamp: now,
-            working_set_bytes: u64v(st.memory.working_set),
-            usage_bytes: u64v(st.memory.usage.usage),
-            rss_bytes: u64v(st.memory.rss),
-            ..Default::default()
-        });
-    }
-    let upper = cfg.data_dir.join("containers").join(&rec.id).join("upper");
-    let (bytes, inodes) = dir_usage(&upper);
-    s.writable_layer = Some(FilesystemUsage {
-        timestamp: now,
-        fs_id: Some(FilesystemIdentifier {
-            mountpoint: upper.display().to_string(),
-        }),
-        used_bytes: u64v(bytes),
-        inodes_used: u64v(inodes),
-    });
-    s
-}
-
-/// Bytes and inodes under `dir` (a container's writable layer).
-pub fn dir_usage(dir: &std::path::Path) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    let (mut b, mut n) = (0, 0);
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            n += 1;
-            b += m.blocks() * 512;
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    (b, n)
-}
-
-fn sandbox_stats(cfg: &Config, id: &str) -> Result<PodSandboxStats> {
-    let rec = sandbox::load(cfg, id)?;
-    let containers: Vec<ContainerStats> = container::in_sandbox(cfg, &rec.id)
-        .iter()
-        .filter_map(|c| container::load(cfg, c).ok())
-        .map(|r| container_stats(cfg, &r))
-        .collect();
-    let now = records::now_ns();
-    let cpu: u64 = containers
-        .iter()
-        .filter_map(|c| {
-            c.cpu
-                .as_ref()?
-                .usage_core_nano_seconds
-                .as_ref()
-                .map(|v| v.value)
-        })
-        .sum();
-    let ws: u64 = containers
-        .iter()
-        .filter_map(|c| {
-            c.memory
-                .as_ref()?
-                .working_set_bytes
-                .as_ref()
-                .map(|v| v.value)
-        })
-        .sum();
-    Ok(PodSandboxStats {
-        attributes: Some(PodSandboxAttributes {
-            id: rec.id.clone(),
-            metadata: rec.config.metadata.clone(),
-            labels: rec.config.labels.clone(),
-            annotations: rec.config.annotations.clone(),
-        }),
-        linux: Some(LinuxPodSandboxStats {
-            cpu: Some(CpuUsage {
-                timestamp: now,
-                usage_core_nano_seconds: u64v(cpu),
-                usage_nano_cores: None,
-            }),
-            memory: Some(MemoryUsage {
-                timestamp: now,
-                working_set_bytes: u64v(ws),
-                ..Default::default()
-            }),
-            network: None,
-            process: None,
-            containers,
-        }),
-        windows: None,
-    })
 }
 
 type EventStream =
@@ -643,7 +530,7 @@ impl RuntimeService for Cri {
             let changed = tokio::task::spawn_blocking(move || network::set_pod_subnet(&cfg, &c))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| Status::internal(e.to_string()))?;
+                .map_err(Status::from)?;
             tracing::info!(pod_cidr = %cidr, changed, "UpdateRuntimeConfig: pod subnet of the default network");
         }
         ok(UpdateRuntimeConfigResponse {})
