@@ -24,9 +24,18 @@ pub struct CriArgs {
     #[arg(long = "cni-bin-dir")]
     pub cni_bin_dir: Vec<PathBuf>,
 
-    /// This node's pod subnet, for the default conflist.
+    /// This node's pod subnet, for the default conflist (dual-stack: `V4CIDR,V6CIDR`).
     #[arg(long, default_value = "10.244.0.0/24")]
     pub pod_subnet: String,
+
+    /// The bridge of the default conflist.
+    #[arg(long, default_value = "hull0")]
+    pub cni_bridge: String,
+
+    /// Write no default conflist until UpdateRuntimeConfig gives the node's pod CIDR
+    /// (NetworkReady false until then), as containerd's CNI config template.
+    #[arg(long)]
+    pub await_pod_cidr: bool,
 
     /// Where the streaming server (exec URLs) listens.
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -72,6 +81,8 @@ pub fn run(data_dir: &Path, args: CriArgs) -> anyhow::Result<ExitCode> {
         cfg.cni_bin_dirs = args.cni_bin_dir;
     }
     cfg.pod_subnet = args.pod_subnet;
+    cfg.cni_bridge = args.cni_bridge;
+    cfg.await_pod_cidr = args.await_pod_cidr;
     cfg.streaming_addr = args.streaming_addr;
     cfg.registry_mirrors = args.registry_mirror;
     cri::server::run(cfg).context("hull cri")?;

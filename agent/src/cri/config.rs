@@ -16,8 +16,14 @@ pub struct Config {
     pub cni_conf_dir: PathBuf,
     /// CNI plugin dirs (`CNI_PATH`).
     pub cni_bin_dirs: Vec<PathBuf>,
-    /// The node's pod subnet for the default conflist.
+    /// The node's pod subnet for the default conflist (a CIDR, or an IPv4 and an IPv6
+    /// one separated by a comma).
     pub pod_subnet: String,
+    /// The bridge of the default conflist.
+    pub cni_bridge: String,
+    /// Write no default conflist until UpdateRuntimeConfig gives the pod CIDR
+    /// (NetworkReady is false until then), as containerd's CNI config template.
+    pub await_pod_cidr: bool,
     /// Where the streaming server (exec/attach/port-forward URLs) listens.
     pub streaming_addr: SocketAddr,
     /// `HOST=URL` registry mirrors.
@@ -54,6 +60,8 @@ impl Config {
             cni_conf_dir: data_dir.join("cni/net.d"),
             cni_bin_dirs: bins,
             pod_subnet: "10.244.0.0/24".into(),
+            cni_bridge: "hull0".into(),
+            await_pod_cidr: false,
             streaming_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             registry_mirrors: Vec::new(),
             hull_exe,

@@ -16,55 +16,158 @@ use super::error::{CriError, Result};
 
 pub const IFNAME: &str = "eth0";
 
-/// Writes `DIR/10-hull.conflist` (bridge `hull0`, the node's pod subnet) if the conf
-/// dir has no configuration of its own.
+/// The conflist hull writes when the conf dir holds none of its own.
+pub const DEFAULT_CONFLIST: &str = "10-hull.conflist";
+/// The `name` of hull's default network (also its IPAM lease dir under `cni/networks`).
+pub const DEFAULT_NETWORK: &str = "hull";
+
+/// hull's default network: bridge `cfg.cni_bridge`, one host-local range set per pod
+/// CIDR (IPv4 and/or IPv6), a default route per family.
+fn default_conflist(cfg: &Config, cidrs: &[String]) -> serde_json::Value {
+    let ranges: Vec<_> = cidrs.iter().map(|c| json!([{ "subnet": c }])).collect();
+    let mut routes = Vec::new();
+    if cidrs.iter().any(|c| !c.contains(':')) {
+        routes.push(json!({"dst": "0.0.0.0/0"}));
+    }
+    if cidrs.iter().any(|c| c.contains(':')) {
+        routes.push(json!({"dst": "::/0"}));
+    }
+    json!({
+        "cniVersion": "1.0.0",
+        "name": DEFAULT_NETWORK,
+        "plugins": [{
+            "type": "hull-bridge", "bridge": cfg.cni_bridge, "isGateway": true, "ipMasq": true,
+            "hairpinMode": true, "capabilities": {"portMappings": true},
+            "ipam": {"type": "host-local", "ranges": ranges, "routes": routes,
+                     "dataDir": cfg.ipam_dir()}
+        }]
+    })
+}
+
+/// Whether `conf` is the default network hull writes (for this server's bridge): only
+/// that one is rewritten for a new pod CIDR.
+fn is_ours(cfg: &Config, conf: &serde_json::Value) -> bool {
+    conf["name"] == DEFAULT_NETWORK
+        && conf["plugins"][0]["type"] == "hull-bridge"
+        && conf["plugins"][0]["bridge"] == cfg.cni_bridge.as_str()
+}
+
+/// Writes `conf` to `path` whole (a temporary file renamed over it), so a pod set up
+/// meanwhile reads the old or the new configuration, never half of one.
+fn write_atomic(path: &Path, conf: &serde_json::Value) -> Result<()> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let data = serde_json::to_vec_pretty(conf).map_err(|e| CriError::Internal(e.to_string()))?;
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // A dot file with no conflist extension: the CNI loader never reads it.
+    let tmp = path.with_file_name(format!(".{DEFAULT_CONFLIST}.{}.{n}", std::process::id()));
+    fs::write(&tmp, data).map_err(CriError::io(format!("write {}", tmp.display())))?;
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        CriError::Io {
+            what: format!("rename to {}", path.display()),
+            source: e,
+        }
+    })
+}
+
+/// Writes `DIR/10-hull.conflist` (bridge `cfg.cni_bridge`, the node's pod subnet) if the
+/// conf dir has no configuration of its own. With `await_pod_cidr` nothing is written
+/// until UpdateRuntimeConfig names the node's pod CIDR (see `set_pod_subnet`).
 pub fn ensure_default(cfg: &Config) -> Result<()> {
     let dir = &cfg.cni_conf_dir;
-    if find_default(dir).is_ok() {
+    if find_default(dir).is_ok() || cfg.await_pod_cidr {
         return Ok(());
     }
+    let cidrs = parse_pod_cidrs(&cfg.pod_subnet, "--pod-subnet")?;
     fs::create_dir_all(dir).map_err(CriError::io(format!("create {}", dir.display())))?;
-    let conf = json!({
-        "cniVersion": "1.0.0",
-        "name": "hull",
-        "plugins": [{
-            "type": "hull-bridge", "bridge": "hull0", "isGateway": true, "ipMasq": true,
-            "hairpinMode": true, "capabilities": {"portMappings": true},
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": cfg.pod_subnet}]],
-                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": cfg.ipam_dir()}
-        }]
-    });
-    let p = dir.join("10-hull.conflist");
-    let data = serde_json::to_vec_pretty(&conf).map_err(|e| CriError::Internal(e.to_string()))?;
-    fs::write(&p, data).map_err(CriError::io(format!("write {}", p.display())))
+    write_atomic(&dir.join(DEFAULT_CONFLIST), &default_conflist(cfg, &cidrs))
+}
+
+/// A pod CIDR list as the kubelet sends it (`10.244.1.0/24` or, dual-stack,
+/// `10.244.1.0/24,fd00:10:244:1::/64`): each a network address with room for pods.
+pub fn parse_pod_cidrs(list: &str, field: &str) -> Result<Vec<String>> {
+    let bad = |c: &str, why: &str| CriError::InvalidArgument(format!("{field}: {c:?} {why}"));
+    let mut out = Vec::new();
+    for c in list.split(',').map(str::trim) {
+        let (addr, len) = c
+            .split_once('/')
+            .ok_or_else(|| bad(c, "is not a CIDR (ADDRESS/PREFIX)"))?;
+        let ip: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| bad(c, "does not start with an IP address"))?;
+        let len: u32 = len
+            .parse()
+            .map_err(|_| bad(c, "has no numeric prefix length"))?;
+        let (bits, max_len, v) = match ip {
+            std::net::IpAddr::V4(a) => (32, 30, u32::from(a) as u128),
+            std::net::IpAddr::V6(a) => (128, 126, u128::from(a)),
+        };
+        if len > max_len {
+            return Err(bad(
+                c,
+                &format!("leaves no addresses for pods (prefix at most /{max_len})"),
+            ));
+        }
+        let host_bits = bits - len;
+        if host_bits < 128 && v & ((1u128 << host_bits) - 1) != 0 {
+            return Err(bad(c, "has host bits set (give the network address)"));
+        }
+        if out
+            .iter()
+            .any(|o: &String| o.contains(':') == c.contains(':'))
+        {
+            return Err(bad(c, "is a second range of one address family"));
+        }
+        out.push(c.to_string());
+    }
+    Ok(out)
 }
 
 /// The node's pod subnet, from the agent (CRI UpdateRuntimeConfig, `spec.podCIDR`): the
-/// default conflist hull wrote is rewritten to allocate from it, so each node of a
-/// cluster hands out addresses of its own range. A conflist someone else wrote is left
-/// alone, as containerd leaves a CNI configuration it did not template. Returns whether
-/// the file changed.
-pub fn set_pod_subnet(cfg: &Config, cidr: &str) -> Result<bool> {
-    let p = cfg.cni_conf_dir.join("10-hull.conflist");
-    let Ok(text) = fs::read(&p) else {
-        return Ok(false);
-    };
-    let Ok(mut conf) = serde_json::from_slice::<serde_json::Value>(&text) else {
-        return Ok(false);
-    };
-    let ours = conf["name"] == "hull"
-        && conf["plugins"][0]["type"] == "hull-bridge"
-        && conf["plugins"][0]["bridge"] == "hull0";
-    let subnet = &mut conf["plugins"][0]["ipam"]["ranges"][0][0]["subnet"];
-    if !ours || subnet.as_str() == Some(cidr) || subnet.is_null() {
-        return Ok(false);
+/// default conflist hull wrote is rewritten to allocate from it (or written, if none
+/// was yet), so each node of a cluster hands out addresses of its own range, as
+/// containerd's CNI config template does. Running pods keep their leases and
+/// addresses: host-local releases by container id whatever the range, and hull-bridge
+/// keeps the old gateway address on the bridge beside the new one. A conflist someone
+/// else wrote is left alone, as containerd leaves a CNI configuration it did not
+/// template. Returns whether the file changed.
+pub fn set_pod_subnet(cfg: &Config, list: &str) -> Result<bool> {
+    let cidrs = parse_pod_cidrs(list, "runtime_config.network_config.pod_cidr")?;
+    let p = cfg.cni_conf_dir.join(DEFAULT_CONFLIST);
+    let want = default_conflist(cfg, &cidrs);
+    match fs::read(&p) {
+        Ok(text) => {
+            let Ok(mut conf) = serde_json::from_slice::<serde_json::Value>(&text) else {
+                return Ok(false);
+            };
+            if !is_ours(cfg, &conf) {
+                return Ok(false);
+            }
+            let ipam = &mut conf["plugins"][0]["ipam"];
+            if ipam["ranges"] == want["plugins"][0]["ipam"]["ranges"] {
+                return Ok(false);
+            }
+            ipam["ranges"] = want["plugins"][0]["ipam"]["ranges"].clone();
+            ipam["routes"] = want["plugins"][0]["ipam"]["routes"].clone();
+            write_atomic(&p, &conf)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if find_default(&cfg.cni_conf_dir).is_ok() {
+                return Ok(false);
+            }
+            fs::create_dir_all(&cfg.cni_conf_dir).map_err(CriError::io(format!(
+                "create {}",
+                cfg.cni_conf_dir.display()
+            )))?;
+            write_atomic(&p, &want)?;
+            Ok(true)
+        }
+        Err(e) => Err(CriError::Io {
+            what: format!("read {}", p.display()),
+            source: e,
+        }),
     }
-    *subnet = json!(cidr);
-    let data = serde_json::to_vec_pretty(&conf).map_err(|e| CriError::Internal(e.to_string()))?;
-    let tmp = p.with_extension("tmp");
-    fs::write(&tmp, data).map_err(CriError::io(format!("write {}", tmp.display())))?;
-    fs::rename(&tmp, &p).map_err(CriError::io(format!("rename to {}", p.display())))?;
-    Ok(true)
 }
 
 pub fn invoker(cfg: &Config) -> Invoker {
@@ -78,6 +181,14 @@ pub fn load(cfg: &Config) -> Result<NetworkConfigList> {
 
 /// NetworkReady: a conflist loads and its plugins are on the plugin path.
 pub fn ready(cfg: &Config) -> std::result::Result<(), String> {
+    if cfg.await_pod_cidr && find_default(&cfg.cni_conf_dir).is_err() {
+        return Err(format!(
+            "no pod CIDR yet: hull writes its network (bridge {}) into {} when \
+             UpdateRuntimeConfig gives the node's pod CIDR",
+            cfg.cni_bridge,
+            cfg.cni_conf_dir.display()
+        ));
+    }
     let list = load(cfg).map_err(|e| e.to_string())?;
     for p in &list.plugins {
         let kind = p.get("type").and_then(|t| t.as_str()).unwrap_or("");
@@ -156,4 +267,33 @@ pub fn del(cfg: &Config, id: &str, netns: &Path, pod: &PodSandboxConfig) -> Resu
     invoker(cfg)
         .del(&list, &rt)
         .map_err(|e| CriError::Network(format!("CNI DEL on network {:?}: {e}", list.name)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_pod_cidrs;
+
+    #[test]
+    fn pod_cidrs_are_network_addresses_with_room() {
+        let ok = |s: &str| parse_pod_cidrs(s, "f").unwrap();
+        assert_eq!(ok("10.244.1.0/24"), vec!["10.244.1.0/24"]);
+        assert_eq!(
+            ok("10.244.1.0/24, fd00:10:244:1::/64"),
+            vec!["10.244.1.0/24", "fd00:10:244:1::/64"]
+        );
+        assert_eq!(ok("0.0.0.0/0"), vec!["0.0.0.0/0"]);
+        for (bad, why) in [
+            ("10.244.1.1/24", "host bits"),
+            ("10.244.1.0/31", "no addresses"),
+            ("fd00::/127", "no addresses"),
+            ("10.244.1.0", "not a CIDR"),
+            ("ten/8", "IP address"),
+            ("10.0.0.0/x", "prefix"),
+            ("10.1.0.0/16,10.2.0.0/16", "second range"),
+            ("", "not a CIDR"),
+        ] {
+            let e = parse_pod_cidrs(bad, "f").unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains("f: "), "{bad}: {e}");
+        }
+    }
 }
