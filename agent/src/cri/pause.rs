@@ -73,6 +73,10 @@ extern "C" fn on_term(_: libc::c_int) {
     unsafe { libc::_exit(0) }
 }
 
+/// Only there so that SIGCHLD interrupts pause(2) (its default disposition is to be
+/// ignored): as PID 1 of a pod's pid namespace the pause reaps the pod's orphans.
+extern "C" fn on_chld(_: libc::c_int) {}
+
 /// The pause process's main; stdout is the report pipe to the server.
 pub fn main(spec_json: &str) -> i32 {
     let spec: PauseSpec = match serde_json::from_str(spec_json) {
@@ -106,6 +110,7 @@ pub fn main(spec_json: &str) -> i32 {
     unsafe {
         libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
         libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGCHLD, on_chld as *const () as libc::sighandler_t);
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
     loop {

@@ -20,7 +20,7 @@ use super::config::Config;
 use super::error::{CriError, Result};
 use super::pause::PauseSpec;
 use super::records::{self, SandboxRecord, load_json, now_ns, save_json};
-use super::spec::NS_NODE;
+use super::spec::{NS_NODE, NS_POD};
 use super::{container, netns, network};
 
 pub const READY: i32 = 0;
@@ -51,6 +51,36 @@ fn ns_options(c: &PodSandboxConfig) -> NamespaceOption {
 
 pub fn host_network(c: &PodSandboxConfig) -> bool {
     ns_options(c).network == NS_NODE
+}
+
+/// `pid: POD` (`shareProcessNamespace`, and crictl's default): the pause process is PID 1
+/// of a new pid namespace that the pod's containers join, as containerd's sandbox
+/// container is.
+fn shares_pid(c: &PodSandboxConfig) -> bool {
+    ns_options(c).pid == NS_POD
+}
+
+/// The pod's pid namespace for its containers to join: the pause's, if it has one of its
+/// own. (A pause started before pods had one — or a hostPID pod's — shares the server's,
+/// which a container must never join.)
+pub fn pid_ns(rec: &SandboxRecord) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    if !pause_alive(rec) {
+        return None;
+    }
+    let p = PathBuf::from(format!("/proc/{}/ns/pid", rec.pause_pid));
+    let theirs = fs::metadata(&p).ok()?;
+    let ours = fs::metadata("/proc/self/ns/pid").ok()?;
+    (theirs.ino() != ours.ino() || theirs.dev() != ours.dev()).then_some(p)
+}
+
+/// The pause process's cgroup: `<cgroup parent>/<sandbox id>`, beside the containers'
+/// `<cgroup parent>/<container id>`, as containerd places the sandbox container.
+fn pause_cgroup(rec: &SandboxRecord) -> Option<hull_runtime::cgroups::CgroupManager> {
+    let path = format!("{}/{}", rec.cgroup_parent.trim_end_matches('/'), rec.id);
+    hull_runtime::cgroups::CgroupManager::new(Some(&path), &rec.id)
+        .map_err(|e| tracing::warn!(sandbox = %rec.id, "pause cgroup {path}: {e}"))
+        .ok()
 }
 
 /// systemd slice names (`kubepods-besteffort-pod1.slice`) → their cgroupfs path.
@@ -146,6 +176,65 @@ pub fn spawn_helper(mut cmd: Command, what: &str, inherit: Option<i32>) -> Resul
 
 /// Helpers still running, reaped by one thread when they exit.
 static HELPERS: std::sync::Mutex<Vec<std::process::Child>> = std::sync::Mutex::new(Vec::new());
+/// Children started with `clone` (pause processes in a pid namespace of their own).
+static RAW_HELPERS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Starts `exe` (argv `argv`) as PID 1 of a new pid namespace, in its own session, with
+/// stdout on a pipe, and reads its one-line report. `clone(CLONE_NEWPID)` from here:
+/// `unshare` would move only the helper's children, and the pause must itself be the
+/// namespace's init, which reaps the pod's orphans. `CLONE_VM | CLONE_VFORK` as
+/// posix_spawn does (no copy of the server's page tables); the child only calls
+/// async-signal-safe functions on memory prepared before the clone, then execs.
+pub fn spawn_pid1(exe: &Path, argv: &[std::ffi::OsString], what: &str) -> Result<(i32, String)> {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |s: &std::ffi::OsStr| {
+        CString::new(s.as_bytes()).map_err(|_| CriError::Internal(format!("{what}: NUL in {s:?}")))
+    };
+    let path = cstr(exe.as_os_str())?;
+    let args: Vec<CString> = argv.iter().map(|a| cstr(a)).collect::<Result<_>>()?;
+    let mut ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    let null = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(CriError::io("open /dev/null"))?;
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| CriError::Internal(format!("{what}: pipe: {e}")))?;
+    let (null_fd, wr_fd) = (null.as_raw_fd(), wr.as_raw_fd());
+    unsafe extern "C" {
+        static environ: *const *const libc::c_char;
+    }
+    let mut stack = vec![0u8; 64 * 1024];
+    let child = Box::new(|| -> isize {
+        // SAFETY: raw syscalls on fds and C strings made before the clone.
+        unsafe {
+            libc::dup2(null_fd, 0);
+            libc::dup2(wr_fd, 1);
+            libc::dup2(null_fd, 2);
+            libc::setsid();
+            libc::execve(path.as_ptr(), ptrs.as_ptr(), environ);
+            libc::_exit(127)
+        }
+    });
+    let flags = nix::sched::CloneFlags::CLONE_NEWPID
+        | nix::sched::CloneFlags::CLONE_VM
+        | nix::sched::CloneFlags::CLONE_VFORK;
+    // SAFETY: the child runs only the closure above (no allocation, no locks).
+    let pid = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }
+        .map_err(|e| CriError::Internal(format!("{what}: clone(CLONE_NEWPID): {e}")))?
+        .as_raw();
+    drop(wr);
+    if let Ok(mut h) = RAW_HELPERS.lock() {
+        h.push(pid);
+    }
+    start_reaper();
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(fs::File::from(rd)).read_line(&mut line);
+    Ok((pid, line.trim().to_string()))
+}
 
 /// Hands a helper (a pause or a container monitor, which live as long as their pod)
 /// to the reaper: one thread polling every helper with a WNOHANG wait every 200 ms,
@@ -153,10 +242,14 @@ static HELPERS: std::sync::Mutex<Vec<std::process::Child>> = std::sync::Mutex::n
 /// pods). A helper that exited stays a zombie until the next round at most, which
 /// `alive` already counts as gone.
 fn reap(child: std::process::Child) {
-    static REAPER: std::sync::Once = std::sync::Once::new();
     if let Ok(mut h) = HELPERS.lock() {
         h.push(child);
     }
+    start_reaper();
+}
+
+fn start_reaper() {
+    static REAPER: std::sync::Once = std::sync::Once::new();
     REAPER.call_once(|| {
         let started = std::thread::Builder::new()
             .name("cri-reaper".into())
@@ -165,6 +258,12 @@ fn reap(child: std::process::Child) {
                     std::thread::sleep(Duration::from_millis(200));
                     if let Ok(mut h) = HELPERS.lock() {
                         h.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+                    }
+                    if let Ok(mut h) = RAW_HELPERS.lock() {
+                        // SAFETY: waitpid on our own children only.
+                        h.retain(|&p| unsafe {
+                            libc::waitpid(p, std::ptr::null_mut(), libc::WNOHANG) == 0
+                        });
                     }
                 }
             });
@@ -299,7 +398,19 @@ fn build(cfg: &Config, rec: &mut SandboxRecord, d: &Path) -> Result<()> {
             hull_helper(cfg, "--internal-pause", &json)
         }
     };
-    let (pid, report) = spawn_helper(cmd, "pause process", None)?;
+    let (pid, report) = if shares_pid(&c) {
+        let mut argv = vec![std::ffi::OsString::from(
+            if cmd.get_program() == cfg.hull_exe.as_os_str() {
+                "hull"
+            } else {
+                "hull-shim"
+            },
+        )];
+        argv.extend(cmd.get_args().map(|a| a.to_os_string()));
+        spawn_pid1(Path::new(cmd.get_program()), &argv, "pause process")?
+    } else {
+        spawn_helper(cmd, "pause process", None)?
+    };
     rec.pause_pid = pid;
     rec.pause_start = hull_runtime::state::proc_stat(pid)
         .map(|(_, t)| t)
@@ -315,6 +426,16 @@ fn build(cfg: &Config, rec: &mut SandboxRecord, d: &Path) -> Result<()> {
         }
         return Err(CriError::Internal(format!("pause process: {msg}")));
     }
+    // In the pod's cgroup, so the pod's usage and limits count it, as the kubelet
+    // expects of a sandbox. It is idle from its report on; moving it then is enough.
+    if let Some(cg) = pause_cgroup(rec) {
+        cg.add_task(pid).map_err(|e| {
+            CriError::Internal(format!(
+                "pause process into cgroup {}: {e}",
+                cg.path().display()
+            ))
+        })?;
+    }
     if let Some(ns) = rec.netns.clone() {
         rec.network = Some(network::load(cfg)?.name);
         save_json(&d.join("sandbox.json"), rec)?;
@@ -328,6 +449,12 @@ fn build(cfg: &Config, rec: &mut SandboxRecord, d: &Path) -> Result<()> {
 /// Undoes the kernel side of a sandbox: pause process, CNI attachment, netns.
 fn teardown(cfg: &Config, rec: &SandboxRecord) {
     kill_wait(rec.pause_pid, rec.pause_start);
+    if let Some(cg) = pause_cgroup(rec)
+        && cg.paths().values().any(|p| p.exists())
+        && let Err(e) = cg.delete()
+    {
+        tracing::warn!(sandbox = %rec.id, "pause cgroup {}: {e}", cg.path().display());
+    }
     if let Some(ns) = &rec.netns {
         if rec.network.is_some()
             && ns.exists()

@@ -20,6 +20,8 @@ pub const NS_NODE: i32 = 2;
 pub struct PodView {
     pub netns: Option<PathBuf>,
     pub pause_pid: i32,
+    /// The pod's pid namespace (the pause's, `shareProcessNamespace`), if it has one.
+    pub pid_ns: Option<PathBuf>,
     pub host_pid: bool,
     pub host_ipc: bool,
     pub sandbox_dir: PathBuf,
@@ -204,7 +206,10 @@ pub fn apply(
     // Namespaces: the pod's net/ipc/uts through the pause process.
     let mut nss = vec![json!({"type": "mount"})];
     if !(pod.host_pid || ns.pid == NS_NODE) {
-        nss.push(json!({"type": "pid"}));
+        match &pod.pid_ns {
+            Some(p) if ns.pid == NS_POD => nss.push(json!({"type": "pid", "path": p})),
+            _ => nss.push(json!({"type": "pid"})),
+        }
     }
     if let Some(n) = &pod.netns {
         nss.push(json!({"type": "network", "path": n}));
