@@ -197,18 +197,59 @@ impl Streaming {
             && let Some(key) = ws_key.first()
         {
             let offered = get("sec-websocket-protocol");
-            if !offered
-                .iter()
-                .any(|o| o == websocket::SPDY_TUNNEL_PORTFORWARD)
-            {
-                let msg = format!(
-                    "port forwarding over WebSocket speaks {:?}; the client offered {offered:?}",
-                    websocket::SPDY_TUNNEL_PORTFORWARD
-                );
-                let _ = sock.write_all(format!("HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}", msg.len()).as_bytes()).await;
-                return Err(msg);
-            }
+            // The client's first offer hull speaks, "" (binary channels) for none.
+            let proto = if offered.is_empty() {
+                Some("")
+            } else {
+                offered.iter().find_map(|o| {
+                    std::iter::once(websocket::SPDY_TUNNEL_PORTFORWARD)
+                        .chain(portforward::WS_PROTOCOLS.iter().copied())
+                        .find(|p| o == p)
+                })
+            };
+            let query = path.split_once('?').map_or("", |(_, q)| q);
+            let chosen = match proto {
+                None => Err(format!(
+                    "port forwarding over WebSocket speaks {:?} or {:?}; the client offered {offered:?}",
+                    websocket::SPDY_TUNNEL_PORTFORWARD,
+                    portforward::WS_PROTOCOLS
+                )),
+                Some(websocket::SPDY_TUNNEL_PORTFORWARD) => Ok(Vec::new()),
+                Some(_) => portforward::ws_ports(query, ports),
+            };
+            let ws_ports = match chosen {
+                Ok(p) => p,
+                Err(msg) => {
+                    let _ = sock.write_all(format!("HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}", msg.len()).as_bytes()).await;
+                    return Err(msg);
+                }
+            };
             let sb = sandbox::load(&self.cfg, sandbox_id).map_err(|e| e.to_string())?;
+            if let Some(p) = proto.filter(|p| *p != websocket::SPDY_TUNNEL_PORTFORWARD) {
+                let proto_header = if p.is_empty() {
+                    String::new()
+                } else {
+                    format!("Sec-WebSocket-Protocol: {p}\r\n")
+                };
+                let resp = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n{proto_header}\r\n",
+                    websocket::accept_key(key)
+                );
+                sock.write_all(resp.as_bytes())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let leftover = buf[head_len..].to_vec();
+                portforward::serve_websocket(
+                    sock,
+                    leftover,
+                    p,
+                    ws_ports,
+                    sb.netns.clone(),
+                    pod_name(&sb),
+                )
+                .await;
+                return Ok(());
+            }
             let resp = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {}\r\n\r\n",
                 websocket::accept_key(key),

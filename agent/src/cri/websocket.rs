@@ -24,11 +24,12 @@ pub const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
 /// Port forwarding: SPDY/3.1 `portforward.k8s.io` inside WebSocket binary messages.
 pub const SPDY_TUNNEL_PORTFORWARD: &str = "SPDY/3.1+portforward.k8s.io";
 
-const OP_CONT: u8 = 0;
-const OP_TEXT: u8 = 1;
-const OP_BIN: u8 = 2;
-const OP_CLOSE: u8 = 8;
-const OP_PING: u8 = 9;
+pub const OP_CONT: u8 = 0;
+pub const OP_TEXT: u8 = 1;
+pub const OP_BIN: u8 = 2;
+pub const OP_CLOSE: u8 = 8;
+pub const OP_PING: u8 = 9;
+pub const OP_PONG: u8 = 10;
 
 /// `Sec-WebSocket-Accept` for a client's key.
 pub fn accept_key(key: &str) -> String {
