@@ -11,6 +11,8 @@
 //! - `status`: pod status as kubelet writes it.
 //! - `env`, `volumes`, `atomic`: container environment and volumes.
 //! - `probe`: probes and lifecycle hook actions.
+//! - `probe_net`: the network probe actions: httpGet (HTTP/HTTPS), tcpSocket, grpc.
+//! - `termination`: termination message files and FallbackToLogsOnError.
 //! - `images`: pulls per imagePullPolicy with imagePullSecrets.
 //! - `events`: pod Events as kubelet records them (queued, folded, never waited on).
 //! - `resources`, `quantity`, `cgroups`: QoS, CRI resources, pod cgroups.
@@ -26,10 +28,12 @@ pub mod machine;
 mod node_status;
 mod pods;
 mod probe;
+mod probe_net;
 pub mod quantity;
 mod resources;
 mod snapshot;
 mod status;
+mod termination;
 mod volumes;
 mod worker;
 

@@ -1,22 +1,24 @@
 //! Probes (liveness, readiness, startup) and lifecycle hook actions: exec through CRI
-//! ExecSync, httpGet and tcpSocket against the pod's IP, with Kubernetes' timing fields.
+//! ExecSync; httpGet (HTTP/HTTPS), tcpSocket and grpc against the pod's IP
+//! (`probe_net`), with Kubernetes' timing fields.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Probe, TCPSocketAction};
+use k8s_openapi::api::core::v1::{Container, GRPCAction, HTTPGetAction, Probe, TCPSocketAction};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::cri_client::Cri;
+use super::probe_net;
 
 /// One action: what a probe or a hook runs.
 pub enum Action<'a> {
     Exec(&'a [String]),
     Http(&'a HTTPGetAction),
     Tcp(&'a TCPSocketAction),
+    Grpc(&'a GRPCAction),
     Sleep(i64),
 }
 
@@ -35,80 +37,6 @@ fn port_of(c: &Container, p: &IntOrString) -> Result<u16, String> {
                 .ok_or_else(|| format!("named port {name:?} not found in container {}", c.name))
         }
     }
-}
-
-fn host_port(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
-async fn http(
-    c: &Container,
-    pod_ip: &str,
-    h: &HTTPGetAction,
-    timeout: Duration,
-) -> Result<(), String> {
-    if h.scheme
-        .as_deref()
-        .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"))
-    {
-        return Err("httpGet with scheme HTTPS is not supported by hull's agent".into());
-    }
-    let port = port_of(c, &h.port)?;
-    let host = h
-        .host
-        .as_deref()
-        .filter(|h| !h.is_empty())
-        .unwrap_or(pod_ip);
-    let path = h.path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/");
-    let addr = host_port(host, port);
-    let work = async {
-        let mut s = tokio::net::TcpStream::connect(&addr)
-            .await
-            .map_err(|e| format!("dial {addr}: {e}"))?;
-        let mut req = format!("GET {path} HTTP/1.1\r\n");
-        let mut has_host = false;
-        for hd in h.http_headers.iter().flatten() {
-            has_host |= hd.name.eq_ignore_ascii_case("host");
-            req.push_str(&format!("{}: {}\r\n", hd.name, hd.value));
-        }
-        if !has_host {
-            req.push_str(&format!("Host: {addr}\r\n"));
-        }
-        req.push_str("User-Agent: kube-probe/1.35\r\nAccept: */*\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("write {addr}: {e}"))?;
-        let mut buf = vec![0u8; 1024];
-        let mut n = 0;
-        while n < 12 {
-            let r = s
-                .read(&mut buf[n..])
-                .await
-                .map_err(|e| format!("read {addr}: {e}"))?;
-            if r == 0 {
-                break;
-            }
-            n += r;
-        }
-        let line = String::from_utf8_lossy(&buf[..n]);
-        let code: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("{addr}: not an HTTP answer"))?;
-        if (200..400).contains(&code) {
-            Ok(())
-        } else {
-            Err(format!("HTTP probe failed with statuscode: {code}"))
-        }
-    };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| format!("Get http://{addr}{path}: timeout after {timeout:?}"))?
 }
 
 pub async fn run(
@@ -141,21 +69,15 @@ pub async fn run(
                 ))
             }
         }
-        Action::Http(h) => http(c, pod_ip, h, timeout).await,
-        Action::Tcp(t) => {
-            let port = port_of(c, &t.port)?;
-            let host = t
-                .host
-                .as_deref()
-                .filter(|h| !h.is_empty())
-                .unwrap_or(pod_ip);
-            let addr = host_port(host, port);
-            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(format!("dial tcp {addr}: {e}")),
-                Err(_) => Err(format!("dial tcp {addr}: timeout")),
-            }
+        Action::Http(h) => {
+            let host = h.host.as_deref().filter(|h| !h.is_empty());
+            probe_net::http(host.unwrap_or(pod_ip), port_of(c, &h.port)?, h, timeout).await
         }
+        Action::Tcp(t) => {
+            let host = t.host.as_deref().filter(|h| !h.is_empty());
+            probe_net::tcp(host.unwrap_or(pod_ip), port_of(c, &t.port)?, timeout).await
+        }
+        Action::Grpc(g) => probe_net::grpc(pod_ip, g, timeout).await,
         Action::Sleep(s) => {
             tokio::time::sleep(Duration::from_secs(s.max(0) as u64)).await;
             Ok(())
@@ -173,7 +95,7 @@ fn probe_action(p: &Probe) -> Option<Action<'_>> {
     if let Some(t) = &p.tcp_socket {
         return Some(Action::Tcp(t));
     }
-    None
+    p.grpc.as_ref().map(Action::Grpc)
 }
 
 /// What the probes of one container concluded so far.

@@ -165,7 +165,10 @@ mod tests {
         assert_eq!(entries.len(), 1, "one program, no temp file left");
         let meta = entries[0].metadata().unwrap();
         assert_eq!(meta.permissions().mode() & 0o077, 0, "private to root");
-        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         // The second start reads it back: the same program.
         let bytes = std::fs::read(entries[0].path()).unwrap();
         assert_eq!(bytes, encode(&first));
