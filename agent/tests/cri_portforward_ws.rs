@@ -70,22 +70,20 @@ async fn raw_upgrade(url: &str, protocol: &str) -> String {
 /// The next channel message (decoding the base64 form), None once the server closes.
 async fn next(ws: &mut Ws, b64: bool) -> Option<(u8, Vec<u8>)> {
     use base64::Engine;
-    loop {
-        let m = tokio::time::timeout(std::time::Duration::from_secs(60), ws.next())
-            .await
-            .expect("no message within 60 s")?;
-        match m.ok()? {
-            Message::Binary(b) if !b64 => return Some((b[0], b[1..].to_vec())),
-            Message::Text(t) if b64 => {
-                let t = t.as_bytes();
-                let data = base64::engine::general_purpose::STANDARD
-                    .decode(&t[1..])
-                    .unwrap();
-                return Some((t[0] - b'0', data));
-            }
-            Message::Close(_) => return None,
-            other => panic!("unexpected message {other:?} (base64 {b64})"),
+    let m = tokio::time::timeout(std::time::Duration::from_secs(60), ws.next())
+        .await
+        .expect("no message within 60 s")?;
+    match m.ok()? {
+        Message::Binary(b) if !b64 => Some((b[0], b[1..].to_vec())),
+        Message::Text(t) if b64 => {
+            let t = t.as_bytes();
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(&t[1..])
+                .unwrap();
+            Some((t[0] - b'0', data))
         }
+        Message::Close(_) => None,
+        other => panic!("unexpected message {other:?} (base64 {b64})"),
     }
 }
 

@@ -254,7 +254,7 @@ fn build(
     let pod = PodView {
         netns: sb.netns.clone(),
         pause_pid: sb.pause_pid,
-        pid_ns: sandbox::pid_ns(&sb),
+        pid_ns: sandbox::pid_ns(sb),
         host_pid: sb
             .config
             .linux
