@@ -215,4 +215,9 @@ echo main-done > /shared/from-main; exec sleep 3600"#;
         !hull_agent::node::cgroups::exists(&format!("/hull-kubepods/burstable/pod{uid}")),
         "pod cgroup left"
     );
+    // The test's bridge goes with the cluster (the plugin made it for the first pod).
+    let bridge = std::path::Path::new("/sys/class/net").join(&c.bridge);
+    assert!(bridge.exists(), "the pods' bridge {}", c.bridge);
+    drop(c);
+    assert!(!bridge.exists(), "bridge {} left behind", bridge.display());
 }

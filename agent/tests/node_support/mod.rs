@@ -88,6 +88,8 @@ pub struct Cluster {
     pub kubeconfig: PathBuf,
     pub agent_data: PathBuf,
     pub cri_sock: PathBuf,
+    /// This test's bridge (`hnNNNNN`), deleted when the cluster goes.
+    pub bridge: String,
     pub rt: tokio::runtime::Runtime,
     pub client: kube::Client,
     agent: Proc,
@@ -131,10 +133,11 @@ impl Cluster {
         let conf = scratch.path("net.d");
         std::fs::create_dir_all(&conf).unwrap();
         let subnet = format!("10.{}.{}.0/24", 150 + h % 50, (h / 50) % 250);
+        let bridge = format!("hn{}", h % 100_000);
         std::fs::write(
             conf.join("10-test.conflist"),
             serde_json::json!({"cniVersion": "1.0.0", "name": format!("nt{}", h % 100_000), "plugins": [{
-                "type": "hull-bridge", "bridge": format!("hn{}", h % 100_000), "isGateway": true,
+                "type": "hull-bridge", "bridge": bridge, "isGateway": true,
                 "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": scratch.path("ipam")}}]})
             .to_string(),
         )
@@ -174,6 +177,7 @@ impl Cluster {
             kubeconfig,
             agent_data: scratch.path("agent"),
             cri_sock,
+            bridge,
             rt,
             client,
             agent: Proc(None),
@@ -379,6 +383,13 @@ impl Drop for Cluster {
         });
         self.cri.kill9();
         self.server.kill9();
+        // The plugin made the bridge (and the route to its subnet) on the first pod;
+        // nothing else removes it. Deleting the link takes its addresses and routes.
+        if Path::new("/sys/class/net").join(&self.bridge).exists() {
+            let _ = Command::new("ip")
+                .args(["link", "del", "dev", &self.bridge])
+                .status();
+        }
     }
 }
 
