@@ -378,3 +378,53 @@ async fn attach_to_a_container_with_a_terminal() {
     );
     env.teardown().await;
 }
+
+/// `stdinOnce` without a terminal (`echo hi | kubectl run -i --rm ... -- cat`): the
+/// container reads what the first attach sends, sees EOF when that attach closes its
+/// stdin, and the attach goes on until the container exits with its code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_with_stdin_once_closes_the_container_stdin() {
+    let mut env = PodEnv::new("cri-shim-once", "default", "oncepod").await;
+    let mut cfg = env.config("once", "cat; echo eof-$?; exit 4", true, 0, "once/0.log");
+    cfg.stdin_once = true;
+    let id = env.create_start(cfg).await;
+    let url = env
+        .rt
+        .attach(AttachRequest {
+            container_id: id.clone(),
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            tty: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let (host, path) = streaming_support::url_parts(&url);
+    let tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let (mut s, _) = streaming_support::spdy_upgrade(tcp, &host, &path, &["v4.channel.k8s.io"])
+        .await
+        .unwrap();
+    for (sid, kind) in [(1, "error"), (3, "stdin"), (5, "stdout"), (7, "stderr")] {
+        s.open(sid, &[("streamtype", kind)]).await;
+    }
+    let word = format!("once-{}", std::process::id());
+    s.send(3, format!("{word}\n").as_bytes(), false).await;
+    let out = s.read_until(5, &word).await;
+    assert!(out.contains(&word), "{out:?}");
+    // Closing stdin: `cat` sees EOF, the script ends, and so does the attach.
+    s.send(3, b"", true).await;
+    let got = s.collect(1).await;
+    let out = String::from_utf8_lossy(got.get(&5).map(Vec::as_slice).unwrap_or_default());
+    let text = String::from_utf8_lossy(got.get(&1).map(Vec::as_slice).unwrap_or_default());
+    assert!(
+        text.contains("NonZeroExitCode") && text.contains(r#""message":"4""#),
+        "{text:?} (stdout {out:?})"
+    );
+    let log = env.wait_log("once/0.log", " stdout F eof-0").await;
+    assert!(log.contains(&format!(" stdout F {word}\n")), "{log}");
+    let st = status(&mut env.rt, &id).await;
+    assert_eq!((st.state, st.exit_code), (2, 4), "{st:?}");
+    env.teardown().await;
+}

@@ -1,10 +1,12 @@
 //! `hull-shim monitor --init PID --stdout-fd N --stderr-fd N --report-fd N --exit PATH
 //! [--log PATH [--log-cap BYTES]] [--oom-file PATH] [--tty-fd N [--stdin-fd N]
-//! [--ctl-fd N]]`: what `hull cri --internal-monitor` execs into once the container
+//! [--ctl-fd N]] [--stdin-sink-fd N --stdin-fd N]`: what `hull cri --internal-monitor` execs into once the container
 //! exists, keeping its pid (so the init stays its child and it stays the init's
 //! subreaper) and the read ends of the container's stdout/stderr pipes — or, for a
 //! container with a terminal, the pty master, the stdin FIFO it copies to the master
-//! and the `ctl` FIFO whose `resize W H` lines set the terminal's size (conmon's way).
+//! and the `ctl` FIFO whose `resize W H` lines set the terminal's size (conmon's way);
+//! for a stdinOnce container, the stdin FIFO (read-only) and the write end of the
+//! container's stdin pipe, closed when the FIFO's first writer is gone.
 //!
 //! One thread, one poll(2) over the pipes (and the terminal's fds) and a signalfd
 //! (SIGCHLD: reap; SIGUSR1: reopen the log, for ReopenContainerLog). Each line goes to the log in the CRI format;
@@ -118,6 +120,9 @@ struct Term {
     pending: Vec<u8>,
     ctl: Option<File>,
     ctl_buf: Vec<u8>,
+    /// `master` is the write end of a stdinOnce container's stdin pipe, closed (the
+    /// container's EOF) once the FIFO's first writer is gone.
+    once: bool,
 }
 
 impl Term {
@@ -292,6 +297,7 @@ pub fn main(argv: impl Iterator<Item = String>) -> u8 {
         "tty-fd",
         "stdin-fd",
         "ctl-fd",
+        "stdin-sink-fd",
     ];
     let args = match Args::parse(argv, &with_value) {
         Ok(a) => a,
@@ -337,7 +343,30 @@ fn run(args: &Args, report: &mut File) -> Result<(), String> {
         },
     ];
     // A terminal: its output is the container's stdout (the pipes then close at once).
-    let mut term = match args.get("tty-fd") {
+    let fifo = |flag: &str| -> Result<Option<File>, String> {
+        Ok(match args.get(flag) {
+            Some(_) => Some(owned(args.fd(flag)?)),
+            None => None,
+        })
+    };
+    let once = args.has("stdin-sink-fd");
+    let mut term = match args.get("tty-fd").or(args.get("stdin-sink-fd")) {
+        Some(_) if once => {
+            let sink = owned(args.fd("stdin-sink-fd")?);
+            // SAFETY: O_NONBLOCK on the pipe's write end we hold.
+            unsafe {
+                let fl = libc::fcntl(sink.as_raw_fd(), libc::F_GETFL);
+                libc::fcntl(sink.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+            }
+            Some(Term {
+                master: sink,
+                stdin: fifo("stdin-fd")?,
+                pending: Vec::new(),
+                ctl: None,
+                ctl_buf: Vec::new(),
+                once: true,
+            })
+        }
         Some(_) => {
             let master = owned(args.fd("tty-fd")?);
             // SAFETY: O_NONBLOCK on our master (shared with the stream's dup below).
@@ -353,18 +382,13 @@ fn run(args: &Args, report: &mut File) -> Result<(), String> {
                 src: Some(out),
                 buf: Vec::new(),
             });
-            let fifo = |flag: &str| -> Result<Option<File>, String> {
-                Ok(match args.get(flag) {
-                    Some(_) => Some(owned(args.fd(flag)?)),
-                    None => None,
-                })
-            };
             Some(Term {
                 master,
                 stdin: fifo("stdin-fd")?,
                 pending: Vec::new(),
                 ctl: fifo("ctl-fd")?,
                 ctl_buf: Vec::new(),
+                once: false,
             })
         }
         None => None,
@@ -485,6 +509,14 @@ fn run(args: &Args, report: &mut File) -> Result<(), String> {
                 // Every holder of the slave is gone: nothing more to feed or resize.
                 term = None;
             }
+        }
+        if term
+            .as_ref()
+            .is_some_and(|t| t.once && t.stdin.is_none() && t.pending.is_empty())
+        {
+            // stdinOnce: the first attach closed its stdin; closing the pipe's write
+            // end is the container's EOF.
+            term = None;
         }
     }
     // A pipe something still holds open may end in a partial line: keep it too.

@@ -284,6 +284,7 @@ fn build(
         exit_path: dir(cfg, &rec.id).join("exit.json"),
         cgroups_path: v["linux"]["cgroupsPath"].as_str().map(String::from),
         stdin_fifo: c.stdin.then(|| dir(cfg, &rec.id).join("stdin")),
+        stdin_once: c.stdin_once,
         shim_fd: super::shim::exe_fd(cfg),
         // The monitor reopens our fd: no fd to inherit, so no pre_exec closure, so std
         // spawns it with posix_spawn instead of a fork of this process (whose page-table

@@ -39,6 +39,10 @@ pub struct MonitorSpec {
     /// writes to.
     #[serde(default)]
     pub stdin_fifo: Option<PathBuf>,
+    /// `stdinOnce` (without a terminal): the init's stdin is a pipe the monitor feeds
+    /// from the FIFO and closes when the first attach closes its stdin.
+    #[serde(default)]
+    pub stdin_once: bool,
     /// An inherited fd of `hull-shim` (`shim::exe_fd`): once the container exists, the
     /// monitor execs it to do the rest (logs, reaping, exit.json) in a small process.
     #[serde(default)]
@@ -79,23 +83,39 @@ struct Terminal {
     master: File,
     stdin: Option<File>,
     ctl: Option<File>,
+    /// Not a terminal: `master` is the write end of a stdinOnce container's stdin pipe.
+    once: bool,
 }
 
 impl Terminal {
     /// The in-`hull` monitor's half (without hull-shim): a thread copies the stdin FIFO
     /// to the master, another applies resize lines.
     fn serve(self) {
-        let Terminal { master, stdin, ctl } = self;
+        let Terminal {
+            master, stdin, ctl, ..
+        } = self;
         let master = Arc::new(master);
         if let Some(mut src) = stdin {
             let m = master.clone();
             std::thread::spawn(move || {
                 let mut b = [0u8; 4096];
-                while let Ok(n) = src.read(&mut b) {
-                    if n == 0 || (&*m).write_all(&b[..n]).is_err() {
-                        break;
+                // poll first: a FIFO without a writer reads as EOF, but only polls as
+                // one once a writer has come and gone.
+                let mut p = libc::pollfd {
+                    fd: src.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one pollfd of ours.
+                while unsafe { libc::poll(&mut p, 1, -1) } >= 0 {
+                    match src.read(&mut b) {
+                        Ok(0) => break,
+                        Ok(n) if (&*m).write_all(&b[..n]).is_err() => break,
+                        _ => {}
                     }
                 }
+                // stdinOnce: dropping the last copy of the pipe's write end is the EOF.
+                drop(m);
             });
         }
         if let Some(ctl) = ctl {
@@ -237,10 +257,21 @@ fn run(spec_json: &str, report: &mut File) -> Result<(), String> {
     let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let null = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
     let tty = terminal(&spec.bundle);
-    let stdin_fifo = spec.stdin_fifo.as_deref().map(open_fifo).transpose()?;
+    let once = spec.stdin_once && !tty && spec.stdin_fifo.is_some();
+    // stdinOnce: the FIFO is opened read-only, so that it reports EOF once its first
+    // writer (an attach) is gone, and the init reads a pipe the monitor closes then.
+    let stdin_fifo = match &spec.stdin_fifo {
+        Some(p) if once => Some(open_fifo_reader(p)?),
+        Some(p) => Some(open_fifo(p)?),
+        None => None,
+    };
+    let once_pipe = once
+        .then(|| pipe().map_err(|e| format!("pipe: {e}")))
+        .transpose()?;
     // With a terminal the init's stdio is the pty's slave: the FIFO feeds the master.
-    let stdin = match (&stdin_fifo, tty) {
-        (Some(f), false) => f.try_clone(),
+    let stdin = match (&stdin_fifo, tty, &once_pipe) {
+        (_, _, Some((r, _))) => r.try_clone(),
+        (Some(f), false, None) => f.try_clone(),
         _ => null.try_clone(),
     }
     .map_err(|e| format!("stdin: {e}"))?;
@@ -286,11 +317,22 @@ fn run(spec_json: &str, report: &mut File) -> Result<(), String> {
         None => None,
     };
     drop(console);
-    let term = master.map(|master| Terminal {
-        master,
-        stdin: stdin_fifo,
-        ctl,
-    });
+    let term = match (master, once_pipe) {
+        (Some(master), _) => Some(Terminal {
+            master,
+            stdin: stdin_fifo,
+            ctl,
+            once: false,
+        }),
+        // The pipe's write end plays the master's part, closed at the FIFO's EOF.
+        (None, Some((_, w))) => Some(Terminal {
+            master: w,
+            stdin: stdin_fifo,
+            ctl: None,
+            once: true,
+        }),
+        (None, None) => None,
+    };
     if let Some(fd) = shim_fd {
         // Only returns if the exec failed: then this process goes on as the monitor.
         exec_shim(fd, &spec, st.pid, [&out_r, &err_r, &*report], term.as_ref());
@@ -303,9 +345,11 @@ fn run(spec_json: &str, report: &mut File) -> Result<(), String> {
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let mut sources = vec![(out_r, "stdout"), (err_r, "stderr")];
     if let Some(t) = term {
-        let out = t.master.try_clone().map_err(|e| format!("terminal: {e}"))?;
-        // The pipes are not the init's stdio then: they close at once.
-        sources.push((out, "stdout"));
+        if !t.once {
+            let out = t.master.try_clone().map_err(|e| format!("terminal: {e}"))?;
+            // The pipes are not the init's stdio then: they close at once.
+            sources.push((out, "stdout"));
+        }
         t.serve();
     }
     for (src, name) in sources {
@@ -394,8 +438,13 @@ fn exec_shim(
         args.extend(["--oom-file".into(), o.into()]);
     }
     if let Some(t) = term {
+        let sink = if t.once {
+            "--stdin-sink-fd"
+        } else {
+            "--tty-fd"
+        };
         let fds = [
-            ("--tty-fd", Some(&t.master)),
+            (sink, Some(&t.master)),
             ("--stdin-fd", t.stdin.as_ref()),
             ("--ctl-fd", t.ctl.as_ref()),
         ];
@@ -438,6 +487,20 @@ fn open_fifo(p: &Path) -> Result<File, String> {
     OpenOptions::new()
         .read(true)
         .write(true)
+        .open(p)
+        .map_err(|e| format!("open {}: {e}", p.display()))
+}
+
+/// The stdin FIFO of a stdinOnce container, opened read-only without blocking: it
+/// polls as readable with data and as hung up once its first writer is gone.
+fn open_fifo_reader(p: &Path) -> Result<File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(p);
+    nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| format!("mkfifo {}: {e}", p.display()))?;
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
         .open(p)
         .map_err(|e| format!("open {}: {e}", p.display()))
 }

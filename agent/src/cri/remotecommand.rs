@@ -138,13 +138,16 @@ pub async fn start_exec(cfg: &Config, id: &str, cmd: &[String], want: Want) -> R
 /// terminal the monitor copies it to the pty master), the terminal's size through the
 /// monitor's resize FIFO (`ctl`). The session ends when the container exits, or when
 /// the client closes its stdin (as containerd detaches then; the container keeps its
-/// FIFO and runs on).
+/// FIFO and runs on). With `stdin_once` (no terminal) closing stdin is the
+/// container's EOF instead (its monitor closes the container's stdin), and the session
+/// goes on until the container exits, as with containerd.
 pub async fn start_attach(
     log_path: PathBuf,
     stdin_fifo: Option<PathBuf>,
     ctl_fifo: Option<PathBuf>,
     exit_path: PathBuf,
     want: Want,
+    stdin_once: bool,
 ) -> Result<Io, String> {
     let (otx, orx) = mpsc::channel(16);
     let (etx, erx) = oneshot::channel();
@@ -244,7 +247,7 @@ pub async fn start_attach(
                 _ = &mut krx => return,
                 _ = detach => {
                     stdin_closed = None;
-                    detached = true;
+                    detached = !stdin_once;
                 }
             }
         }

@@ -352,6 +352,7 @@ impl Streaming {
                         (rec.config.tty && ctl.exists()).then_some(ctl),
                         dir.join("exit.json"),
                         want,
+                        rec.config.stdin_once && !rec.config.tty,
                     )
                     .await
                 }
