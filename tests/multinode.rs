@@ -217,7 +217,7 @@ impl Cluster {
 
 fn manifests() -> String {
     format!(
-        r#"apiVersion: apps/v1
+        r##"apiVersion: apps/v1
 kind: DaemonSet
 metadata: {{name: web}}
 spec:
@@ -230,14 +230,14 @@ spec:
       - name: web
         image: {IMAGE}
         imagePullPolicy: Never
-        command: [sh, -c, 'mkdir -p /tmp/w && hostname > /tmp/w/index.html && echo serving && exec httpd -f -p 80 -h /tmp/w']
+        command: [sh, -c, 'mkdir -p /tmp/w/cgi-bin && hostname > /tmp/w/index.html && printf "#!/bin/sh\necho Content-Type: text/plain\necho\necho \$REMOTE_ADDR\n" > /tmp/w/cgi-bin/ip && chmod +x /tmp/w/cgi-bin/ip && echo serving && exec httpd -f -p 80 -h /tmp/w']
         readinessProbe: {{tcpSocket: {{port: 80}}, periodSeconds: 1}}
 ---
 apiVersion: v1
 kind: Service
 metadata: {{name: web}}
 spec: {{selector: {{app: web}}, ports: [{{port: 80, targetPort: 80}}]}}
-"#
+"##
     )
 }
 
@@ -430,6 +430,30 @@ fn second_node_joins_with_a_token_and_traffic_crosses_nodes() {
             },
         );
         assert_eq!(body.trim(), to.0);
+        // Without NAT: the pod on the other node sees the client pod's own address
+        // (the CGI prints busybox httpd's REMOTE_ADDR).
+        let (ok, seen) = c.kubectl(&[
+            "exec",
+            &from.0,
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "printf 'GET /cgi-bin/ip HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {} 80 | tail -1",
+                to.2
+            ),
+        ]);
+        assert!(
+            ok && seen
+                .trim()
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim_start_matches("::ffff:")
+                == from.2,
+            "{} -> {}: the server saw {seen:?}, not the client pod's {}",
+            from.0,
+            to.0,
+            from.2
+        );
     }
 
     // The ClusterIP from each node's own namespace reaches the pods of both nodes.

@@ -100,7 +100,7 @@ impl Drop for CriChild {
     }
 }
 
-fn start_cri(data_dir: &Path, sock: &Path) -> anyhow::Result<CriChild> {
+fn start_cri(data_dir: &Path, sock: &Path, cluster_cidr: &str) -> anyhow::Result<CriChild> {
     let exe = std::env::current_exe().context("locating the hull binary")?;
     let _ = std::fs::remove_file(sock);
     let child = Command::new(exe)
@@ -109,6 +109,11 @@ fn start_cri(data_dir: &Path, sock: &Path) -> anyhow::Result<CriChild> {
         .arg(data_dir)
         .arg("--socket")
         .arg(sock)
+        .arg("--cluster-cidr")
+        .arg(cluster_cidr)
+        // No default network until the node's spec.podCIDR arrives: the default range
+        // (10.244.0.0/24) is the first node's, so a joining node must not use it meanwhile.
+        .arg("--await-pod-cidr")
         .stdin(Stdio::null())
         .spawn()
         .context("starting hull cri")?;
@@ -276,7 +281,7 @@ pub fn run(data_dir: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> {
         Some(s) => (s.clone(), None),
         None => {
             let s = data_dir.join("cri.sock");
-            let c = start_cri(&data_dir, &s)?;
+            let c = start_cri(&data_dir, &s, &args.cluster_cidr)?;
             (s, Some(c))
         }
     };

@@ -28,6 +28,12 @@ pub struct CriArgs {
     #[arg(long, default_value = "10.244.0.0/24")]
     pub pod_subnet: String,
 
+    /// The cluster's pod CIDR(s) (`V4CIDR[,V6CIDR]`): pods reach these with their own
+    /// address (the default conflist's `nonMasqueradeCIDRs`); unset, everything outside
+    /// the node's pod subnet is masqueraded.
+    #[arg(long)]
+    pub cluster_cidr: Option<String>,
+
     /// The bridge of the default conflist.
     #[arg(long, default_value = "hull0")]
     pub cni_bridge: String,
@@ -83,6 +89,7 @@ pub fn run(data_dir: &Path, args: CriArgs) -> anyhow::Result<ExitCode> {
     cfg.pod_subnet = args.pod_subnet;
     cfg.cni_bridge = args.cni_bridge;
     cfg.await_pod_cidr = args.await_pod_cidr;
+    cfg.cluster_cidr = args.cluster_cidr;
     cfg.streaming_addr = args.streaming_addr;
     cfg.registry_mirrors = args.registry_mirror;
     cri::server::run(cfg).context("hull cri")?;

@@ -24,6 +24,10 @@ pub struct Config {
     /// Write no default conflist until UpdateRuntimeConfig gives the pod CIDR
     /// (NetworkReady is false until then), as containerd's CNI config template.
     pub await_pod_cidr: bool,
+    /// The cluster's pod CIDR(s) (`V4[,V6]`): destinations pods reach with their own
+    /// address, the default conflist's `nonMasqueradeCIDRs` (pod-to-pod across nodes
+    /// without NAT). None: masquerade everything outside the node's pod subnet.
+    pub cluster_cidr: Option<String>,
     /// Where the streaming server (exec/attach/port-forward URLs) listens.
     pub streaming_addr: SocketAddr,
     /// `HOST=URL` registry mirrors.
@@ -62,6 +66,7 @@ impl Config {
             pod_subnet: "10.244.0.0/24".into(),
             cni_bridge: "hull0".into(),
             await_pod_cidr: false,
+            cluster_cidr: None,
             streaming_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             registry_mirrors: Vec::new(),
             hull_exe,

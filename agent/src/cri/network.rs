@@ -32,7 +32,7 @@ fn default_conflist(cfg: &Config, cidrs: &[String]) -> serde_json::Value {
     if cidrs.iter().any(|c| c.contains(':')) {
         routes.push(json!({"dst": "::/0"}));
     }
-    json!({
+    let mut conf = json!({
         "cniVersion": "1.0.0",
         "name": DEFAULT_NETWORK,
         "plugins": [{
@@ -41,7 +41,29 @@ fn default_conflist(cfg: &Config, cidrs: &[String]) -> serde_json::Value {
             "ipam": {"type": "host-local", "ranges": ranges, "routes": routes,
                      "dataDir": cfg.ipam_dir()}
         }]
-    })
+    });
+    set_non_masquerade(cfg, &mut conf);
+    conf
+}
+
+/// The cluster CIDR(s) as `nonMasqueradeCIDRs` of hull's network; whether `conf` changed.
+fn set_non_masquerade(cfg: &Config, conf: &mut serde_json::Value) -> bool {
+    let want = match &cfg.cluster_cidr {
+        Some(list) => json!(list.split(',').map(str::trim).collect::<Vec<_>>()),
+        None => serde_json::Value::Null,
+    };
+    let plugin = &mut conf["plugins"][0];
+    if plugin["nonMasqueradeCIDRs"] == want {
+        return false;
+    }
+    match plugin.as_object_mut() {
+        Some(o) if want.is_null() => o.remove("nonMasqueradeCIDRs").is_some(),
+        Some(o) => {
+            o.insert("nonMasqueradeCIDRs".into(), want);
+            true
+        }
+        None => false,
+    }
 }
 
 /// Whether `conf` is the default network hull writes (for this server's bridge): only
@@ -75,6 +97,18 @@ fn write_atomic(path: &Path, conf: &serde_json::Value) -> Result<()> {
 /// until UpdateRuntimeConfig names the node's pod CIDR (see `set_pod_subnet`).
 pub fn ensure_default(cfg: &Config) -> Result<()> {
     let dir = &cfg.cni_conf_dir;
+    if let Some(list) = &cfg.cluster_cidr {
+        parse_pod_cidrs(list, "--cluster-cidr")?;
+    }
+    // A conflist hull wrote before (a resumed node): keep it in step with --cluster-cidr.
+    let p = dir.join(DEFAULT_CONFLIST);
+    if let Ok(text) = fs::read(&p)
+        && let Ok(mut conf) = serde_json::from_slice::<serde_json::Value>(&text)
+        && is_ours(cfg, &conf)
+        && set_non_masquerade(cfg, &mut conf)
+    {
+        write_atomic(&p, &conf)?;
+    }
     if find_default(dir).is_ok() || cfg.await_pod_cidr {
         return Ok(());
     }
@@ -271,7 +305,28 @@ pub fn del(cfg: &Config, id: &str, netns: &Path, pod: &PodSandboxConfig) -> Resu
 
 #[cfg(test)]
 mod tests {
-    use super::parse_pod_cidrs;
+    use super::{default_conflist, parse_pod_cidrs, set_non_masquerade};
+    use crate::cri::Config;
+
+    #[test]
+    fn the_cluster_cidr_is_kept_from_masquerade_and_follows_the_flag() {
+        let mut cfg = Config::new(
+            std::path::Path::new("/nonexistent/hull-test"),
+            std::path::Path::new("/nonexistent/hull-test/cri.sock"),
+        );
+        let mut conf = default_conflist(&cfg, &["10.244.3.0/24".into()]);
+        assert!(conf["plugins"][0].get("nonMasqueradeCIDRs").is_none());
+        cfg.cluster_cidr = Some("10.244.0.0/16, fd00:10:244::/56".into());
+        assert!(set_non_masquerade(&cfg, &mut conf));
+        assert_eq!(
+            conf["plugins"][0]["nonMasqueradeCIDRs"],
+            serde_json::json!(["10.244.0.0/16", "fd00:10:244::/56"])
+        );
+        assert!(!set_non_masquerade(&cfg, &mut conf), "already in step");
+        cfg.cluster_cidr = None;
+        assert!(set_non_masquerade(&cfg, &mut conf));
+        assert!(conf["plugins"][0].get("nonMasqueradeCIDRs").is_none());
+    }
 
     #[test]
     fn pod_cidrs_are_network_addresses_with_room() {

@@ -251,6 +251,7 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| default_socket(&data_dir));
     let mut cri_cfg = hull_agent::cri::Config::new(&data_dir, &socket);
     cri_cfg.registry_mirrors = args.registry_mirror.clone();
+    cri_cfg.cluster_cidr = Some(args.cluster_cidr.clone());
     let cri = {
         let stop = cri_stop_rx;
         tokio::spawn(async move {
