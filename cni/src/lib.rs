@@ -9,6 +9,7 @@
 //! - `netlink` — a small synchronous rtnetlink client (links, addresses, routes)
 //! - `ipam`    — host-local IPAM in process, on the reference plugin's file format
 //! - `nft`     — the `inet hull-cni` nftables table: ipMasq and hostPort DNAT
+//! - `libnft`  — libnftables loaded in process (dlopen), so a batch needs no exec
 //! - `exec`    — finding and exec'ing another plugin on `CNI_PATH`
 //! - `bridge`  — what ADD and DEL do for a bridge network (veth, addresses, routes, NAT)
 //! - `upkeep`  — CHECK, GC and STATUS for a bridge network
@@ -23,6 +24,7 @@ pub mod exec;
 pub mod explain;
 pub mod invoker;
 pub mod ipam;
+pub mod libnft;
 pub mod netlink;
 pub mod netns;
 pub mod nft;

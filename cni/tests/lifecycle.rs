@@ -95,6 +95,13 @@ fn fifty_concurrent_adds_get_fifty_distinct_addresses() {
             "pod {i} has no masquerade rules"
         );
     }
+    // ADDs share the table lock; however many raced to lay the base, it is there once.
+    assert_eq!(
+        base_rule_count(),
+        1,
+        "{}",
+        nft_out(&["list", "chain", "inet", "hull-cni", "postrouting"])
+    );
     // And 50 concurrent DELs: the table goes away with the last pod, never before.
     let dels: Vec<Out> = std::thread::scope(|s| {
         let hs: Vec<_> = ids
@@ -113,6 +120,44 @@ fn fifty_concurrent_adds_get_fifty_distinct_addresses() {
     }
     assert!(net.leases().is_empty());
     assert_eq!(net.ports(), 0);
+}
+
+fn nft_out(args: &[&str]) -> String {
+    let o = std::process::Command::new("nft")
+        .args(args)
+        .output()
+        .expect("nft");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// How many times the postrouting base chain dispatches to the per-pod masquerade map.
+fn base_rule_count() -> usize {
+    nft_out(&["list", "chain", "inet", "hull-cni", "postrouting"])
+        .matches("ip saddr vmap @masq4")
+        .count()
+}
+
+#[test]
+fn an_add_lays_the_nftables_base_again_when_its_marker_is_gone() {
+    require_root();
+    let net = Net::new(&[&subnet(19)], json!({"ipMasq": true}));
+    let ns = Netns::new("b");
+    let first = Attached::add(&net, &ns, None);
+    // What a node whose table an older hull-bridge laid looks like: no marker of this
+    // version's base. The next ADD must apply the base with its pod, not just the pod.
+    let _ = std::process::Command::new("nft")
+        .args(["delete", "set", "inet", "hull-cni", "base-1"])
+        .status();
+    let ns2 = Netns::new("b2");
+    let second = Attached::add(&net, &ns2, None);
+    let table = nft_out(&["list", "table", "inet", "hull-cni"]);
+    assert!(
+        table.contains("set base-1"),
+        "marker not laid again: {table}"
+    );
+    assert_eq!(base_rule_count(), 1, "base rules duplicated: {table}");
+    assert!(nft_has(&hash(&second.id, "eth0")) && nft_has(&hash(&first.id, "eth0")));
+    assert!(second.del().ok && first.del().ok);
 }
 
 #[test]
