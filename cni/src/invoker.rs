@@ -2,8 +2,10 @@
 //! configuration, run its plugin chain with the right environment, pass `prevResult`
 //! along, and cache each attachment's result so DEL and CHECK can be driven later.
 //!
-//! Plugins are always exec'd (hull-bridge as much as Debian's `bridge`), so a plugin
-//! crash never takes the caller down and any spec-conforming plugin works.
+//! Plugins are exec'd, so a plugin crash never takes the caller down and any
+//! spec-conforming plugin works; hull-bridge alone may run in the caller's process
+//! (`Invoker::builtin_bridge`, what hull's CRI server does): it is this crate's code,
+//! and the exec was a tenth of a pod's network set-up.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -21,6 +23,8 @@ use crate::types::{
 pub const DEFAULT_CONF_DIR: &str = "/etc/cni/net.d";
 pub const DEFAULT_BIN_DIR: &str = "/opt/cni/bin";
 pub const DEFAULT_CACHE_DIR: &str = "/var/lib/cni";
+/// The plugin type `Invoker::builtin_bridge` runs in process.
+const BUILTIN: &str = "hull-bridge";
 
 /// Loads a `.conflist`, or a single-plugin `.conf`/`.json` wrapped into a list.
 pub fn load_file(path: &Path) -> Result<NetworkConfigList> {
@@ -162,6 +166,8 @@ pub struct Invoker {
     pub plugin_dirs: Vec<PathBuf>,
     /// Results are cached under `<cache_dir>/results`.
     pub cache_dir: PathBuf,
+    /// Run `type: hull-bridge` in this process instead of exec'ing the binary.
+    pub builtin_bridge: bool,
 }
 
 impl Default for Invoker {
@@ -169,6 +175,7 @@ impl Default for Invoker {
         Self {
             plugin_dirs: vec![PathBuf::from(DEFAULT_BIN_DIR)],
             cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
+            builtin_bridge: false,
         }
     }
 }
@@ -178,6 +185,7 @@ impl Invoker {
         Self {
             plugin_dirs,
             cache_dir,
+            builtin_bridge: false,
         }
     }
 
@@ -281,6 +289,14 @@ impl Invoker {
         prev: Option<&Value>,
     ) -> Result<Vec<u8>> {
         let (kind, conf) = Self::plugin_config(list, plugin, rt, prev)?;
+        if self.builtin_bridge && kind == BUILTIN {
+            return crate::plugin::run_in_process(&self.env(command, rt), &conf)
+                .map(|out| out.map(String::into_bytes).unwrap_or_default())
+                .map_err(|mut e| {
+                    e.msg = format!("{BUILTIN} (in process): {}", e.msg);
+                    e
+                });
+        }
         let path = find_plugin(&kind, &self.cni_path())?;
         exec_plugin(&path, &self.env(command, rt), &conf)
     }

@@ -15,17 +15,38 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-fn require(name: &str, command: &str) -> Result<String> {
-    env(name)
-        .ok_or_else(|| CniError::new(code::INVALID_ENV, format!("{name}: required for {command}")))
-}
-
 /// Validates the environment for `command` (what each command needs differs: DEL may
 /// lack a netns, GC and STATUS have no container at all).
 pub fn call_from_env(command: &str) -> Result<Call> {
+    call_from(command, &|name| env(name))
+}
+
+/// The same validation for a caller that runs the plugin in its own process, with the
+/// values it would have put in the environment.
+pub fn call_from_plugin_env(e: &crate::exec::PluginEnv) -> Result<Call> {
+    let value = |name: &str| {
+        let v = match name {
+            "CNI_CONTAINERID" => &e.container_id,
+            "CNI_NETNS" => &e.netns,
+            "CNI_IFNAME" => &e.ifname,
+            "CNI_ARGS" => &e.args,
+            "CNI_PATH" => &e.path,
+            _ => return None,
+        };
+        Some(v.clone()).filter(|v| !v.is_empty())
+    };
+    call_from(&e.command, &value)
+}
+
+fn call_from(command: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Call> {
+    let require = |name: &str| {
+        env(name).ok_or_else(|| {
+            CniError::new(code::INVALID_ENV, format!("{name}: required for {command}"))
+        })
+    };
     let needs_container = matches!(command, "ADD" | "DEL" | "CHECK");
     let (container_id, ifname) = if needs_container {
-        let id = require("CNI_CONTAINERID", command)?;
+        let id = require("CNI_CONTAINERID")?;
         if !id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
@@ -37,7 +58,7 @@ pub fn call_from_env(command: &str) -> Result<Call> {
                 ),
             ));
         }
-        let ifname = require("CNI_IFNAME", command)?;
+        let ifname = require("CNI_IFNAME")?;
         if ifname.len() > 15
             || ifname == "."
             || ifname == ".."
@@ -79,6 +100,20 @@ fn version_reply(stdin: &[u8]) -> String {
 
 /// Runs one command; returns what to print on stdout on success.
 pub fn run(command: &str, stdin: &[u8]) -> Result<Option<String>> {
+    run_with(command, stdin, &|| call_from_env(command))
+}
+
+/// `run` for a caller holding the environment itself (hull's CRI server runs the
+/// plugin in process: the same code as the binary without a process per call).
+pub fn run_in_process(e: &crate::exec::PluginEnv, stdin: &[u8]) -> Result<Option<String>> {
+    run_with(&e.command, stdin, &|| call_from_plugin_env(e))
+}
+
+fn run_with(
+    command: &str,
+    stdin: &[u8],
+    call: &dyn Fn() -> Result<Call>,
+) -> Result<Option<String>> {
     if command == "VERSION" {
         return Ok(Some(version_reply(stdin)));
     }
@@ -91,7 +126,7 @@ pub fn run(command: &str, stdin: &[u8]) -> Result<Option<String>> {
         ));
     }
     let conf = BridgeConf::parse(stdin)?;
-    let call = call_from_env(command)?;
+    let call = call()?;
     explain::step(|| {
         format!(
             "{command} network {:?} container {:?} ifname {:?}",

@@ -204,8 +204,11 @@ pub fn set_pod_subnet(cfg: &Config, list: &str) -> Result<bool> {
     }
 }
 
+/// hull-bridge runs in this process (no exec per pod); other plugins are exec'd.
 pub fn invoker(cfg: &Config) -> Invoker {
-    Invoker::new(cfg.cni_bin_dirs.clone(), cfg.cni_cache_dir())
+    let mut inv = Invoker::new(cfg.cni_bin_dirs.clone(), cfg.cni_cache_dir());
+    inv.builtin_bridge = true;
+    inv
 }
 
 pub fn load(cfg: &Config) -> Result<NetworkConfigList> {

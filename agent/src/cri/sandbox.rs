@@ -364,9 +364,12 @@ fn build(cfg: &Config, rec: &mut SandboxRecord, d: &Path) -> Result<()> {
         c.hostname.clone()
     };
     write_etc_files(d, &c, &hostname)?;
+    // Phase times, at debug level: where a slow RunPodSandbox spends its time.
+    let t0 = Instant::now();
     if let Some(ns) = &rec.netns {
         netns::create(ns)?;
     }
+    let t_netns = t0.elapsed();
     let mut sysctls: Vec<(String, String)> = c
         .linux
         .as_ref()
@@ -411,6 +414,7 @@ fn build(cfg: &Config, rec: &mut SandboxRecord, d: &Path) -> Result<()> {
     } else {
         spawn_helper(cmd, "pause process", None)?
     };
+    let t_pause = t0.elapsed();
     rec.pause_pid = pid;
     rec.pause_start = hull_runtime::state::proc_stat(pid)
         .map(|(_, t)| t)
@@ -436,6 +440,7 @@ fn build(cfg: &Config, rec: &mut SandboxRecord, d: &Path) -> Result<()> {
             ))
         })?;
     }
+    let t_cgroup = t0.elapsed();
     if let Some(ns) = rec.netns.clone() {
         rec.network = Some(network::load(cfg)?.name);
         save_json(&d.join("sandbox.json"), rec)?;
@@ -443,6 +448,15 @@ fn build(cfg: &Config, rec: &mut SandboxRecord, d: &Path) -> Result<()> {
         rec.ip = ips.first().cloned().unwrap_or_default();
         rec.additional_ips = ips.iter().skip(1).cloned().collect();
     }
+    let ms = |d: Duration| d.as_micros() as f64 / 1000.0;
+    tracing::debug!(
+        sandbox = %rec.id,
+        netns_ms = ms(t_netns),
+        pause_ms = ms(t_pause - t_netns),
+        cgroup_ms = ms(t_cgroup - t_pause),
+        network_ms = ms(t0.elapsed() - t_cgroup),
+        "sandbox built"
+    );
     save_json(&d.join("sandbox.json"), rec)
 }
 

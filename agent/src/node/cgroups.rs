@@ -3,8 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-/// Mount points of every cgroup hierarchy (v1 controllers and the v2 unified one).
-fn roots() -> Vec<PathBuf> {
+/// Mount points of every cgroup hierarchy (v1 controllers and the v2 unified one),
+/// read once: they are mounted at boot, and the mount table grows with every pod.
+fn roots() -> &'static [PathBuf] {
+    static ROOTS: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(read_roots)
+}
+
+fn read_roots() -> Vec<PathBuf> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()

@@ -53,14 +53,22 @@ pub enum Hierarchy {
 }
 
 impl Hierarchy {
-    /// Detects the layout of this host from `/proc/self/mountinfo`.
+    /// Detects the layout of this host from `/proc/self/mountinfo`, once per process:
+    /// hierarchies are mounted at boot, while the mount table grows with every pod
+    /// (netns, overlay, shm, volume mounts), and a CRI server creating a cgroup per
+    /// container re-read and re-parsed all of it each time.
     pub fn detect() -> Result<Self, CgroupError> {
+        static HOST: std::sync::OnceLock<Hierarchy> = std::sync::OnceLock::new();
+        if let Some(h) = HOST.get() {
+            return Ok(h.clone());
+        }
         let path = Path::new("/proc/self/mountinfo");
         let text = std::fs::read_to_string(path).map_err(|source| CgroupError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_mountinfo(&text)
+        let h = Self::from_mountinfo(&text)?;
+        Ok(HOST.get_or_init(|| h).clone())
     }
 
     /// Parses a mountinfo table (see proc(5)): field 5 is the mount point, and after the
