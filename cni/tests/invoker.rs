@@ -265,3 +265,50 @@ fn a_failing_chain_is_unwound() {
     assert_eq!(net.ports(), 0, "hull-bridge's veth survived the unwind");
     assert!(inv.cached_result(&list.name, &r).is_none());
 }
+
+#[test]
+fn builtin_bridge_runs_in_process_with_the_binarys_checks() {
+    require_root();
+    let s = Scratch::new();
+    let net = Net::new(&[&subnet(17)], json!({"ipMasq": true}));
+    let ns = Netns::new("bi");
+    let mut list =
+        json!({"cniVersion": "1.1.0", "name": net.conf["name"], "plugins": [net.conf.clone()]});
+    list["plugins"][0]
+        .as_object_mut()
+        .expect("plugin")
+        .remove("cniVersion");
+    let list = parse_config(list.to_string().as_bytes()).expect("conflist");
+    // No hull-bridge on the plugin path at all: only the in-process one can answer.
+    let mut inv = Invoker::new(vec![s.0.join("empty")], s.0.join("cache"));
+    inv.builtin_bridge = true;
+    let id = format!("bi{}", tag());
+    let r = inv
+        .add(&list, &rt(&id, &ns.path()))
+        .expect("ADD in process");
+    let ip = r.ips[0].address.addr().to_string();
+    assert!(
+        ns.exec(&["ip", "-o", "addr"])
+            .stdout
+            .windows(ip.len())
+            .any(|w| w == ip.as_bytes())
+    );
+    assert!(nft_has(&hash(&id, "eth0")), "no masquerade rules");
+    inv.check(&list, &rt(&id, &ns.path()))
+        .expect("CHECK in process");
+    // The binary's validation of the environment holds in process too.
+    let e = inv
+        .add(&list, &rt("bad/id", &ns.path()))
+        .expect_err("a container id with '/'");
+    assert!(
+        e.msg.contains("CNI_CONTAINERID") && e.msg.contains("in process"),
+        "{e}"
+    );
+    inv.del(&list, &rt(&id, &ns.path()))
+        .expect("DEL in process");
+    assert!(!nft_has(&hash(&id, "eth0")));
+    assert!(net.leases().is_empty(), "leases left: {:?}", net.leases());
+    // Without the flag the same invoker must exec, and finds no plugin.
+    inv.builtin_bridge = false;
+    assert!(inv.add(&list, &rt(&id, &ns.path())).is_err());
+}
