@@ -348,6 +348,16 @@ async fn logs_exec_port_forward_and_stats_over_https() {
         srv["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap() > 0,
         "{srv}"
     );
+    // The pod's network, from the CRI's sandbox stats, as the kubelet's summary has it.
+    let net = &pod["network"];
+    assert_eq!(net["name"], "eth0", "{pod}");
+    assert!(net["rxBytes"].is_u64() && net["txErrors"].is_u64(), "{net}");
+    assert!(
+        net["interfaces"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|i| i["name"] == "eth0")),
+        "{net}"
+    );
     let (_, body) = curl(&pki, Some(&apiserver), &format!("{base}/metrics/resource"));
     assert!(
         body.contains(

@@ -1,5 +1,6 @@
 //! `/stats/summary`, `/metrics/resource` and `/metrics`: the node's CPU and memory from
-//! /proc, the pods' and containers' from the CRI's ListContainerStats. CPU rates
+//! /proc, the pods' and containers' from the CRI's ListContainerStats, the pods'
+//! network from ListPodSandboxStats. CPU rates
 //! (`usageNanoCores`) need two samples: the last sample of every container is kept, and a
 //! caller that finds none waits one second for a second sample, as cAdvisor's first
 //! housekeeping does.
@@ -225,8 +226,47 @@ pub async fn collect(ctx: &Ctx) -> Result<(Vec<Figures>, (i64, u64, u64)), ApiEr
     Ok((out, (node_t, node_cpu, node_rate)))
 }
 
+/// One interface as the summary API's `InterfaceStats`.
+fn interface(i: &NetworkInterfaceUsage) -> Value {
+    let v = |x: &Option<UInt64Value>| x.as_ref().map(|x| x.value).unwrap_or(0);
+    json!({"name": i.name, "rxBytes": v(&i.rx_bytes), "rxErrors": v(&i.rx_errors),
+           "txBytes": v(&i.tx_bytes), "txErrors": v(&i.tx_errors)})
+}
+
+/// Each pod's `network` (the default interface inline, then every interface), keyed
+/// by (namespace, name), as the kubelet's summary carries it. Pods on the host's
+/// network report none, as the CRI gives none for them. A runtime without
+/// ListPodSandboxStats only costs the field.
+async fn pod_networks(ctx: &Ctx) -> HashMap<(String, String), Value> {
+    let mut cri = ctx.cri.clone();
+    let Ok(r) = cri
+        .list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: None })
+        .await
+    else {
+        return HashMap::new();
+    };
+    let mut out = HashMap::new();
+    for st in r.into_inner().stats {
+        let (Some(a), Some(net)) = (
+            st.attributes.as_ref(),
+            st.linux.as_ref().and_then(|l| l.network.as_ref()),
+        ) else {
+            continue;
+        };
+        let (Some(md), Some(default)) = (&a.metadata, &net.default_interface) else {
+            continue;
+        };
+        let mut v = interface(default);
+        v["time"] = json!(rfc3339(net.timestamp));
+        v["interfaces"] = net.interfaces.iter().map(interface).collect();
+        out.insert((md.namespace.clone(), md.name.clone()), v);
+    }
+    out
+}
+
 pub async fn summary(State(ctx): State<Arc<Ctx>>) -> Result<Response, ApiError> {
     let (figs, (nt, ncpu, nrate)) = collect(&ctx).await?;
+    let networks = pod_networks(&ctx).await;
     let (total, avail) = node_memory();
     // (namespace, name) → (uid, start, containers, nano-cores, cpu ns, working set).
     type PodSum = (String, i64, Vec<Value>, u64, u64, u64);
@@ -250,13 +290,17 @@ pub async fn summary(State(ctx): State<Arc<Ctx>>) -> Result<Response, ApiError> 
     let pods: Vec<Value> = pods
         .into_iter()
         .map(|((ns, name), (uid, start, containers, rate, cpu, ws))| {
-            json!({
+            let mut pod = json!({
                 "podRef": {"name": name, "namespace": ns, "uid": uid},
                 "startTime": rfc3339(start),
                 "containers": containers,
                 "cpu": {"time": t, "usageNanoCores": rate, "usageCoreNanoSeconds": cpu},
                 "memory": {"time": t, "workingSetBytes": ws, "usageBytes": ws},
-            })
+            });
+            if let Some(net) = networks.get(&(ns, name)) {
+                pod["network"] = net.clone();
+            }
+            pod
         })
         .collect();
     Ok(json_response(&json!({
